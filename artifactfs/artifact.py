@@ -1,0 +1,447 @@
+"""`Artifact`: the W&B-shaped Python API over the registry (see the seed reference)."""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import transfer
+from .errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError
+from .manifest import FileEntry, apply_changes, artifact_digest, walk, wandb_manifest
+from .names import check_name, check_type, normalize_path
+from .registry import Registry, VersionInfo, check_metadata
+from .store import default_store_url
+
+POLICIES = ("mutable", "immutable")
+
+
+def default_project() -> str:
+    return os.environ.get("ARTIFACTFS_PROJECT") or "default"
+
+
+@dataclass
+class ManifestEntry:
+    """One file of an artifact (the seed's ArtifactManifestEntry)."""
+
+    path: str
+    digest: str
+    size: int
+    ref: str | None = None
+    extra: dict | None = None
+    local_path: str | None = None
+    _artifact: "Artifact | None" = None
+
+    def download(self, root: str | None = None) -> str:
+        """Download this one file under root (default: the artifact's default root)."""
+        art = self._artifact
+        if art is None or not art._logged:
+            raise ArtifactNotLoggedError("entry.download() needs a logged artifact")
+        root = root or art._default_root()
+        transfer.download_many(art._reg(), root, [(self.path, art._entry(self.path))])
+        return os.path.join(root, self.path)
+
+
+class Manifest:
+    """The flat W&B view of an artifact's files."""
+
+    def __init__(self, entries: dict[str, FileEntry]):
+        self.entries = entries
+
+    def digest(self) -> str:
+        return artifact_digest(self.entries.items())
+
+    def to_manifest_json(self) -> dict:
+        return wandb_manifest(self.entries.items())
+
+
+class Artifact:
+    """A draft (PENDING) until save(); then an immutable logged version whose
+    aliases, tags, description, metadata and ttl can still be changed and saved."""
+
+    def __init__(self, name: str, type: str, description: str | None = None,
+                 metadata: dict[str, Any] | None = None, *, store: str | None = None) -> None:
+        self._collection = check_name(name, "artifact name")
+        self._type = check_type(type)
+        self.description = description
+        self._metadata = check_metadata(metadata)
+        self._store_url = store or default_store_url()
+        self._registry: Registry | None = None
+        self._project: str | None = None
+        self._info: VersionInfo | None = None   # set once logged
+        self._base: VersionInfo | None = None   # set for an incremental draft
+        self._changes: dict[str, FileEntry | None] = {}
+        self._local: dict[str, str] = {}
+        self._finalized = False
+        self.aliases: list[str] = []
+        self.tags: list[str] = []
+        self._ttl: _dt.timedelta | None = None
+
+    # -- construction from the store -----------------------------------------
+    @classmethod
+    def _from_version(cls, registry: Registry, info: VersionInfo) -> "Artifact":
+        art = cls.__new__(cls)
+        art._collection, art._type = info.collection, info.type
+        art._store_url, art._registry, art._project = registry.store.url, registry, info.project
+        art._base, art._changes, art._local = None, {}, {}
+        art._load(info)
+        return art
+
+    def _load(self, info: VersionInfo) -> None:
+        self._info, self._finalized = info, True
+        self.description = info.description
+        self._metadata = dict(info.metadata)
+        self.aliases = [a for a in info.aliases]
+        self.tags = list(info.tags)
+        self._ttl = None if info.ttl is None else _dt.timedelta(seconds=info.ttl)
+
+    def _reg(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.open(self._store_url, create=True)
+        return self._registry
+
+    @property
+    def _logged(self) -> bool:
+        return self._info is not None
+
+    def _need_logged(self, what: str) -> VersionInfo:
+        if self._info is None:
+            raise ArtifactNotLoggedError(f"{what} needs a logged artifact; call save() first")
+        return self._info
+
+    def _need_draft(self) -> None:
+        if self._finalized:
+            raise ArtifactFinalizedError(
+                f"artifact {self.name} is finalized; use new_draft() to change its files")
+
+    # -- identity ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self._collection}:v{self._info.version}" if self._info else self._collection
+
+    @property
+    def version(self) -> str:
+        return f"v{self._need_logged('version').version}"
+
+    @property
+    def collection(self) -> str:
+        return self._collection
+
+    @property
+    def project(self) -> str:
+        return self._info.project if self._info else (self._project or default_project())
+
+    @property
+    def entity(self) -> str:
+        return self._reg().entity
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.entity}/{self.project}/{self.name}"
+
+    @property
+    def type(self) -> str:
+        return self._type
+
+    @property
+    def id(self) -> str | None:
+        return self._info.id if self._info else None
+
+    @property
+    def commit_hash(self) -> str:
+        return self._need_logged("commit_hash").commit_hash
+
+    @property
+    def url(self) -> str:
+        info = self._need_logged("url")
+        return f"{self._reg().store.url}/projects/{info.project}/collections/{info.collection}/versions/v{info.version}.json"
+
+    @property
+    def state(self) -> str:
+        return self._info.state if self._info else "PENDING"
+
+    @property
+    def created_at(self) -> str:
+        return self._need_logged("created_at").created_at
+
+    @property
+    def updated_at(self) -> str | None:
+        info = self._need_logged("updated_at")
+        return info.updated_at or info.created_at
+
+    @property
+    def metadata(self) -> dict:
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: dict) -> None:
+        self._metadata = check_metadata(value)
+
+    @property
+    def ttl(self) -> _dt.timedelta | None:
+        return self._ttl
+
+    @ttl.setter
+    def ttl(self, value: _dt.timedelta | None) -> None:
+        if value is not None and (not isinstance(value, _dt.timedelta) or value.total_seconds() <= 0):
+            raise ValueError("ttl must be a positive datetime.timedelta or None")
+        self._ttl = value
+
+    # -- contents ------------------------------------------------------------
+    def _entries(self) -> dict[str, FileEntry]:
+        """The flat view: path -> entry, base version plus pending changes."""
+        out: dict[str, FileEntry] = {}
+        source = self._info or self._base
+        if source is not None:
+            out.update(walk(self._reg(), source.root))
+        for path, entry in self._changes.items():
+            if entry is None:
+                out.pop(path, None)
+            else:
+                out[path] = entry
+        return out
+
+    def _entry(self, path: str) -> FileEntry:
+        source = self._info or self._base
+        if path in self._changes:
+            entry = self._changes[path]
+        elif source is not None:
+            found = self._reg().lookup(source.root, normalize_path(path))
+            entry = found if isinstance(found, FileEntry) else None
+        else:
+            entry = None
+        if entry is None:
+            raise KeyError(f"path {path!r} is not in artifact {self.name}")
+        return entry
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest(self._entries())
+
+    def json_encode(self) -> dict:
+        """The W&B manifest v1 JSON of this artifact."""
+        return self.manifest.to_manifest_json()
+
+    @property
+    def digest(self) -> str:
+        return self._info.digest if self._info else self.manifest.digest()
+
+    @property
+    def size(self) -> int:
+        return self._info.size if self._info else sum(e.size for e in self._entries().values())
+
+    @property
+    def file_count(self) -> int:
+        return self._info.file_count if self._info else len(self._entries())
+
+    def is_draft(self) -> bool:
+        return not self._logged
+
+    def finalize(self) -> None:
+        """Forbid further changes to the files (save() does this too)."""
+        self._finalized = True
+
+    def new_draft(self) -> "Artifact":
+        """An incremental draft of this logged version: unchanged files are not
+        hashed or stored again."""
+        info = self._need_logged("new_draft()")
+        draft = Artifact(self._collection, self._type, self.description, dict(self._metadata),
+                         store=self._reg().store.url)
+        draft._registry, draft._project, draft._base = self._reg(), info.project, info
+        return draft
+
+    def _stage(self, path: str, entry: FileEntry, local: str, overwrite: bool) -> None:
+        try:
+            existing = self._entry(path)
+        except KeyError:
+            existing = None
+        if existing is not None and existing.digest != entry.digest and not overwrite:
+            raise ValueError(f"{path} is already in the artifact with different content; "
+                             "pass overwrite=True (add_file) or merge=True (add_dir)")
+        self._changes[path] = entry
+        self._local[path] = local
+
+    def add_file(self, local_path: str, name: str | None = None, is_tmp: bool | None = False,
+                 skip_cache: bool | None = False, policy: str = "mutable", overwrite: bool = False) -> ManifestEntry:
+        """Add one local file (hashed and stored now) under `name` (default: its basename)."""
+        self._need_draft()
+        _check_policy(policy)
+        if not os.path.isfile(local_path):
+            raise ArtifactfsError(f"cannot add {local_path}: not a file or not found")
+        path = normalize_path(name or os.path.basename(local_path))
+        entry = transfer.upload_file(self._reg(), local_path)
+        self._stage(path, entry, os.path.abspath(local_path), overwrite)
+        return self._manifest_entry(path, entry)
+
+    def add_dir(self, local_path: str, name: str | None = None, skip_cache: bool | None = False,
+                policy: str = "mutable", merge: bool = False,
+                progress: Callable[[int], None] | None = None) -> None:
+        """Add every file below a local directory (symlinks to files are read;
+        symlinked directories are not entered)."""
+        self._need_draft()
+        _check_policy(policy)
+        if not os.path.isdir(local_path):
+            raise ArtifactfsError(f"cannot add {local_path}: not a directory or not found")
+        prefix = normalize_path(name) + "/" if name else ""
+        locals_, paths = [], []
+        for dirpath, dirnames, filenames in os.walk(local_path):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                full = os.path.join(dirpath, fn)
+                if os.path.isfile(full):
+                    locals_.append(full)
+                    paths.append(normalize_path(prefix + os.path.relpath(full, local_path).replace(os.sep, "/")))
+        entries = transfer.upload_many(self._reg(), locals_, progress)
+        for path, entry, full in zip(paths, entries, locals_):
+            self._stage(path, entry, os.path.abspath(full), merge)
+
+    @contextlib.contextmanager
+    def new_file(self, name: str, mode: str = "x", encoding: str | None = None) -> Iterator[IO]:
+        """Open a new temporary file that is added to the artifact when closed."""
+        self._need_draft()
+        path = normalize_path(name)
+        if path in self._entries():
+            raise ValueError(f"{path} is already in the artifact")
+        tmpdir = tempfile.mkdtemp(prefix="artifactfs-new-file-")
+        local = os.path.join(tmpdir, os.path.basename(path))
+        try:
+            with open(local, mode, encoding=encoding) as f:
+                yield f
+            self.add_file(local, path)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def remove(self, item: str | ManifestEntry) -> None:
+        """Remove a file, or every file below a folder, from the draft."""
+        self._need_draft()
+        path = normalize_path(item.path if isinstance(item, ManifestEntry) else item)
+        hits = [p for p in self._entries() if p == path or p.startswith(path + "/")]
+        if not hits:
+            raise FileNotFoundError(f"{path} is not in the artifact")
+        for p in hits:
+            self._changes[p] = None
+            self._local.pop(p, None)
+
+    def _manifest_entry(self, path: str, e: FileEntry) -> ManifestEntry:
+        return ManifestEntry(path, e.digest, e.size, e.ref, dict(e.extra), self._local.get(path), self)
+
+    def get_entry(self, name: str) -> ManifestEntry:
+        path = normalize_path(name)
+        return self._manifest_entry(path, self._entry(path))
+
+    def get_added_local_path_name(self, local_path: str) -> str | None:
+        """The artifact path under which a local file was added, or None."""
+        full = os.path.abspath(local_path)
+        return next((p for p, lp in self._local.items() if lp == full), None)
+
+    def files(self, names: list[str] | None = None) -> list[ManifestEntry]:
+        entries = self._entries()
+        wanted = sorted(entries) if names is None else [normalize_path(n) for n in names]
+        return [self._manifest_entry(p, entries[p]) for p in wanted if p in entries]
+
+    # -- saving --------------------------------------------------------------
+    def save(self, project: str | None = None) -> "Artifact":
+        """Commit a draft as the next version (a no-op when its content equals
+        latest), or persist changed aliases, tags, description, metadata and ttl
+        of a logged version."""
+        reg = self._reg()
+        ttl = self._ttl.total_seconds() if self._ttl else None
+        if self._info is not None:
+            return self._save_attributes(reg, ttl)
+        project = check_name(project or self._project or default_project(), "project")
+        root_key = self._base.root if self._base else None
+        root = apply_changes(reg, root_key, self._changes)
+        digest = artifact_digest(walk(reg, root.tree))
+        info, _ = reg.commit(project, self._collection, self._type, root, digest,
+                             description=self.description, metadata=self._metadata,
+                             aliases=list(self.aliases), tags=list(self.tags), ttl=ttl,
+                             base=self._base.version if self._base else None)
+        self._changes, self._base, self._project = {}, None, project
+        self._load(info)
+        return self
+
+    def _save_attributes(self, reg: Registry, ttl: float | None) -> "Artifact":
+        info = self._info
+        assert info is not None
+        desc, meta, tags = self.description, dict(self._metadata), list(self.tags)
+
+        def change(d: dict) -> None:
+            d.update(description=desc, metadata=meta, tags=tags, ttl=ttl)
+        reg.update_attrs(info.project, info.collection, info.version, change)
+        wanted = set(self.aliases) - {"latest"}
+        for a in sorted(wanted - set(info.aliases)):
+            reg.set_alias(info.project, info.collection, a, info.version)
+        for a in sorted(set(info.aliases) - wanted - {"latest"}):
+            reg.set_alias(info.project, info.collection, a, None)
+        self._load(reg.version(info.project, info.collection, info.version))
+        return self
+
+    def wait(self, timeout: int | None = None) -> "Artifact":
+        """save() is synchronous; kept for API compatibility."""
+        self._need_logged("wait()")
+        return self
+
+    # -- reading -------------------------------------------------------------
+    def _default_root(self) -> str:
+        return os.path.join(".", "artifacts", self.name.replace(":", "-"))
+
+    def download(self, root: str | None = None, allow_missing_references: bool = False,
+                 skip_cache: bool | None = None, path_prefix: str | None = None,
+                 multipart: bool | None = None,
+                 progress: Callable[[int], None] | None = None) -> str:
+        """Write the files into root (other files there are left alone)."""
+        info = self._need_logged("download()")
+        root = root or self._default_root()
+        items = list(walk(self._reg(), info.root))
+        if path_prefix:
+            prefix = path_prefix.strip("/")
+            items = [(p, e) for p, e in items if p == prefix or p.startswith(prefix)]
+        transfer.download_many(self._reg(), root, items, progress)
+        return root
+
+    def checkout(self, root: str | None = None) -> str:
+        """Make root exactly the artifact's files: download, then delete extras."""
+        root = self.download(root)
+        keep = set(self._entries())
+        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+            for fn in filenames:
+                full = os.path.join(dirpath, fn)
+                if os.path.relpath(full, root).replace(os.sep, "/") not in keep:
+                    os.unlink(full)
+            if dirpath != root and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+        return root
+
+    def verify(self, root: str | None = None) -> None:
+        """Raise ValueError unless root holds exactly the artifact's files."""
+        info = self._need_logged("verify()")
+        root = root or self._default_root()
+        entries = self._entries()
+        problems = transfer.verify_dir(root, sorted(entries.items()))
+        for dirpath, _, filenames in os.walk(root):
+            for fn in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/")
+                if rel not in entries:
+                    problems.append(f"{rel}: not in {info.name}")
+        if problems:
+            raise ValueError(f"{root} does not match {self.name}: " + "; ".join(sorted(problems)))
+
+    def file(self, root: str | None = None) -> str:
+        """Download a single-file artifact and return the file's path."""
+        entries = self._entries()
+        if len(entries) != 1:
+            raise ValueError(f"file() needs an artifact with exactly one file; {self.name} has {len(entries)}")
+        root = self.download(root)
+        return os.path.join(root, next(iter(entries)))
+
+    def __repr__(self) -> str:
+        return f"<Artifact {self.name} type={self._type} state={self.state}>"
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")

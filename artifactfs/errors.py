@@ -1,0 +1,45 @@
+"""Exceptions.  Every subclass of ArtifactfsError is a user-facing error: the CLI
+prints its message on one line and exits non-zero, without a traceback."""
+
+
+class ArtifactfsError(Exception):
+    """Base of all errors that are the user's to fix (bad name, missing version, ...)."""
+
+
+class InvalidNameError(ArtifactfsError, ValueError):
+    """A collection, alias, tag, project or entry path that the format cannot hold."""
+
+
+class NotFoundError(ArtifactfsError, LookupError):
+    """A collection, version, alias or file that does not exist."""
+
+
+class StoreError(ArtifactfsError):
+    """The store URL does not name a usable store."""
+
+
+class ObjectNotFound(StoreError, KeyError):
+    """An object key is absent from the store."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class PreconditionFailed(ArtifactfsError):
+    """A compare-and-swap or put-if-absent lost a race; callers retry."""
+
+
+class DigestMismatchError(ArtifactfsError):
+    """Bytes read back do not match the digest recorded in the manifest."""
+
+
+class ConflictError(ArtifactfsError):
+    """A draft changed paths that another writer changed too."""
+
+
+class ArtifactNotLoggedError(ArtifactfsError):
+    """The method needs an artifact that has been saved to a store."""
+
+
+class ArtifactFinalizedError(ArtifactfsError):
+    """The artifact is a logged (immutable) version; use new_draft() to change it."""

@@ -1,0 +1,236 @@
+"""Manifests as content-addressed directory objects ("trees"), and the W&B views.
+
+A version's root is a tree: one JSON object per directory, keyed by the hex
+xxh3-128 of its bytes, naming files (digest, size, blob chunks) and sub-trees.
+Listing one directory reads one tree; a commit that changes k files rewrites
+only the trees on their paths.  The flat W&B manifest and the artifact digest
+are computed from a walk of the trees."""
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+import xxhash
+
+from .errors import InvalidNameError
+from .names import check_component, check_path
+
+CHUNK_SIZE = 8 * 1024 * 1024
+TREE_FORMAT = "artifactfs-tree-v1"
+DIGEST_HEADER = "wandb-artifact-manifest-v1\n"
+
+
+def b64_digest(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def hex_of_b64(digest: str) -> str:
+    return base64.b64decode(digest).hex()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file: W&B digest (base64 xxh3-128 of all its bytes), size, and the blob
+    keys (hex xxh3-128) of its CHUNK_SIZE pieces in order."""
+
+    digest: str
+    size: int
+    chunks: tuple[str, ...]
+    executable: bool = False
+    ref: str | None = None
+    extra: Mapping[str, object] = field(default_factory=lambda: {"alg": "XXH128"})
+
+    def to_json(self) -> dict:
+        d: dict = {"type": "file", "digest": self.digest, "size": self.size}
+        if self.chunks != default_chunks(self.digest, self.size):
+            d["chunks"] = list(self.chunks)
+        if self.executable:
+            d["exec"] = True
+        if self.ref is not None:
+            d["ref"] = self.ref
+        if dict(self.extra) != {"alg": "XXH128"}:
+            d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "FileEntry":
+        digest, size = str(d["digest"]), int(d["size"])
+        if size < 0:
+            raise InvalidNameError("negative size in manifest")
+        chunks = tuple(str(c) for c in d["chunks"]) if "chunks" in d else default_chunks(digest, size)
+        for c in chunks:
+            if len(c) != 32 or any(ch not in "0123456789abcdef" for ch in c):
+                raise InvalidNameError(f"invalid blob key {c!r} in manifest")
+        return cls(digest, size, chunks, bool(d.get("exec", False)), d.get("ref"),
+                   dict(d.get("extra", {"alg": "XXH128"})))
+
+    def chunk_span(self, index: int) -> tuple[int, int]:
+        """(offset, length) of chunk `index` within the file."""
+        start = index * CHUNK_SIZE
+        return start, min(CHUNK_SIZE, self.size - start)
+
+
+def default_chunks(digest: str, size: int) -> tuple[str, ...]:
+    """A file of at most one chunk is stored as one blob named by its own digest."""
+    if size == 0:
+        return ()
+    if size <= CHUNK_SIZE:
+        return (hex_of_b64(digest),)
+    return ()
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """A sub-directory: its tree key and the totals below it."""
+
+    tree: str
+    size: int
+    files: int
+
+    def to_json(self) -> dict:
+        return {"type": "dir", "tree": self.tree, "size": self.size, "files": self.files}
+
+
+Entry = Union[FileEntry, DirEntry]
+Tree = dict[str, Entry]
+EMPTY_TREE_SUMMARY = (0, 0)
+
+
+def encode_tree(tree: Mapping[str, Entry]) -> bytes:
+    body = {"format": TREE_FORMAT, "entries": {k: tree[k].to_json() for k in sorted(tree)}}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def tree_key(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def decode_tree(data: bytes) -> Tree:
+    """Parse and validate a tree: every name must be a safe single path component."""
+    try:
+        body = json.loads(data)
+        if body.get("format") != TREE_FORMAT:
+            raise ValueError("not a tree object")
+        out: Tree = {}
+        for name, d in body["entries"].items():
+            check_component(name)
+            if d["type"] == "dir":
+                out[name] = DirEntry(str(d["tree"]), int(d["size"]), int(d["files"]))
+            elif d["type"] == "file":
+                out[name] = FileEntry.from_json(d)
+            else:
+                raise ValueError(f"unknown entry type {d['type']!r}")
+        return out
+    except InvalidNameError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InvalidNameError(f"corrupt manifest tree: {e}") from None
+
+
+def summarize(tree: Mapping[str, Entry]) -> tuple[int, int]:
+    """(total size, file count) below a tree."""
+    size = files = 0
+    for e in tree.values():
+        if isinstance(e, DirEntry):
+            size, files = size + e.size, files + e.files
+        else:
+            size, files = size + e.size, files + 1
+    return size, files
+
+
+class TreeIO:
+    """What tree algorithms need from the registry: load and save trees by key."""
+
+    def load(self, key: str) -> Tree:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def save(self, tree: Mapping[str, Entry]) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def apply_changes(io: TreeIO, root: str | None, changes: Mapping[str, FileEntry | None]) -> DirEntry:
+    """New root from `root` (None: empty) with each path set to an entry or removed.
+
+    Only trees on changed paths are loaded and written: O(changes x depth).
+    Directories left empty disappear.  A file and a directory at the same path
+    is refused with InvalidNameError."""
+    for p in changes:
+        check_path(p)
+    tree = _apply(io, io.load(root) if root else {}, changes, "")
+    size, files = summarize(tree)
+    return DirEntry(io.save(tree), size, files)
+
+
+def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, FileEntry | None], where: str) -> Tree:
+    tree = dict(tree)
+    direct: dict[str, FileEntry | None] = {}
+    nested: dict[str, dict[str, FileEntry | None]] = {}
+    for path, entry in changes.items():
+        head, sep, rest = path.partition("/")
+        if sep:
+            nested.setdefault(head, {})[rest] = entry
+        else:
+            direct[head] = entry
+    for name, entry in direct.items():
+        if entry is None:
+            tree.pop(name, None)
+        elif name in nested and any(v is not None for v in nested[name].values()):
+            raise InvalidNameError(f"{where}{name} is both a file and a directory")
+        else:
+            tree[name] = entry
+    for name, sub in nested.items():
+        if isinstance(tree.get(name), FileEntry):
+            if all(v is None for v in sub.values()):
+                continue
+            raise InvalidNameError(f"{where}{name} is both a file and a directory")
+        current = tree.get(name)
+        child = _apply(io, io.load(current.tree) if isinstance(current, DirEntry) else {}, sub,
+                       f"{where}{name}/")
+        if child:
+            size, files = summarize(child)
+            tree[name] = DirEntry(io.save(child), size, files)
+        else:
+            tree.pop(name, None)
+    return tree
+
+
+def walk(io: TreeIO, root: str | None, prefix: str = "") -> Iterator[tuple[str, FileEntry]]:
+    """Every (path, FileEntry) below `root`, depth first in name order."""
+    if not root:
+        return
+    for name, entry in sorted(io.load(root).items()):
+        path = prefix + name
+        if isinstance(entry, DirEntry):
+            yield from walk(io, entry.tree, path + "/")
+        else:
+            yield path, entry
+
+
+def artifact_digest(entries: Iterable[tuple[str, FileEntry]]) -> str:
+    """W&B's artifact digest: xxh3-128 hex over the header and 'path:digest' lines
+    in path order."""
+    h = xxhash.xxh3_128()
+    h.update(DIGEST_HEADER.encode())
+    for path, entry in sorted(entries, key=lambda pe: pe[0]):
+        h.update(f"{path}:{entry.digest}\n".encode())
+    return h.hexdigest()
+
+
+def wandb_manifest(entries: Iterable[tuple[str, FileEntry]]) -> dict:
+    """The W&B manifest v1 JSON of a flat list of entries."""
+    contents = {}
+    for path, e in sorted(entries, key=lambda pe: pe[0]):
+        item: dict = {"digest": e.digest, "size": e.size}
+        if e.ref is not None:
+            item["ref"] = e.ref
+        item["extra"] = dict(e.extra)
+        contents[path] = item
+    return {
+        "version": 1,
+        "storagePolicy": "wandb-storage-policy-v1",
+        "storagePolicyConfig": {"storageLayout": "V2"},
+        "contents": contents,
+    }

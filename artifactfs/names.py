@@ -1,0 +1,101 @@
+"""Validation of every name that reaches the store or the local disk.
+
+One place decides what is a valid collection/alias/tag/project name and what is a
+safe entry path, so neither the API, the CLI nor the mount can write outside a
+target directory because of a crafted manifest or name."""
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidNameError
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_VERSION = re.compile(r"^v(\d+)$")
+MAX_NAME = 128
+RESERVED_TYPES = ("job",)
+RESERVED_TYPE_PREFIXES = ("wandb-",)
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Collection, project, alias and tag names: letters, digits, '_', '-', '.'."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+        raise InvalidNameError(
+            f"invalid {what} {name!r}: use letters, digits, '_', '-' and '.'"
+        )
+    if len(name) > MAX_NAME:
+        raise InvalidNameError(f"invalid {what} {name!r}: longer than {MAX_NAME} characters")
+    return name
+
+
+def check_alias(alias: str) -> str:
+    """Aliases may not look like a version number (that would shadow vN)."""
+    check_name(alias, "alias")
+    if _VERSION.match(alias):
+        raise InvalidNameError(f"invalid alias {alias!r}: it looks like a version number")
+    return alias
+
+
+def check_type(type_: str) -> str:
+    check_name(type_, "type")
+    if type_ in RESERVED_TYPES or type_.startswith(RESERVED_TYPE_PREFIXES):
+        raise InvalidNameError(f"artifact type {type_!r} is reserved")
+    return type_
+
+
+def parse_version(text: str) -> int | None:
+    """'v12' -> 12; anything else -> None."""
+    m = _VERSION.match(text)
+    return int(m.group(1)) if m else None
+
+
+def check_path(path: str) -> str:
+    """An entry path inside an artifact: relative, '/'-separated, no '..', '.', empty
+    component, NUL or backslash.  Returned unchanged when valid."""
+    if not isinstance(path, str) or not path:
+        raise InvalidNameError("invalid path: empty")
+    if "\0" in path or "\\" in path:
+        raise InvalidNameError(f"invalid path {path!r}: NUL or backslash")
+    if path.startswith("/"):
+        raise InvalidNameError(f"invalid path {path!r}: absolute")
+    for part in path.split("/"):
+        check_component(part, path)
+    return path
+
+
+def check_component(part: str, path: str | None = None) -> str:
+    """One path component (a file or folder name)."""
+    where = path if path is not None else part
+    if part in ("", ".", ".."):
+        raise InvalidNameError(f"invalid path {where!r}: empty, '.' or '..' component")
+    if "/" in part or "\0" in part or "\\" in part:
+        raise InvalidNameError(f"invalid path {where!r}: '/', NUL or backslash in a name")
+    if len(part.encode()) > 255:
+        raise InvalidNameError(f"invalid path {where!r}: a name longer than 255 bytes")
+    return part
+
+
+def normalize_path(path: str) -> str:
+    """Turn a user-given artifact path ('./a//b', 'a\\b' is *not* accepted) into canonical form."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return check_path("/".join(parts))
+
+
+def split_ref(ref: str) -> tuple[str | None, str, str | None]:
+    """'[project/]name[:alias|:vN]' -> (project, name, alias or 'vN' or None)."""
+    project = None
+    if "/" in ref:
+        parts = ref.split("/")
+        if len(parts) == 3:  # entity/project/name: the entity is the store itself
+            parts = parts[1:]
+        if len(parts) != 2:
+            raise InvalidNameError(f"invalid artifact name {ref!r}")
+        project, ref = parts
+        check_name(project, "project")
+    name, _, alias = ref.partition(":")
+    check_name(name, "collection name")
+    if _ and not alias:
+        raise InvalidNameError(f"invalid artifact name {ref!r}: empty alias after ':'")
+    if alias:
+        if parse_version(alias) is None:
+            check_alias(alias)
+    return project, name, alias or None

@@ -1,0 +1,413 @@
+"""Collections, versions, aliases, tags and attributes on an object store.
+
+Layout (docs/store-format.md has the full description):
+  artifactfs-store.json                              marker
+  blobs/<2 hex>/<32 hex>                             file contents (chunks)
+  trees/<2 hex>/<32 hex>                             directory objects
+  projects/<p>/collections/<c>/collection.json       type, description (CAS)
+  projects/<p>/collections/<c>/aliases.json          alias -> version (CAS)
+  projects/<p>/collections/<c>/versions/v<N>.json    immutable version record
+  projects/<p>/collections/<c>/versions/v<N>.attrs.json  mutable attributes (CAS)
+
+Version N exists once v<N>.json exists; it is created with put_if_absent after
+its blobs and trees are durable, so numbers are allocated without gaps and a
+crashed writer leaves at most orphan blobs and trees."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from threading import Lock
+from typing import Any
+
+from .errors import (InvalidNameError, NotFoundError, ObjectNotFound, PreconditionFailed,
+                     StoreError)
+from .manifest import DirEntry, Entry, FileEntry, Tree, TreeIO, decode_tree, encode_tree, tree_key
+from .names import check_alias, check_name, check_type, parse_version
+from .store import ObjectStore, open_store
+
+MARKER = "artifactfs-store.json"
+STORE_FORMAT = {"format": "artifactfs-store", "version": 1}
+MAX_METADATA_KEYS = 100
+CAS_RETRIES = 200
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def blob_key(hexdigest: str) -> str:
+    return f"blobs/{hexdigest[:2]}/{hexdigest}"
+
+
+def _tree_object_key(hexdigest: str) -> str:
+    return f"trees/{hexdigest[:2]}/{hexdigest}"
+
+
+def check_metadata(metadata: Mapping[str, Any] | None) -> dict:
+    """At most 100 keys, JSON-serialisable values; returns a plain copy."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidNameError("metadata must be a dict")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidNameError(f"metadata has {len(metadata)} keys; at most {MAX_METADATA_KEYS} allowed")
+    try:
+        return json.loads(json.dumps(dict(metadata), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise InvalidNameError(f"metadata is not JSON-serialisable: {e}") from None
+
+
+@dataclass
+class VersionInfo:
+    """A committed version: its immutable record merged with its current attributes."""
+
+    project: str
+    collection: str
+    version: int
+    type: str
+    root: str
+    digest: str
+    size: int
+    file_count: int
+    created_at: str
+    commit_hash: str
+    id: str
+    base: int | None
+    description: str | None = None
+    metadata: dict = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    ttl: float | None = None
+    state: str = "COMMITTED"
+    updated_at: str | None = None
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.collection}:v{self.version}"
+
+
+@dataclass
+class CollectionInfo:
+    project: str
+    name: str
+    type: str
+    description: str | None
+    created_at: str
+
+
+ATTR_FIELDS = ("description", "metadata", "tags", "ttl", "state", "updated_at")
+
+
+class Registry(TreeIO):
+    """All registry logic, written once against ObjectStore."""
+
+    def __init__(self, store: ObjectStore, create: bool = False):
+        self.store = store
+        self._trees: OrderedDict[str, Tree] = OrderedDict()
+        self._trees_lock = Lock()
+        self._check_marker(create)
+
+    @classmethod
+    def open(cls, url: str | None = None, create: bool = False) -> "Registry":
+        return cls(open_store(url), create=create)
+
+    def _check_marker(self, create: bool) -> None:
+        try:
+            marker = json.loads(self.store.get(MARKER))
+        except ObjectNotFound:
+            if not create:
+                raise StoreError(f"no artifactfs store at {self.store.url}") from None
+            if self._holds_other_things():
+                raise StoreError(f"{self.store.url} is not empty and is not an artifactfs store") from None
+            name = os.path.basename(self.store.url.rstrip("/")) or "store"
+            self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name}).encode())
+            marker = json.loads(self.store.get(MARKER))
+        except (ValueError, OSError) as e:
+            raise StoreError(f"{self.store.url} is not an artifactfs store ({e})") from None
+        if not isinstance(marker, dict) or marker.get("format") != STORE_FORMAT["format"]:
+            raise StoreError(f"{self.store.url} is not an artifactfs store")
+        if marker.get("version") != STORE_FORMAT["version"]:
+            raise StoreError(f"{self.store.url}: unsupported store format version {marker.get('version')}")
+        self.entity = str(marker.get("name") or "store")
+
+    def _holds_other_things(self) -> bool:
+        try:
+            return next(iter(self.store.list("", recursive=False)), None) is not None
+        except OSError as e:
+            raise StoreError(f"cannot read {self.store.url}: {e.strerror}") from None
+
+    # -- trees (TreeIO) --------------------------------------------------------
+    def load(self, key: str) -> Tree:
+        with self._trees_lock:
+            tree = self._trees.get(key)
+            if tree is not None:
+                self._trees.move_to_end(key)
+                return tree
+        data = self.store.get(_tree_object_key(key))
+        if tree_key(data) != key:
+            raise StoreError(f"tree {key} is corrupt (digest mismatch)")
+        tree = decode_tree(data)
+        with self._trees_lock:
+            self._trees[key] = tree
+            while len(self._trees) > 4096:
+                self._trees.popitem(last=False)
+        return tree
+
+    def save(self, tree: Mapping[str, Entry]) -> str:
+        data = encode_tree(tree)
+        key = tree_key(data)
+        okey = _tree_object_key(key)
+        if not self.store.exists(okey):
+            self.store.put(okey, data)
+        return key
+
+    def lookup(self, root: str, path: str) -> Entry | None:
+        """The entry at `path` below `root` ('' is the root itself)."""
+        entry: Entry = DirEntry(root, 0, 0)
+        for part in [p for p in path.split("/") if p]:
+            if not isinstance(entry, DirEntry):
+                return None
+            child = self.load(entry.tree).get(part)
+            if child is None:
+                return None
+            entry = child
+        return entry
+
+    # -- keys ----------------------------------------------------------------
+    @staticmethod
+    def _ckey(project: str, name: str, leaf: str = "") -> str:
+        return f"projects/{project}/collections/{name}/{leaf}"
+
+    def _vkey(self, project: str, name: str, version: int, suffix: str = ".json") -> str:
+        return self._ckey(project, name, f"versions/v{version}{suffix}")
+
+    # -- collections ---------------------------------------------------------
+    def projects(self) -> list[str]:
+        return [k[len("projects/"):-1] for k in self.store.list("projects/", recursive=False) if k.endswith("/")]
+
+    def collections(self, project: str) -> list[CollectionInfo]:
+        out = []
+        prefix = f"projects/{check_name(project, 'project')}/collections/"
+        for k in self.store.list(prefix, recursive=False):
+            if k.endswith("/"):
+                try:
+                    out.append(self.collection(project, k[len(prefix):-1]))
+                except NotFoundError:
+                    continue  # being created: no collection.json yet
+        return out
+
+    def collection(self, project: str, name: str) -> CollectionInfo:
+        try:
+            d = json.loads(self.store.get(self._ckey(project, check_name(name, "collection name"), "collection.json")))
+        except ObjectNotFound:
+            raise NotFoundError(f"collection {project}/{name} not found") from None
+        return CollectionInfo(project, name, d["type"], d.get("description"), d["created_at"])
+
+    def ensure_collection(self, project: str, name: str, type_: str) -> CollectionInfo:
+        """Create the collection if needed; refuse a type different from its own."""
+        check_name(project, "project")
+        check_name(name, "collection name")
+        check_type(type_)
+        body = {"name": name, "type": type_, "description": None, "created_at": now_iso()}
+        self.store.put_if_absent(self._ckey(project, name, "collection.json"), json.dumps(body).encode())
+        info = self.collection(project, name)
+        if info.type != type_:
+            raise InvalidNameError(f"collection {name} has type {info.type!r}, not {type_!r}")
+        return info
+
+    def set_collection_description(self, project: str, name: str, description: str | None) -> None:
+        def change(d: dict) -> dict:
+            d["description"] = description
+            return d
+        self._cas_json(self._ckey(project, name, "collection.json"), change, must_exist=True)
+
+    # -- versions ------------------------------------------------------------
+    def versions(self, project: str, name: str) -> list[int]:
+        prefix = self._ckey(project, name, "versions/")
+        out = []
+        for k in self.store.list(prefix, recursive=False):
+            leaf = k[len(prefix):]
+            if leaf.endswith(".json") and not leaf.endswith(".attrs.json"):
+                n = parse_version(leaf[:-5])
+                if n is not None:
+                    out.append(n)
+        return sorted(out)
+
+    def latest(self, project: str, name: str) -> int | None:
+        vs = self.versions(project, name)
+        return vs[-1] if vs else None
+
+    def aliases(self, project: str, name: str) -> dict[str, int]:
+        """alias -> version, 'latest' included."""
+        try:
+            d = json.loads(self.store.get(self._ckey(project, name, "aliases.json")))
+        except ObjectNotFound:
+            d = {}
+        out = {k: int(v) for k, v in d.items()}
+        latest = self.latest(project, name)
+        if latest is not None:
+            out["latest"] = latest
+        return out
+
+    def resolve(self, project: str, name: str, alias: str | None) -> int:
+        """'vN', an alias or None (latest) -> the version number."""
+        self.collection(project, name)
+        alias = alias or "latest"
+        n = parse_version(alias)
+        if n is not None:
+            if not self.store.exists(self._vkey(project, name, n)):
+                raise NotFoundError(f"version {name}:{alias} not found")
+            return n
+        found = self.aliases(project, name).get(alias)
+        if found is None:
+            raise NotFoundError(f"alias {name}:{alias} not found")
+        return found
+
+    def version(self, project: str, name: str, version: int) -> VersionInfo:
+        try:
+            rec = json.loads(self.store.get(self._vkey(project, name, version)))
+        except ObjectNotFound:
+            raise NotFoundError(f"version {name}:v{version} not found") from None
+        info = VersionInfo(
+            project=project, collection=name, version=version, type=rec["type"], root=rec["root"],
+            digest=rec["digest"], size=rec["size"], file_count=rec["file_count"],
+            created_at=rec["created_at"], commit_hash=rec["commit_hash"], id=rec["id"],
+            base=rec.get("base"), description=rec.get("description"),
+            metadata=rec.get("metadata") or {}, tags=list(rec.get("tags") or []), ttl=rec.get("ttl"),
+        )
+        try:
+            attrs = json.loads(self.store.get(self._vkey(project, name, version, ".attrs.json")))
+            for f in ATTR_FIELDS:
+                if f in attrs:
+                    setattr(info, f, attrs[f])
+        except ObjectNotFound:
+            pass
+        info.aliases = sorted(a for a, v in self.aliases(project, name).items() if v == version)
+        return info
+
+    def get(self, project: str, name: str, alias: str | None = None) -> VersionInfo:
+        return self.version(project, name, self.resolve(project, name, alias))
+
+    def commit(
+        self, project: str, name: str, type_: str, root: DirEntry, digest: str, *,
+        description: str | None = None, metadata: Mapping[str, Any] | None = None,
+        aliases: list[str] = (), tags: list[str] = (), ttl: float | None = None,
+        base: int | None = None, created_at: str | None = None,
+    ) -> tuple[VersionInfo, bool]:
+        """Publish a new version whose trees and blobs have been put; returns
+        (version, created).  Content equal to latest returns latest unchanged
+        (aliases and tags are still applied to it)."""
+        metadata = check_metadata(metadata)
+        for a in aliases:
+            check_alias(a)
+        for t in tags:
+            check_name(t, "tag")
+        self.ensure_collection(project, name, type_)
+        latest = self.latest(project, name)
+        if latest is not None:
+            current = self.version(project, name, latest)
+            if current.digest == digest:
+                self._label(project, name, latest, aliases, tags)
+                return self.version(project, name, latest), False
+        self.store.sync()  # blobs and trees durable before the record names them
+        record = {
+            "format": "artifactfs-version-v1", "type": type_, "root": root.tree, "digest": digest,
+            "size": root.size, "file_count": root.files, "created_at": created_at or now_iso(),
+            "commit_hash": uuid.uuid4().hex[:20], "id": uuid.uuid4().hex, "base": base,
+            "description": description, "metadata": metadata, "tags": sorted(set(tags)), "ttl": ttl,
+        }
+        n = (latest + 1) if latest is not None else 0
+        while True:
+            record["version"] = n
+            if self.store.put_if_absent(self._vkey(project, name, n), json.dumps(record).encode()):
+                break
+            n += 1
+        self._label(project, name, n, aliases, ())
+        return self.version(project, name, n), True
+
+    def _label(self, project: str, name: str, version: int, aliases, tags) -> None:
+        for a in aliases:
+            if a != "latest":
+                self.set_alias(project, name, a, version)
+        if tags:
+            self.update_attrs(project, name, version, lambda d: d.update(tags=sorted(set(d["tags"]) | set(tags))))
+
+    # -- mutable state, all compare-and-swap -----------------------------------
+    def set_alias(self, project: str, name: str, alias: str, version: int | None) -> None:
+        """Point `alias` at `version` (None removes it).  'latest' is managed."""
+        check_alias(alias)
+        if alias == "latest":
+            raise InvalidNameError("the alias 'latest' always points at the newest version and cannot be changed")
+        if version is not None:
+            self.version(project, name, version)  # must exist
+
+        def change(d: dict) -> dict:
+            if version is None:
+                if alias not in d:
+                    raise NotFoundError(f"alias {name}:{alias} not found")
+                d.pop(alias)
+            else:
+                d[alias] = version
+            return d
+        self._cas_json(self._ckey(project, name, "aliases.json"), change)
+
+    def update_attrs(self, project: str, name: str, version: int, change: Callable[[dict], None]) -> VersionInfo:
+        """Apply `change` to the version's mutable attributes (description,
+        metadata, tags, ttl, state) under compare-and-swap."""
+        info = self.version(project, name, version)
+        initial = {f: getattr(info, f) for f in ATTR_FIELDS}
+
+        def wrapped(d: dict) -> dict:
+            d = {**initial, **d}
+            change(d)
+            d["metadata"] = check_metadata(d["metadata"])
+            for t in d["tags"]:
+                check_name(t, "tag")
+            d["tags"] = sorted(set(d["tags"]))
+            d["updated_at"] = now_iso()
+            return d
+        self._cas_json(self._vkey(project, name, version, ".attrs.json"), wrapped)
+        return self.version(project, name, version)
+
+    def _cas_json(self, key: str, change: Callable[[dict], dict], must_exist: bool = False) -> dict:
+        for attempt in range(CAS_RETRIES):
+            try:
+                data, etag = self.store.get_versioned(key)
+                current = json.loads(data)
+            except ObjectNotFound:
+                if must_exist:
+                    raise NotFoundError(f"{key} not found") from None
+                current, etag = {}, None
+            new = change(current)
+            try:
+                self.store.compare_and_swap(key, json.dumps(new, sort_keys=True).encode(), etag)
+                return new
+            except PreconditionFailed:
+                time.sleep(min(0.001 * 2 ** min(attempt, 6), 0.05))
+        raise StoreError(f"could not update {key}: too much contention")
+
+    # -- blobs ---------------------------------------------------------------
+    def put_blob(self, hexdigest: str, data: bytes) -> bool:
+        """Store a blob unless present; True if it was written."""
+        key = blob_key(hexdigest)
+        if self.store.exists(key):
+            return False
+        self.store.put(key, data)
+        return True
+
+    def get_blob(self, hexdigest: str) -> bytes:
+        return self.store.get(blob_key(hexdigest))
+
+
+def entry_at(registry: Registry, root: str, path: str) -> FileEntry:
+    """The file at `path` in a version, or NotFoundError."""
+    e = registry.lookup(root, path)
+    if not isinstance(e, FileEntry):
+        raise NotFoundError(f"no file {path!r} in this version")
+    return e

@@ -1,0 +1,31 @@
+"""Object stores, named by URL: 'file:///abs/path' or a plain path."""
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlparse
+
+from ..errors import StoreError
+from .base import ObjectStore
+from .local import LocalStore
+
+__all__ = ["ObjectStore", "LocalStore", "open_store", "default_store_url"]
+
+
+def default_store_url() -> str:
+    """$ARTIFACTFS_STORE, else ${XDG_DATA_HOME:-~/.local/share}/artifactfs/store."""
+    env = os.environ.get("ARTIFACTFS_STORE")
+    if env:
+        return env
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(data, "artifactfs", "store")
+
+
+def open_store(url: str | None = None) -> ObjectStore:
+    url = url or default_store_url()
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        path = unquote(parsed.path) if parsed.scheme == "file" else url
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise StoreError(f"store URL {url!r}: file URLs take no host")
+        return LocalStore(os.path.expanduser(path))
+    raise StoreError(f"store URL {url!r}: unsupported scheme {parsed.scheme!r} (use file:// or a path)")

@@ -1,0 +1,64 @@
+"""The small object-store interface the registry is written against.
+
+Keys are '/'-separated relative strings.  Semantics every backend provides:
+- put() may buffer; sync() is the barrier after which every earlier put is durable.
+- put_if_absent() and compare_and_swap() are atomic and durable when they return.
+- get_versioned() returns an etag that compare_and_swap() accepts.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+
+class ObjectStore(abc.ABC):
+    url: str
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Whole object; raises ObjectNotFound."""
+
+    @abc.abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of the object (shorter at its end)."""
+
+    @abc.abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """Whole object and its etag, read consistently."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Create or replace; durable only after sync()."""
+
+    @abc.abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create atomically and durably; False when the key already exists."""
+
+    @abc.abstractmethod
+    def compare_and_swap(self, key: str, data: bytes, etag: str | None) -> str:
+        """Replace the object only if its etag is still `etag` (None: only if absent).
+        Returns the new etag; raises PreconditionFailed when someone else won."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes; raises ObjectNotFound."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+        """Keys starting with `prefix`.  With recursive=False, only the next level:
+        keys directly below and sub-prefixes (ending in '/')."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the key; absent keys are fine."""
+
+    @abc.abstractmethod
+    def sync(self) -> None:
+        """Make every earlier put() durable."""
+
+    def local_path(self, key: str) -> str | None:
+        """A filesystem path holding the object, for in-place reads; None if remote."""
+        return None

@@ -1,0 +1,232 @@
+"""The embedded default store: a directory tree, safe on a shared POSIX filesystem.
+
+Objects are written to a temporary name and renamed into place, so readers never
+see a partial object.  put_if_absent uses link(2), which fails atomically if the
+target exists (also over NFS).  compare_and_swap holds a lock file, created with
+link(2) as well, for the read-compare-replace; a lock older than LOCK_STALE
+seconds is treated as left by a dead process and broken."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import xxhash
+
+from ..errors import ObjectNotFound, PreconditionFailed, StoreError
+from .base import ObjectStore
+
+LOCK_STALE = 30.0
+LOCK_TIMEOUT = 60.0
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def etag_of(data: bytes) -> str:
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.url = "file://" + self.root
+
+    # -- helpers -------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        if not key or key.startswith("/") or "\0" in key or ".." in key.split("/"):
+            raise StoreError(f"invalid object key {key!r}")
+        return os.path.join(self.root, key)
+
+    def _tmp(self, path: str) -> str:
+        d = os.path.dirname(path)
+        os.makedirs(d, mode=0o755, exist_ok=True)
+        return os.path.join(d, f".tmp-{uuid.uuid4().hex}")
+
+    def _write_tmp(self, path: str, data: bytes, fsync: bool) -> str:
+        tmp = self._tmp(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    @staticmethod
+    def _fsync_dir(path: str) -> None:
+        fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- reads ---------------------------------------------------------------
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {key} not found in {self.url}") from None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {key} not found in {self.url}") from None
+        try:
+            return os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)
+        return data, etag_of(data)
+
+    def exists(self, key: str) -> bool:
+        return os.path.exists(self._path(key))
+
+    def size(self, key: str) -> int:
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {key} not found in {self.url}") from None
+
+    def local_path(self, key: str) -> str | None:
+        return self._path(key)
+
+    def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+        base, _, stem = prefix.rpartition("/")
+        top = os.path.join(self.root, base) if base else self.root
+        try:
+            names = sorted(os.listdir(top))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name in names:
+            if not name.startswith(stem) or name.startswith(".tmp-") or name.endswith(".lock"):
+                continue
+            key = f"{base}/{name}" if base else name
+            full = os.path.join(top, name)
+            if os.path.isdir(full):
+                if recursive:
+                    yield from self.list(key + "/", True)
+                else:
+                    yield key + "/"
+            else:
+                yield key
+
+    # -- writes --------------------------------------------------------------
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        os.replace(self._write_tmp(path, data, fsync=False), path)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        if os.path.exists(path):
+            return False
+        tmp = self._write_tmp(path, data, fsync=True)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        self._fsync_dir(path)
+        return True
+
+    def compare_and_swap(self, key: str, data: bytes, etag: str | None) -> str:
+        path = self._path(key)
+        tmp = self._write_tmp(path, data, fsync=True)
+        try:
+            with self._lock(path):
+                try:
+                    with open(path, "rb") as f:
+                        current: str | None = etag_of(f.read())
+                except FileNotFoundError:
+                    current = None
+                if current != etag:
+                    raise PreconditionFailed(f"{key} changed concurrently")
+                os.replace(tmp, path)
+                self._fsync_dir(path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return etag_of(data)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def sync(self) -> None:
+        """syncfs(2) on the store's filesystem: one flush for a whole commit."""
+        os.makedirs(self.root, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+        finally:
+            os.close(fd)
+
+    # -- the NFS-safe lock ------------------------------------------------------
+    def _lock(self, path: str) -> "_LinkLock":
+        return _LinkLock(path + ".lock")
+
+
+class _LinkLock:
+    """Exclusive lock by link(2) of a unique file onto the lock name."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.mine = f"{name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> "_LinkLock":
+        with open(self.mine, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        delay = 0.001
+        try:
+            while True:
+                try:
+                    os.link(self.mine, self.name)
+                    return self
+                except FileExistsError:
+                    pass
+                except OSError as e:  # NFS may report failure although the link was made
+                    if e.errno not in (errno.EIO, errno.ETIMEDOUT) or os.stat(self.mine).st_nlink != 2:
+                        raise
+                    return self
+                self._break_if_stale()
+                if time.monotonic() > deadline:
+                    raise StoreError(f"timed out waiting for lock {self.name}")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        finally:
+            os.unlink(self.mine)
+
+    def _break_if_stale(self) -> None:
+        try:
+            age = time.time() - os.stat(self.name).st_mtime
+        except FileNotFoundError:
+            return
+        if age > LOCK_STALE:
+            broken = f"{self.name}.broken-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(self.name, broken)
+                os.unlink(broken)
+            except FileNotFoundError:
+                pass
+
+    def __exit__(self, *exc: object) -> None:
+        os.unlink(self.name)
