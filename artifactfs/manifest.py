@@ -60,10 +60,8 @@ class FileEntry:
         digest, size = str(d["digest"]), int(d["size"])
         if size < 0:
             raise InvalidNameError("negative size in manifest")
-        chunks = tuple(str(c) for c in d["chunks"]) if "chunks" in d else default_chunks(digest, size)
-        for c in chunks:
-            if len(c) != 32 or any(ch not in "0123456789abcdef" for ch in c):
-                raise InvalidNameError(f"invalid blob key {c!r} in manifest")
+        chunks = tuple(check_object_key(str(c)) for c in d["chunks"]) if "chunks" in d \
+            else default_chunks(digest, size)
         return cls(digest, size, chunks, bool(d.get("exec", False)), d.get("ref"),
                    dict(d.get("extra", {"alg": "XXH128"})))
 
@@ -71,6 +69,14 @@ class FileEntry:
         """(offset, length) of chunk `index` within the file."""
         start = index * CHUNK_SIZE
         return start, min(CHUNK_SIZE, self.size - start)
+
+
+def check_object_key(key: str) -> str:
+    """Blob and tree keys are 32 lower-case hex digits; anything else in a manifest
+    read from the store is refused before it reaches a store path."""
+    if len(key) != 32 or any(ch not in "0123456789abcdef" for ch in key):
+        raise InvalidNameError(f"invalid object key {key!r} in manifest")
+    return key
 
 
 def default_chunks(digest: str, size: int) -> tuple[str, ...]:
@@ -118,7 +124,7 @@ def decode_tree(data: bytes) -> Tree:
         for name, d in body["entries"].items():
             check_component(name)
             if d["type"] == "dir":
-                out[name] = DirEntry(str(d["tree"]), int(d["size"]), int(d["files"]))
+                out[name] = DirEntry(check_object_key(str(d["tree"])), int(d["size"]), int(d["files"]))
             elif d["type"] == "file":
                 out[name] = FileEntry.from_json(d)
             else:

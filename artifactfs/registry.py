@@ -121,10 +121,12 @@ class Registry(TreeIO):
         try:
             marker = json.loads(self.store.get(MARKER))
         except ObjectNotFound:
-            if not create:
-                raise StoreError(f"no artifactfs store at {self.store.url}") from None
             if self._holds_other_things():
-                raise StoreError(f"{self.store.url} is not empty and is not an artifactfs store") from None
+                raise StoreError(f"{self.store.url} is not an artifactfs store: it holds other files "
+                                 f"and no {MARKER}") from None
+            if not create:
+                raise StoreError(f"no artifactfs store at {self.store.url} "
+                                 "(a command that writes, such as put, creates it)") from None
             name = os.path.basename(self.store.url.rstrip("/")) or "store"
             self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name}).encode())
             marker = json.loads(self.store.get(MARKER))

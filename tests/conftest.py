@@ -1,0 +1,27 @@
+"""Shared, generic fixtures.  Feature-specific helpers live in their own modules."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test that cannot run here, except in CI, where it must fail instead."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def store_url(tmp_path) -> str:
+    """A path (not yet created) for a fresh local store."""
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def env(store_url, monkeypatch) -> str:
+    """Point the API and CLI defaults at a fresh store and project 'proj'."""
+    monkeypatch.setenv("ARTIFACTFS_STORE", store_url)
+    monkeypatch.setenv("ARTIFACTFS_PROJECT", "proj")
+    return store_url
