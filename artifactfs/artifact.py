@@ -77,6 +77,7 @@ class Artifact:
         self._changes: dict[str, FileEntry | None] = {}
         self._local: dict[str, str] = {}
         self._finalized = False
+        self.created = False  # did the last save() make a new version (False: equal to latest)
         self.aliases: list[str] = []
         self.tags: list[str] = []
         self._ttl: _dt.timedelta | None = None
@@ -87,7 +88,7 @@ class Artifact:
         art = cls.__new__(cls)
         art._collection, art._type = info.collection, info.type
         art._store_url, art._registry, art._project = registry.store.url, registry, info.project
-        art._base, art._changes, art._local = None, {}, {}
+        art._base, art._changes, art._local, art.created = None, {}, {}, False
         art._load(info)
         return art
 
@@ -356,7 +357,7 @@ class Artifact:
         root_key = self._base.root if self._base else None
         root = apply_changes(reg, root_key, self._changes)
         digest = artifact_digest(walk(reg, root.tree))
-        info, _ = reg.commit(project, self._collection, self._type, root, digest,
+        info, self.created = reg.commit(project, self._collection, self._type, root, digest,
                              description=self.description, metadata=self._metadata,
                              aliases=list(self.aliases), tags=list(self.tags), ttl=ttl,
                              base=self._base.version if self._base else None)

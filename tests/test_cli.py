@@ -1,0 +1,126 @@
+"""The command line: output formats, exit codes, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "artifactfs", *args], env=env, capture_output=True, text=True)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    else:
+        assert p.returncode != 0
+        assert "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    return p
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    env = dict(os.environ, ARTIFACTFS_STORE=str(tmp_path / "store"), ARTIFACTFS_PROJECT="p")
+    return env
+
+
+@pytest.fixture
+def data(tmp_path):
+    d = tmp_path / "data"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text("hello")
+    (d / "sub" / "b.bin").write_bytes(os.urandom(5000))
+    return d
+
+
+def test_put_ls_info_get_verify(cli_env, data, tmp_path):
+    assert run(["put", str(data), "ds", "--type", "dataset", "--metadata", "k=1", "--alias", "best"],
+               cli_env).stdout.strip() == "ds:v0"
+    assert run(["put", str(data), "ds", "--type", "dataset"], cli_env).stdout.strip() == "ds:v0 (unchanged)"
+    (data / "a.txt").write_text("changed")
+    assert run(["put", str(data), "ds", "--type", "dataset"], cli_env).stdout.strip() == "ds:v1"
+    out = run(["ls"], cli_env).stdout
+    assert "ds" in out and "dataset" in out and "v1" in out
+    out = run(["ls", "ds"], cli_env).stdout.splitlines()
+    assert out[1].startswith("v0") and "best" in out[1]
+    assert out[2].startswith("v1") and "latest" in out[2]
+    info = json.loads(run(["info", "ds:best", "--json"], cli_env).stdout)
+    assert info["version"] == "v0" and info["metadata"] == {"k": 1} and info["file_count"] == 2
+    files = run(["files", "ds:latest", "sub"], cli_env).stdout.split()
+    assert files[0] == "5000" and files[2] == "sub/b.bin"
+    dest = tmp_path / "dest"
+    run(["get", "ds:v0", str(dest)], cli_env)
+    assert (dest / "a.txt").read_text() == "hello"
+    run(["verify", "ds:v0", str(dest)], cli_env)
+    p = subprocess.run([sys.executable, "-m", "artifactfs", "verify", "ds:v1", str(dest)], env=cli_env,
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "a.txt: content does not match" in p.stderr
+
+
+def test_verify_names_each_bad_file(cli_env, data, tmp_path):
+    run(["put", str(data), "ds", "--type", "dataset"], cli_env)
+    dest = tmp_path / "dest"
+    run(["get", "ds", str(dest)], cli_env)
+    (dest / "a.txt").write_text("tampered")
+    (dest / "sub" / "b.bin").unlink()
+    p = subprocess.run([sys.executable, "-m", "artifactfs", "verify", "ds", str(dest)], env=cli_env,
+                       capture_output=True, text=True)
+    assert p.returncode == 1
+    assert "a.txt: content does not match" in p.stderr and "sub/b.bin: missing" in p.stderr
+
+
+def test_get_prefix(cli_env, data, tmp_path):
+    run(["put", str(data), "ds", "--type", "dataset"], cli_env)
+    dest = tmp_path / "dest"
+    run(["get", "ds", str(dest), "--prefix", "sub"], cli_env)
+    assert sorted(os.listdir(dest)) == ["sub"]
+
+
+def test_alias_and_tag(cli_env, data):
+    run(["put", str(data), "ds", "--type", "dataset"], cli_env)
+    run(["alias", "add", "ds:v0", "prod"], cli_env)
+    run(["tag", "add", "ds:v0", "reviewed"], cli_env)
+    info = json.loads(run(["info", "ds:prod", "--json"], cli_env).stdout)
+    assert "prod" in info["aliases"] and info["tags"] == ["reviewed"]
+    run(["alias", "rm", "ds:v0", "prod"], cli_env)
+    run(["tag", "rm", "ds:v0", "reviewed"], cli_env)
+    info = json.loads(run(["info", "ds:v0", "--json"], cli_env).stdout)
+    assert info["aliases"] == ["latest"] and info["tags"] == []
+    run(["alias", "add", "ds:v0", "latest"], cli_env, ok=False)
+    run(["alias", "rm", "ds:v0", "prod"], cli_env, ok=False)
+
+
+@pytest.mark.parametrize("args", [
+    ["put", "/does/not/exist", "ds", "--type", "dataset"],
+    ["put", "{data}", "bad name", "--type", "dataset"],
+    ["put", "{data}", "ds", "--type", "job"],
+    ["put", "{data}", "ds", "--type", "dataset", "--metadata", "novalue"],
+    ["get", "missing:v0", "{tmp}/x"],
+    ["get", "ds:v9", "{tmp}/x"],
+    ["info", "ds:nosuchalias"],
+    ["--store", "/does/not/exist", "ls"],
+    ["--store", "s3x://what", "ls"],
+])
+def test_bad_input_is_one_line(cli_env, data, tmp_path, args):
+    run(["put", str(data), "ds", "--type", "dataset"], cli_env)
+    args = [a.format(data=data, tmp=tmp_path) for a in args]
+    run(args, cli_env, ok=False)
+
+
+def test_read_only_command_refuses_non_store(cli_env, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "file").write_text("x")
+    p = run(["--store", str(other), "ls"], cli_env, ok=False)
+    assert "store" in p.stderr
+    assert os.listdir(other) == ["file"]
+
+
+def test_metadata_limit(cli_env, data):
+    args = ["put", str(data), "ds", "--type", "dataset"]
+    for i in range(101):
+        args += ["--metadata", f"k{i}={i}"]
+    p = run(args, cli_env, ok=False)
+    assert "100" in p.stderr
