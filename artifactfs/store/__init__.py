@@ -1,4 +1,4 @@
-"""Object stores, named by URL: 'file:///abs/path' or a plain path."""
+"""Object stores, named by URL: 'file:///abs/path', a plain path, or 's3://bucket/prefix'."""
 from __future__ import annotations
 
 import os
@@ -28,4 +28,7 @@ def open_store(url: str | None = None) -> ObjectStore:
         if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
             raise StoreError(f"store URL {url!r}: file URLs take no host")
         return LocalStore(os.path.expanduser(path))
-    raise StoreError(f"store URL {url!r}: unsupported scheme {parsed.scheme!r} (use file:// or a path)")
+    if parsed.scheme == "s3":
+        from .s3 import S3Store  # imported only when used: boto3 is optional
+        return S3Store(url)
+    raise StoreError(f"store URL {url!r}: unsupported scheme {parsed.scheme!r} (use file://, s3:// or a path)")
