@@ -368,10 +368,20 @@ class Artifact:
     def _save_attributes(self, reg: Registry, ttl: float | None) -> "Artifact":
         info = self._info
         assert info is not None
-        desc, meta, tags = self.description, dict(self._metadata), list(self.tags)
+        desc, meta, tags = self.description, check_metadata(self._metadata), set(self.tags)
+        old_meta, old_tags = info.metadata, set(info.tags)
 
         def change(d: dict) -> None:
-            d.update(description=desc, metadata=meta, tags=tags, ttl=ttl)
+            """Apply only what this object changed since it was loaded, so that
+            concurrent writers' changes are merged rather than overwritten."""
+            if desc != info.description:
+                d["description"] = desc
+            if ttl != info.ttl:
+                d["ttl"] = ttl
+            merged = {k: v for k, v in d["metadata"].items() if k in meta or k not in old_meta}
+            merged.update({k: v for k, v in meta.items() if k not in old_meta or old_meta[k] != v})
+            d["metadata"] = merged
+            d["tags"] = sorted((set(d["tags"]) - (old_tags - tags)) | (tags - old_tags))
         reg.update_attrs(info.project, info.collection, info.version, change)
         wanted = set(self.aliases) - {"latest"}
         for a in sorted(wanted - set(info.aliases)):

@@ -302,9 +302,36 @@ def test_incomplete_version_leftovers_are_invisible(store_url, tmp_path):
     src = write_files(str(tmp_path / "src"), {"a": "a"})
     log_dir(store_url, src)
     vdir = os.path.join(store_url, "projects/proj/collections/data/versions")
-    open(os.path.join(vdir, ".tmp-0123"), "w").write("{half")
+    open(os.path.join(vdir, "#tmp-0123"), "w").write("{half")
+    open(os.path.join(vdir, "v1.json#lock"), "w").write("host 1")
     os.makedirs(os.path.join(store_url, "projects/proj/collections/half"))
     reg = Registry.open(store_url)
     assert reg.versions(P, "data") == [0]
     assert [c.name for c in reg.collections(P)] == ["data"]
     assert check_version_complete(reg, P, "data", 0) == 1
+
+
+def test_names_that_look_like_internal_files_are_ordinary(store_url, tmp_path):
+    """'x.lock' or '.tmp-x' are valid names and must not be hidden by the local store."""
+    src = write_files(str(tmp_path / "src"), {"a": "a"})
+    for name in ("model.lock", ".tmp-x"):
+        log_dir(store_url, src, name)
+    assert sorted(c.name for c in Registry.open(store_url).collections(P)) == [".tmp-x", "model.lock"]
+
+
+def test_lock_of_a_dead_process_is_broken_at_once(store_url):
+    import subprocess
+    import socket
+    import time
+    reg = Registry.open(store_url, create=True)
+    root = apply_changes(reg, None, {"f": synthetic_entry(1)})
+    reg.commit(P, "c", "dataset", root, "d1")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = os.path.join(store_url, "projects/proj/collections/c/aliases.json#lock")
+    with open(lock, "w") as f:
+        f.write(f"{socket.gethostname()} {dead.pid}\n")
+    t0 = time.monotonic()
+    reg.set_alias(P, "c", "best", 0)
+    assert time.monotonic() - t0 < 2
+    assert reg.aliases(P, "c")["best"] == 0 and not os.path.exists(lock)

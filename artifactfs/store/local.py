@@ -4,7 +4,8 @@ Objects are written to a temporary name and renamed into place, so readers never
 see a partial object.  put_if_absent uses link(2), which fails atomically if the
 target exists (also over NFS).  compare_and_swap holds a lock file, created with
 link(2) as well, for the read-compare-replace; a lock older than LOCK_STALE
-seconds is treated as left by a dead process and broken."""
+seconds, or whose owner process on this host is gone, is broken.  Temporary and
+lock files carry a '#', which no key may contain, so they never shadow a key."""
 from __future__ import annotations
 
 import ctypes
@@ -22,6 +23,7 @@ from ..errors import ObjectNotFound, PreconditionFailed, StoreError
 from .base import ObjectStore
 
 LOCK_STALE = 30.0
+INTERNAL = "#"  # marks temp and lock files; refused in keys
 LOCK_TIMEOUT = 60.0
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -37,14 +39,14 @@ class LocalStore(ObjectStore):
 
     # -- helpers -------------------------------------------------------------
     def _path(self, key: str) -> str:
-        if not key or key.startswith("/") or "\0" in key or ".." in key.split("/"):
+        if not key or key.startswith("/") or "\0" in key or INTERNAL in key or ".." in key.split("/"):
             raise StoreError(f"invalid object key {key!r}")
         return os.path.join(self.root, key)
 
     def _tmp(self, path: str) -> str:
         d = os.path.dirname(path)
         os.makedirs(d, mode=0o755, exist_ok=True)
-        return os.path.join(d, f".tmp-{uuid.uuid4().hex}")
+        return os.path.join(d, f"{INTERNAL}tmp-{uuid.uuid4().hex}")
 
     def _write_tmp(self, path: str, data: bytes, fsync: bool) -> str:
         tmp = self._tmp(path)
@@ -112,7 +114,7 @@ class LocalStore(ObjectStore):
         except (FileNotFoundError, NotADirectoryError):
             return
         for name in names:
-            if not name.startswith(stem) or name.startswith(".tmp-") or name.endswith(".lock"):
+            if not name.startswith(stem) or INTERNAL in name:
                 continue
             key = f"{base}/{name}" if base else name
             full = os.path.join(top, name)
@@ -181,7 +183,7 @@ class LocalStore(ObjectStore):
 
     # -- the NFS-safe lock ------------------------------------------------------
     def _lock(self, path: str) -> "_LinkLock":
-        return _LinkLock(path + ".lock")
+        return _LinkLock(path + INTERNAL + "lock")
 
 
 class _LinkLock:
@@ -216,17 +218,42 @@ class _LinkLock:
             os.unlink(self.mine)
 
     def _break_if_stale(self) -> None:
+        """Remove a lock whose holder is gone: older than LOCK_STALE, or held by a
+        process of this host that no longer exists (a writer killed mid-update)."""
         try:
-            age = time.time() - os.stat(self.name).st_mtime
+            st = os.stat(self.name)
+            with open(self.name) as f:
+                owner = f.read().split()
         except FileNotFoundError:
             return
-        if age > LOCK_STALE:
-            broken = f"{self.name}.broken-{uuid.uuid4().hex[:8]}"
+        if time.time() - st.st_mtime <= LOCK_STALE and not _owner_gone(owner):
+            return
+        broken = f"{self.name}.broken-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.name, broken)
+        except FileNotFoundError:
+            return
+        if os.stat(broken).st_ino != st.st_ino:
+            # The lock changed hands after our look: give the live one back.
             try:
-                os.rename(self.name, broken)
-                os.unlink(broken)
-            except FileNotFoundError:
+                os.link(broken, self.name)
+            except FileExistsError:
                 pass
+        os.unlink(broken)
 
     def __exit__(self, *exc: object) -> None:
         os.unlink(self.name)
+
+
+def _owner_gone(owner: list[str]) -> bool:
+    """True when the lock file names a process of this host that has exited.
+    Locks of other hosts (shared NFS) are only broken by age."""
+    if len(owner) != 2 or owner[0] != socket.gethostname() or not owner[1].isdigit():
+        return False
+    try:
+        os.kill(int(owner[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -1,0 +1,151 @@
+"""Several writer processes on one store: version allocation, compare-and-swap
+of labels and attributes, and writers killed with SIGKILL mid-commit."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from artifactfs import Api, Artifact
+from artifactfs.registry import Registry
+from core_util import check_version_complete, write_files
+
+P = "proj"
+CTX = mp.get_context("fork")  # children inherit the imported package: fast start
+
+
+def run_all(target, args_list: list[tuple], timeout: float = 60) -> list:
+    """Start one process per args tuple at the same moment; collect their results."""
+    queue, barrier = CTX.Queue(), CTX.Barrier(len(args_list))
+    procs = [CTX.Process(target=_wrap, args=(target, queue, barrier, i, a))
+             for i, a in enumerate(args_list)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=timeout) for _ in procs]
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0
+    errors = [r for r in results if isinstance(r, str)]
+    assert not errors, errors
+    return [r for _, r in sorted(results, key=lambda r: r[0])]
+
+
+def _wrap(target, queue, barrier, index, args) -> None:
+    try:
+        barrier.wait()
+        queue.put((index, target(*args)))
+    except BaseException as e:  # report to the parent instead of dying silently
+        queue.put(f"worker {index}: {type(e).__name__}: {e}")
+
+
+def commit_many(store: str, tag: str, count: int, workdir: str) -> list[int]:
+    got = []
+    for i in range(count):
+        src = write_files(os.path.join(workdir, f"{tag}-{i}"), {"who.txt": f"{tag} {i}"})
+        art = Artifact("shared", "dataset", store=store)
+        art.add_dir(src)
+        art.save(P)
+        got.append(int(art.version[1:]))
+    return got
+
+
+def test_two_writers_get_forty_consecutive_versions(store_url, tmp_path):
+    results = run_all(commit_many, [(store_url, "A", 20, str(tmp_path)),
+                                    (store_url, "B", 20, str(tmp_path))])
+    a, b = results
+    assert a == sorted(a) and b == sorted(b)
+    assert sorted(a + b) == list(range(40))
+    reg = Registry.open(store_url)
+    assert reg.versions(P, "shared") == list(range(40))
+    assert reg.aliases(P, "shared")["latest"] == 39
+    last = Api(store_url, project=P).artifact("shared:latest")
+    assert last.version == "v39" and "latest" in last.aliases
+    who = {Api(store_url, project=P).artifact(f"shared:v{n}").files()[0].digest for n in range(40)}
+    assert len(who) == 40  # every commit's content landed in its own version
+
+
+def add_labels(store: str, prefix: str, count: int) -> None:
+    art = Api(store, project=P).artifact("c:v0")
+    for i in range(count):
+        art.tags.append(f"{prefix}-tag{i}")
+        art.aliases.append(f"{prefix}-alias{i}")
+        art.metadata[f"{prefix}-key{i}"] = i
+        art.save()
+
+
+def test_concurrent_label_and_attribute_changes_lose_nothing(store_url, tmp_path):
+    src = write_files(str(tmp_path / "src"), {"a": "a"})
+    art = Artifact("c", "dataset", store=store_url, metadata={"keep": True})
+    art.add_dir(src)
+    art.save(P)
+    run_all(add_labels, [(store_url, "p", 20), (store_url, "q", 20)])
+    final = Api(store_url, project=P).artifact("c:v0")
+    want = {f"{p}-tag{i}" for p in "pq" for i in range(20)}
+    assert set(final.tags) == want
+    assert set(final.aliases) == {f"{p}-alias{i}" for p in "pq" for i in range(20)} | {"latest"}
+    assert final.metadata == {"keep": True, **{f"{p}-key{i}": i for p in "pq" for i in range(20)}}
+
+
+def test_registry_tag_updates_are_compare_and_swap(store_url, tmp_path):
+    src = write_files(str(tmp_path / "src"), {"a": "a"})
+    art = Artifact("c", "dataset", store=store_url)
+    art.add_dir(src)
+    art.save(P)
+
+    def add_tags(store: str, prefix: str) -> None:
+        reg = Registry.open(store)
+        for i in range(20):
+            reg.update_attrs(P, "c", 0, lambda d, t=f"{prefix}{i}": d.update(tags=d["tags"] + [t]))
+    run_all(add_tags, [(store_url, "x"), (store_url, "y")])
+    tags = Registry.open(store_url).version(P, "c", 0).tags
+    assert sorted(tags) == sorted([f"x{i}" for i in range(20)] + [f"y{i}" for i in range(20)])
+
+
+# -- crash safety -----------------------------------------------------------------
+def commit_forever(store: str, workdir: str, seed: int) -> None:
+    """Commit a few files (one of them large) with an alias and a tag, forever."""
+    rnd = random.Random(seed)
+    i = 0
+    while True:
+        files = {f"d{j}/f{j}.bin": rnd.randbytes(rnd.randint(0, 200_000)) for j in range(4)}
+        src = write_files(os.path.join(workdir, f"{seed}-{i}"), files)
+        art = Artifact("crashy", "dataset", store=store)
+        art.add_dir(src)
+        art.aliases.append(f"run{seed}")
+        art.tags.append("t")
+        art.save(P)
+        i += 1
+
+
+def test_killed_writers_leave_no_partial_version(store_url, tmp_path):
+    rnd = random.Random(1234)
+    reg = Registry.open(store_url, create=True)
+    for round_ in range(20):
+        child = CTX.Process(target=commit_forever, args=(store_url, str(tmp_path), round_))
+        child.start()
+        time.sleep(rnd.uniform(0.02, 0.25))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        assert child.exitcode == -signal.SIGKILL
+        versions = reg.versions(P, "crashy")
+        assert versions == list(range(len(versions)))  # no gaps
+        for n in versions:
+            check_version_complete(Registry.open(store_url), P, "crashy", n)
+    before = reg.versions(P, "crashy")
+    assert before, "no writer got as far as a commit; the test proves nothing"
+    t0 = time.monotonic()
+    src = write_files(str(tmp_path / "after"), {"ok.txt": "survived"})
+    art = Artifact("crashy", "dataset", store=store_url)
+    art.add_dir(src)
+    art.aliases += ["run0", "after"]
+    art.tags.append("t")
+    art.save(P)
+    assert time.monotonic() - t0 < 5, "a lock left by a killed writer stalled the next commit"
+    assert art.version == f"v{len(before)}"
+    assert set(art.aliases) >= {"after", "latest", "run0"}
+    assert reg.versions(P, "crashy") == list(range(len(before) + 1))
+    assert check_version_complete(reg, P, "crashy", len(before)) == 1
