@@ -1,8 +1,9 @@
 """A real S3 endpoint for tests and benchmarks: a `moto.server` process on 127.0.0.1.
 
-In a test module:    from tests.s3server import s3_url, s3_server   # noqa: F401 (fixtures)
+In a test module:    from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
                      def test_x(s3_url): store = open_store(s3_url)   # a fresh, empty bucket
-Outside pytest:      with moto_server() as srv: url = srv.new_bucket_url()
+Outside pytest:      sys.path.insert(0, "tests"); from s3server import moto_server
+                     with moto_server() as srv: url = srv.new_bucket_url()
 
 The server process is started once per test session (fixture `s3_server`); each test
 gets its own bucket from `s3_url`.  The environment points boto3 at the server with
@@ -29,14 +30,6 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def need(condition: bool, why: str) -> None:
-    """Skip when a test cannot run here, but fail under CI so nothing is silently hidden."""
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 def _free_port() -> int:
@@ -106,8 +99,9 @@ def moto_server(timeout: float = 30.0) -> Iterator[MotoServer]:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[MotoServer]:
-    need(importlib.util.find_spec("moto") is not None and importlib.util.find_spec("boto3") is not None,
-         "moto[server] and boto3 are not installed (pip install -e '.[test]')")
+    from conftest import skip_or_fail  # only under pytest: bench scripts use moto_server()
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("boto3") is None:
+        skip_or_fail("moto[server] and boto3 are not installed (pip install -e '.[test]')")
     with moto_server() as server:
         yield server
 
