@@ -331,6 +331,7 @@ class Artifact:
         return ManifestEntry(path, e.digest, e.size, e.ref, dict(e.extra), self._local.get(path), self)
 
     def get_entry(self, name: str) -> ManifestEntry:
+        self._need_logged("get_entry()")
         path = normalize_path(name)
         return self._manifest_entry(path, self._entry(path))
 
@@ -340,6 +341,7 @@ class Artifact:
         return next((p for p, lp in self._local.items() if lp == full), None)
 
     def files(self, names: list[str] | None = None) -> list[ManifestEntry]:
+        self._need_logged("files()")
         entries = self._entries()
         wanted = sorted(entries) if names is None else [normalize_path(n) for n in names]
         return [self._manifest_entry(p, entries[p]) for p in wanted if p in entries]
@@ -443,6 +445,7 @@ class Artifact:
 
     def file(self, root: str | None = None) -> str:
         """Download a single-file artifact and return the file's path."""
+        self._need_logged("file()")
         entries = self._entries()
         if len(entries) != 1:
             raise ValueError(f"file() needs an artifact with exactly one file; {self.name} has {len(entries)}")
