@@ -142,7 +142,7 @@ def test_add_dir_merge_rule(env, src, tmp_path):
         art.add_dir(str(tmp_path / "nope"))
 
 
-def test_new_file(env):
+def test_new_file(env, tmp_path):
     art = Artifact("data", "dataset")
     with art.new_file("notes/readme.txt", encoding="utf-8") as f:
         f.write("héllo")
@@ -153,7 +153,7 @@ def test_new_file(env):
         with art.new_file("raw.bin") as f:
             f.write("again")
     saved = art.save()
-    out = saved.download()
+    out = saved.download(str(tmp_path / "out"))
     assert read(os.path.join(out, "notes/readme.txt")).decode() == "héllo"
     assert read(os.path.join(out, "raw.bin")) == b"\xff"
 
