@@ -24,6 +24,7 @@ class Api:
     def artifact_versions(self, name: str, type: str | None = None) -> list[Artifact]:
         project, collection, _ = split_ref(name)
         project = project or self.project
+        self.registry.collection(project, collection)  # NotFoundError for an unknown name
         return [Artifact._from_version(self.registry, self.registry.version(project, collection, n))
                 for n in self.registry.versions(project, collection)]
 

@@ -402,3 +402,8 @@ def test_download_never_writes_through_a_planted_file_symlink(logged, tmp_path):
     with pytest.raises(ArtifactfsError, match="a.txt"):
         logged.download(str(root))
     assert read(victim) == b"precious"
+
+
+def test_versions_of_an_unknown_collection(logged):
+    with pytest.raises(NotFoundError):
+        Api().artifact_versions("nothing")

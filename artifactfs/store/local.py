@@ -139,7 +139,10 @@ class LocalStore(ObjectStore):
         try:
             os.link(tmp, path)
         except FileExistsError:
-            return False
+            # Over NFS a retransmitted LINK can report EEXIST although ours was made:
+            # then the temp file has a second name (open(2), O_EXCL notes).
+            if os.stat(tmp).st_nlink != 2:
+                return False
         finally:
             os.unlink(tmp)
         self._fsync_dir(path)
@@ -203,12 +206,11 @@ class _LinkLock:
                 try:
                     os.link(self.mine, self.name)
                     return self
-                except FileExistsError:
-                    pass
-                except OSError as e:  # NFS may report failure although the link was made
-                    if e.errno not in (errno.EIO, errno.ETIMEDOUT) or os.stat(self.mine).st_nlink != 2:
+                except OSError as e:
+                    if os.stat(self.mine).st_nlink == 2:  # NFS reported failure, but the link was made
+                        return self
+                    if not isinstance(e, FileExistsError) and e.errno not in (errno.EIO, errno.ETIMEDOUT):
                         raise
-                    return self
                 self._break_if_stale()
                 if time.monotonic() > deadline:
                     raise StoreError(f"timed out waiting for lock {self.name}")
