@@ -157,12 +157,16 @@ class TreeIO:
         raise NotImplementedError
 
 
-def apply_changes(io: TreeIO, root: str | None, changes: Mapping[str, FileEntry | None]) -> DirEntry:
+Change = Union[FileEntry, DirEntry, None]
+
+
+def apply_changes(io: TreeIO, root: str | None, changes: Mapping[str, Change]) -> DirEntry:
     """New root from `root` (None: empty) with each path set to an entry or removed.
 
-    Only trees on changed paths are loaded and written: O(changes x depth).
-    Directories left empty disappear.  A file and a directory at the same path
-    is refused with InvalidNameError."""
+    A DirEntry value grafts a whole existing sub-tree (a moved folder) at that path;
+    changes below it then apply inside the graft.  Only trees on changed paths are
+    loaded and written: O(changes x depth).  Directories left empty disappear.  A
+    file and a directory at the same path is refused with InvalidNameError."""
     for p in changes:
         check_path(p)
     tree = _apply(io, io.load(root) if root else {}, changes, "")
@@ -170,10 +174,10 @@ def apply_changes(io: TreeIO, root: str | None, changes: Mapping[str, FileEntry 
     return DirEntry(io.save(tree), size, files)
 
 
-def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, FileEntry | None], where: str) -> Tree:
+def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) -> Tree:
     tree = dict(tree)
-    direct: dict[str, FileEntry | None] = {}
-    nested: dict[str, dict[str, FileEntry | None]] = {}
+    direct: dict[str, Change] = {}
+    nested: dict[str, dict[str, Change]] = {}
     for path, entry in changes.items():
         head, sep, rest = path.partition("/")
         if sep:
@@ -183,7 +187,7 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, FileEntry | None], wher
     for name, entry in direct.items():
         if entry is None:
             tree.pop(name, None)
-        elif name in nested and any(v is not None for v in nested[name].values()):
+        elif isinstance(entry, FileEntry) and name in nested and any(v is not None for v in nested[name].values()):
             raise InvalidNameError(f"{where}{name} is both a file and a directory")
         else:
             tree[name] = entry

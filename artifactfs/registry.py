@@ -300,11 +300,12 @@ class Registry(TreeIO):
         self, project: str, name: str, type_: str, root: DirEntry, digest: str, *,
         description: str | None = None, metadata: Mapping[str, Any] | None = None,
         aliases: list[str] = (), tags: list[str] = (), ttl: float | None = None,
-        base: int | None = None, created_at: str | None = None,
+        base: int | None = None, created_at: str | None = None, exact_base: bool = False,
     ) -> tuple[VersionInfo, bool]:
         """Publish a new version whose trees and blobs have been put; returns
         (version, created).  Content equal to latest returns latest unchanged
-        (aliases and tags are still applied to it)."""
+        (aliases and tags are still applied to it).  With exact_base the new version
+        must directly follow `base` (a rebasing writer): PreconditionFailed otherwise."""
         metadata = check_metadata(metadata)
         for a in aliases:
             check_alias(a)
@@ -312,6 +313,8 @@ class Registry(TreeIO):
             check_name(t, "tag")
         self.ensure_collection(project, name, type_)
         latest = self.latest(project, name)
+        if exact_base and latest != base:
+            raise PreconditionFailed(f"{name}: latest is v{latest}, not v{base}")
         if latest is not None:
             current = self.version(project, name, latest)
             if current.digest == digest:
@@ -329,6 +332,8 @@ class Registry(TreeIO):
             record["version"] = n
             if self.store.put_if_absent(self._vkey(project, name, n), json.dumps(record).encode()):
                 break
+            if exact_base:
+                raise PreconditionFailed(f"{name}: v{n} was published concurrently")
             n += 1
         self._label(project, name, n, aliases, ())
         return self.version(project, name, n), True
