@@ -62,6 +62,8 @@ class FileEntry:
             raise InvalidNameError("negative size in manifest")
         chunks = tuple(check_object_key(str(c)) for c in d["chunks"]) if "chunks" in d \
             else default_chunks(digest, size)
+        if d.get("ref") is None and len(chunks) != -(-size // CHUNK_SIZE):
+            raise InvalidNameError(f"{len(chunks)} chunks cannot hold {size} bytes")
         return cls(digest, size, chunks, bool(d.get("exec", False)), d.get("ref"),
                    dict(d.get("extra", {"alg": "XXH128"})))
 

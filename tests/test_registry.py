@@ -228,6 +228,9 @@ def test_crafted_entry_names_are_rejected(store_url, tmp_path, name, nested):
     {"type": "file", "digest": "not base64!", "size": 3},
     {"type": "file", "digest": "maoG0wFHmNhgAcMkRo1Jfw==", "size": -1},
     {"type": "dir", "tree": "../../x", "size": 0, "files": 0},
+    {"type": "file", "digest": "maoG0wFHmNhgAcMkRo1Jfw==", "size": 3, "chunks": []},
+    {"type": "file", "digest": "maoG0wFHmNhgAcMkRo1Jfw==", "size": 3 * CHUNK_SIZE, "chunks": ["0" * 32]},
+    {"type": "file", "digest": "maoG0wFHmNhgAcMkRo1Jfw==", "size": 3 * CHUNK_SIZE},
     {"type": "symlink", "target": "/etc"},
 ])
 def test_crafted_entries_are_rejected(store_url, tmp_path, bad):
