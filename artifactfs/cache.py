@@ -1,0 +1,292 @@
+"""The per-user chunk cache every mount reads file contents through.
+
+Blobs are content-addressed (hex xxh3-128), so one cache serves all versions, all
+stores and all mounts of the user, and every byte is checked against its key on
+every read: a corrupted cache file is dropped and fetched again, a corrupted store
+blob raises DigestMismatchError naming the file, and bad bytes are never kept.
+
+Layout:  <cache_dir>/blobs/<2 hex>/<32 hex>   one verified blob per file (0600, dirs 0700)
+         <cache_dir>/tmp/                      files being written, renamed into blobs/
+         <cache_dir>/size                      total bytes in blobs/ (text)
+         <cache_dir>/lock                      flock(2) held while adding or removing files
+
+Several processes share the directory.  Readers take no lock: files appear by rename
+and only ever disappear, so a reader has the whole file or none and fetches again.
+Adding and removing files (and the size file) happen under the lock, so the total
+stays <= max_bytes across all processes.  Recency is each file's mtime, set by
+os.utime when it is written and on every hit; eviction removes the oldest first, down
+to LOW_WATER of the cap so that it runs rarely.  For a local store blobs are read in
+place and the cache directory is not touched."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import xxhash
+
+from .errors import DigestMismatchError, InvalidNameError, ObjectNotFound
+from .registry import Registry, blob_key
+
+log = logging.getLogger(__name__)
+LOW_WATER = 0.9  # eviction frees space down to this fraction of max_bytes
+STALE_TMP = 3600.0  # seconds after which a temporary file is a crashed writer's
+_KEY = re.compile(r"[0-9a-f]{32}")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+
+
+def default_cache_dir() -> str:
+    """${XDG_CACHE_HOME:-~/.cache}/artifactfs"""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "artifactfs")
+
+
+def parse_size(text: str) -> int:
+    """'10G' -> bytes.  Suffixes K, M, G, T are powers of 1024; no suffix means bytes."""
+    m = _SIZE.fullmatch(text)
+    if not m:
+        raise ValueError(f"invalid size {text!r}: use a number of bytes or a number with K, M, G or T (e.g. 10G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def _verify(data: bytes, key: str, length: int, where: str) -> None:
+    if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
+        raise DigestMismatchError(f"{where}: data does not match its digest (blob {key})")
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.readall()
+
+
+def _touch(path: str) -> None:
+    """Record a use.  Explicit nanoseconds: the kernel's own file clock is coarse."""
+    now = time.time_ns()
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(path, ns=(now, now))
+
+
+class ChunkCache:
+    """Verified chunk reads shared by all versions and all mounts of the user."""
+
+    def __init__(self, registry: Registry, cache_dir: str, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError("cache size must not be negative")
+        self.store = registry.store
+        self.cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+        self.max_bytes = max_bytes
+        self._in_place = self.store.local_path(blob_key("0" * 32)) is not None
+        self._mutex = threading.Lock()  # counters and in-flight fetches
+        self._flock_mutex = threading.Lock()  # flock(2) is per open file, not per thread
+        self._inflight: dict[str, Future[bytes]] = {}
+        self._counts = {"bytes_fetched": 0, "fetches": 0, "hits": 0, "evictions": 0}
+        self._size = 0
+        if self._in_place:
+            return
+        self._blobs = os.path.join(self.cache_dir, "blobs")
+        self._tmp = os.path.join(self.cache_dir, "tmp")
+        for d in (self.cache_dir, self._blobs, self._tmp):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.cache_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with self._exclusive():
+            self._remove_stale_tmp()
+            self._set_total(sum(size for _, size, _ in self._scan()))
+
+    # -- reads -----------------------------------------------------------------
+    def read_chunk(self, key: str, length: int, where: str) -> bytes:
+        """Blocking (call from a worker thread): the `length` bytes of blob `key`,
+        verified; DigestMismatchError names `where` on a mismatch."""
+        if not _KEY.fullmatch(key):
+            raise InvalidNameError(f"{where}: invalid blob key {key!r}")
+        if self._in_place:
+            return self._read_in_place(key, length, where)
+        data = self._cached(key, length)
+        return data if data is not None else self._fetch_once(key, length, where)
+
+    def _read_in_place(self, key: str, length: int, where: str) -> bytes:
+        path = self.store.local_path(blob_key(key))
+        assert path is not None
+        try:
+            data = _read_file(path)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{where}: blob {key} is missing from {self.store.url}") from None
+        self._count(bytes_fetched=len(data), fetches=1)
+        _verify(data, key, length, where)
+        return data
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self._blobs, key[:2], key)
+
+    def _cached(self, key: str, length: int) -> bytes | None:
+        """The blob from the cache directory if there and intact; a bad copy is removed."""
+        path = self._path(key)
+        try:
+            data = _read_file(path)
+        except FileNotFoundError:
+            return None
+        if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
+            log.warning("cached copy of blob %s is corrupt; fetching it again", key)
+            with self._exclusive():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                self._set_total(sum(size for _, size, _ in self._scan()))  # its size may have changed too
+            return None
+        _touch(path)
+        self._count(hits=1)
+        return data
+
+    def _fetch_once(self, key: str, length: int, where: str) -> bytes:
+        """Fetch, verify and keep the blob; threads asking for the same key share one fetch."""
+        with self._mutex:
+            future = self._inflight.get(key)
+            leader = future is None
+            if leader:
+                future = self._inflight[key] = Future()
+        assert future is not None
+        if not leader:
+            return future.result()
+        try:
+            data = self._cached(key, length)  # another thread may have just stored it
+            if data is None:
+                try:
+                    data = self.store.get(blob_key(key))
+                except ObjectNotFound:
+                    raise ObjectNotFound(f"{where}: blob {key} is missing from {self.store.url}") from None
+                self._count(bytes_fetched=len(data), fetches=1)
+                _verify(data, key, length, where)
+                self._keep(key, data)
+            future.set_result(data)
+            return data
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        finally:
+            with self._mutex:
+                del self._inflight[key]
+
+    # -- adding and evicting (under the lock) -------------------------------------
+    def _keep(self, key: str, data: bytes) -> None:
+        """Store a verified blob; a full disk only costs the caching, not the read."""
+        if len(data) > self.max_bytes:
+            return  # would never fit
+        tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("cannot cache blob %s in %s: %s", key, self.cache_dir, e.strerror)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            return
+        _touch(tmp)
+        path = self._path(key)
+        with self._exclusive():
+            if os.path.exists(path):  # another process stored it meanwhile
+                os.unlink(tmp)
+                return
+            total = self._total()
+            if total + len(data) > self.max_bytes:  # make room first: the cap holds at every instant
+                total = self._evict(len(data))
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            os.rename(tmp, path)
+            self._set_total(total + len(data))
+
+    def _evict(self, incoming: int) -> int:
+        """Remove least recently used files until `incoming` more bytes leave the cache
+        at LOW_WATER of the cap; returns the new total."""
+        files = sorted(self._scan(), key=lambda f: f[2])
+        total = sum(size for _, size, _ in files)
+        target = max(0, int(self.max_bytes * LOW_WATER) - incoming)
+        evicted = 0
+        for path, size, _ in files:
+            if total <= target:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            total -= size
+            evicted += 1
+        self._count(evictions=evicted)
+        return total
+
+    def _scan(self) -> Iterator[tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every cached blob."""
+        with os.scandir(self._blobs) as subdirs:
+            for sub in subdirs:
+                if not sub.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(sub.path) as entries:
+                    for e in entries:
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if _KEY.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+                            yield e.path, st.st_size, st.st_mtime_ns
+
+    def _remove_stale_tmp(self) -> None:
+        cutoff = time.time() - STALE_TMP
+        with os.scandir(self._tmp) as entries:
+            for e in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(e.path)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._flock_mutex:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _total(self) -> int:
+        """The shared total (under the lock); rescanned if the size file is unreadable."""
+        try:
+            with open(os.path.join(self.cache_dir, "size")) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            return sum(size for _, size, _ in self._scan())
+
+    def _set_total(self, total: int) -> None:
+        tmp = os.path.join(self._tmp, f"size-{uuid.uuid4().hex}")
+        with open(tmp, "w") as f:
+            f.write(str(total))
+        os.replace(tmp, os.path.join(self.cache_dir, "size"))
+        self._size = total
+
+    # -- counters ----------------------------------------------------------------
+    def _count(self, **deltas: int) -> None:
+        with self._mutex:
+            for k, v in deltas.items():
+                self._counts[k] += v
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: bytes_fetched (bytes read from the store, in place or
+        remote), fetches, hits (served from cache_dir), evictions, cache_bytes (current
+        size of cache_dir, as last seen by any process sharing it)."""
+        if not self._in_place:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                with open(os.path.join(self.cache_dir, "size")) as f:
+                    self._size = int(f.read())
+        with self._mutex:
+            return {**self._counts, "cache_bytes": self._size}
+
+    def close(self) -> None:
+        """Release the lock file descriptor."""
+        if not self._in_place and self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
