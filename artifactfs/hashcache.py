@@ -1,0 +1,98 @@
+"""Remembered digests of local files, so that putting an unchanged folder again
+does not read every byte again (like git's index).
+
+An entry is keyed by (device, inode) and used only while the file's size, mtime
+and ctime are all unchanged; ctime cannot be set by a program, so any write or
+chmod invalidates it.  A file whose mtime or ctime is less than RACY_NS before
+the moment it was hashed is not remembered: a later write in the same timestamp
+tick could leave its times unchanged.  The cache is private (0700 directory),
+shared by the user's processes (SQLite, WAL), and purely an optimisation: if it
+cannot be opened or written, everything is hashed as before."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+RACY_NS = 2_000_000_000
+MAX_ROWS = 2_000_000
+_SCHEMA = """CREATE TABLE IF NOT EXISTS files (
+    dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+    digest TEXT, chunks TEXT, hashed_ns INTEGER, PRIMARY KEY (dev, ino))"""
+
+Stat = os.stat_result
+Digests = tuple[str, tuple[str, ...]]   # (W&B digest, chunk keys)
+
+
+def default_path() -> str | None:
+    """$ARTIFACTFS_HASH_CACHE, else under $XDG_CACHE_HOME; None when set to 'off'."""
+    path = os.environ.get("ARTIFACTFS_HASH_CACHE")
+    if path == "off":
+        return None
+    if path:
+        return path
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "artifactfs", "file-digests.sqlite")
+
+
+class HashCache:
+    """Lookups from many threads; new entries are written in one transaction by flush()."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self._pending: list[tuple] = []
+
+    @classmethod
+    def open(cls, path: str | None = None) -> "HashCache | None":
+        path = path or default_path()
+        if path is None:
+            return None
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            db = sqlite3.connect(path, timeout=5, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error):
+            return None
+        return cls(db)
+
+    def lookup(self, st: Stat) -> Digests | None:
+        """The digests remembered for this exact file state, or None."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT digest, chunks FROM files WHERE dev=? AND ino=? AND size=? AND mtime_ns=? AND ctime_ns=?",
+                    (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).fetchone()
+            except sqlite3.Error:
+                return None
+        if row is None:
+            return None
+        return row[0], tuple(row[1].split(",")) if row[1] else ()
+
+    def remember(self, st: Stat, digests: Digests, hashed_ns: int) -> None:
+        """Queue an entry for a file hashed from time `hashed_ns` on, unless racy."""
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= hashed_ns - RACY_NS:
+            return
+        with self._lock:
+            self._pending.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                  digests[0], ",".join(digests[1]), hashed_ns))
+
+    def flush(self) -> None:
+        """Write queued entries (dropping the oldest beyond MAX_ROWS) and close."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+            try:
+                if rows:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)", rows)
+                    excess = self._db.execute("SELECT count(*) FROM files").fetchone()[0] - MAX_ROWS
+                    if excess > 0:
+                        self._db.execute("DELETE FROM files WHERE rowid IN "
+                                         "(SELECT rowid FROM files ORDER BY hashed_ns LIMIT ?)", (excess,))
+                    self._db.execute("COMMIT")
+            except sqlite3.Error:
+                pass  # only an optimisation: the next put hashes these files again
+            finally:
+                self._db.close()
