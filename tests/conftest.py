@@ -13,6 +13,15 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _private_user_dirs(tmp_path_factory, monkeypatch) -> None:
+    """Keep every test (and the processes it starts) out of the real user's cache
+    and data directories: the hash cache and the default store live there."""
+    base = tmp_path_factory.mktemp("xdg")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(base / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(base / "data"))
+
+
 @pytest.fixture
 def store_url(tmp_path) -> str:
     """A path (not yet created) for a fresh local store."""
