@@ -338,3 +338,61 @@ def test_lock_of_a_dead_process_is_broken_at_once(store_url):
     reg.set_alias(P, "c", "best", 0)
     assert time.monotonic() - t0 < 2
     assert reg.aliases(P, "c")["best"] == 0 and not os.path.exists(lock)
+
+
+# -- trees behave like a flat manifest ----------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PATHS = st.lists(st.sampled_from(["a", "b", "c.txt"]), min_size=1, max_size=3).map("/".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.dictionaries(_PATHS, st.one_of(st.none(), st.integers(0, 5)), max_size=6),
+                      min_size=1, max_size=4))
+def test_apply_changes_matches_a_flat_model(store_url, steps):
+    """Any sequence of commits gives the same files as a flat dict, and equal
+    contents give the same root key however they were reached."""
+    reg = Registry.open(store_url, create=True)
+    model: dict[str, int] = {}
+    root = None
+    for step in steps:
+        changes = {}
+        # one change set is order-free: removals apply first, then additions
+        for path, value in sorted(step.items(), key=lambda pv: pv[1] is not None):
+            entry = None if value is None else synthetic_entry(value)
+            trial = dict(model)
+            if value is None:  # removes a file, or a whole directory
+                trial = {p: v for p, v in trial.items() if p != path and not p.startswith(path + "/")}
+            else:
+                trial[path] = value
+            if any(q != p and q.startswith(p + "/") for p in trial for q in trial):
+                continue  # a file and a directory at one path: refused, tested below
+            changes[path], model = entry, trial
+        root = apply_changes(reg, root, changes).tree
+    flat = dict(walk(reg, root))
+    assert flat == {p: synthetic_entry(v) for p, v in model.items()}
+    fresh = apply_changes(reg, None, {p: synthetic_entry(v) for p, v in model.items()})
+    assert fresh.tree == root
+    assert (fresh.size, fresh.files) == (10 * len(model), len(model))
+
+
+def test_file_and_directory_at_one_path_is_refused(store_url):
+    reg = Registry.open(store_url, create=True)
+    root = apply_changes(reg, None, {"a": synthetic_entry(1)}).tree
+    with pytest.raises(InvalidNameError, match="both a file and a directory"):
+        apply_changes(reg, root, {"a/b": synthetic_entry(2)})
+    with pytest.raises(InvalidNameError, match="both a file and a directory"):
+        apply_changes(reg, None, {"x": synthetic_entry(1), "x/y": synthetic_entry(2)})
+
+
+def test_tree_encoding_is_the_documented_canonical_json(store_url):
+    reg = Registry.open(store_url, create=True)
+    root = apply_changes(reg, None, {"é/f": synthetic_entry(1)})
+    data = reg.store.get(f"trees/{root.tree[:2]}/{root.tree}")
+    body = json.loads(data)
+    assert data == json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert data.isascii() and body["format"] == "artifactfs-tree-v1"
+    empty = apply_changes(reg, None, {})
+    assert reg.store.get(f"trees/{empty.tree[:2]}/{empty.tree}") == \
+        b'{"entries":{},"format":"artifactfs-tree-v1"}'
