@@ -57,9 +57,13 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+def _mismatch(key: str, where: str) -> DigestMismatchError:
+    return DigestMismatchError(f"{where}: data does not match its digest (blob {key})")
+
+
 def _verify(data: bytes, key: str, length: int, where: str) -> None:
     if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
-        raise DigestMismatchError(f"{where}: data does not match its digest (blob {key})")
+        raise _mismatch(key, where)
 
 
 def _read_file(path: str) -> bytes:
@@ -117,7 +121,7 @@ class ChunkCache:
         try:
             data = _read_file(path)
         except FileNotFoundError:
-            raise ObjectNotFound(f"{where}: blob {key} is missing from {self.store.url}") from None
+            raise self._missing(key, where) from None
         self._count(bytes_fetched=len(data), fetches=1)
         _verify(data, key, length, where)
         return data
@@ -152,25 +156,42 @@ class ChunkCache:
                 future = self._inflight[key] = Future()
         assert future is not None
         if not leader:
-            return future.result()
+            try:
+                return future.result()
+            except DigestMismatchError:
+                raise _mismatch(key, where) from None  # name this reader's file
+            except ObjectNotFound:
+                raise self._missing(key, where) from None
         try:
             data = self._cached(key, length)  # another thread may have just stored it
+            fetched = data is None
             if data is None:
-                try:
-                    data = self.store.get(blob_key(key))
-                except ObjectNotFound:
-                    raise ObjectNotFound(f"{where}: blob {key} is missing from {self.store.url}") from None
-                self._count(bytes_fetched=len(data), fetches=1)
-                _verify(data, key, length, where)
-                self._keep(key, data)
-            future.set_result(data)
-            return data
+                data = self._fetch(key, length, where)
         except BaseException as e:
+            with self._mutex:
+                del self._inflight[key]
             future.set_exception(e)
             raise
+        future.set_result(data)  # waiting threads need not wait for the disk
+        try:
+            if fetched:
+                self._keep(key, data)
         finally:
             with self._mutex:
                 del self._inflight[key]
+        return data
+
+    def _fetch(self, key: str, length: int, where: str) -> bytes:
+        try:
+            data = self.store.get(blob_key(key))
+        except ObjectNotFound:
+            raise self._missing(key, where) from None
+        self._count(bytes_fetched=len(data), fetches=1)
+        _verify(data, key, length, where)
+        return data
+
+    def _missing(self, key: str, where: str) -> ObjectNotFound:
+        return ObjectNotFound(f"{where}: blob {key} is missing from {self.store.url}")
 
     # -- adding and evicting (under the lock) -------------------------------------
     def _keep(self, key: str, data: bytes) -> None:

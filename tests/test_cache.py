@@ -166,6 +166,24 @@ def test_corrupted_store_blob_raises_naming_the_file(s3_reg: Registry, cache_dir
     assert cached_files(cache_dir) == {}
 
 
+def test_concurrent_readers_of_a_bad_blob_each_get_their_own_file_named(s3_reg: Registry, cache_dir: str) -> None:
+    data = os.urandom(4 * MiB)
+    key = put_blob(s3_reg, data)
+    s3_reg.store.put(blob_key(key), b"X" + data[1:])
+    cache = ChunkCache(s3_reg, cache_dir, 100 * MiB)
+    barrier = threading.Barrier(8)
+
+    def read(i: int) -> str:
+        barrier.wait()
+        with pytest.raises(DigestMismatchError) as e:
+            cache.read_chunk(key, len(data), f"dir/file{i}.bin")
+        return str(e.value)
+    with ThreadPoolExecutor(8) as pool:
+        messages = list(pool.map(read, range(8)))
+    assert all(m.startswith(f"dir/file{i}.bin: ") for i, m in enumerate(messages))
+    assert cached_files(cache_dir) == {}
+
+
 def test_missing_blob_and_bad_key(s3_reg: Registry, cache_dir: str) -> None:
     cache = ChunkCache(s3_reg, cache_dir, MiB)
     with pytest.raises(ObjectNotFound, match="lost.txt: blob 0{32} is missing"):
