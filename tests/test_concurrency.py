@@ -2,6 +2,7 @@
 of labels and attributes, and writers killed with SIGKILL mid-commit."""
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import random
@@ -12,6 +13,7 @@ import pytest
 
 from artifactfs import Api, Artifact
 from artifactfs.registry import Registry
+from artifactfs.store.local import LocalStore
 from core_util import check_version_complete, write_files
 
 P = "proj"
@@ -149,3 +151,32 @@ def test_killed_writers_leave_no_partial_version(store_url, tmp_path):
     assert set(art.aliases) >= {"after", "latest", "run0"}
     assert reg.versions(P, "crashy") == list(range(len(before) + 1))
     assert check_version_complete(reg, P, "crashy", len(before)) == 1
+
+
+# -- the local store's primitives under contention -------------------------------------
+def race_put_if_absent(store: str, who: int) -> list[bool]:
+    s = LocalStore(store)
+    return [s.put_if_absent(f"race/k{i}", f"{who}".encode()) for i in range(30)]
+
+
+def test_put_if_absent_has_exactly_one_winner(tmp_path):
+    store = str(tmp_path / "s")
+    results = run_all(race_put_if_absent, [(store, w) for w in range(4)])
+    s = LocalStore(store)
+    for i in range(30):
+        winners = [w for w in range(4) if results[w][i]]
+        assert len(winners) == 1
+        assert s.get(f"race/k{i}") == str(winners[0]).encode()
+    assert sorted(os.listdir(tmp_path / "s" / "race")) == sorted(f"k{i}" for i in range(30))
+
+
+def increment(store: str, times: int) -> None:
+    reg = Registry.open(store)
+    for _ in range(times):
+        reg._cas_json("counter.json", lambda d: {"n": d.get("n", 0) + 1})
+
+
+def test_compare_and_swap_counter_loses_no_increment(store_url):
+    Registry.open(store_url, create=True)
+    run_all(increment, [(store_url, 50)] * 3)
+    assert json.loads(Registry.open(store_url).store.get("counter.json")) == {"n": 150}
