@@ -11,7 +11,6 @@ import pytest
 from artifactfs import (Api, Artifact, ArtifactFinalizedError, ArtifactfsError,
                         ArtifactNotLoggedError, DigestMismatchError, InvalidNameError,
                         NotFoundError)
-from artifactfs.manifest import walk
 from artifactfs.registry import blob_key
 from core_util import write_files
 

@@ -9,8 +9,6 @@ import random
 import signal
 import time
 
-import pytest
-
 from artifactfs import Api, Artifact
 from artifactfs.registry import Registry
 from artifactfs.store.local import LocalStore
