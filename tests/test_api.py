@@ -406,3 +406,17 @@ def test_download_never_writes_through_a_planted_file_symlink(logged, tmp_path):
 def test_versions_of_an_unknown_collection(logged):
     with pytest.raises(NotFoundError):
         Api().artifact_versions("nothing")
+
+
+def test_default_store_and_project(tmp_path, monkeypatch, src):
+    from artifactfs.store import default_store_url
+    monkeypatch.delenv("ARTIFACTFS_STORE", raising=False)
+    monkeypatch.delenv("ARTIFACTFS_PROJECT", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_store_url() == str(tmp_path / "xdg" / "artifactfs" / "store")
+    art = Artifact("data", "dataset")
+    art.add_dir(src)
+    art.save()
+    assert art.project == "default" and art.entity == "store"
+    assert art.url.startswith("file://" + str(tmp_path / "xdg" / "artifactfs" / "store") + "/")
+    assert Api().artifact("default/data").id == art.id
