@@ -486,22 +486,26 @@ class Draft:
                     changed.append(p)
             elif stat.S_ISDIR(st.st_mode):
                 sub = lazy_of(target)
-                if sub is not None and not (isinstance(o, DirEntry) and sub.tree == o.tree):
-                    continue  # a folder the user moved here
+                if sub is not None:
+                    if isinstance(o, DirEntry) and sub.tree == o.tree:  # an untouched base folder
+                        if isinstance(n, DirEntry):
+                            _write_lazy(target, n)
+                        else:
+                            shutil.rmtree(target)
+                            if n is not None:
+                                self._put_stand_in(disk, name, n)
+                        changed.append(p)
+                    continue  # otherwise a folder the user moved here
                 self._merge(target, p, o.tree if isinstance(o, DirEntry) else None,
                             n.tree if isinstance(n, DirEntry) else None, changed)
-                if not isinstance(n, DirEntry) and not [x for x in os.listdir(target) if not is_internal(x)]:
-                    shutil.rmtree(target)
-                    if n is not None:
-                        self._put_stand_in(disk, name, n)
+                if isinstance(n, FileEntry) and not [x for x in os.listdir(target) if not is_internal(x)]:
+                    shutil.rmtree(target)  # their file replaces a folder we left empty
+                    self._put_stand_in(disk, name, n)
                 changed.append(p)
             elif is_placeholder(st) and read_placeholder(target, st) == o:
-                if n is None:
+                if not isinstance(n, FileEntry):
                     os.unlink(target)
-                elif isinstance(n, FileEntry):
-                    self._put_stand_in(disk, name, n)
-                else:
-                    os.unlink(target)
+                if n is not None:
                     self._put_stand_in(disk, name, n)
                 changed.append(p)
 

@@ -1,0 +1,135 @@
+"""Property: any sequence of file operations applied to a draft (through the
+staging API, as the mount does) and to a plain folder gives, after each commit,
+a version equal to the folder byte for byte and executable bit for executable bit;
+and every operation fails on the draft exactly when (and with the errno) it fails
+on the folder."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from artifactfs.draftcommit import commit_draft, fetch_from_store, open_draft
+from artifactfs.registry import Registry
+from draft_helpers import dir_files, publish, version_files
+
+NAMES = st.sampled_from(["a", "b", "c"])
+PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
+DATA = st.binary(max_size=64) | st.sampled_from([b"x" * 5000, bytes(300)])
+BASE = {"a/a": b"base a/a", "a/b/c": (b"exec", True), "b": b"b" * 100, "c/c/c": b"deep"}
+
+
+def _errno(fn) -> int | None:
+    try:
+        fn()
+        return None
+    except OSError as e:
+        return e.errno
+
+
+class DraftMachine(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="draft-stateful-")
+        os.environ["XDG_STATE_HOME"] = os.path.join(self.tmp, "state")
+        self.reg = Registry.open(os.path.join(self.tmp, "store"), create=True)
+        publish(self.reg, os.path.join(self.tmp, "pub"), "ds", BASE)
+        self.plain = os.path.join(self.tmp, "plain")
+        for path, value in BASE.items():
+            data, exe = value if isinstance(value, tuple) else (value, False)
+            full = os.path.join(self.plain, path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as f:
+                f.write(data)
+            os.chmod(full, 0o755 if exe else 0o644)
+        self.draft = open_draft(self.reg, self.reg.store.url, "proj", "ds", fetch_from_store(self.reg))
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.environ.pop("XDG_STATE_HOME", None)
+
+    def same(self, on_plain, on_draft) -> None:
+        want = _errno(on_plain)
+        got = _errno(on_draft)
+        assert got == want, (want, got)
+
+    def p(self, path: str) -> str:
+        return os.path.join(self.plain, path)
+
+    def _draft_write(self, path: str, data: bytes, offset: int, trunc: bool) -> None:
+        node = self.draft.stat(path)
+        if node is None:
+            disk = self.draft.create(path, 0o644)
+        elif node.is_dir:
+            raise IsADirectoryError(21, "is a directory")
+        else:
+            disk = self.draft.copy_up(path, keep_data=not trunc)
+        fd = os.open(disk, os.O_WRONLY | (os.O_TRUNC if trunc else 0))
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    @rule(path=PATHS, data=DATA, offset=st.sampled_from([0, 3, 7000]), trunc=st.booleans())
+    def write(self, path, data, offset, trunc):
+        def plain():
+            fd = os.open(self.p(path), os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if trunc else 0), 0o644)
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+        self.same(plain, lambda: self._draft_write(path, data, offset, trunc))
+
+    @rule(path=PATHS, size=st.sampled_from([0, 1, 50, 9000]))
+    def truncate(self, path, size):
+        self.same(lambda: os.truncate(self.p(path), size), lambda: self.draft.truncate(path, size))
+
+    @rule(path=PATHS)
+    def mkdir(self, path):
+        self.same(lambda: os.mkdir(self.p(path), 0o755), lambda: self.draft.mkdir(path, 0o755))
+
+    @rule(path=PATHS)
+    def unlink(self, path):
+        self.same(lambda: os.unlink(self.p(path)), lambda: self.draft.unlink(path))
+
+    @rule(path=PATHS)
+    def rmdir(self, path):
+        self.same(lambda: os.rmdir(self.p(path)), lambda: self.draft.rmdir(path))
+
+    @rule(old=PATHS, new=PATHS)
+    def rename(self, old, new):
+        self.same(lambda: os.rename(self.p(old), self.p(new)), lambda: self.draft.rename(old, new))
+
+    @rule(path=PATHS, exe=st.booleans())
+    def chmod(self, path, exe):
+        mode = 0o755 if exe else 0o644
+        self.same(lambda: os.chmod(self.p(path), mode), lambda: self.draft.chmod(path, mode))
+
+    @rule()
+    def commit(self):
+        r = commit_draft(self.reg, self.draft)
+        assert version_files(self.reg, "ds", r.version) == dir_files(self.plain)
+
+    @invariant()
+    def same_listing(self):
+        if not hasattr(self, "draft"):
+            return
+        for dirpath, dirnames, filenames in os.walk(self.plain):
+            rel = os.path.relpath(dirpath, self.plain)
+            rel = "" if rel == "." else rel
+            listed = {n.path.rsplit("/", 1)[-1]: n for n in self.draft.listdir(rel)}
+            assert sorted(listed) == sorted(dirnames + filenames)
+            for fn in filenames:
+                st_ = os.lstat(os.path.join(dirpath, fn))
+                node = listed[fn]
+                assert (node.size, node.mode & 0o100) == (st_.st_size, stat.S_IMODE(st_.st_mode) & 0o100)
+
+
+DraftMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
+                                          suppress_health_check=[HealthCheck.too_slow])
+test_draft_operations_match_a_plain_folder = DraftMachine.TestCase
