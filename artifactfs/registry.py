@@ -317,7 +317,7 @@ class Registry(TreeIO):
             raise PreconditionFailed(f"{name}: latest is v{latest}, not v{base}")
         if latest is not None:
             current = self.version(project, name, latest)
-            if current.digest == digest:
+            if current.digest == digest and current.root == root.tree:  # same files and modes
                 self._label(project, name, latest, aliases, tags)
                 return self.version(project, name, latest), False
         self.store.sync()  # blobs and trees durable before the record names them
