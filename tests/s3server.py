@@ -5,12 +5,13 @@ In a test module:    from s3server import s3_server, s3_url  # noqa: F401 (fixtu
 Outside pytest:      sys.path.insert(0, "tests"); from s3server import moto_server
                      with moto_server() as srv: url = srv.new_bucket_url()
 
-The server process is started once per test session (fixture `s3_server`); each test
+The server process is started once per test run (fixture `s3_server`); each test
 gets its own bucket from `s3_url`.  The environment points boto3 at the server with
 dummy credentials (ARTIFACTFS_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...), so code under
 test finds it the same way it would find a real endpoint."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -61,9 +62,9 @@ class MotoServer:
 
 
 @contextlib.contextmanager
-def moto_server(timeout: float = 30.0) -> Iterator[MotoServer]:
+def moto_server(timeout: float = 30.0, set_env: bool = True) -> Iterator[MotoServer]:
     """Start `python -m moto.server` on a free local port, wait until it answers, and
-    stop it on exit.  Sets the variables of MotoServer.env in os.environ meanwhile."""
+    stop it on exit.  With set_env, os.environ holds MotoServer.env meanwhile."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -81,14 +82,16 @@ def moto_server(timeout: float = 30.0) -> Iterator[MotoServer]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"moto server did not answer on {server.endpoint}") from None
                 time.sleep(0.1)
-        os.environ.update(server.env)
+        if set_env:
+            os.environ.update(server.env)
         yield server
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if set_env:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         proc.terminate()
         try:
             proc.wait(10)
@@ -97,18 +100,28 @@ def moto_server(timeout: float = 30.0) -> Iterator[MotoServer]:
             proc.wait()
 
 
+_shared = contextlib.ExitStack()
+_shared_server: MotoServer | None = None
+
+
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoServer]:
+def s3_server() -> MotoServer:
+    """One moto server for the whole test run, however many modules import this fixture
+    (pytest would give each importing module its own session fixture); stopped at exit."""
+    global _shared_server
     from conftest import skip_or_fail  # only under pytest: bench scripts use moto_server()
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("boto3") is None:
         skip_or_fail("moto[server] and boto3 are not installed (pip install -e '.[test]')")
-    with moto_server() as server:
-        yield server
+    if _shared_server is None or _shared_server.process.poll() is not None:
+        _shared_server = _shared.enter_context(moto_server(set_env=False))
+        atexit.register(_shared.close)
+    return _shared_server
 
 
 @pytest.fixture
 def s3_url(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    """s3:// URL of a fresh, empty bucket on the session's moto server."""
+    """s3:// URL of a fresh, empty bucket on the test run's moto server; the
+    environment points artifactfs at it for the duration of the test."""
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
     return s3_server.new_bucket_url()
