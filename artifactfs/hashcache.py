@@ -35,6 +35,19 @@ def default_path() -> str | None:
     return os.path.join(base, "artifactfs", "file-digests.sqlite")
 
 
+def _prefetch(path: str) -> None:
+    """Start reading the database in the background: lookups of a cold cache
+    then wait for one sequential read instead of many small random ones."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 class HashCache:
     """Lookups from many threads; new entries are written in one transaction by flush()."""
 
@@ -50,26 +63,39 @@ class HashCache:
             return None
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            _prefetch(path)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # private even where the dir is not
             db = sqlite3.connect(path, timeout=5, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
+            db.execute("BEGIN")  # one read snapshot for all lookups: no per-query locking
         except (OSError, sqlite3.Error):
             return None
         return cls(db)
 
-    def lookup(self, st: Stat) -> Digests | None:
-        """The digests remembered for this exact file state, or None."""
+    def lookup(self, stats: list[Stat]) -> list[Digests | None]:
+        """The digests remembered for each exact file state (None: unknown), in one query."""
+        out: list[Digests | None] = [None] * len(stats)
+        if not stats:
+            return out
+        want = {(st.st_dev, st.st_ino): i for i, st in enumerate(stats)}
+        rows = []
         with self._lock:
             try:
-                row = self._db.execute(
-                    "SELECT digest, chunks FROM files WHERE dev=? AND ino=? AND size=? AND mtime_ns=? AND ctime_ns=?",
-                    (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)).fetchone()
+                for dev in {d for d, _ in want}:
+                    inos = [ino for d, ino in want if d == dev]
+                    rows += [(dev, *r) for r in self._db.execute(
+                        "SELECT ino, size, mtime_ns, ctime_ns, digest, chunks FROM files "
+                        f"WHERE dev=? AND ino IN ({','.join('?' * len(inos))})", [dev, *inos])]
             except sqlite3.Error:
-                return None
-        if row is None:
-            return None
-        return row[0], tuple(row[1].split(",")) if row[1] else ()
+                return out
+        for dev, ino, size, mtime_ns, ctime_ns, digest, chunks in rows:
+            i = want[(dev, ino)]
+            st = stats[i]
+            if (size, mtime_ns, ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                out[i] = digest, tuple(chunks.split(",")) if chunks else ()
+        return out
 
     def remember(self, st: Stat, digests: Digests, hashed_ns: int) -> None:
         """Queue an entry for a file hashed from time `hashed_ns` on, unless racy."""
@@ -84,6 +110,7 @@ class HashCache:
         with self._lock:
             rows, self._pending = self._pending, []
             try:
+                self._db.execute("COMMIT")
                 if rows:
                     self._db.execute("BEGIN IMMEDIATE")
                     self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)", rows)

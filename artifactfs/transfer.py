@@ -26,6 +26,7 @@ from .names import check_path
 from .registry import Registry, blob_key
 
 WORKERS = 8
+UPLOAD_BATCH = 64         # files per upload task
 DIR_BATCH = 256          # directory fds held open at once while downloading
 Progress = Callable[[int], None]
 _tls = threading.local()
@@ -96,19 +97,10 @@ def _blobs_present(registry: Registry | None, chunks: tuple[str, ...]) -> bool:
     return registry is None or all(registry.store.exists(blob_key(k)) for k in chunks)
 
 
-def upload_file(registry: Registry | None, path: str, progress: Progress | None = None,
-                cache: HashCache | None = None) -> FileEntry:
-    """Hash a local file (W&B digest and per-chunk keys) and store its chunks
-    unless present.  With registry=None it only hashes.  With a cache, a file
-    whose stat is remembered (and whose blobs are in the store) is not read."""
+def _store_file(registry: Registry | None, path: str, progress: Progress | None,
+                cache: HashCache | None) -> FileEntry:
+    """Read, hash and store one file; remember its digests in the cache."""
     try:
-        if cache is not None:
-            st = os.stat(path)
-            hit = cache.lookup(st)
-            if hit is not None and _blobs_present(registry, hit[1]):
-                if progress:
-                    progress(st.st_size)
-                return FileEntry(hit[0], st.st_size, hit[1], executable=bool(st.st_mode & 0o111))
         started = time.time_ns()
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -123,15 +115,47 @@ def upload_file(registry: Registry | None, path: str, progress: Progress | None 
     return FileEntry(digest, size, chunks, executable=bool(st.st_mode & 0o111))
 
 
+def _upload_batch(registry: Registry | None, paths: list[str], progress: Progress | None,
+                  cache: HashCache | None) -> list[FileEntry]:
+    """Files whose stat the cache remembers (and whose blobs are in the store)
+    are not read; the others are hashed and stored."""
+    known: list = [None] * len(paths)
+    if cache is not None:
+        try:
+            stats = [os.stat(p) for p in paths]
+        except OSError as e:
+            raise ArtifactfsError(f"cannot read {e.filename}: {e.strerror}") from None
+        known = cache.lookup(stats)
+    out = []
+    for path, hit, st in zip(paths, known, stats if cache is not None else known):
+        if hit is not None and _blobs_present(registry, hit[1]):
+            if progress:
+                progress(st.st_size)
+            out.append(FileEntry(hit[0], st.st_size, hit[1], executable=bool(st.st_mode & 0o111)))
+        else:
+            out.append(_store_file(registry, path, progress, cache))
+    return out
+
+
+def upload_file(registry: Registry | None, path: str, progress: Progress | None = None) -> FileEntry:
+    """Hash a local file (W&B digest and per-chunk keys) and store its chunks
+    unless present.  With registry=None it only hashes."""
+    return _store_file(registry, path, progress, None)
+
+
 def upload_many(registry: Registry | None, paths: list[str], progress: Progress | None = None) -> list[FileEntry]:
     """upload_file over many files, in parallel (file I/O and xxhash release the
-    GIL), using the per-user HashCache to skip unchanged files."""
+    GIL) and in batches (one task per file costs more than a small file's work),
+    using the per-user HashCache to skip unchanged files."""
     cache = HashCache.open()
     try:
-        if len(paths) <= 1:
-            return [upload_file(registry, p, progress, cache) for p in paths]
+        size = max(1, min(UPLOAD_BATCH, len(paths) // (4 * WORKERS)))
+        batches = [paths[i:i + size] for i in range(0, len(paths), size)]
+        if len(batches) <= 1:
+            return [e for b in batches for e in _upload_batch(registry, b, progress, cache)]
         with ThreadPoolExecutor(WORKERS) as pool:
-            return list(pool.map(lambda p: upload_file(registry, p, progress, cache), paths))
+            parts = pool.map(lambda b: _upload_batch(registry, b, progress, cache), batches)
+            return [e for part in parts for e in part]
     finally:
         if cache is not None:
             cache.flush()

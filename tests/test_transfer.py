@@ -89,7 +89,7 @@ def test_freshly_written_files_are_not_remembered(reg, tmp_path, monkeypatch):
     path = write(tmp_path / "src" / "f", b"new")
     transfer.upload_many(reg, [path])
     cache = hashcache.HashCache.open()
-    assert cache is not None and cache.lookup(os.stat(path)) is None
+    assert cache is not None and cache.lookup([os.stat(path)]) == [None]
     cache.flush()
 
 
