@@ -3,9 +3,11 @@ hit after, shared by several instances, LRU eviction under the cap, digest check
 from __future__ import annotations
 
 import fcntl
+import multiprocessing
 import os
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -122,6 +124,34 @@ def test_cap_holds_across_caches_sharing_a_directory(s3_reg: Registry, cache_dir
     total = sum(cached_files(cache_dir).values())
     assert total <= cap and all(c.stats()["cache_bytes"] == total for c in caches)
     assert sum(c.stats()["evictions"] for c in caches) > 0
+
+
+def _mount_like_reader(url: str, cache_dir: str, keys: list[str], size: int, cap: int) -> dict[str, int]:
+    """Run in a separate process: read every key three times through its own ChunkCache."""
+    cache = ChunkCache(Registry.open(url), cache_dir, cap)
+    for _ in range(3):
+        for k in keys:
+            cache.read_chunk(k, size, k)  # verified against k, or it raises
+    return cache.stats()
+
+
+def test_cap_holds_across_processes(s3_url: str, cache_dir: str) -> None:
+    reg = Registry.open(s3_url, create=True)
+    keys = [put_blob(reg, os.urandom(256 * 1024)) for _ in range(10)]
+    cap = MiB
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        result = pool.starmap_async(_mount_like_reader, [(s3_url, cache_dir, keys, 256 * 1024, cap),
+                                                         (s3_url, cache_dir, keys[::-1], 256 * 1024, cap)])
+        while not result.ready():  # the cap holds all along, not just at the end
+            assert sum(cached_files(cache_dir).values()) <= cap
+            time.sleep(0.002)
+        stats = result.get()
+    files = cached_files(cache_dir)
+    assert 0 < sum(files.values()) <= cap
+    with open(os.path.join(cache_dir, "size")) as f:
+        assert int(f.read()) == sum(files.values())  # the shared total is exact
+    assert all(s["evictions"] > 0 and s["fetches"] >= 10 for s in stats)
 
 
 def test_corrupted_cache_file_is_detected_and_fetched_again(s3_reg: Registry, cache_dir: str) -> None:
