@@ -9,6 +9,8 @@ import random
 import signal
 import time
 
+import xxhash
+
 from artifactfs import Api, Artifact
 from artifactfs.registry import Registry
 from artifactfs.store.local import LocalStore
@@ -107,11 +109,15 @@ def test_registry_tag_updates_are_compare_and_swap(store_url, tmp_path):
 
 # -- crash safety -----------------------------------------------------------------
 def commit_forever(store: str, workdir: str, seed: int) -> None:
-    """Commit a few files (one of them large) with an alias and a tag, forever."""
+    """Commit, forever, files drawn from a pool of large contents shared by rounds
+    2k and 2k+1 (so a round reuses blobs that a killed writer may have been
+    writing) plus one unique file, with an alias and a tag."""
     rnd = random.Random(seed)
+    pool = [random.Random(seed // 2 * 100 + n).randbytes(300_000 + 100_000 * n) for n in range(4)]
     i = 0
     while True:
-        files = {f"d{j}/f{j}.bin": rnd.randbytes(rnd.randint(0, 200_000)) for j in range(4)}
+        files = {f"d{j}/f{j}.bin": pool[(i + j) % len(pool)] for j in range(3)}
+        files["unique.txt"] = f"{seed} {i} {rnd.random()}"
         src = write_files(os.path.join(workdir, f"{seed}-{i}"), files)
         art = Artifact("crashy", "dataset", store=store)
         art.add_dir(src)
@@ -121,13 +127,19 @@ def commit_forever(store: str, workdir: str, seed: int) -> None:
         i += 1
 
 
+def check_objects_whole(store: LocalStore) -> None:
+    """Every blob and tree key, referenced or orphan, holds exactly the bytes it names."""
+    for key in list(store.list("blobs/")) + list(store.list("trees/")):
+        assert xxhash.xxh3_128_hexdigest(store.get(key)) == key.rsplit("/", 1)[1], key
+
+
 def test_killed_writers_leave_no_partial_version(store_url, tmp_path):
     rnd = random.Random(1234)
     reg = Registry.open(store_url, create=True)
     for round_ in range(20):
         child = CTX.Process(target=commit_forever, args=(store_url, str(tmp_path), round_))
         child.start()
-        time.sleep(rnd.uniform(0.02, 0.25))
+        time.sleep(rnd.uniform(0.005, 0.2))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         assert child.exitcode == -signal.SIGKILL
@@ -135,6 +147,7 @@ def test_killed_writers_leave_no_partial_version(store_url, tmp_path):
         assert versions == list(range(len(versions)))  # no gaps
         for n in versions:
             check_version_complete(Registry.open(store_url), P, "crashy", n)
+        check_objects_whole(reg.store)
     before = reg.versions(P, "crashy")
     assert before, "no writer got as far as a commit; the test proves nothing"
     t0 = time.monotonic()
