@@ -27,7 +27,7 @@ from .errors import ConflictError, InvalidNameError, PreconditionFailed
 from .manifest import Change, DirEntry, Entry, FileEntry, apply_changes, artifact_digest, walk
 from .names import check_name
 from .registry import Registry
-from .staging import (STATE_FILE, Draft, DraftState, Fetch, drafts_dir, is_internal, is_placeholder, join,
+from .staging import (STATE_FILE, Draft, DraftState, Fetch, is_internal, is_placeholder, join,
                       lazy_of, read_placeholder)
 
 COMMIT_ATTEMPTS = 50
@@ -193,12 +193,13 @@ def fetch_from_store(registry: Registry) -> Fetch:
     return fetch
 
 
-def open_draft(registry: Registry, store_url: str, project: str, collection: str, fetch: Fetch,
+def open_draft(registry: Registry, where: str, project: str, collection: str, fetch: Fetch,
                default_type: str = "dataset") -> Draft:
-    """The draft of a collection, created from its latest version (or empty for a
-    collection that does not exist yet) the first time."""
-    path = os.path.join(drafts_dir(store_url, check_name(project, "project")), check_name(collection, "collection name"))
-    state = DraftState(collection=collection, project=project, store=store_url, type=default_type)
+    """The draft of a collection in the drafts folder `where`, created from its
+    latest version (or empty for a collection that does not exist yet) the first time."""
+    path = os.path.join(where, check_name(collection, "collection name"))
+    state = DraftState(collection=collection, project=check_name(project, "project"),
+                       store=registry.store.url, type=default_type)
     if not os.path.exists(os.path.join(path, STATE_FILE)):
         latest = registry.latest(project, collection)
         if latest is not None:

@@ -20,6 +20,7 @@ against a commit (draftcommit.py); nothing here is thread-safe on its own."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -61,6 +62,24 @@ def drafts_dir(store_url: str, project: str) -> str:
     if not os.path.exists(marker):
         write_atomic(marker, json.dumps({"store": store_url}).encode())
     return path
+
+
+def claim_drafts_dir(store_url: str, project: str) -> tuple[str, int]:
+    """A slot of drafts for one process (a mount): slot 0 unless another live mount of
+    the same store and project holds it.  The flock dies with the process, so the
+    next mount after a crash takes the slot over, drafts and all.  Returns the
+    directory and the descriptor holding the lock."""
+    base = drafts_dir(store_url, project)
+    for slot in range(1000):
+        path = os.path.join(base, str(slot))
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(path, "\\lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return path, fd
+        except BlockingIOError:
+            os.close(fd)
+    raise OSError(errno.EBUSY, "too many mounts of this store and project")
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -359,14 +378,15 @@ class Draft:
         return disk
 
     # -- mutations (each one syscall or one rename on the tree) ---------------
-    def create(self, path: str, mode: int) -> str:
-        """A new empty real file; FileExistsError if the name is taken."""
+    def create(self, path: str, mode: int) -> int:
+        """A new empty real file, open for reading and writing whatever its mode (as
+        creat(2) grants); FileExistsError if the name is taken."""
         parent, name = _parent(path)
         check_component(name)
         disk = os.path.join(self.materialize(parent), name)
-        os.close(os.open(disk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o777))
-        os.chmod(disk, mode & 0o777)  # not reduced by the daemon's umask
-        return disk
+        fd = os.open(disk, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, mode & 0o777)  # exactly the mode asked for, not reduced by our umask
+        return fd
 
     def mkdir(self, path: str, mode: int) -> str:
         parent, name = _parent(path)

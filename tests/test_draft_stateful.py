@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from artifactfs.draftcommit import commit_draft, fetch_from_store, open_draft
 from artifactfs.registry import Registry
+from artifactfs.staging import drafts_dir
 from draft_helpers import dir_files, publish, version_files
 
 NAMES = st.sampled_from(["a", "b", "c"])
@@ -47,7 +48,7 @@ class DraftMachine(RuleBasedStateMachine):
             with open(full, "wb") as f:
                 f.write(data)
             os.chmod(full, 0o755 if exe else 0o644)
-        self.draft = open_draft(self.reg, self.reg.store.url, "proj", "ds", fetch_from_store(self.reg))
+        self.draft = open_draft(self.reg, drafts_dir(self.reg.store.url, "proj"), "proj", "ds", fetch_from_store(self.reg))
 
     def teardown(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -64,12 +65,11 @@ class DraftMachine(RuleBasedStateMachine):
     def _draft_write(self, path: str, data: bytes, offset: int, trunc: bool) -> None:
         node = self.draft.stat(path)
         if node is None:
-            disk = self.draft.create(path, 0o644)
+            fd = self.draft.create(path, 0o644)
         elif node.is_dir:
             raise IsADirectoryError(21, "is a directory")
         else:
-            disk = self.draft.copy_up(path, keep_data=not trunc)
-        fd = os.open(disk, os.O_WRONLY | (os.O_TRUNC if trunc else 0))
+            fd = os.open(self.draft.copy_up(path, keep_data=not trunc), os.O_WRONLY | (os.O_TRUNC if trunc else 0))
         try:
             os.pwrite(fd, data, offset)
         finally:

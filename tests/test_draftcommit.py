@@ -17,7 +17,7 @@ from artifactfs.draftcommit import commit_draft, draft_changes, fetch_from_store
 from artifactfs.errors import ConflictError, InvalidNameError
 from artifactfs.manifest import DirEntry, FileEntry, apply_changes, walk
 from artifactfs.registry import Registry
-from artifactfs.staging import Draft
+from artifactfs.staging import Draft, drafts_dir
 from core_util import check_version_complete
 from draft_helpers import dir_files, publish, version_files
 
@@ -36,7 +36,7 @@ def pub(tmp_path) -> str:
 
 
 def draft_of(reg: Registry, name: str = "ds") -> Draft:
-    return open_draft(reg, reg.store.url, "proj", name, fetch_from_store(reg))
+    return open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", name, fetch_from_store(reg))
 
 
 def makedirs(draft: Draft, path: str) -> None:
@@ -49,8 +49,7 @@ def makedirs(draft: Draft, path: str) -> None:
 def write(draft: Draft, path: str, data: bytes, offset: int = 0) -> None:
     if "/" in path:
         makedirs(draft, path.rsplit("/", 1)[0])
-    disk = draft.create(path, 0o644) if draft.stat(path) is None else draft.copy_up(path)
-    fd = os.open(disk, os.O_WRONLY)
+    fd = draft.create(path, 0o644) if draft.stat(path) is None else os.open(draft.copy_up(path), os.O_WRONLY)
     try:
         os.pwrite(fd, data, offset)
     finally:
@@ -85,7 +84,7 @@ def test_new_collection_first_commit(reg):
     assert d.state.base is None and d.is_clean()
     write(d, "data/train.bin", b"123")
     d.mkdir("empty", 0o755)
-    d.create("run.sh", 0o755)
+    os.close(d.create("run.sh", 0o755))
     r = commit_draft(reg, d, aliases=["best"], tags=["t1"], description="first")
     assert r.line == "fresh:v0"
     info = reg.version("proj", "fresh", 0)
@@ -223,8 +222,9 @@ CHILD = r"""
 import sys
 from artifactfs.registry import Registry
 from artifactfs.draftcommit import open_draft, commit_draft, fetch_from_store
+from artifactfs.staging import drafts_dir
 reg = Registry.open(sys.argv[1])
-d = open_draft(reg, reg.store.url, "proj", "ds", fetch_from_store(reg))
+d = open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "ds", fetch_from_store(reg))
 print("ready", flush=True)
 print(commit_draft(reg, d).line, flush=True)
 """
@@ -302,20 +302,22 @@ def test_killed_commit_leaves_no_partial_version(tmp_path, monkeypatch):
 
 
 CONCURRENT = r"""
+import os
 import sys
 from artifactfs import transfer
 from artifactfs.registry import Registry
 from artifactfs.draftcommit import open_draft, commit_draft, fetch_from_store
+from artifactfs.staging import drafts_dir
 from artifactfs.errors import ConflictError
 reg = Registry.open(sys.argv[1])
 me, rounds = sys.argv[2], int(sys.argv[3])
-d = open_draft(reg, reg.store.url, "proj", "ds", fetch_from_store(reg))
+d = open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "ds", fetch_from_store(reg))
 
 def put(path, data):
     if "/" in path and d.stat(path.split("/")[0]) is None:
         d.mkdir(path.split("/")[0], 0o755)
-    disk = d.create(path, 0o644) if d.stat(path) is None else d.copy_up(path)
-    with open(disk, "wb") as f:
+    fd = d.create(path, 0o644) if d.stat(path) is None else os.open(d.copy_up(path), os.O_WRONLY | os.O_TRUNC)
+    with open(fd, "wb") as f:
         f.write(data)
 
 for i in range(rounds):

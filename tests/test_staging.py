@@ -13,7 +13,7 @@ import pytest
 from artifactfs.draftcommit import fetch_from_store, open_draft
 from artifactfs.errors import InvalidNameError
 from artifactfs.registry import Registry
-from artifactfs.staging import LAZY, TMP, Draft, is_placeholder, lazy_of, state_dir
+from artifactfs.staging import LAZY, TMP, Draft, claim_drafts_dir, drafts_dir, is_placeholder, lazy_of, state_dir
 from conftest import skip_or_fail
 from draft_helpers import publish
 
@@ -34,7 +34,7 @@ def reg(tmp_path, state) -> Registry:
 @pytest.fixture
 def draft(reg, tmp_path) -> Draft:
     publish(reg, str(tmp_path / "pub"), "ds", BASE)
-    return open_draft(reg, reg.store.url, "proj", "ds", fetch_from_store(reg))
+    return open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "ds", fetch_from_store(reg))
 
 
 def read(draft: Draft, path: str) -> bytes:
@@ -60,7 +60,7 @@ def test_fresh_draft_is_one_lazy_root(draft):
 
 
 def test_materialize_only_along_the_path(draft):
-    draft.create("b/c/new", 0o644)
+    os.close(draft.create("b/c/new", 0o644))
     assert sorted(os.listdir(draft.tree)) == ["a", "b", "top"]
     assert lazy_of(draft.disk("a")) is not None, "an untouched sibling folder stays lazy"
     assert lazy_of(draft.disk("b")) is None and lazy_of(draft.disk("b/c")) is None
@@ -125,7 +125,7 @@ def test_rmdir_and_unlink(draft):
 
 @pytest.mark.parametrize("name", ["back\\slash", "..", "x" * 256])
 def test_names_invalid_in_an_artifact_are_refused(draft, name):
-    for op in (lambda: draft.create(name, 0o644), lambda: draft.mkdir(name, 0o755),
+    for op in (lambda: os.close(draft.create(name, 0o644)), lambda: draft.mkdir(name, 0o755),
                lambda: draft.rename("top", name)):
         with pytest.raises(InvalidNameError):
             op()
@@ -133,7 +133,7 @@ def test_names_invalid_in_an_artifact_are_refused(draft, name):
 
 
 def test_internal_names_are_invisible(draft):
-    draft.create("a/new", 0o644)
+    os.close(draft.create("a/new", 0o644))
     with open(os.path.join(draft.disk("a"), TMP + "leftover"), "w"):
         pass
     assert [n.path for n in draft.listdir("a")] == ["a/new", "a/x", "a/y"]
@@ -165,7 +165,7 @@ def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg)
     try:
         monkeypatch.setenv("XDG_STATE_HOME", str(small))
         publish(reg, str(tmp_path / "pub"), "big", {"f": os.urandom(700_000)})
-        d = open_draft(reg, reg.store.url, "proj", "big", fetch_from_store(reg))
+        d = open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "big", fetch_from_store(reg))
         with open(d.create("kept", 0o644), "wb") as f:
             f.write(b"k" * 100_000)
         with pytest.raises(OSError) as e:
@@ -184,7 +184,7 @@ def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg)
 def test_interrupted_advance_is_finished_on_load(reg, draft, tmp_path):
     v1 = publish(reg, str(tmp_path / "pub"), "ds", {"top": b"new top", "a/x": None})
     info = reg.version("proj", "ds", v1)
-    draft.create("b/mine", 0o644)
+    os.close(draft.create("b/mine", 0o644))
     # journal the advance as a killed process would have left it, with nothing moved yet
     draft.state.advancing = {"version": v1, "root": info.root, "mtime_ns": 1, "clean": {}}
     draft.save_state()
@@ -192,3 +192,15 @@ def test_interrupted_advance_is_finished_on_load(reg, draft, tmp_path):
     assert again.state.base == v1 and again.state.advancing is None
     assert json.loads(open(again.disk("top"), "rb").read())["size"] == 7
     assert again.stat("a/x") is None and again.stat("b/mine") is not None
+
+
+def test_each_live_process_gets_its_own_drafts_slot(reg):
+    """Two mounts of one store and project never share a draft; a dead one's slot is taken over."""
+    first, fd = claim_drafts_dir(reg.store.url, "proj")
+    second, fd2 = claim_drafts_dir(reg.store.url, "proj")
+    assert first != second and os.path.basename(first) == "0"
+    os.close(fd)  # the first process died: its flock is gone
+    again, fd3 = claim_drafts_dir(reg.store.url, "proj")
+    assert again == first
+    os.close(fd2)
+    os.close(fd3)
