@@ -25,7 +25,8 @@ class Api:
         project, collection, _ = split_ref(name)
         project = project or self.project
         self.registry.collection(project, collection)  # NotFoundError for an unknown name
-        return [Artifact._from_version(self.registry, self.registry.version(project, collection, n))
+        aliases = self.registry.aliases(project, collection)
+        return [Artifact._from_version(self.registry, self.registry.version(project, collection, n, aliases))
                 for n in self.registry.versions(project, collection)]
 
     def artifact_collections(self, project: str | None = None, type: str | None = None) -> list[CollectionInfo]:

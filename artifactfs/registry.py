@@ -271,7 +271,10 @@ class Registry(TreeIO):
             raise NotFoundError(f"alias {name}:{alias} not found")
         return found
 
-    def version(self, project: str, name: str, version: int) -> VersionInfo:
+    def version(self, project: str, name: str, version: int,
+                aliases: Mapping[str, int] | None = None) -> VersionInfo:
+        """One version.  Pass `aliases` (from aliases()) when reading many versions
+        of a collection, so the collection is not listed again for each."""
         try:
             rec = json.loads(self.store.get(self._vkey(project, name, version)))
         except ObjectNotFound:
@@ -290,7 +293,9 @@ class Registry(TreeIO):
                     setattr(info, f, attrs[f])
         except ObjectNotFound:
             pass
-        info.aliases = sorted(a for a, v in self.aliases(project, name).items() if v == version)
+        if aliases is None:
+            aliases = self.aliases(project, name)
+        info.aliases = sorted(a for a, v in aliases.items() if v == version)
         return info
 
     def get(self, project: str, name: str, alias: str | None = None) -> VersionInfo:
