@@ -340,3 +340,9 @@ def verify(c: Ctx, name: str, directory: str | None) -> None:
     if problems:
         raise click.ClickException(f"{len(problems)} file(s) of {art.name} do not match")
     click.echo(f"{art.name}: {len(items)} files OK")
+
+
+from .mount.commands import mount_cmd, umount_cmd  # noqa: E402  (the mount helper's commands)
+
+main.add_command(mount_cmd)
+main.add_command(umount_cmd)

@@ -1,0 +1,7 @@
+"""The FUSE mount: collections as folders, versions as read-only trees read lazily
+through the shared chunk cache (docs/mount-semantics.md describes what programs see).
+
+Modules: inodes (inode table, Node and Handle base classes), nodes (the read-only
+node kinds), reader (chunk memory cache and read-ahead), xattrs, ops (the thin
+pyfuse3.Operations), context (what nodes share), daemon (process life),
+state (state dir, mount table, sd_notify), commands (click commands)."""

@@ -1,0 +1,45 @@
+"""What every node of one mount shares: the registry, the reader, the inode
+table, the options, and the one way to run blocking calls (a worker thread
+under a capacity limiter, never on the trio loop)."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from ..registry import Registry
+from .inodes import InodeTable, Node
+from .reader import ChunkReader
+
+T = TypeVar("T")
+THREADS = 16
+
+
+@dataclass
+class MountContext:
+    registry: Registry
+    project: str
+    reader: ChunkReader
+    refresh: float = 5.0
+    cache_size: int = 0  # the on-disk cache's limit, reported by statfs
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    started_ns: int = field(default_factory=time.time_ns)
+    table: InodeTable = field(default_factory=InodeTable)
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(THREADS))
+    # Node class per kind ("root", "collection", "version", "dir", "file", "alias"):
+    # the drafts layer swaps in subclasses here before the mount starts.
+    node_classes: dict[str, type[Node]] = field(default_factory=dict)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call in a worker thread."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def make(self, kind: str, key: tuple[str, ...], *args: Any) -> Node:
+        """The live node for `key`, created as node_classes[kind](ctx, key, *args)."""
+        cls = self.node_classes[kind]
+        return self.table.node(key, lambda: cls(self, key, *args))

@@ -1,0 +1,178 @@
+"""The mount daemon's life: build the filesystem, mount, tell whoever waits that
+it is live (a pipe to `artifactfs mount`, READY=1 to systemd), serve until
+unmounted or signalled, run the shutdown hooks, and leave no mount behind.
+
+`artifactfs mount` runs `python -m artifactfs.mount.daemon OPTIONS-JSON FD` in a
+new session and waits on pipe FD for "ready" or "error: ..."."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+
+import pyfuse3
+import trio
+
+from ..cache import ChunkCache
+from ..errors import ArtifactfsError
+from ..registry import Registry
+from .context import MountContext
+from .nodes import default_node_classes
+from .ops import Operations
+from .reader import DEFAULT_MEMORY, ChunkReader
+from .state import find_mount, log_path, remove_record, sd_notify, write_record
+
+log = logging.getLogger("artifactfs.mount")
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class MountOptions:
+    mountpoint: str
+    store: str
+    project: str
+    cache_dir: str
+    cache_size: int
+    refresh: float = 5.0
+    memory: int = DEFAULT_MEMORY
+    foreground: bool = False
+    allow_other: bool = False
+    read_only: bool = False
+    debug: bool = False
+
+    def fuse_options(self) -> set[str]:
+        opts = {"fsname=artifactfs", "subtype=artifactfs", "default_permissions"}
+        if self.read_only:
+            opts.add("ro")
+        if self.allow_other:
+            opts.add("allow_other")
+        return opts
+
+
+@dataclass
+class Daemon:
+    """One mounted filesystem.  Extensions append to `shutdown_hooks`: they are
+    awaited in order after the FUSE session ends, before the process exits."""
+
+    opts: MountOptions
+    ctx: MountContext
+    ops: Operations
+    shutdown_hooks: list[Hook] = field(default_factory=list)
+    dev: tuple[int, int] | None = None  # our mount's device, to unmount only our own
+
+    @classmethod
+    def build(cls, opts: MountOptions) -> "Daemon":
+        registry = Registry.open(opts.store)
+        cache = ChunkCache(registry, opts.cache_dir, opts.cache_size)
+        ctx = MountContext(registry=registry, project=opts.project, reader=ChunkReader(cache, opts.memory),
+                           refresh=opts.refresh, cache_size=opts.cache_size,
+                           node_classes=default_node_classes())
+        ctx.table.set_root(ctx.node_classes["root"](ctx, ("root",)))
+        return cls(opts, ctx, Operations(ctx))
+
+    def mount(self) -> None:
+        try:
+            pyfuse3.init(self.ops, self.opts.mountpoint, self.opts.fuse_options())
+        except RuntimeError as e:
+            raise ArtifactfsError(f"cannot mount on {self.opts.mountpoint}: {e} (see the log)") from None
+
+    async def serve(self, on_ready: Callable[[], None]) -> None:
+        """Serve until unmounted or SIGTERM/SIGINT; then run the shutdown hooks."""
+        async with trio.open_nursery() as nursery:
+            self.ctx.reader.nursery = nursery
+            nursery.start_soon(self._signals, nursery.cancel_scope)
+            nursery.start_soon(self._announce, on_ready)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+        self.ctx.reader.nursery = None
+        for hook in self.shutdown_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook %s failed", getattr(hook, "__qualname__", hook))
+
+    async def _announce(self, on_ready: Callable[[], None]) -> None:
+        """Ready means a stat through the mount was answered by us."""
+        st = await trio.to_thread.run_sync(os.stat, self.opts.mountpoint)
+        self.dev = (os.major(st.st_dev), os.minor(st.st_dev))
+        log.info("mounted %s on %s (project %s, pid %d)", self.ctx.registry.store.url,
+                 self.opts.mountpoint, self.opts.project, os.getpid())
+        on_ready()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("%s: unmounting", signal.Signals(signum).name)
+                sd_notify("STOPPING=1")
+                pyfuse3.terminate()
+                return
+
+    def close(self) -> None:
+        """Unmount if the mount at our mountpoint is still ours, and free the session."""
+        m = find_mount(self.opts.mountpoint)
+        ours = m is not None and (self.dev is None or m.dev == self.dev)
+        pyfuse3.close(unmount=ours)
+
+
+def setup_logging(opts: MountOptions) -> str:
+    path = log_path(opts.mountpoint)
+    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    os.chmod(path, 0o600)
+    if opts.foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=logging.DEBUG if opts.debug else logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return path
+
+
+def run(opts: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
+    """Mount and serve in this process until unmounted.  ArtifactfsError before
+    the mount is live; afterwards errors are logged."""
+    setup_logging(opts)
+    daemon = Daemon.build(opts)
+    daemon.mount()
+    write_record(opts.mountpoint, pid=os.getpid(), store=daemon.ctx.registry.store.url, project=opts.project)
+    try:
+        def announce() -> None:
+            sd_notify("READY=1")
+            ready()
+        trio.run(daemon.serve, announce)
+    finally:
+        daemon.close()
+        remove_record(opts.mountpoint, os.getpid())
+        log.info("unmounted %s", opts.mountpoint)
+
+
+def _background(opts_json: str, fd: int) -> int:
+    """Entry of the spawned daemon: report 'ready' or one error line on fd."""
+    pipe = os.fdopen(fd, "w", buffering=1)
+    opts = MountOptions(**json.loads(opts_json))
+
+    def ready() -> None:
+        pipe.write("ready\n")
+        pipe.close()
+    try:
+        run(opts, ready)
+    except ArtifactfsError as e:
+        if not pipe.closed:
+            pipe.write(f"error: {e}\n")
+        log.error("%s", e)
+        return 1
+    except BaseException:
+        log.exception("daemon failed")
+        if not pipe.closed:
+            pipe.write("error: the mount daemon failed (see its log)\n")
+        return 1
+    return 0
+
+
+def options_json(opts: MountOptions) -> str:
+    return json.dumps(asdict(opts))
+
+
+if __name__ == "__main__":
+    sys.exit(_background(sys.argv[1], int(sys.argv[2])))

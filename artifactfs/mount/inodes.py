@@ -1,0 +1,225 @@
+"""The inode table and the base class of every node kind the mount shows.
+
+Inode numbers are a hash of a node's key (e.g. ("ver", collection, "3", "a/b.txt")),
+so the same path has the same number for the life of the mount (and across
+mounts) without a table that grows forever: node objects are dropped when the
+kernel forgets them and re-made with the same number on the next lookup.
+
+A Node answers the requests ops.py dispatches to it.  Every write-like request
+defaults to EROFS; node kinds that accept writes (drafts) override them."""
+from __future__ import annotations
+
+import errno
+import stat
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import pyfuse3
+import xxhash
+
+if TYPE_CHECKING:
+    from .context import MountContext
+
+LONG_TIMEOUT = 24 * 3600.0   # immutable version contents
+SHORT_TIMEOUT = 1.0          # collections and aliases change under us
+BLKSIZE = 128 * 1024
+_INO_MASK = (1 << 63) - 1
+
+
+def fuse_error(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+class Handle:
+    """An open file; ops.py keeps it under its fh until release."""
+
+    keep_cache = False  # may the kernel keep cached pages across opens?
+    direct_io = False
+
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        raise fuse_error(errno.EBADF)
+
+    async def write(self, off: int, buf: bytes) -> int:
+        raise fuse_error(errno.EBADF)
+
+    async def flush(self) -> None:
+        pass
+
+    async def fsync(self, datasync: bool) -> None:
+        pass
+
+    async def release(self) -> None:
+        pass
+
+
+class Node:
+    """One inode.  Subclasses set `mode` and `timeout` and implement what applies."""
+
+    mode = stat.S_IFREG | 0o444
+    timeout = SHORT_TIMEOUT
+
+    def __init__(self, ctx: "MountContext", key: tuple[str, ...]):
+        self.ctx = ctx
+        self.key = key
+        self.ino = 0  # set by InodeTable.node()
+
+    # -- attributes ------------------------------------------------------------
+    def size(self) -> int:
+        return 0
+
+    def mtime_ns(self) -> int:
+        return self.ctx.started_ns
+
+    def attributes(self) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = self.ino
+        a.st_mode = self.mode
+        a.st_nlink = 1  # "unknown" for directories: find must not use the leaf optimisation
+        a.st_uid, a.st_gid = self.ctx.uid, self.ctx.gid
+        size = self.size()
+        a.st_size = size
+        a.st_blksize = BLKSIZE
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.mtime_ns()
+        a.entry_timeout = a.attr_timeout = self.timeout
+        return a
+
+    async def getattr(self) -> pyfuse3.EntryAttributes:
+        """Fresh attributes; nodes whose attributes change refresh here."""
+        return self.attributes()
+
+    # -- directories -------------------------------------------------------------
+    async def lookup(self, name: str) -> "Node":
+        raise fuse_error(errno.ENOTDIR)
+
+    async def children(self) -> Sequence[tuple[str, "Node"]]:
+        """The entries of a directory, in listing order."""
+        raise fuse_error(errno.ENOTDIR)
+
+    # -- files and links -----------------------------------------------------------
+    async def open(self, flags: int) -> Handle:
+        raise fuse_error(errno.EISDIR if stat.S_ISDIR(self.mode) else errno.EACCES)
+
+    async def readlink(self) -> str:
+        raise fuse_error(errno.EINVAL)
+
+    # -- extended attributes ---------------------------------------------------------
+    async def xattrs(self) -> dict[str, bytes]:
+        return {}
+
+    async def setxattr(self, name: str, value: bytes) -> None:
+        raise fuse_error(errno.EROFS)
+
+    async def removexattr(self, name: str) -> None:
+        raise fuse_error(errno.EROFS)
+
+    # -- writes: read-only unless a node kind says otherwise ------------------------------
+    async def setattr(self, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None) -> pyfuse3.EntryAttributes:
+        raise fuse_error(errno.EROFS)
+
+    async def create(self, name: str, mode: int, flags: int) -> tuple["Node", Handle]:
+        raise fuse_error(errno.EROFS)
+
+    async def mknod(self, name: str, mode: int, rdev: int) -> "Node":
+        raise fuse_error(errno.EROFS)
+
+    async def mkdir(self, name: str, mode: int) -> "Node":
+        raise fuse_error(errno.EROFS)
+
+    async def symlink(self, name: str, target: str) -> "Node":
+        raise fuse_error(errno.EROFS)
+
+    async def link(self, target: "Node", name: str) -> "Node":
+        raise fuse_error(errno.EROFS)
+
+    async def unlink(self, name: str) -> None:
+        raise fuse_error(errno.EROFS)
+
+    async def rmdir(self, name: str) -> None:
+        raise fuse_error(errno.EROFS)
+
+    async def rename(self, name: str, new_parent: "Node", new_name: str, flags: int) -> None:
+        raise fuse_error(errno.EROFS)
+
+
+N = TypeVar("N", bound=Node)
+
+
+def ino_of(key: tuple[str, ...]) -> int:
+    """A stable 63-bit inode number for a key (never 0 or the root's 1)."""
+    ino = xxhash.xxh3_64_intdigest("\0".join(key).encode()) & _INO_MASK
+    return ino if ino > pyfuse3.ROOT_INODE else ino + 2
+
+
+class InodeTable:
+    """Live nodes by inode number, with the kernel's lookup counts."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[int, Node] = {}
+        self._by_key: dict[tuple[str, ...], Node] = {}
+        self._lookups: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def set_root(self, root: Node) -> None:
+        root.ino = pyfuse3.ROOT_INODE
+        self._nodes[root.ino] = root
+        self._by_key[root.key] = root
+
+    def node(self, key: tuple[str, ...], make: Callable[[], N]) -> N:
+        """The live node for `key`, or a new one from make() (which must carry that key)."""
+        found = self._by_key.get(key)
+        if found is not None:
+            return found  # type: ignore[return-value]
+        node = make()
+        ino = ino_of(key)
+        while ino in self._nodes:  # a 64-bit hash collision: astronomically rare
+            ino = (ino + 1) & _INO_MASK or 2
+        node.ino = ino
+        self._nodes[ino] = node
+        self._by_key[key] = node
+        return node
+
+    def __getitem__(self, ino: int) -> Node:
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise fuse_error(errno.ESTALE) from None
+
+    def get(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def live(self, node: Node) -> Node:
+        """The node the table holds for node's key, re-inserting `node` if it was
+        forgotten meanwhile (a directory listing outlives the kernel's references)."""
+        found = self._by_key.get(node.key)
+        if found is not None:
+            return found
+        self._nodes[node.ino] = node
+        self._by_key[node.key] = node
+        return node
+
+    def remember(self, node: Node) -> None:
+        """The kernel now holds one more reference (lookup, readdirplus, create...)."""
+        self._lookups[node.ino] = self._lookups.get(node.ino, 0) + 1
+
+    def forget(self, ino: int, n: int) -> None:
+        left = self._lookups.get(ino, 0) - n
+        if left > 0:
+            self._lookups[ino] = left
+            return
+        self._lookups.pop(ino, None)
+        if ino != pyfuse3.ROOT_INODE:
+            node = self._nodes.pop(ino, None)
+            if node is not None and self._by_key.get(node.key) is node:
+                del self._by_key[node.key]
+
+    def rekey(self, node: Node, key: tuple[str, ...]) -> None:
+        """Give a live node a new key, keeping its inode (e.g. a renamed draft file)."""
+        if self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+        node.key = key
+        self._by_key[key] = node
+

@@ -1,0 +1,306 @@
+"""The read-only node kinds of the mount:
+
+  /                          RootNode        one folder per collection
+  <c>/                       CollectionNode  versions and alias symlinks
+  <c>/<c>:vN/                VersionRootNode a version's root tree
+  <c>/<c>:vN/a/              VersionDirNode  one tree, loaded on first lookup/readdir
+  <c>/<c>:vN/a/f             VersionFileNode contents read lazily by chunk
+  <c>/<c>:<alias>            AliasNode       symlink to <c>:vN
+
+Collections and aliases are re-listed when older than the refresh period, so
+versions and aliases committed elsewhere appear without remounting."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import trio
+
+from ..manifest import DirEntry, Entry, FileEntry
+from ..names import parse_version
+from ..registry import CollectionInfo, VersionInfo
+from .context import MountContext
+from .inodes import LONG_TIMEOUT, Handle, Node, fuse_error
+from .reader import FileReader
+from .xattrs import collection_xattrs, file_xattrs, version_xattrs
+
+MISS_REFRESH = 1.0  # a lookup of an unknown name re-lists at most this often
+T = TypeVar("T")
+
+
+def iso_ns(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1e9)
+
+
+class Refreshing(Generic[T]):
+    """A value fetched in a worker thread, re-fetched once older than max_age;
+    concurrent callers share one fetch."""
+
+    def __init__(self, fetch: Callable[[], T]):
+        self._fetch = fetch
+        self._value: T | None = None
+        self._at = 0.0
+        self._lock = trio.Lock()
+
+    def _stale(self, max_age: float) -> bool:
+        return self._value is None or time.monotonic() - self._at > max_age
+
+    async def get(self, ctx: MountContext, max_age: float) -> T:
+        if self._stale(max_age):
+            async with self._lock:
+                if self._stale(max_age):
+                    started = time.monotonic()
+                    self._value = await ctx.run(self._fetch)
+                    self._at = started
+        assert self._value is not None
+        return self._value
+
+
+class RootNode(Node):
+    mode = stat.S_IFDIR | 0o755
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...]):
+        super().__init__(ctx, key)
+        self._collections: Refreshing[dict[str, CollectionInfo]] = Refreshing(
+            lambda: {c.name: c for c in ctx.registry.collections(ctx.project)})
+
+    async def collections(self, max_age: float | None = None) -> dict[str, CollectionInfo]:
+        return await self._collections.get(self.ctx, self.ctx.refresh if max_age is None else max_age)
+
+    def _child(self, info: CollectionInfo) -> Node:
+        node = self.ctx.make("collection", ("coll", info.name), info)
+        node.info = info  # type: ignore[attr-defined]  # description may have changed
+        return node
+
+    async def lookup(self, name: str) -> Node:
+        infos = await self.collections()
+        if name not in infos:
+            infos = await self.collections(MISS_REFRESH)
+        if name not in infos:
+            raise fuse_error(errno.ENOENT)
+        return self._child(infos[name])
+
+    async def children(self) -> Sequence[tuple[str, Node]]:
+        infos = await self.collections()
+        return [(name, self._child(infos[name])) for name in sorted(infos)]
+
+    async def xattrs(self) -> dict[str, bytes]:
+        stats = {**await self.ctx.run(self.ctx.reader.cache.stats), **self.ctx.reader.stats(),
+                 "inodes": len(self.ctx.table)}
+        return {"user.artifactfs.stats": json.dumps(stats, sort_keys=True).encode(),
+                "user.artifactfs.pid": str(os.getpid()).encode(),
+                "user.artifactfs.project": self.ctx.project.encode()}
+
+
+@dataclass
+class CollectionState:
+    versions: set[int]
+    aliases: dict[str, int]
+
+
+class CollectionNode(Node):
+    mode = stat.S_IFDIR | 0o755
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], info: CollectionInfo):
+        super().__init__(ctx, key)
+        self.info = info
+        self.name = info.name
+        reg, project = ctx.registry, ctx.project
+        self._state: Refreshing[CollectionState] = Refreshing(
+            lambda: CollectionState(set(reg.versions(project, self.name)), reg.aliases(project, self.name)))
+
+    def mtime_ns(self) -> int:
+        return iso_ns(self.info.created_at)
+
+    async def state(self, max_age: float | None = None) -> CollectionState:
+        return await self._state.get(self.ctx, self.ctx.refresh if max_age is None else max_age)
+
+    async def lookup(self, name: str) -> Node:
+        node = self._child(name, await self.state())
+        if node is None:
+            node = self._child(name, await self.state(MISS_REFRESH))
+        if node is None:
+            raise fuse_error(errno.ENOENT)
+        await self._prepare(node)
+        return node
+
+    @staticmethod
+    async def _prepare(node: Node) -> None:
+        """Fetch what a child's attributes need (a version's record, an alias target)."""
+        if isinstance(node, VersionRootNode):
+            await node.load()
+        elif isinstance(node, AliasNode):
+            await node.target()
+
+    def _child(self, name: str, st: CollectionState) -> Node | None:
+        prefix, sep, rest = name.partition(":")
+        if prefix != self.name or not sep:
+            return None
+        n = parse_version(rest)
+        if n is not None:
+            return self.ctx.make("version", ("ver", self.name, str(n), ""), n) if n in st.versions else None
+        if rest in st.aliases:
+            return self.ctx.make("alias", ("alias", self.name, rest), self, rest)
+        return None
+
+    async def children(self) -> Sequence[tuple[str, Node]]:
+        st = await self.state()
+        names = [f"{self.name}:v{n}" for n in sorted(st.versions)]
+        names += [f"{self.name}:{a}" for a in sorted(st.aliases)]
+        out = [(name, node) for name in names if (node := self._child(name, st)) is not None]
+        async with trio.open_nursery() as nursery:  # version records, fetched in parallel
+            for _, node in out:
+                nursery.start_soon(self._prepare, node)
+        return out
+
+    async def xattrs(self) -> dict[str, bytes]:
+        return collection_xattrs(self.info)
+
+
+class AliasNode(Node):
+    """`<c>:<alias>` -> `<c>:vN`, re-read from the collection's state on each readlink."""
+
+    mode = stat.S_IFLNK | 0o777
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], collection: CollectionNode, alias: str):
+        super().__init__(ctx, key)
+        self.collection = collection
+        self.alias = alias
+        self._target = ""
+
+    def size(self) -> int:
+        return len(self._target)
+
+    def mtime_ns(self) -> int:
+        return self.collection.mtime_ns()
+
+    async def target(self) -> str:
+        n = (await self.collection.state()).aliases.get(self.alias)
+        if n is None:
+            raise fuse_error(errno.ENOENT)
+        self._target = f"{self.collection.name}:v{n}"
+        return self._target
+
+    async def getattr(self):  # type: ignore[no-untyped-def]
+        await self.target()
+        return self.attributes()
+
+    async def readlink(self) -> str:
+        return await self.target()
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """What every node inside one version shares."""
+
+    collection: str
+    version: int
+    mtime_ns: int
+
+    def where(self, path: str) -> str:
+        return f"{self.collection}:v{self.version}/{path}"
+
+
+class VersionDirNode(Node):
+    """A directory of a version: its tree is loaded on first lookup/readdir and kept."""
+
+    mode = stat.S_IFDIR | 0o555
+    timeout = LONG_TIMEOUT
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], ref: VersionRef | None, tree: str):
+        super().__init__(ctx, key)
+        self.ref = ref
+        self.tree_key = tree
+        self.path = key[3]
+        self._tree: dict[str, Entry] | None = None
+
+    def mtime_ns(self) -> int:
+        assert self.ref is not None
+        return self.ref.mtime_ns
+
+    async def entries(self) -> dict[str, Entry]:
+        if self._tree is None:
+            self._tree = await self.ctx.run(self.ctx.registry.load, self.tree_key)
+        return self._tree
+
+    def _child(self, name: str, entry: Entry) -> Node:
+        path = f"{self.path}/{name}" if self.path else name
+        key = (self.key[0], self.key[1], self.key[2], path)
+        if isinstance(entry, DirEntry):
+            return self.ctx.make("dir", key, self.ref, entry.tree)
+        return self.ctx.make("file", key, self.ref, entry)
+
+    async def lookup(self, name: str) -> Node:
+        entry = (await self.entries()).get(name)
+        if entry is None:
+            raise fuse_error(errno.ENOENT)
+        return self._child(name, entry)
+
+    async def children(self) -> Sequence[tuple[str, Node]]:
+        tree = await self.entries()
+        return [(name, self._child(name, tree[name])) for name in sorted(tree)]
+
+
+class VersionRootNode(VersionDirNode):
+    """`<c>:vN`: its record gives the root tree and mtime; its attributes (aliases,
+    tags, description...) may change, so xattrs re-read them when stale."""
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], version: int):
+        super().__init__(ctx, key, None, "")
+        self.version = version
+        self._info: Refreshing[VersionInfo] = Refreshing(
+            lambda: ctx.registry.version(ctx.project, key[1], version))
+
+    async def load(self) -> VersionInfo:
+        info = await self._info.get(self.ctx, float("inf"))
+        if self.ref is None:
+            self.ref = VersionRef(info.collection, info.version, iso_ns(info.created_at))
+            self.tree_key = info.root
+        return info
+
+    async def entries(self) -> dict[str, Entry]:
+        await self.load()
+        return await super().entries()
+
+    async def xattrs(self) -> dict[str, bytes]:
+        await self.load()
+        return version_xattrs(await self._info.get(self.ctx, self.ctx.refresh))
+
+
+class VersionFileNode(Node):
+    timeout = LONG_TIMEOUT
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], ref: VersionRef, entry: FileEntry):
+        super().__init__(ctx, key)
+        self.ref = ref
+        self.entry = entry
+        self.mode = stat.S_IFREG | (0o555 if entry.executable else 0o444)
+
+    def size(self) -> int:
+        return self.entry.size
+
+    def mtime_ns(self) -> int:
+        return self.ref.mtime_ns
+
+    async def open(self, flags: int) -> Handle:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise fuse_error(errno.EROFS)
+        if self.entry.size and not self.entry.chunks:
+            raise fuse_error(errno.EIO)  # a reference entry: its bytes are not in the store
+        return FileReader(self.ctx.reader, self.entry, self.ref.where(self.key[3]))
+
+    async def xattrs(self) -> dict[str, bytes]:
+        return file_xattrs(self.entry)
+
+
+def default_node_classes() -> dict[str, type[Node]]:
+    return {"root": RootNode, "collection": CollectionNode, "version": VersionRootNode,
+            "dir": VersionDirNode, "file": VersionFileNode, "alias": AliasNode}
+

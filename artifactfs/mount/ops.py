@@ -1,0 +1,228 @@
+"""pyfuse3.Operations for the mount: look the inode up, call the node, map
+errors to errno.  No filesystem logic lives here; it is in the node kinds."""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from ..errors import ArtifactfsError, ConflictError, InvalidNameError, NotFoundError
+from .context import MountContext
+from .inodes import Handle, Node
+
+log = logging.getLogger("artifactfs.mount")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def to_fuse_error(e: BaseException, op: str) -> pyfuse3.FUSEError:
+    """The errno a program sees for an exception raised while serving `op`."""
+    if isinstance(e, pyfuse3.FUSEError):
+        return e
+    if isinstance(e, NotFoundError):
+        return pyfuse3.FUSEError(errno.ENOENT)
+    if isinstance(e, InvalidNameError):
+        return pyfuse3.FUSEError(errno.EINVAL)
+    if isinstance(e, ConflictError):
+        log.error("%s: %s", op, e)
+        return pyfuse3.FUSEError(errno.EBUSY)
+    if isinstance(e, ArtifactfsError):  # store unreachable, corrupt data: never wrong bytes
+        log.error("%s: %s", op, e)
+        return pyfuse3.FUSEError(errno.EIO)
+    if isinstance(e, OSError) and e.errno:
+        if e.errno == errno.EIO:
+            log.error("%s: %s", op, e)
+        return pyfuse3.FUSEError(e.errno)
+    log.exception("%s: unexpected error", op)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+def _mapped(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any) -> Any:
+        try:
+            return await fn(*args)
+        except Exception as e:
+            raise to_fuse_error(e, fn.__name__) from None
+    return wrapper  # type: ignore[return-value]
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+
+    def __init__(self, ctx: MountContext):
+        super().__init__()
+        self.ctx = ctx
+        self.table = ctx.table
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, Sequence[tuple[str, Node]]] = {}
+        self._next_fh = 1
+
+    def _fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        self.table.remember(node)
+        return node.attributes()
+
+    def open_files(self) -> int:
+        return len(self._handles)
+
+    # -- names -----------------------------------------------------------------------
+    @_mapped
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        node = await self.table[parent_inode].lookup(os.fsdecode(name))
+        await node.getattr()
+        return self._entry(node)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.table.forget(ino, n)
+
+    @_mapped
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return await self.table[inode].getattr()
+
+    @_mapped
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        return await self.table[inode].setattr(attr, fields, fh)
+
+    @_mapped
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return os.fsencode(await self.table[inode].readlink())
+
+    # -- directories -------------------------------------------------------------------
+    @_mapped
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        fh = self._fh()
+        self._dirs[fh] = await self.table[inode].children()
+        return fh
+
+    @_mapped
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs[fh]
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            node = self.table.live(node)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), node.attributes(), i + 1):
+                return
+            self.table.remember(node)
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files -----------------------------------------------------------------------
+    @_mapped
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        handle = await self.table[inode].open(flags)
+        fh = self._fh()
+        self._handles[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        try:  # the hot path: no wrapper coroutine
+            return await self._handles[fh].read(off, size)
+        except Exception as e:
+            raise to_fuse_error(e, "read") from None
+
+    @_mapped
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._handles[fh].write(off, buf)
+
+    @_mapped
+    async def flush(self, fh: int) -> None:
+        await self._handles[fh].flush()
+
+    @_mapped
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._handles[fh].fsync(datasync)
+
+    @_mapped
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            await handle.release()
+
+    # -- changes: EROFS unless the node kind accepts them ---------------------------------
+    @_mapped
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node, handle = await self.table[parent_inode].create(os.fsdecode(name), mode, flags)
+        fh = self._fh()
+        self._handles[fh] = handle
+        info = pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
+        return info, self._entry(node)
+
+    @_mapped
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.table[parent_inode].mknod(os.fsdecode(name), mode, rdev))
+
+    @_mapped
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.table[parent_inode].mkdir(os.fsdecode(name), mode))
+
+    @_mapped
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: Any) -> pyfuse3.EntryAttributes:
+        node = await self.table[parent_inode].symlink(os.fsdecode(name), os.fsdecode(target))
+        return self._entry(node)
+
+    @_mapped
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: Any) -> pyfuse3.EntryAttributes:
+        node = await self.table[new_parent_inode].link(self.table[inode], os.fsdecode(new_name))
+        return self._entry(node)
+
+    @_mapped
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.table[parent_inode].unlink(os.fsdecode(name))
+
+    @_mapped
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.table[parent_inode].rmdir(os.fsdecode(name))
+
+    @_mapped
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        await self.table[parent_inode_old].rename(
+            os.fsdecode(name_old), self.table[parent_inode_new], os.fsdecode(name_new), flags)
+
+    # -- extended attributes -------------------------------------------------------------
+    @_mapped
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        value = (await self.table[inode].xattrs()).get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_mapped
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return [os.fsencode(n) for n in await self.table[inode].xattrs()]
+
+    @_mapped
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        await self.table[inode].setxattr(os.fsdecode(name), value)
+
+    @_mapped
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        await self.table[inode].removexattr(os.fsdecode(name))
+
+    # -- the filesystem ------------------------------------------------------------------
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        """Capacity is the local cache's size limit; nothing is free for writing here."""
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = max(1, self.ctx.cache_size // 4096)
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.table)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s

@@ -1,0 +1,169 @@
+"""Reading file contents through the mount: an in-memory LRU of verified chunks
+on top of the shared on-disk ChunkCache, and per-open-file read-ahead.
+
+The hot path (FileReader.read of a chunk already in hand) is a bounds check and
+a memoryview slice: no lock, no thread hop, no copy.  A chunk not in memory is
+fetched once in a worker thread however many readers wait for it; a reader
+that has gone sequential for READAHEAD_TRIGGER bytes gets the next chunks
+fetched in the background so it rarely waits for a round trip."""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..manifest import CHUNK_SIZE, FileEntry
+from .inodes import Handle
+
+log = logging.getLogger("artifactfs.mount")
+
+READAHEAD_CHUNKS = 2
+READAHEAD_TRIGGER = 1024 * 1024
+SEQ_TOLERANCE = 4 * 1024 * 1024  # the kernel's concurrent readahead requests arrive slightly out of order
+DEFAULT_MEMORY = 256 * 1024 * 1024
+
+
+class _Fetch:
+    """A chunk being fetched: waiters park on `done`."""
+
+    __slots__ = ("done", "data", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class ChunkReader:
+    """Chunks by blob key, shared by every open file of the mount."""
+
+    def __init__(self, cache: Any, memory_bytes: int = DEFAULT_MEMORY,
+                 run: Callable[..., Any] | None = None):
+        self.cache = cache
+        self.memory_bytes = memory_bytes
+        self._mem: OrderedDict[str, bytes] = OrderedDict()
+        self._mem_size = 0
+        self._inflight: dict[str, _Fetch] = {}
+        self._run = run or trio.to_thread.run_sync
+        self.nursery: trio.Nursery | None = None  # for read-ahead; set while serving
+        self.counters = {"chunk_reads": 0, "memory_hits": 0, "waits": 0, "readahead": 0, "fetch_errors": 0}
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counters, "memory_bytes": self._mem_size, "memory_chunks": len(self._mem)}
+
+    async def chunk(self, key: str, length: int, where: str) -> bytes:
+        """The verified bytes of blob `key`; DigestMismatchError and store errors propagate."""
+        self.counters["chunk_reads"] += 1
+        data = self._mem.get(key)
+        if data is not None:
+            self._mem.move_to_end(key)
+            self.counters["memory_hits"] += 1
+            return data
+        fetch = self._inflight.get(key)
+        if fetch is None:
+            fetch = self._start(key)
+            await self._fetch(key, length, where, fetch)
+        else:
+            self.counters["waits"] += 1
+            await fetch.done.wait()
+        if fetch.error is not None:
+            raise fetch.error
+        assert fetch.data is not None
+        return fetch.data
+
+    def prefetch(self, key: str, length: int, where: str) -> None:
+        """Fetch in the background unless in memory or already on its way."""
+        if key in self._mem or key in self._inflight or self.nursery is None:
+            return
+        self.counters["readahead"] += 1
+        self.nursery.start_soon(self._fetch, key, length, where, self._start(key))
+
+    def _start(self, key: str) -> _Fetch:
+        fetch = _Fetch()
+        self._inflight[key] = fetch
+        return fetch
+
+    async def _fetch(self, key: str, length: int, where: str, fetch: _Fetch) -> None:
+        try:
+            fetch.data = await self._run(self.cache.read_chunk, key, length, where)
+            self._remember(key, fetch.data)
+        except Exception as e:  # delivered to every waiter; not cached, so a later read retries
+            self.counters["fetch_errors"] += 1
+            fetch.error = e
+        finally:
+            del self._inflight[key]
+            fetch.done.set()
+
+    def _remember(self, key: str, data: bytes) -> None:
+        if len(data) > self.memory_bytes:
+            return
+        self._mem[key] = data
+        self._mem_size += len(data)
+        while self._mem_size > self.memory_bytes:
+            _, old = self._mem.popitem(last=False)
+            self._mem_size -= len(old)
+
+
+class FileReader(Handle):
+    """An open file of a version: keeps the chunk in hand and detects sequential
+    access.  Contents never change, so the kernel may keep its page cache."""
+
+    keep_cache = True
+    __slots__ = ("reader", "entry", "where", "_index", "_view", "_next", "_streak", "_ahead")
+
+    def __init__(self, reader: ChunkReader, entry: FileEntry, where: str):
+        self.reader = reader
+        self.entry = entry
+        self.where = where
+        self._index = -1
+        self._view = memoryview(b"")
+        self._next = 0      # where a sequential reader reads next
+        self._streak = 0    # bytes read sequentially so far
+        self._ahead = 0     # chunks below this index have been prefetched
+
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        end = min(off + size, self.entry.size)
+        if off >= end:
+            return b""
+        index = off // CHUNK_SIZE
+        base = index * CHUNK_SIZE
+        if abs(off - self._next) <= SEQ_TOLERANCE:
+            self._streak += end - off
+            if self._streak >= READAHEAD_TRIGGER and self._ahead <= index + READAHEAD_CHUNKS:
+                self._read_ahead(index)
+        else:
+            self._streak = 0
+        self._next = end
+        if end - base <= CHUNK_SIZE:
+            if index != self._index:
+                self._view = memoryview(await self._chunk(index))
+                self._index = index
+            return self._view[off - base:end - base]
+        return await self._span(off, end)
+
+    async def _chunk(self, index: int) -> bytes:
+        start, length = self.entry.chunk_span(index)
+        return await self.reader.chunk(self.entry.chunks[index], length, self.where)
+
+    async def _span(self, off: int, end: int) -> bytes:
+        """A read that crosses chunk boundaries (only unaligned readers do this)."""
+        parts = []
+        pos = off
+        while pos < end:
+            index = pos // CHUNK_SIZE
+            base = index * CHUNK_SIZE
+            data = await self._chunk(index)
+            stop = min(end, base + len(data))
+            parts.append(data[pos - base:stop - base])
+            pos = stop
+        return b"".join(parts)
+
+    def _read_ahead(self, index: int) -> None:
+        last = min(index + READAHEAD_CHUNKS, len(self.entry.chunks) - 1)
+        for i in range(max(self._ahead, index + 1), last + 1):
+            _, length = self.entry.chunk_span(i)
+            self.reader.prefetch(self.entry.chunks[i], length, self.where)
+        self._ahead = max(self._ahead, last + 1)
