@@ -1,0 +1,103 @@
+"""`artifactfs sync`: commit drafts of a running mount as new versions.
+
+PATH (default: the current directory) is a draft folder (or a folder inside one),
+a collection folder, or the mountpoint itself (every draft with changes).  The
+daemon is reached through its control socket (mount/control.py); sync returns
+only when every version is durable and prints one line per collection:
+`NAME:vN`, or `NAME:vM (unchanged)` when the content equals latest."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from .errors import ArtifactfsError
+from .names import check_alias, check_name
+
+FSTYPE = "fuse.artifactfs"
+CONTROL_XATTR = "user.artifactfs.control"
+
+
+def _mountpoints() -> list[str]:
+    """artifactfs mountpoints of this namespace (mountinfo escapes blanks as \\ooo)."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[0] == FSTYPE:
+                point = left.split()[4]
+                out.append(point.encode().decode("unicode_escape").encode("latin-1").decode())
+    return out
+
+
+def locate(path: str, mounts: list[str]) -> tuple[str, str | None]:
+    """(mountpoint, collection or None for every dirty draft) for a PATH argument."""
+    real = os.path.realpath(path)
+    best = max((m for m in mounts if real == m or real.startswith(m.rstrip("/") + "/")), key=len, default=None)
+    if best is None:
+        raise ArtifactfsError(f"{path} is not inside an artifactfs mount")
+    parts = [p for p in os.path.relpath(real, best).split("/") if p not in ("", ".")]
+    if not parts:
+        return best, None
+    if len(parts) > 1 and parts[1] != "draft":
+        raise ArtifactfsError(f"{path} is not a draft folder, a collection folder or the mountpoint")
+    return best, parts[0]
+
+
+def _metadata(pairs: tuple[str, ...]) -> dict:
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ArtifactfsError(f"--metadata {pair!r}: use KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value  # plain text
+    return out
+
+
+@click.command(name="sync")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--alias", "aliases", multiple=True, metavar="A", help="Alias for the new version (repeatable).")
+@click.option("--tag", "tags", multiple=True, metavar="T", help="Tag for the new version (repeatable).")
+@click.option("--description", default=None, metavar="D", help="Description of the new version.")
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+              help="Metadata of the new version (repeatable; VALUE is JSON or text).")
+def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, ...],
+             description: str | None, metadata: tuple[str, ...]) -> None:
+    """Commit drafts as new versions; returns once they are durable in the store."""
+    from .mount.control import request  # trio: only for the commands that need it
+    for a in aliases:
+        check_alias(a)
+    for t in tags:
+        check_name(t, "tag")
+    meta = _metadata(metadata)
+    mounts = _mountpoints()
+    targets: dict[str, list[str] | None] = {}
+    for path in paths or (os.getcwd(),):
+        point, collection = locate(path, mounts)
+        if collection is None or targets.get(point, []) is None:
+            targets[point] = None
+        elif collection not in targets.setdefault(point, []):  # type: ignore[operator]
+            targets[point].append(collection)  # type: ignore[union-attr]
+    failures = 0
+    for point, collections in targets.items():
+        try:
+            address = os.getxattr(point, CONTROL_XATTR).decode()
+        except OSError:
+            raise ArtifactfsError(f"{point} is mounted read-only or by a daemon without drafts") from None
+        reply = request(address, {"op": "sync", "collections": collections, "aliases": list(aliases),
+                                  "tags": list(tags), "description": description, "metadata": meta})
+        if "error" in reply:
+            raise ArtifactfsError(reply["error"])
+        for r in reply["results"]:
+            if "line" in r:
+                click.echo(r["line"])
+            else:
+                failures += 1
+                click.echo(f"Error: {r['error']}", err=True)
+    if failures:
+        sys.exit(1)
