@@ -1,0 +1,139 @@
+"""How `artifactfs sync` reaches the daemon: a Unix stream socket in the private
+state dir (0700; the socket itself 0600, and the peer's uid is checked), whose
+address the daemon shows as the xattr user.artifactfs.control on the mount root.
+One JSON request line, one JSON reply line:
+
+  {"op": "sync", "collections": ["a", "b"] | null (every dirty draft),
+   "aliases": [...], "tags": [...], "description": str | null, "metadata": {...}}
+  -> {"results": [{"collection": "a", "line": "a:v3"} | {"collection": "b", "error": "..."}]}
+
+The reply is sent only once every version is durable in the store."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+import trio
+import xxhash
+
+from ..errors import ArtifactfsError, NotFoundError
+from ..staging import state_dir
+
+if TYPE_CHECKING:
+    from .livedraft import Drafts
+
+log = logging.getLogger("artifactfs.mount")
+XATTR = "user.artifactfs.control"
+MAX_REQUEST = 1 << 20
+SUN_PATH_MAX = 107
+
+
+def control_address(mountpoint: str) -> str:
+    """A socket path under the state dir; '@name' (Linux abstract) if that path is too long."""
+    key = xxhash.xxh3_64_hexdigest(os.path.realpath(mountpoint).encode())
+    d = os.path.join(state_dir(), "control")
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    path = os.path.join(d, f"{key}.sock")
+    return path if len(os.fsencode(path)) <= SUN_PATH_MAX else f"@artifactfs-{os.getuid()}-{key}"
+
+
+def _sockaddr(address: str) -> str | bytes:
+    return b"\0" + address[1:].encode() if address.startswith("@") else address
+
+
+def _peer_uid(sock: Any) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+class ControlServer:
+    def __init__(self, drafts: "Drafts", address: str):
+        self.drafts = drafts
+        self.address = address
+
+    async def serve(self) -> None:
+        """Listen until cancelled (the daemon's nursery ends at unmount)."""
+        if not self.address.startswith("@") and os.path.lexists(self.address):
+            os.unlink(self.address)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(_sockaddr(self.address))
+        if not self.address.startswith("@"):
+            os.chmod(self.address, 0o600)
+        sock.listen(16)
+        try:
+            await trio.serve_listeners(self._handle, [trio.SocketListener(sock)])
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self.address.startswith("@"):
+            try:
+                os.unlink(self.address)
+            except FileNotFoundError:
+                pass
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            if _peer_uid(stream.socket) not in (os.getuid(), 0):
+                return
+            data = b""
+            while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                data += chunk
+            try:
+                reply = await self.dispatch(json.loads(data))
+            except (ValueError, KeyError, TypeError) as e:
+                reply = {"error": f"bad request: {e}"}
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    async def dispatch(self, req: dict) -> dict:
+        if req.get("op") != "sync":
+            return {"error": f"unknown request {req.get('op')!r}"}
+        attrs = {"aliases": list(req.get("aliases") or ()), "tags": list(req.get("tags") or ()),
+                 "description": req.get("description"), "metadata": dict(req.get("metadata") or {})}
+        names = req.get("collections")
+        if names is None:
+            names = [n for n, live in sorted(self.drafts.live.items()) if await live.dirty()]
+        results = []
+        for name in names:
+            try:
+                live = await self._existing(name)
+                results.append({"collection": name, "line": (await live.commit(**attrs)).line})
+            except ArtifactfsError as e:
+                results.append({"collection": name, "error": str(e)})
+            except OSError as e:
+                log.exception("sync of %s failed", name)
+                results.append({"collection": name, "error": f"{name}: {e.strerror or e}"})
+        return {"results": results}
+
+    async def _existing(self, name: str):  # type: ignore[no-untyped-def]
+        if name not in self.drafts.live:
+            ctx = self.drafts.ctx
+            if name not in {c.name for c in await ctx.run(ctx.registry.collections, ctx.project)}:
+                raise NotFoundError(f"{name}: no such collection or draft")
+        return await self.drafts.get(name)
+
+
+def request(address: str, payload: dict) -> dict:
+    """Blocking client: send one request, wait (as long as commits take) for the reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(_sockaddr(address))
+        except OSError as e:
+            raise ArtifactfsError(f"cannot reach the mount daemon at {address}: {e.strerror}") from None
+        s.sendall(json.dumps(payload).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise ArtifactfsError("the mount daemon closed the connection without answering (see its log)")
+    return json.loads(data)

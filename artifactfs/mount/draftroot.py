@@ -1,0 +1,234 @@
+"""What drafts add to the mount's top levels, and how they are plugged in.
+
+  MOUNTPOINT/NAME          `mkdir` makes a new collection (its draft only, until the
+                           first commit); its type is --default-type or the xattr
+                           user.artifact.type set on the folder
+  <c>/draft/               DraftNode (draftnodes.py)
+  <c>/<c>:ALIAS            `ln -s <c>:vN <c>:ALIAS` (also `ln -sfn`, which makes a
+                           temporary link and renames it) sets an alias;
+                           `rm <c>:ALIAS` removes it; `latest` is EPERM
+
+install() swaps these node kinds into a Daemon, starts the control socket with
+the daemon, and commits every dirty draft when the daemon stops."""
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+from collections.abc import Sequence
+
+import pyfuse3
+
+from ..names import check_alias, check_name, parse_version
+from ..registry import CollectionInfo, now_iso
+from .context import MountContext
+from .control import XATTR, ControlServer, control_address
+from .draftnodes import DraftNode
+from .inodes import Node, fuse_error
+from .livedraft import Drafts, LiveDraft
+from .nodes import AliasNode, CollectionNode, RootNode
+
+log = logging.getLogger("artifactfs.mount")
+DRAFT = "draft"
+TYPE_XATTR = "user.artifact.type"
+
+
+def _drafts(ctx: MountContext) -> Drafts:
+    root = ctx.table[pyfuse3.ROOT_INODE]
+    assert isinstance(root, DraftRootNode)
+    return root.drafts
+
+
+class DraftRootNode(RootNode):
+    drafts: Drafts
+    control: str
+
+    async def lookup(self, name: str) -> Node:
+        try:
+            return await super().lookup(name)
+        except pyfuse3.FUSEError as e:
+            if e.errno != errno.ENOENT or name not in self.drafts.unborn():
+                raise
+            return self._unborn(name)
+
+    async def children(self) -> Sequence[tuple[str, Node]]:
+        out = dict(await super().children())
+        for name in self.drafts.unborn():
+            out.setdefault(name, self._unborn(name))
+        return sorted(out.items())
+
+    def _unborn(self, name: str) -> Node:
+        state = self.drafts.live[name].draft.state
+        return self._child(CollectionInfo(self.ctx.project, name, state.type, None, now_iso()))
+
+    async def mkdir(self, name: str, mode: int) -> Node:
+        check_name(name, "collection name")
+        if name in await self.collections(0) or name in self.drafts.live:
+            raise fuse_error(errno.EEXIST)
+        await self.drafts.get(name)
+        return self._unborn(name)
+
+    async def rmdir(self, name: str) -> None:
+        """Only a new collection whose draft is still empty can be removed."""
+        if name in await self.collections(0):
+            raise fuse_error(errno.EPERM)
+        live = self.drafts.live.get(name)
+        if live is None:
+            raise fuse_error(errno.ENOENT)
+        if await live.dirty():
+            raise fuse_error(errno.ENOTEMPTY)
+        await self.drafts.discard(name)
+
+    async def xattrs(self) -> dict[str, bytes]:
+        return {**await super().xattrs(), XATTR: self.control.encode()}
+
+
+class DraftCollectionNode(CollectionNode):
+    """A collection with its draft folder and writable alias links."""
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], info: CollectionInfo):
+        super().__init__(ctx, key, info)
+        self.pending: dict[str, str] = {}  # links being made by `ln -sfn`: name -> target
+
+    async def _draft(self) -> DraftNode:
+        live = await _drafts(self.ctx).get(self.name, self.info.type)
+        versions = (await self.state()).versions
+        await live.follow(max(versions) if versions else None)
+        info = await live.read(live.draft.stat, "")
+        node = self.ctx.make("draft", ("draft", self.name, ""), live, info)
+        assert isinstance(node, DraftNode)
+        node.info = info
+        return node
+
+    async def lookup(self, name: str) -> Node:
+        if name == DRAFT:
+            return await self._draft()
+        if name in self.pending:
+            return self.ctx.make("link", ("link", self.name, name), self.pending[name])
+        return await super().lookup(name)
+
+    async def children(self) -> Sequence[tuple[str, Node]]:
+        return [(DRAFT, await self._draft()), *await super().children()]
+
+    # -- aliases as symlinks -------------------------------------------------------------
+    def _alias_of(self, name: str) -> str | None:
+        prefix, sep, rest = name.partition(":")
+        return rest if prefix == self.name and sep and parse_version(rest) is None else None
+
+    async def _set_alias(self, alias: str, target: str, replace: bool) -> Node:
+        if alias == "latest":
+            raise fuse_error(errno.EPERM)
+        check_alias(alias)
+        prefix, sep, ref = target.rstrip("/").partition(":")
+        if prefix != self.name or not sep:
+            raise fuse_error(errno.EINVAL)  # an alias points at a version of its own collection
+        reg, project = self.ctx.registry, self.ctx.project
+        if not replace and alias in (await self.state(0)).aliases:
+            raise fuse_error(errno.EEXIST)
+        version = await self.ctx.run(reg.resolve, project, self.name, ref)
+        await self.ctx.run(reg.set_alias, project, self.name, alias, version)
+        await self.state(0)
+        node = self.ctx.make("alias", ("alias", self.name, alias), self, alias)
+        assert isinstance(node, AliasNode)
+        await node.target()
+        return node
+
+    async def symlink(self, name: str, target: str) -> Node:
+        alias = self._alias_of(name)
+        if alias is not None:
+            return await self._set_alias(alias, target, replace=False)
+        if ":" in name or name == DRAFT or name in self.pending:
+            raise fuse_error(errno.EEXIST if name == DRAFT or name in self.pending else errno.EPERM)
+        self.pending[name] = target
+        return self.ctx.make("link", ("link", self.name, name), target)
+
+    async def rename(self, name: str, new_parent: Node, new_name: str, flags: int) -> None:
+        alias = self._alias_of(new_name)
+        if name not in self.pending or new_parent is not self or alias is None:
+            raise fuse_error(errno.EPERM)
+        await self._set_alias(alias, self.pending[name], replace=not flags & pyfuse3.RENAME_NOREPLACE)
+        del self.pending[name]
+
+    async def unlink(self, name: str) -> None:
+        if self.pending.pop(name, None) is not None:
+            return
+        alias = self._alias_of(name)
+        if alias == "latest" or alias is None:
+            raise fuse_error(errno.EPERM if alias == "latest" or name.startswith(self.name + ":")
+                             else errno.ENOENT)
+        await self.ctx.run(self.ctx.registry.set_alias, self.ctx.project, self.name, alias, None)
+        await self.state(0)
+
+    # -- the type of a collection not committed yet ---------------------------------------
+    async def xattrs(self) -> dict[str, bytes]:
+        out = await super().xattrs()
+        live = _drafts(self.ctx).live.get(self.name)
+        if live is not None and live.draft.state.base is None:
+            out[TYPE_XATTR] = live.draft.state.type.encode()
+        return out
+
+    async def setxattr(self, name: str, value: bytes) -> None:
+        if name != TYPE_XATTR:
+            raise fuse_error(errno.ENOTSUP)
+        await (await self._draft()).set_type(value.decode())
+
+
+class PendingLinkNode(Node):
+    """The temporary symlink `ln -sfn` makes before renaming it onto the alias."""
+
+    mode = stat.S_IFLNK | 0o777
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], target: str):
+        super().__init__(ctx, key)
+        self._target = target
+
+    def size(self) -> int:
+        return len(self._target)
+
+    async def readlink(self) -> str:
+        return self._target
+
+
+def install(daemon, default_type: str) -> None:  # type: ignore[no-untyped-def]
+    """Make the mount of `daemon` writable through drafts."""
+    ctx = daemon.ctx
+    drafts = Drafts(ctx, default_type)
+    ctx.node_classes.update(root=DraftRootNode, collection=DraftCollectionNode, draft=DraftNode,
+                            link=PendingLinkNode)
+    root = DraftRootNode(ctx, ("root",))
+    root.drafts = drafts
+    root.control = control_address(daemon.opts.mountpoint)
+    ctx.table.set_root(root)
+    server = ControlServer(drafts, root.control)
+
+    async def invalidate(changed: list[str], live: LiveDraft) -> None:
+        """After a commit: show the new version at once, and drop cached pages of
+        draft files whose content moved with the base (another writer's files)."""
+        await root.collections(0)
+        coll = ctx.table.find(("coll", live.name))
+        if isinstance(coll, CollectionNode):
+            await coll.state(0)
+        for path in changed:
+            node = ctx.table.find(("draft", live.name, path))
+            if node is not None:
+                try:
+                    await ctx.run(pyfuse3.invalidate_inode, node.ino, False)
+                except OSError:
+                    pass  # the kernel no longer knows it, or the session has ended
+
+    def watch(live: LiveDraft) -> None:
+        live.on_advance.append(lambda changed: invalidate(changed, live))
+
+    drafts.on_new.append(watch)
+    for live in drafts.live.values():
+        watch(live)
+
+    async def commit_at_exit() -> None:
+        server.close()
+        lines = await drafts.commit_dirty()
+        log.info("at unmount: %s", "; ".join(lines) if lines else "no draft had changes")
+        drafts.close()
+
+    daemon.services.append(server.serve)
+    daemon.shutdown_hooks.append(commit_at_exit)
+

@@ -1,0 +1,187 @@
+"""The drafts of one mount while it runs: for each collection a staging.Draft plus
+what serializes its use.
+
+- changes of the namespace (create, rename, copy-up ...) take the draft's lock, so
+  two worker threads never rearrange one folder at once;
+- every change, data writes included, passes the draft's gate; a commit closes the
+  gate, waits for changes in flight, and hashes a draft nobody is writing to.
+Writes are never buffered here: each one reaches the staging file before the
+writer is answered, so a killed daemon loses nothing a writer had written."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+import trio
+
+from ..draftcommit import CommitResult, commit_draft, open_draft
+from ..manifest import FileEntry
+from ..staging import STATE_FILE, Draft, claim_drafts_dir
+from .context import MountContext
+from .nodes import iso_ns
+
+log = logging.getLogger("artifactfs.mount")
+T = TypeVar("T")
+
+
+class Gate:
+    """Many changes at once, or one commit: a commit waiting keeps new changes out."""
+
+    def __init__(self) -> None:
+        self._changes = 0
+        self._committing = False
+        self._waiting = 0
+        self._cond = trio.Condition()
+
+    @asynccontextmanager
+    async def change(self) -> AsyncIterator[None]:
+        async with self._cond:
+            while self._committing or self._waiting:
+                await self._cond.wait()
+            self._changes += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._changes -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def commit(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._waiting += 1
+            try:
+                while self._committing or self._changes:
+                    await self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._committing = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._committing = False
+                self._cond.notify_all()
+
+
+class LiveDraft:
+    def __init__(self, ctx: MountContext, draft: Draft):
+        self.ctx = ctx
+        self.draft = draft
+        self.name = draft.state.collection
+        self.lock = trio.Lock()
+        self.gate = Gate()
+        self.on_advance: list[Callable[[list[str]], Any]] = []
+
+    async def change(self, fn: Callable[..., T], *args: Any) -> T:
+        """A namespace change, in a worker thread."""
+        async with self.gate.change():
+            async with self.lock:
+                return await self.ctx.run(fn, *args)
+
+    async def write(self, fd: int, data: bytes, offset: int) -> int:
+        async with self.gate.change():
+            return await self.ctx.run(os.pwrite, fd, data, offset)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.ctx.run(fn, *args)
+
+    async def dirty(self) -> bool:
+        return not await self.ctx.run(self.draft.is_clean)
+
+    async def commit(self, **attrs: Any) -> CommitResult:
+        """Publish the draft (see draftcommit); returns once the version is durable."""
+        async with self.gate.commit():
+            result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
+        log.info("committed %s (%d changed paths)", result.line, result.changes)
+        await self._advanced(result.changed)
+        return result
+
+    async def follow(self, latest: int | None) -> None:
+        """An untouched draft moves to a newer latest by itself."""
+        if latest is None or latest == self.draft.state.base:
+            return
+        async with self.gate.commit():
+            if not self.draft.is_clean() or self.draft.state.base == latest:
+                return
+            info = await self.ctx.run(self.ctx.registry.version, self.ctx.project, self.name, latest)
+            changed = await self.ctx.run(self.draft.advance, latest, info.root, iso_ns(info.created_at), {})
+        await self._advanced(changed)
+
+    async def _advanced(self, changed: list[str]) -> None:
+        for hook in self.on_advance:
+            await hook(changed)
+
+
+class Drafts:
+    """Every draft of this mount, by collection; they live in a drafts slot this
+    process holds locked (staging.claim_drafts_dir)."""
+
+    def __init__(self, ctx: MountContext, default_type: str):
+        self.ctx = ctx
+        self.default_type = default_type
+        self.dir, self._lock_fd = claim_drafts_dir(ctx.registry.store.url, ctx.project)
+        self.live: dict[str, LiveDraft] = {}
+        self._opening = trio.Lock()
+        self.on_new: list[Callable[[LiveDraft], None]] = []
+        self._fetch = self._fetch_from_cache
+        for name in sorted(os.listdir(self.dir)):
+            if os.path.exists(os.path.join(self.dir, name, STATE_FILE)):
+                draft = Draft(os.path.join(self.dir, name), ctx.registry, self._fetch)
+                draft.recover()
+                self.live[name] = LiveDraft(ctx, draft)
+                if not draft.is_clean():
+                    log.info("draft of %s found with changes not yet committed (base %s)", name,
+                             "none" if draft.state.base is None else f"v{draft.state.base}")
+
+    def _fetch_from_cache(self, entry: FileEntry, fd: int) -> None:
+        """Copy-up through the mount's shared, verified chunk cache."""
+        cache = self.ctx.reader.cache
+        for i, key in enumerate(entry.chunks):
+            offset, length = entry.chunk_span(i)
+            view = memoryview(cache.read_chunk(key, length, f"draft copy of {entry.digest}"))
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
+
+    async def get(self, name: str, type_: str | None = None) -> LiveDraft:
+        """The draft of `name`, made from its latest version the first time."""
+        found = self.live.get(name)
+        if found is not None:
+            return found
+        async with self._opening:
+            if name not in self.live:
+                draft = await self.ctx.run(open_draft, self.ctx.registry, self.dir, self.ctx.project, name,
+                                           self._fetch, type_ or self.default_type)
+                self.live[name] = LiveDraft(self.ctx, draft)
+                for hook in self.on_new:
+                    hook(self.live[name])
+            return self.live[name]
+
+    def unborn(self) -> list[str]:
+        """Collections that exist only as a draft so far (made with mkdir)."""
+        return sorted(n for n, d in self.live.items() if d.draft.state.base is None)
+
+    async def discard(self, name: str) -> None:
+        live = self.live.pop(name)
+        async with live.gate.commit():
+            await self.ctx.run(live.draft.discard)
+
+    async def commit_dirty(self) -> list[str]:
+        """Commit every draft with changes (at unmount); one line per draft, errors included."""
+        lines = []
+        for name, live in sorted(self.live.items()):
+            try:
+                if await live.dirty():
+                    lines.append((await live.commit()).line)
+            except Exception as e:  # one failing draft must not keep the others from committing
+                log.error("could not commit the draft of %s: %s (it is kept for the next mount)", name, e)
+                lines.append(f"{name}: {e}")
+        return lines
+
+    def close(self) -> None:
+        os.close(self._lock_fd)
