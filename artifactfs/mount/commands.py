@@ -18,7 +18,7 @@ import click
 from ..artifact import default_project
 from ..cache import default_cache_dir, parse_size
 from ..errors import ArtifactfsError
-from ..names import check_name
+from ..names import check_name, check_type
 from ..registry import Registry
 from ..store import default_store_url
 from .state import FSTYPE, find_mount, log_path, read_record, real_mountpoint
@@ -95,11 +95,13 @@ def _spawn(opts: "daemon.MountOptions") -> None:
 @click.option("--foreground", is_flag=True, help="Serve in this process; log to stderr too.")
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
 @click.option("--read-only", is_flag=True, help="Mount read-only (ro).")
+@click.option("--default-type", metavar="TYPE", default="dataset", show_default=True,
+              help="Type of collections created with mkdir.")
 @click.option("--debug", is_flag=True, help="Log every request.")
 @click.pass_context
 def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str | None,
               cache_dir: str | None, cache_size: str, memory: str, refresh: float, foreground: bool,
-              allow_other: bool, read_only: bool, debug: bool) -> None:
+              allow_other: bool, read_only: bool, default_type: str, debug: bool) -> None:
     """Mount the collections of a project at MOUNTPOINT (returns once the mount is live)."""
     from . import daemon  # pyfuse3 and trio: only loaded by the commands that need them
     parent = c.obj
@@ -111,7 +113,8 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
         mountpoint=real, store=registry.store.url, project=project,
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir())),
         cache_size=_size(cache_size, "--cache-size"), memory=_size(memory, "--memory"),
-        refresh=refresh, foreground=foreground, allow_other=allow_other, read_only=read_only, debug=debug)
+        refresh=refresh, foreground=foreground, allow_other=allow_other, read_only=read_only, debug=debug,
+        default_type=check_type(default_type))
     if foreground:
         daemon.run(opts)
     else:

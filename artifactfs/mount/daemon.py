@@ -43,6 +43,7 @@ class MountOptions:
     allow_other: bool = False
     read_only: bool = False
     debug: bool = False
+    default_type: str = "dataset"  # of collections made with mkdir (drafts)
 
     def fuse_options(self) -> set[str]:
         opts = {"fsname=artifactfs", "subtype=artifactfs", "default_permissions"}
@@ -55,12 +56,14 @@ class MountOptions:
 
 @dataclass
 class Daemon:
-    """One mounted filesystem.  Extensions append to `shutdown_hooks`: they are
+    """One mounted filesystem.  Extensions append to `services` (tasks run while
+    the mount serves, cancelled when it ends) and to `shutdown_hooks`: they are
     awaited in order after the FUSE session ends, before the process exits."""
 
     opts: MountOptions
     ctx: MountContext
     ops: Operations
+    services: list[Hook] = field(default_factory=list)
     shutdown_hooks: list[Hook] = field(default_factory=list)
     dev: tuple[int, int] | None = None  # our mount's device, to unmount only our own
 
@@ -86,6 +89,8 @@ class Daemon:
             self.ctx.reader.nursery = nursery
             nursery.start_soon(self._signals, nursery.cancel_scope)
             nursery.start_soon(self._announce, on_ready)
+            for service in self.services:
+                nursery.start_soon(service)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
         self.ctx.reader.nursery = None
@@ -134,6 +139,9 @@ def run(opts: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
     the mount is live; afterwards errors are logged."""
     setup_logging(opts)
     daemon = Daemon.build(opts)
+    if not opts.read_only:
+        from .draftroot import install  # writable draft/ folders (issue 4)
+        install(daemon, opts.default_type)
     daemon.mount()
     write_record(opts.mountpoint, pid=os.getpid(), store=daemon.ctx.registry.store.url, project=opts.project)
     try:

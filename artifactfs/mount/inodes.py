@@ -191,6 +191,13 @@ class InodeTable:
     def get(self, ino: int) -> Node | None:
         return self._nodes.get(ino)
 
+    def find(self, key: tuple[str, ...]) -> Node | None:
+        """The live node for `key`, without making one."""
+        return self._by_key.get(key)
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())
+
     def live(self, node: Node) -> Node:
         """The node the table holds for node's key, re-inserting `node` if it was
         forgotten meanwhile (a directory listing outlives the kernel's references)."""
