@@ -43,14 +43,14 @@ class LocalStore(ObjectStore):
             raise StoreError(f"invalid object key {key!r}")
         return os.path.join(self.root, key)
 
-    def _tmp(self, path: str) -> str:
-        d = os.path.dirname(path)
-        os.makedirs(d, mode=0o755, exist_ok=True)
-        return os.path.join(d, f"{INTERNAL}tmp-{uuid.uuid4().hex}")
-
     def _write_tmp(self, path: str, data: bytes, fsync: bool) -> str:
-        tmp = self._tmp(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        d = os.path.dirname(path)
+        tmp = os.path.join(d, f"{INTERNAL}tmp-{uuid.uuid4().hex}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # first object under this prefix (checked only then: hot path)
+            os.makedirs(d, mode=0o755, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
