@@ -346,3 +346,7 @@ from .mount.commands import mount_cmd, umount_cmd  # noqa: E402  (the mount help
 
 main.add_command(mount_cmd)
 main.add_command(umount_cmd)
+
+from .draft_commands import sync_cmd  # noqa: E402  (drafts: commit through a running mount)
+
+main.add_command(sync_cmd)
