@@ -1,0 +1,277 @@
+"""Reading versions through a real mount: layout, exact bytes and metadata,
+standard tools, EROFS, xattrs, parallel readers, corruption, lazy fetching."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from artifactfs.artifact import Artifact
+from artifactfs.manifest import CHUNK_SIZE
+from artifactfs.registry import Registry, blob_key
+from core_util import write_files
+from mountutil import mount_factory, mounted  # noqa: F401 (fixture)
+
+PROJECT = "proj"
+BIG = 3 * CHUNK_SIZE + 12345  # four chunks, the last one short
+
+
+def commit(store: str, name: str, root: str, files: dict[str, bytes], type_: str = "dataset",
+           aliases: tuple[str, ...] = (), executable: tuple[str, ...] = (), **kw) -> Artifact:
+    """Log exactly `files` as the next version of `name`."""
+    if os.path.exists(root):
+        subprocess.run(["rm", "-rf", root], check=True)
+    write_files(root, files)
+    for p in executable:
+        os.chmod(os.path.join(root, p), 0o755)
+    art = Artifact(name, type_, store=store, **kw)
+    art.aliases = list(aliases)
+    art.add_dir(root)
+    return art.save(PROJECT)
+
+
+def version_files(tmp: str, n: int) -> dict[str, bytes]:
+    rnd = os.urandom
+    files = {"README.md": f"version {n}\n".encode(), "data/train/x.bin": rnd(70_000),
+             "data/train/y.bin": rnd(1000), "data/empty": b"", "bin/run.sh": b"#!/bin/sh\necho hi\n",
+             "deep/a/b/c/d/e.txt": b"deep\n", "name with spaces.txt": b"spaces\n"}
+    if n == 0:
+        files["big.bin"] = rnd(BIG)
+    if n == 1:
+        files["new-in-v1.txt"] = b"new\n"
+    return files
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[str, dict[int, dict[str, bytes]]]:
+    """A store with three versions of 'ds' (v0 holds a 4-chunk file) and one of 'model'."""
+    tmp = str(tmp_path_factory.mktemp("dataset"))
+    store = os.path.join(tmp, "store")
+    Registry.open(store, create=True)
+    versions = {}
+    for n in range(3):
+        files = version_files(tmp, n)
+        if n == 2:
+            files["big.bin"] = versions[0]["big.bin"]  # unchanged between versions
+        commit(store, "ds", os.path.join(tmp, "src"), files, aliases=("best",) if n == 1 else (),
+               executable=("bin/run.sh",), description=f"v{n}", metadata={"n": n})
+        versions[n] = files
+    commit(store, "model", os.path.join(tmp, "src"), {"w.pt": b"weights"}, type_="model")
+    return store, versions
+
+
+@pytest.fixture(scope="module")
+def mnt(dataset, tmp_path_factory):
+    store, _ = dataset
+    tmp = tmp_path_factory.mktemp("mount")
+    with mounted(store, tmp / "mnt", "--cache-dir", str(tmp / "cache")) as m:
+        yield m
+
+
+def test_layout(mnt, dataset):
+    assert sorted(os.listdir(mnt.path)) == ["ds", "model"]
+    listed = set(os.listdir(mnt.p("ds"))) - {"draft"}  # draft/: the writable folder of issue 4
+    assert listed == {"ds:best", "ds:latest", "ds:v0", "ds:v1", "ds:v2"}
+    assert os.readlink(mnt.p("ds", "ds:latest")) == "ds:v2"
+    assert os.readlink(mnt.p("ds", "ds:best")) == "ds:v1"
+    assert set(os.listdir(mnt.p("model"))) - {"draft"} == {"model:latest", "model:v0"}
+    assert sorted(os.listdir(mnt.p("ds", "ds:v1"))) == sorted(
+        ["README.md", "data", "bin", "deep", "name with spaces.txt", "new-in-v1.txt"])
+    with open(mnt.p("ds", "ds:best", "new-in-v1.txt"), "rb") as f:
+        assert f.read() == b"new\n"
+    for bad in ("ds:v9", "ds:nope", "other:v0", "ds", "v0"):
+        assert not os.path.exists(mnt.p("ds", bad))
+    assert not os.path.exists(mnt.p("nope"))
+
+
+def test_every_file_byte_for_byte(mnt, dataset):
+    _, versions = dataset
+    for n, files in versions.items():
+        root = mnt.p("ds", f"ds:v{n}")
+        seen = {}
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                full = os.path.join(dirpath, name)
+                with open(full, "rb") as f:
+                    seen[os.path.relpath(full, root)] = f.read()
+        assert seen.keys() == files.keys()
+        for path, content in files.items():
+            assert seen[path] == content, f"v{n}/{path} differs"
+
+
+def test_stat_modes_sizes_times_inodes(mnt, dataset):
+    store, versions = dataset
+    info = Registry.open(store).get(PROJECT, "ds", "v0")
+    root = mnt.p("ds", "ds:v0")
+    st = os.stat(os.path.join(root, "big.bin"))
+    assert st.st_size == BIG and stat.S_IMODE(st.st_mode) == 0o444 and stat.S_ISREG(st.st_mode)
+    from artifactfs.mount.nodes import iso_ns
+    assert st.st_mtime_ns == iso_ns(info.created_at)
+    assert st.st_blocks * 512 >= BIG
+    assert stat.S_IMODE(os.stat(os.path.join(root, "bin/run.sh")).st_mode) == 0o555
+    d = os.stat(os.path.join(root, "data"))
+    assert stat.S_ISDIR(d.st_mode) and stat.S_IMODE(d.st_mode) == 0o555
+    assert os.stat(os.path.join(root, "data/empty")).st_size == 0
+    # inode numbers: stable and distinct
+    inos = {os.path.join(dp, n): os.lstat(os.path.join(dp, n)).st_ino
+            for dp, ds, fs in os.walk(root) for n in ds + fs}
+    assert len(set(inos.values())) == len(inos)
+    assert all(os.lstat(p).st_ino == i for p, i in inos.items())
+    assert os.lstat(mnt.p("ds", "ds:latest")).st_mode & stat.S_IFLNK == stat.S_IFLNK
+
+
+def test_standard_tools(mnt, dataset, tmp_path):
+    _, versions = dataset
+    src = mnt.p("ds", "ds:v0")
+    out = subprocess.run(["find", src, "-type", "f"], capture_output=True, text=True, check=True).stdout
+    assert len(out.split("\n")) - 1 == len(versions[0])
+    du = int(subprocess.run(["du", "-sb", src], capture_output=True, text=True, check=True).stdout.split()[0])
+    assert du >= sum(len(c) for c in versions[0].values())
+    subprocess.run(["ls", "-lR", src], capture_output=True, check=True)
+    subprocess.run(["cp", "-r", src, str(tmp_path / "cp")], check=True)
+    subprocess.run(["rsync", "-a", src + "/", str(tmp_path / "rsync")], check=True) \
+        if subprocess.run(["which", "rsync"], capture_output=True).returncode == 0 else None
+    with tarfile.open(tmp_path / "v0.tar", "w") as t:
+        t.add(src, arcname="v0")
+    with tarfile.open(tmp_path / "v0.tar") as t:
+        names = {m.name for m in t.getmembers() if m.isfile()}
+    assert names == {f"v0/{p}" for p in versions[0]}
+    sums = subprocess.run(["sha256sum", os.path.join(src, "big.bin"), os.path.join(src, "README.md")],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert sums[0] == hashlib.sha256(versions[0]["big.bin"]).hexdigest()
+    for path, content in versions[0].items():
+        with open(tmp_path / "cp" / path, "rb") as f:
+            assert f.read() == content
+
+
+@pytest.mark.parametrize("op", ["write", "append", "create", "unlink", "mkdir", "rmdir", "rename",
+                                "truncate", "chmod", "symlink", "setxattr"])
+def test_writes_in_a_version_are_erofs(mnt, op):
+    root = mnt.p("ds", "ds:v0")
+    f = os.path.join(root, "README.md")
+    actions = {
+        "write": lambda: open(f, "r+b"),
+        "append": lambda: open(f, "ab"),
+        "create": lambda: open(os.path.join(root, "new.txt"), "wb"),
+        "unlink": lambda: os.unlink(f),
+        "mkdir": lambda: os.mkdir(os.path.join(root, "data", "newdir")),
+        "rmdir": lambda: os.rmdir(os.path.join(root, "deep", "a")),
+        "rename": lambda: os.rename(f, os.path.join(root, "moved.md")),
+        "truncate": lambda: os.truncate(f, 0),
+        "chmod": lambda: os.chmod(f, 0o644),
+        "symlink": lambda: os.symlink("README.md", os.path.join(root, "link")),
+        "setxattr": lambda: os.setxattr(root, "user.artifact.description", b"x"),
+    }
+    with pytest.raises(OSError) as e:
+        actions[op]()
+    assert e.value.errno == errno.EROFS, e.value
+    with open(f, "rb") as fh:
+        assert fh.read() == b"version 0\n"
+
+
+def test_xattrs(mnt, dataset):
+    store, versions = dataset
+    out = subprocess.run(["getfattr", "-d", "--absolute-names", mnt.p("ds", "ds:v1")],
+                         capture_output=True, text=True, check=True).stdout
+    attrs = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    info = Registry.open(store).get(PROJECT, "ds", "v1")
+    assert attrs["user.artifact.name"] == '"ds"'
+    assert attrs["user.artifact.version"] == '"v1"'
+    assert attrs["user.artifact.type"] == '"dataset"'
+    assert attrs["user.artifact.digest"] == f'"{info.digest}"'
+    assert attrs["user.artifact.aliases"] == '"best"'
+    assert attrs["user.artifact.file_count"] == f'"{len(versions[1])}"'
+    assert attrs["user.artifact.size"] == f'"{sum(len(c) for c in versions[1].values())}"'
+    for k in ("description", "metadata", "tags", "created_at", "state", "ttl"):
+        assert f"user.artifact.{k}" in attrs
+    assert json.loads(os.getxattr(mnt.p("ds", "ds:v1"), "user.artifact.metadata")) == {"n": 1}
+    assert os.getxattr(mnt.p("ds", "ds:v1"), "user.artifact.description") == b"v1"
+    assert os.getxattr(mnt.p("model"), "user.artifact.type") == b"model"
+    f = mnt.p("ds", "ds:v0", "README.md")
+    entry = Artifact._from_version(Registry.open(store), info).get_entry("README.md")
+    assert os.getxattr(mnt.p("ds", "ds:v1", "README.md"), "user.artifact.digest") == entry.digest.encode()
+    assert os.getxattr(f, "user.artifact.size") == b"10"
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "user.artifact.nope")
+    assert e.value.errno == errno.ENODATA
+
+
+def _sha_all(root: str) -> dict[str, str]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            h = hashlib.sha256()
+            with open(full, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            out[os.path.relpath(full, root)] = h.hexdigest()
+    return out
+
+
+def test_eight_parallel_reader_processes(dataset, tmp_path):
+    store, versions = dataset
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        roots = [m.p("ds", f"ds:v{i % 3}") for i in range(8)]
+        with ProcessPoolExecutor(8) as pool:
+            results = list(pool.map(_sha_all, roots))
+        for i, got in enumerate(results):
+            want = {p: hashlib.sha256(c).hexdigest() for p, c in versions[i % 3].items()}
+            assert got == want
+        s = m.stats()
+        # v0 and v2 share big.bin: fetched once, however many readers
+        assert s["bytes_fetched"] < 2 * BIG
+
+
+def test_partial_read_fetches_only_what_is_needed(dataset, tmp_path):
+    store, versions = dataset
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        before = m.stats()["bytes_fetched"]
+        with open(m.p("ds", "ds:v0", "big.bin"), "rb") as f:
+            assert f.read(4096) == versions[0]["big.bin"][:4096]
+        fetched = m.stats()["bytes_fetched"] - before
+        assert 0 < fetched <= CHUNK_SIZE
+        with open(m.p("ds", "ds:v0", "big.bin"), "rb") as f:  # a seek into the last chunk
+            f.seek(BIG - 100)
+            assert f.read() == versions[0]["big.bin"][-100:]
+        assert m.stats()["bytes_fetched"] - before <= CHUNK_SIZE + 12345
+        os.listdir(m.p("ds", "ds:v1", "data", "train"))  # listing fetches no contents
+        assert m.stats()["bytes_fetched"] - before <= CHUNK_SIZE + 12345
+
+
+def test_corrupted_blob_gives_eio_not_wrong_bytes(tmp_path):
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    good, bad = os.urandom(100_000), os.urandom(2 * CHUNK_SIZE)
+    art = commit(store, "c", str(tmp_path / "src"), {"good.bin": good, "bad.bin": bad, "small.txt": b"abc"})
+    reg = Registry.open(store)
+    entries = art.manifest.entries
+    victims = [entries["bad.bin"].chunks[1], entries["small.txt"].chunks[0]]
+    for key in victims:
+        path = reg.store.local_path(blob_key(key))
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0xFF
+        os.chmod(path, 0o644)
+        with open(path, "wb") as f:
+            f.write(data)
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        root = m.p("c", "c:v0")
+        with open(os.path.join(root, "good.bin"), "rb") as f:
+            assert f.read() == good
+        with open(os.path.join(root, "bad.bin"), "rb") as f:
+            assert f.read(CHUNK_SIZE) == bad[:CHUNK_SIZE]  # the intact first chunk reads fine
+            with pytest.raises(OSError) as e:
+                f.read()
+            assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            open(os.path.join(root, "small.txt"), "rb").read()
+        assert e.value.errno == errno.EIO
+        log = m.log
+        assert "c:v0/bad.bin" in log and "c:v0/small.txt" in log
