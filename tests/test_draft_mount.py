@@ -1,0 +1,240 @@
+"""draft/ folders through a real mount: every ordinary file operation, what is
+refused and with which errno, new collections, attributes and aliases through
+the filesystem, and `artifactfs sync`."""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+
+import pytest
+
+from artifactfs.registry import Registry
+from draft_helpers import dir_files, publish, version_files
+from tests.mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
+
+BASE = {"a/x": b"ax", "a/y": (b"ay" * 5000, True), "b/c/d": b"bcd", "top": b"t"}
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    url = str(tmp_path / "store")
+    publish(Registry.open(url, create=True), str(tmp_path / "pub"), "ds", BASE)
+    return url
+
+
+def sync(m, *args: str, ok: bool = True):
+    done = cli("sync", *args, env=m.env, timeout=120)
+    if ok:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def oserror(fn) -> int:
+    with pytest.raises(OSError) as e:
+        fn()
+    return e.value.errno
+
+
+def test_ordinary_file_operations_become_a_version(store, mount_factory, tmp_path):
+    m = mount_factory(store, "--refresh", "1")
+    d = m.p("ds", "draft")
+    assert sorted(os.listdir(d)) == ["a", "b", "top"]
+    assert open(f"{d}/a/x", "rb").read() == b"ax"
+    assert os.stat(f"{d}/a/y").st_mode & 0o777 == 0o755 and os.path.getsize(f"{d}/a/y") == 10000
+    with open(f"{d}/new.bin", "wb") as f:           # create, write
+        f.write(b"hello")
+    with open(f"{d}/a/x", "ab") as f:               # append to a base file (copy-up)
+        f.write(b"+more")
+    fd = os.open(f"{d}/sparse", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.pwrite(fd, b"end", 1 << 20)                  # sparse write far out
+    os.pwrite(fd, b"mid", 4096)                     # write at an offset
+    os.fsync(fd)
+    os.close(fd)
+    with open(f"{d}/top", "r+b") as f:              # read-after-write on the same descriptor
+        f.write(b"T")
+        f.seek(0)
+        assert f.read() == b"T"
+    os.truncate(f"{d}/a/y", 3)                      # truncate keeps the executable bit
+    with open(f"{d}/b/c/d", "wb") as f:             # O_TRUNC
+        f.write(b"new d")
+    os.mkdir(f"{d}/dir")
+    os.rename(f"{d}/new.bin", f"{d}/dir/moved.bin")
+    os.rename(f"{d}/b", f"{d}/dir/b")               # a folder, with its content
+    with open(f"{d}/over", "wb") as f:
+        f.write(b"over")
+    os.rename(f"{d}/over", f"{d}/top")              # over an existing file
+    os.chmod(f"{d}/dir/moved.bin", 0o755)
+    os.utime(f"{d}/dir/moved.bin", ns=(10**18, 10**18))
+    assert os.stat(f"{d}/dir/moved.bin").st_mtime_ns == 10**18
+    os.mkdir(f"{d}/gone")
+    os.rmdir(f"{d}/gone")
+    with open(f"{d}/mm", "wb") as f:
+        f.write(b"mapped bytes")
+    with open(f"{d}/mm", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        assert mm[:6] == b"mapped"
+    with open(f"{d}/a/y", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        assert mm[:] == b"aya"
+    os.unlink(f"{d}/mm")
+    # the same operations on a plain folder give what the version must hold
+    plain = tmp_path / "plain"
+    assert sync(m, d).stdout == "ds:v1\n"
+    want = dir_files(d)
+    assert want["sparse"][0] == bytes(4096) + b"mid" + bytes((1 << 20) - 4099) + b"end"
+    got = version_files(Registry.open(store), "ds", 1)
+    assert got == want
+    assert got["a/y"] == (b"aya", True) and got["dir/moved.bin"] == (b"hello", True)
+    assert got["top"] == (b"over", False) and got["dir/b/c/d"] == (b"new d", False)
+    assert not plain.exists()
+    assert sync(m, d).stdout == "ds:v1 (unchanged)\n"
+    wait_for(lambda: os.readlink(m.p("ds", "ds:latest")) == "ds:v1", 5, "latest to move")
+
+
+def test_what_a_version_cannot_hold_is_refused(store, mount_factory):
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    assert oserror(lambda: os.link(f"{d}/top", f"{d}/hard")) == errno.EPERM
+    assert oserror(lambda: os.symlink("top", f"{d}/soft")) == errno.EPERM
+    assert oserror(lambda: os.mkfifo(f"{d}/fifo")) == errno.EPERM
+    assert oserror(lambda: open(f"{d}/back\\slash", "wb")) == errno.EINVAL
+    assert oserror(lambda: os.mkdir(f"{d}/back\\slash")) == errno.EINVAL
+    assert oserror(lambda: os.rename(f"{d}/top", f"{d}/to\\p")) == errno.EINVAL
+    assert oserror(lambda: os.rename(f"{d}/top", m.p("ds", "top"))) in (errno.EXDEV, errno.EPERM, errno.EROFS)
+    assert oserror(lambda: os.rmdir(f"{d}/a")) == errno.ENOTEMPTY
+    assert oserror(lambda: os.unlink(f"{d}/a")) in (errno.EISDIR, errno.EPERM)
+    assert oserror(lambda: os.chown(f"{d}/top", 12345, 12345)) == errno.EPERM
+    assert oserror(lambda: open(m.p("ds", "ds:v0", "top"), "wb")) == errno.EROFS
+    assert sorted(os.listdir(d)) == ["a", "b", "top"]
+    assert sync(m, d).stdout == "ds:v0 (unchanged)\n"
+
+
+def test_untouched_files_are_never_fetched(store, mount_factory):
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    before = m.stats()["bytes_fetched"]
+    os.rename(f"{d}/a", f"{d}/a2")                  # moving a base folder fetches nothing
+    os.chmod(f"{d}/top", 0o700)                     # nor does chmod of a base file
+    with open(f"{d}/b/c/d", "wb") as f:             # nor O_TRUNC
+        f.write(b"x")
+    assert m.stats()["bytes_fetched"] == before
+    assert open(f"{d}/a2/y", "rb").read() == b"ay" * 5000  # reading fetches, from the base
+    assert m.stats()["bytes_fetched"] == before + 10000
+    assert sync(m, d).stdout == "ds:v1\n"
+    reg = Registry.open(store)
+    assert reg.lookup(reg.version("proj", "ds", 1).root, "a2").tree == reg.lookup(
+        reg.version("proj", "ds", 0).root, "a").tree, "the moved folder is the same tree"
+    assert version_files(reg, "ds", 1)["top"] == (b"t", True)
+
+
+def test_new_collection_by_mkdir(store, mount_factory):
+    m = mount_factory(store, "--default-type", "model")
+    os.mkdir(m.p("weights"))
+    os.mkdir(m.p("tokens"))
+    assert oserror(lambda: os.mkdir(m.p("ds"))) == errno.EEXIST
+    assert oserror(lambda: os.mkdir(m.p("bad name"))) == errno.EINVAL
+    assert sorted(os.listdir(m.p())) == ["ds", "tokens", "weights"]
+    assert os.listdir(m.p("weights")) == ["draft"] and os.listdir(m.p("weights", "draft")) == []
+    os.setxattr(m.p("tokens"), "user.artifact.type", b"tokenized")
+    reg = Registry.open(store)
+    assert [c.name for c in reg.collections("proj")] == ["ds"], "not in the store before its first commit"
+    with open(m.p("weights", "draft", "w.pt"), "wb") as f:
+        f.write(b"w")
+    with open(m.p("tokens", "draft", "t"), "wb") as f:
+        f.write(b"t")
+    os.mkdir(m.p("empty"))
+    os.rmdir(m.p("empty"))
+    assert "empty" not in os.listdir(m.p())
+    done = sync(m, m.p("weights"), m.p("tokens", "draft"))
+    assert done.stdout.splitlines() == ["weights:v0", "tokens:v0"]
+    assert reg.collection("proj", "weights").type == "model"
+    assert reg.collection("proj", "tokens").type == "tokenized"
+    assert oserror(lambda: os.setxattr(m.p("tokens"), "user.artifact.type", b"other")) == errno.EPERM
+
+
+def test_attributes_for_the_next_commit(store, mount_factory):
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    os.setxattr(d, "user.artifact.description", b"from xattr")
+    os.setxattr(d, "user.artifact.metadata", b'{"lr": 0.1}')
+    os.setxattr(d, "user.artifact.aliases", b"best,candidate")
+    os.setxattr(d, "user.artifact.tags", b"t1")
+    assert oserror(lambda: os.setxattr(d, "user.artifact.metadata", b"[1]")) == errno.EINVAL
+    assert oserror(lambda: os.setxattr(d, "user.artifact.aliases", b"v3")) == errno.EINVAL
+    assert os.getxattr(d, "user.artifact.aliases") == b"best,candidate"
+    with open(f"{d}/n", "wb") as f:
+        f.write(b"n")
+    done = sync(m, d, "--tag", "t2", "--metadata", "epoch=3", "--metadata", "note=text", "--description", "cli")
+    assert done.stdout == "ds:v1\n"
+    info = Registry.open(store).version("proj", "ds", 1)
+    assert info.description == "cli" and info.metadata == {"lr": 0.1, "epoch": 3, "note": "text"}
+    assert info.tags == ["t1", "t2"] and set(info.aliases) == {"best", "candidate", "latest"}
+    with pytest.raises(OSError):
+        os.getxattr(d, "user.artifact.aliases")     # used once, then cleared
+
+
+def test_aliases_through_symlinks(store, mount_factory, tmp_path):
+    reg = Registry.open(store)
+    publish(reg, str(tmp_path / "pub"), "ds", {"top": b"v1"})
+    m = mount_factory(store, "--refresh", "1")
+    c = m.p("ds")
+    os.symlink("ds:v0", f"{c}/ds:best")
+    assert reg.aliases("proj", "ds")["best"] == 0 and os.readlink(f"{c}/ds:best") == "ds:v0"
+    assert oserror(lambda: os.symlink("ds:v1", f"{c}/ds:best")) == errno.EEXIST
+    assert os.system(f"cd '{c}' && ln -sfn ds:v1 ds:best") == 0  # a temporary link renamed over
+    assert reg.aliases("proj", "ds")["best"] == 1
+    wait_for(lambda: os.readlink(f"{c}/ds:best") == "ds:v1", 5, "the link to move")
+    os.symlink("ds:latest", f"{c}/ds:pinned")
+    assert reg.aliases("proj", "ds")["pinned"] == 1
+    os.unlink(f"{c}/ds:pinned")
+    assert "pinned" not in reg.aliases("proj", "ds")
+    assert oserror(lambda: os.unlink(f"{c}/ds:latest")) == errno.EPERM
+    os.symlink("ds:v0", f"{c}/tmp-link")            # what ln -sfn ds:v0 ds:latest does
+    assert oserror(lambda: os.rename(f"{c}/tmp-link", f"{c}/ds:latest")) == errno.EPERM
+    os.unlink(f"{c}/tmp-link")
+    assert oserror(lambda: os.symlink("ds:v9", f"{c}/ds:nine")) == errno.ENOENT
+    assert oserror(lambda: os.symlink("other:v0", f"{c}/ds:x")) == errno.EINVAL
+    assert oserror(lambda: os.unlink(f"{c}/ds:nothere")) == errno.ENOENT
+    assert not [n for n in os.listdir(c) if not n.startswith("ds:") and n != "draft"]
+
+
+def test_sync_paths_errors_and_conflicts(store, mount_factory, tmp_path):
+    m = mount_factory(store, "--refresh", "1")
+    d = m.p("ds", "draft")
+    with open(f"{d}/a/x", "wb") as f:
+        f.write(b"mine")
+    publish(Registry.open(store), str(tmp_path / "pub"), "ds", {"a/x": b"theirs", "other": b"o"})
+    done = sync(m, m.path, ok=False)                # the mountpoint: every dirty draft
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "conflict" in done.stderr and "a/x" in done.stderr
+    assert open(f"{d}/a/x", "rb").read() == b"mine", "the draft is kept"
+    with open(f"{d}/a/x", "wb") as f:               # resolve: take theirs, keep another change
+        f.write(b"theirs")
+    with open(f"{d}/mine", "wb") as f:
+        f.write(b"m")
+    os.chdir(d)
+    try:
+        assert sync(m).stdout == "ds:v2\n"          # default: the current directory
+    finally:
+        os.chdir(tmp_path)
+    assert sorted(os.listdir(d)) == ["a", "b", "mine", "other", "top"], "their file shows in the draft"
+    assert version_files(Registry.open(store), "ds", 2)["other"] == (b"o", False)
+    assert sync(m, m.p("ds", "ds:v0"), ok=False).returncode != 0
+    assert "not inside an artifactfs mount" in sync(m, str(tmp_path), ok=False).stderr
+    bad = sync(m, d, "--alias", "v7", ok=False)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    missing = cli("sync", m.p("nope"), env=m.env)
+    assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+def test_stat_of_a_placeholder_and_open_descriptors_across_copy_up(store, mount_factory):
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    st = os.stat(f"{d}/a/y")
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 10000
+    with open(f"{d}/a/y", "rb", buffering=0) as reader:  # opened while still the base file
+        assert reader.read(2) == b"ay"
+        with open(f"{d}/a/y", "r+b") as writer:
+            writer.write(b"ZZ")
+        reader.seek(0)
+        assert reader.read(4) == b"ZZay"
