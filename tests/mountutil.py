@@ -136,6 +136,15 @@ def mount_factory(tmp_path) -> Iterator[Callable[..., Mount]]:
         yield make
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll until predicate() is true; returns the seconds it took."""
     start = time.monotonic()

@@ -5,11 +5,14 @@ sizes) so mistakes are one line, then starts the daemon in its own session and
 returns only once the daemon says the mount answers (or prints its error)."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -27,14 +30,45 @@ if TYPE_CHECKING:
     from . import daemon
 
 READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 120.0  # after SIGTERM: the daemon may be committing drafts
+
+
+def _probe(path: str, timeout: float = 2.0) -> int | None:
+    """Ask the mount's daemon something the kernel never caches (an xattr) without
+    risking a hang: None if it answered, else the errno (ETIMEDOUT: no answer)."""
+    result: list[int | None] = []
+
+    def probe() -> None:
+        try:
+            os.getxattr(path, "user.artifactfs.pid")
+            result.append(None)
+        except OSError as e:
+            result.append(None if e.errno == errno.ENODATA else e.errno)
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else errno.ETIMEDOUT
+
+
+def _detach(real: str) -> None:
+    done = subprocess.run(["fusermount3", "-u", "-z", real], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ArtifactfsError(f"cannot unmount {real}: {done.stderr.strip() or 'fusermount3 failed'}")
 
 
 def _check_mountpoint(path: str) -> str:
-    real = os.path.realpath(path)  # not mounted yet (checked below): resolving it is safe
+    """The real path of an empty directory to mount on.  A stale mount of ours
+    (its daemon died: ENOTCONN or ECONNABORTED) is cleared, so a restart just works."""
+    m = find_mount(real_mountpoint(path))
+    if m is not None and m.fstype == FSTYPE:
+        if _probe(m.mountpoint) not in (errno.ENOTCONN, errno.ECONNABORTED):
+            raise ArtifactfsError(f"{path} is already an artifactfs mount")
+        _detach(m.mountpoint)
+    real = os.path.realpath(path)  # not mounted now: resolving it is safe
     if not os.path.isdir(real):
         raise ArtifactfsError(f"mountpoint {path} does not exist or is not a directory")
-    m = find_mount(real)
-    if m is not None and m.fstype == FSTYPE:
+    other = find_mount(real)  # the path may be a symlink to a mount
+    if other is not None and other.fstype == FSTYPE:
         raise ArtifactfsError(f"{path} is already an artifactfs mount")
     try:
         if os.listdir(real):
@@ -152,13 +186,27 @@ def umount_cmd(mountpoint: str, timeout: float) -> None:
     m = find_mount(real)
     if m is None or m.fstype != FSTYPE:
         raise ArtifactfsError(f"{mountpoint} is not an artifactfs mount")
-    rec = read_record(real)
-    pid = int(rec["pid"]) if rec and _alive(int(rec["pid"])) else None
-    done = subprocess.run(["fusermount3", "-u", "-z", real], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ArtifactfsError(f"cannot unmount {mountpoint}: {done.stderr.strip() or 'fusermount3 failed'}")
+    pid = _daemon_pid(real)
+    _detach(real)
     if pid is None or _wait_gone(pid, timeout):
         return
     os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, 30.0):
+    if not _wait_gone(pid, STOP_TIMEOUT):
         raise ArtifactfsError(f"unmounted {mountpoint}, but its daemon (pid {pid}) did not exit")
+
+
+def _daemon_pid(real: str) -> int | None:
+    """From our state dir, else from the mount itself (a mount started with
+    another state dir, e.g. by systemd); None for a stale mount."""
+    rec = read_record(real)
+    if rec and _alive(int(rec["pid"])):
+        return int(rec["pid"])
+    result: list[int] = []
+
+    def ask() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            result.append(int(os.getxattr(real, "user.artifactfs.pid")))
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(2.0)
+    return result[0] if result and _alive(result[0]) else None

@@ -1,0 +1,227 @@
+"""The mount's life: bad input, refresh of versions and aliases, unmount with
+open files, fusermount3 and signals, systemd readiness and the unit file."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from artifactfs.registry import Registry
+from conftest import skip_or_fail
+from mountutil import cli, force_unmount, gone, is_mounted, mount_factory, mounted, need_fuse, wait_for  # noqa: F401
+from test_mount_read import PROJECT, commit
+
+UNIT = os.path.join(os.path.dirname(__file__), "..", "systemd", "artifactfs@.service")
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    url = str(tmp_path / "store")
+    Registry.open(url, create=True)
+    commit(url, "ds", str(tmp_path / "src"), {"a.txt": b"v0\n", "big.bin": os.urandom(3 << 20)})
+    return url
+
+
+def _env(tmp_path) -> dict[str, str]:
+    return {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+
+
+def _one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line_exit_1(store, tmp_path):
+    need_fuse()
+    env = _env(tmp_path)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notastore").mkdir()
+    (tmp_path / "notastore" / "file").write_text("x")
+    cases = [
+        (["--store", store, "mount", str(tmp_path / "missing")], "does not exist"),
+        (["--store", store, "mount", str(full)], "not empty"),
+        (["--store", str(tmp_path / "notastore"), "mount", str(tmp_path / "empty")], "store"),
+        (["--store", str(tmp_path / "nothing-here"), "mount", str(tmp_path / "empty")], "store"),
+        (["--store", "ftp://host/x", "mount", str(tmp_path / "empty")], "scheme"),
+        (["--store", store, "mount", "--cache-size", "lots", str(tmp_path / "empty")], "size"),
+        (["umount", str(tmp_path / "empty")], "not an artifactfs mount"),
+    ]
+    for args, needle in cases:
+        _one_line_error(cli(*args, env=env), needle)
+    assert not is_mounted(str(tmp_path / "empty"))
+
+
+def test_mount_table_and_already_mounted(store, tmp_path, mount_factory):
+    m = mount_factory(store)
+    with open("/proc/self/mountinfo") as f:
+        line = next(ln for ln in f if ln.split()[4] == m.path)
+    fstype, source = line.split(" - ")[1].split()[:2]
+    assert (fstype, source) == ("fuse.artifactfs", "artifactfs")
+    assert "allow_other" not in line
+    _one_line_error(cli("--store", store, "mount", m.path, env=m.env), "already an artifactfs mount")
+    st = os.stat(os.path.join(os.path.dirname(m.path), ".state-mnt", "artifactfs"))
+    assert st.st_mode & 0o777 == 0o700
+
+
+def test_new_versions_and_moving_aliases_appear_within_refresh(store, tmp_path, mount_factory):
+    m = mount_factory(store, "--refresh", "1")
+    ds = m.p("ds")
+    assert os.readlink(os.path.join(ds, "ds:latest")) == "ds:v0"
+    os.listdir(ds)
+    commit(store, "ds", str(tmp_path / "src"), {"a.txt": b"v1\n"})
+    took = wait_for(lambda: os.readlink(os.path.join(ds, "ds:latest")) == "ds:v1", 5, "latest -> v1")
+    assert took <= 2.5
+    assert "ds:v1" in os.listdir(ds)
+    with open(os.path.join(ds, "ds:latest", "a.txt"), "rb") as f:
+        assert f.read() == b"v1\n"
+    reg = Registry.open(store)
+    reg.set_alias(PROJECT, "ds", "prod", 0)
+    wait_for(lambda: os.path.islink(os.path.join(ds, "ds:prod")), 5, "ds:prod to appear")
+    assert os.readlink(os.path.join(ds, "ds:prod")) == "ds:v0"
+    reg.set_alias(PROJECT, "ds", "prod", 1)
+    wait_for(lambda: os.readlink(os.path.join(ds, "ds:prod")) == "ds:v1", 5, "ds:prod to move")
+    reg.set_alias(PROJECT, "ds", "prod", None)
+    wait_for(lambda: not os.path.lexists(os.path.join(ds, "ds:prod")), 5, "ds:prod to go")
+    commit(store, "other", str(tmp_path / "src"), {"o": b"o"})
+    wait_for(lambda: "other" in os.listdir(m.path), 5, "a new collection")
+    # the aliases xattr of a version follows too
+    wait_for(lambda: os.getxattr(os.path.join(ds, "ds:v0"), "user.artifact.aliases") == b"", 5, "xattr")
+
+
+def _run_umount(m, *args: str) -> tuple[threading.Thread, list]:
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(m.umount(*args)))
+    t.start()
+    return t, out
+
+
+def test_umount_with_a_reader_holding_a_file_open(store, tmp_path):
+    with mounted(store, tmp_path / "mnt") as m:
+        pid = m.pid
+        expected = open(os.path.join(tmp_path, "src", "big.bin"), "rb").read()
+        f = open(m.p("ds", "ds:v0", "big.bin"), "rb", buffering=0)
+        head = f.read(1 << 20)
+        t, out = _run_umount(m, "--timeout", "30")
+        wait_for(lambda: not is_mounted(m.path), 5, "the mount to be detached")
+        assert os.listdir(m.path) == []  # new opens no longer reach the mount...
+        assert head + f.read() == expected  # ...but the open file reads to its end
+        assert t.is_alive()  # umount waits for the daemon, which serves the open file
+        start = time.monotonic()
+        f.close()
+        t.join(20)
+        assert not t.is_alive() and out[0].returncode == 0, out and out[0].stderr
+        assert time.monotonic() - start < 10
+        assert gone(pid)
+
+
+def test_umount_timeout_stops_the_daemon_under_a_reader_that_never_closes(store, tmp_path):
+    with mounted(store, tmp_path / "mnt") as m:
+        pid = m.pid
+        f = open(m.p("ds", "ds:v0", "a.txt"), "rb", buffering=0)
+        start = time.monotonic()
+        done = m.umount("--timeout", "1")
+        assert done.returncode == 0, done.stderr
+        assert 1 <= time.monotonic() - start < 15
+        assert not is_mounted(m.path)
+        wait_for(lambda: gone(pid), 5, "the daemon to exit")
+        with pytest.raises(OSError) as e:
+            os.pread(f.fileno(), 10, 0)
+        assert e.value.errno in (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)
+        with pytest.raises(OSError):  # even close() reports the lost connection
+            f.close()
+
+
+@pytest.mark.parametrize("how", ["fusermount3", "SIGTERM", "SIGINT"])
+def test_external_unmount_and_signals_end_the_daemon(store, tmp_path, how):
+    with mounted(store, tmp_path / "mnt") as m:
+        pid = m.pid
+        if how == "fusermount3":
+            subprocess.run(["fusermount3", "-u", m.path], check=True)
+        else:
+            os.kill(pid, getattr(signal, how))
+        wait_for(lambda: gone(pid), 10, "the daemon to exit")
+        assert not is_mounted(m.path)
+        assert "unmounted" in m.log
+
+
+def test_stale_mount_after_a_crash_is_replaced(store, tmp_path):
+    with mounted(store, tmp_path / "mnt") as m:
+        pid = m.pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: gone(pid), 5, "the kill")
+        assert is_mounted(m.path)
+        done = cli("--store", store, "--project", PROJECT, "mount", m.path, env=m.env)
+        assert done.returncode == 0, done.stderr
+        with open(m.p("ds", "ds:v0", "a.txt"), "rb") as f:
+            assert f.read() == b"v0\n"
+
+
+def test_read_only_mount(store, tmp_path, mount_factory):
+    m = mount_factory(store, "--read-only")
+    with open("/proc/self/mountinfo") as f:
+        line = next(ln for ln in f if ln.split()[4] == m.path)
+    assert "ro" in line.split()[5].split(",")
+    assert set(os.listdir(m.p("ds"))) == {"ds:v0", "ds:latest"}
+    with pytest.raises(OSError) as e:
+        os.mkdir(m.p("new"))
+    assert e.value.errno == errno.EROFS
+
+
+def test_foreground_tells_systemd_ready_and_stopping(store, tmp_path):
+    need_fuse()
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(30)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {**_env(tmp_path), "NOTIFY_SOCKET": sock_path}
+    proc = subprocess.Popen([sys.executable, "-m", "artifactfs", "--store", store, "--project", PROJECT,
+                             "mount", "--foreground", str(mnt)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert sock.recv(4096) == b"READY=1"
+        assert os.listdir(mnt / "ds")  # live as soon as READY=1 is sent
+        proc.send_signal(signal.SIGTERM)
+        assert sock.recv(4096) == b"STOPPING=1"
+        assert proc.wait(30) == 0
+        assert not is_mounted(str(mnt))
+        assert "mounted" in proc.stderr.read()  # --foreground logs to stderr too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        force_unmount(str(mnt), env)
+        sock.close()
+
+
+def test_systemd_unit_verifies(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        skip_or_fail("systemd-analyze is not installed")
+    artifactfs = shutil.which("artifactfs", path=os.path.dirname(sys.executable))
+    assert artifactfs, "the artifactfs console script is not installed next to the interpreter"
+    with open(UNIT) as f:
+        text = f.read()
+    assert "Type=notify" in text and "ExecStop=/usr/local/bin/artifactfs umount %f" in text
+    unit = tmp_path / "artifactfs@.service"
+    unit.write_text(text.replace("/usr/local/bin/artifactfs", artifactfs))
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "artifactfs@mnt-af.service")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    unit.write_text(text.replace("/usr/local/bin/artifactfs", str(tmp_path / "missing")))
+    bad = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "artifactfs@mnt-af.service")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0  # the check can fail
