@@ -44,6 +44,8 @@ class ChunkReader:
                  run: Callable[..., Any] | None = None):
         self.cache = cache
         self.memory_bytes = memory_bytes
+        # read-ahead must not evict the chunk being read before it is used
+        self.readahead = max(0, min(READAHEAD_CHUNKS, memory_bytes // CHUNK_SIZE - 1))
         self._mem: OrderedDict[str, bytes] = OrderedDict()
         self._mem_size = 0
         self._inflight: dict[str, _Fetch] = {}
@@ -132,7 +134,7 @@ class FileReader(Handle):
         base = index * CHUNK_SIZE
         if abs(off - self._next) <= SEQ_TOLERANCE:
             self._streak += end - off
-            if self._streak >= READAHEAD_TRIGGER and self._ahead <= index + READAHEAD_CHUNKS:
+            if self._streak >= READAHEAD_TRIGGER and self._ahead <= index + self.reader.readahead:
                 self._read_ahead(index)
         else:
             self._streak = 0
@@ -162,7 +164,7 @@ class FileReader(Handle):
         return b"".join(parts)
 
     def _read_ahead(self, index: int) -> None:
-        last = min(index + READAHEAD_CHUNKS, len(self.entry.chunks) - 1)
+        last = min(index + self.reader.readahead, len(self.entry.chunks) - 1)
         for i in range(max(self._ahead, index + 1), last + 1):
             _, length = self.entry.chunk_span(i)
             self.reader.prefetch(self.entry.chunks[i], length, self.where)
