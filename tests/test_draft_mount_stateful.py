@@ -1,0 +1,172 @@
+"""Property, through a real mount: random sequences of file operations applied to
+`draft/` and to a plain temporary folder fail alike (same errno) and, after each
+sync, the committed version equals the folder byte for byte and mode for mode
+(the executable bit; empty folders are not part of a version)."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from artifactfs.mount.control import request
+from artifactfs.registry import Registry
+from draft_helpers import dir_files, publish, version_files
+from tests.mountutil import mounted, wait_for
+
+NAMES = st.sampled_from(["a", "b", "c"])
+PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
+DATA = st.binary(max_size=40) | st.sampled_from([b"x" * 70_000, bytes(300)])
+BASE = {"a/a": b"base a/a", "a/b/c": (b"exec", True), "b": b"b" * 100, "c/c/c": b"deep"}
+BATCH = 40
+
+
+class Collections:
+    """A fresh collection per example, all with the same base version; published in
+    batches (the mount sees new ones within a second)."""
+
+    def __init__(self, tmp) -> None:
+        self.tmp = tmp
+        self.reg = Registry.open(str(tmp / "store"), create=True)
+        self.made = 0
+        self.used = 0
+        self.publish()
+
+    def publish(self) -> None:
+        for i in range(self.made, self.made + BATCH):
+            publish(self.reg, str(self.tmp / "pub"), f"c{i}", BASE)
+        self.made += BATCH
+
+    def next(self, m) -> str:
+        if self.used == self.made:
+            self.publish()
+            wait_for(lambda: os.path.isdir(m.p(f"c{self.made - 1}")), 10, "new collections to appear")
+        self.used += 1
+        return f"c{self.used - 1}"
+
+
+@pytest.fixture(scope="module")
+def mount(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stateful")
+    collections = Collections(tmp)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp / "state")}
+    with mounted(str(tmp / "store"), tmp / "mnt", env=env) as m:
+        yield m, collections
+
+
+def _errno(fn) -> int | None:
+    try:
+        fn()
+        return None
+    except OSError as e:
+        return e.errno
+
+
+def _listing(root: str) -> dict[str, tuple[bool, int, bool]]:
+    """path -> (is_dir, size, executable) for everything below root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            full = os.path.join(dirpath, n)
+            s = os.lstat(full)
+            isdir = stat.S_ISDIR(s.st_mode)
+            out[os.path.relpath(full, root)] = (isdir, 0 if isdir else s.st_size, bool(s.st_mode & 0o100))
+    return out
+
+
+class MountedDraft(RuleBasedStateMachine):
+    mount = None
+
+    @initialize()
+    def setup(self) -> None:
+        self.m, collections = type(self).mount
+        self.reg = collections.reg
+        self.name = collections.next(self.m)
+        self.draft = self.m.p(self.name, "draft")
+        self.tmp = tempfile.mkdtemp(prefix="mount-stateful-")
+        self.plain = os.path.join(self.tmp, "plain")
+        for path, value in BASE.items():
+            data, exe = value if isinstance(value, tuple) else (value, False)
+            full = os.path.join(self.plain, path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as f:
+                f.write(data)
+            os.chmod(full, 0o755 if exe else 0o644)
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def both(self, op, *paths: str) -> None:
+        want = _errno(lambda: op(*[os.path.join(self.plain, p) for p in paths]))
+        got = _errno(lambda: op(*[os.path.join(self.draft, p) for p in paths]))
+        assert got == want, (op, paths, want, got)
+
+    @rule(path=PATHS, data=DATA, offset=st.sampled_from([0, 5, 9000]), trunc=st.booleans())
+    def write(self, path, data, offset, trunc):
+        def op(full):
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if trunc else 0), 0o644)
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+        self.both(op, path)
+
+    @rule(path=PATHS, data=st.binary(min_size=1, max_size=20))
+    def append(self, path, data):
+        def op(full):
+            with open(full, "ab") as f:
+                f.write(data)
+        self.both(op, path)
+
+    @rule(path=PATHS, size=st.sampled_from([0, 2, 50_000]))
+    def truncate(self, path, size):
+        self.both(lambda full: os.truncate(full, size), path)
+
+    @rule(path=PATHS)
+    def mkdir(self, path):
+        self.both(os.mkdir, path)
+
+    @rule(path=PATHS)
+    def unlink(self, path):
+        self.both(os.unlink, path)
+
+    @rule(path=PATHS)
+    def rmdir(self, path):
+        self.both(os.rmdir, path)
+
+    @rule(old=PATHS, new=PATHS)
+    def rename(self, old, new):
+        self.both(os.rename, old, new)
+
+    @rule(path=PATHS, exe=st.booleans())
+    def chmod(self, path, exe):
+        self.both(lambda full: os.chmod(full, 0o755 if exe else 0o644), path)
+
+    @rule()
+    def sync(self):
+        address = os.getxattr(self.m.path, "user.artifactfs.control").decode()
+        reply = request(address, {"op": "sync", "collections": [self.name]})
+        line = reply["results"][0]["line"]
+        version = int(line.split(":v")[1].split()[0])
+        assert version_files(self.reg, self.name, version) == dir_files(self.plain)
+        assert dir_files(self.draft) == dir_files(self.plain)
+
+    @invariant()
+    def same_tree(self):
+        if hasattr(self, "plain"):
+            assert _listing(self.draft) == _listing(self.plain)
+
+
+MountedDraft.TestCase.settings = settings(max_examples=80, stateful_step_count=20, deadline=None,
+                                          suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+
+
+def test_mount_operations_match_a_plain_folder(mount):
+    MountedDraft.mount = mount
+    MountedDraft.TestCase("runTest").runTest()
