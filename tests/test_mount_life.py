@@ -225,3 +225,25 @@ def test_systemd_unit_verifies(tmp_path):
     bad = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "artifactfs@mnt-af.service")],
                          capture_output=True, text=True)
     assert bad.returncode != 0  # the check can fail
+
+
+def test_fstab_helper(store, tmp_path):
+    need_fuse()
+    env = _env(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    helper = [sys.executable, "-m", "artifactfs.mount.fstab"]
+    bad = subprocess.run(helper + [store, str(mnt), "-o", "rw,bogus=1"], capture_output=True, text=True, env=env)
+    _one_line_error(bad, "unknown option 'bogus=1'")
+    try:
+        done = subprocess.run(helper + [store, str(mnt), "-n", "-o", f"project={PROJECT},ro,_netdev,refresh=1,"
+                                        f"cache_dir={tmp_path / 'cache'},x-systemd.automount"],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        with open("/proc/self/mountinfo") as f:
+            line = next(ln for ln in f if ln.split()[4] == str(mnt))
+        assert "ro" in line.split()[5].split(",")
+        assert sorted(os.listdir(mnt / "ds" / "ds:v0")) == ["a.txt", "big.bin"]
+        assert cli("umount", str(mnt), env=env).returncode == 0
+    finally:
+        force_unmount(str(mnt), env)

@@ -51,7 +51,7 @@ class ChunkReader:
         self._inflight: dict[str, _Fetch] = {}
         self._run = run or trio.to_thread.run_sync
         self.nursery: trio.Nursery | None = None  # for read-ahead; set while serving
-        self.counters = {"chunk_reads": 0, "memory_hits": 0, "waits": 0, "readahead": 0, "fetch_errors": 0}
+        self.counters = {"reads": 0, "read_bytes": 0, "chunk_reads": 0, "memory_hits": 0, "waits": 0, "readahead": 0, "fetch_errors": 0}
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "memory_bytes": self._mem_size, "memory_chunks": len(self._mem)}
@@ -130,6 +130,9 @@ class FileReader(Handle):
         end = min(off + size, self.entry.size)
         if off >= end:
             return b""
+        counters = self.reader.counters
+        counters["reads"] += 1
+        counters["read_bytes"] += end - off
         index = off // CHUNK_SIZE
         base = index * CHUNK_SIZE
         if abs(off - self._next) <= SEQ_TOLERANCE:
