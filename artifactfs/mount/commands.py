@@ -131,7 +131,7 @@ def _spawn(opts: "daemon.MountOptions") -> None:
 @click.option("--read-only", is_flag=True, help="Mount read-only (ro).")
 @click.option("--default-type", metavar="TYPE", default="dataset", show_default=True,
               help="Type of collections created with mkdir.")
-@click.option("--debug", is_flag=True, help="Log every request.")
+@click.option("--debug", is_flag=True, help="Log at debug level.")
 @click.pass_context
 def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str | None,
               cache_dir: str | None, cache_size: str, memory: str, refresh: float, foreground: bool,

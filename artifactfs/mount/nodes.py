@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
 import time
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
+import pyfuse3
 import trio
 
+from ..errors import ArtifactfsError
 from ..manifest import DirEntry, Entry, FileEntry
 from ..names import parse_version
 from ..registry import CollectionInfo, VersionInfo
@@ -31,6 +34,7 @@ from .inodes import LONG_TIMEOUT, Handle, Node, fuse_error
 from .reader import FileReader
 from .xattrs import collection_xattrs, file_xattrs, version_xattrs
 
+log = logging.getLogger("artifactfs.mount")
 MISS_REFRESH = 1.0  # a lookup of an unknown name re-lists at most this often
 T = TypeVar("T")
 
@@ -41,7 +45,8 @@ def iso_ns(text: str) -> int:
 
 class Refreshing(Generic[T]):
     """A value fetched in a worker thread, re-fetched once older than max_age;
-    concurrent callers share one fetch."""
+    concurrent callers share one fetch.  While the store is unreachable the last
+    value is served (and the failure logged) rather than failing every listing."""
 
     def __init__(self, fetch: Callable[[], T]):
         self._fetch = fetch
@@ -57,7 +62,12 @@ class Refreshing(Generic[T]):
             async with self._lock:
                 if self._stale(max_age):
                     started = time.monotonic()
-                    self._value = await ctx.run(self._fetch)
+                    try:
+                        self._value = await ctx.run(self._fetch)
+                    except (ArtifactfsError, OSError) as e:
+                        if self._value is None:
+                            raise
+                        log.warning("refresh failed, showing what was last seen: %s", e)
                     self._at = started
         assert self._value is not None
         return self._value
@@ -90,6 +100,17 @@ class RootNode(Node):
     async def children(self) -> Sequence[tuple[str, Node]]:
         infos = await self.collections()
         return [(name, self._child(infos[name])) for name in sorted(infos)]
+
+    async def statfs(self) -> pyfuse3.StatvfsData:
+        """Capacity is the local cache's size limit; nothing is free for writing."""
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = max(1, self.ctx.cache_size // 4096)
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.ctx.table)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
 
     async def xattrs(self) -> dict[str, bytes]:
         stats = {**await self.ctx.run(self.ctx.reader.cache.stats), **self.ctx.reader.stats(),

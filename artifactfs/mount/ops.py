@@ -216,13 +216,6 @@ class Operations(pyfuse3.Operations):
         await self.table[inode].removexattr(os.fsdecode(name))
 
     # -- the filesystem ------------------------------------------------------------------
+    @_mapped
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
-        """Capacity is the local cache's size limit; nothing is free for writing here."""
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = max(1, self.ctx.cache_size // 4096)
-        s.f_bfree = s.f_bavail = 0
-        s.f_files = len(self.table)
-        s.f_ffree = s.f_favail = 0
-        s.f_namemax = 255
-        return s
+        return await self.table[pyfuse3.ROOT_INODE].statfs()  # type: ignore[attr-defined]
