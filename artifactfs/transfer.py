@@ -26,6 +26,7 @@ from .names import check_path
 from .registry import Registry, blob_key
 
 WORKERS = 8
+READ_AHEAD = 2 * CHUNK_SIZE   # asked of the kernel beyond the chunk in hand
 UPLOAD_BATCH = 64         # files per upload task
 DIR_BATCH = 256          # directory fds held open at once while downloading
 Progress = Callable[[int], None]
@@ -78,6 +79,8 @@ def _hash_fd(registry: Registry | None, fd: int, progress: Progress | None) -> t
     keys: list[str] = []
     size = 0
     while n:
+        # Ask the kernel for what comes next while this chunk is hashed and written.
+        os.posix_fadvise(fd, size + n, READ_AHEAD, os.POSIX_FADV_WILLNEED)
         view = buf[:n]
         whole.update(view)
         key = xxhash.xxh3_128_hexdigest(view)
@@ -197,6 +200,21 @@ def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: st
     return view
 
 
+def _prefetch_blob(registry: Registry, key: str) -> None:
+    """Have the kernel start reading a local blob we are about to need."""
+    path = registry.store.local_path(blob_key(key))
+    if path is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # reported properly when it is read
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 def _open_dir(root_fd: int, parts: list[str], path: str) -> int:
     """fd of directory root/parts..., made as needed; a symlink or file in the way is refused."""
     fd = os.dup(root_fd)
@@ -271,6 +289,8 @@ def _download_into(registry: Registry, dir_fd: int, name: str, path: str, entry:
                  0o755 if entry.executable else 0o644, dir_fd=dir_fd)
     try:
         for i in range(len(entry.chunks)):
+            if i + 1 < len(entry.chunks):
+                _prefetch_blob(registry, entry.chunks[i + 1])
             view = _read_chunk_into(registry, entry, i, path)
             _write_full(fd, view)
             if progress:

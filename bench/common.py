@@ -173,7 +173,9 @@ class Table:
 def machine_note() -> str:
     """CPU count, memory and the filesystem of the work dir, for the results."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
-    return f"{os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Python {sys.version.split()[0]}"
+    load = os.getloadavg()[0]
+    return (f"{os.cpu_count()} CPUs, {mem:.0f} GiB RAM, Python {sys.version.split()[0]}; "
+            f"load average {load:.1f} at the start (other work on the machine adds noise)")
 
 
 def fs_note(path: str) -> str:
@@ -197,3 +199,64 @@ def emit(tables: list[Table], out: str | None) -> None:
     if out:
         with open(out, "a") as f:
             f.write(text + "\n")
+
+
+# -- mounts ------------------------------------------------------------------
+def wait_mounted(path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(path):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} did not become a mount within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+@contextmanager
+def artifactfs_mount(store: str, mnt: str, cache_dir: str, *extra: str) -> Iterator[str]:
+    """`artifactfs mount` (returns when live), always unmounted afterwards."""
+    os.makedirs(mnt, exist_ok=True)
+    run(cli() + ["--store", store, "mount", mnt, "--cache-dir", cache_dir, *extra])
+    try:
+        yield mnt
+    finally:
+        subprocess.run(cli() + ["umount", mnt], capture_output=True)
+
+
+@contextmanager
+def rclone_mount(src: str, mnt: str) -> Iterator[str]:
+    """The peer: `rclone mount` of a local folder, read-only, no VFS cache."""
+    os.makedirs(mnt, exist_ok=True)
+    run(["rclone", "mount", src, mnt, "--read-only", "--daemon", "--config", "/dev/null"])
+    try:
+        wait_mounted(mnt)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+
+
+def read_files(paths: list[str], stop_after: int | None = None) -> int:
+    """Read files whole, in order, with one reused 1 MiB buffer; bytes read.
+    With stop_after, stop once that many bytes have been read."""
+    buf = memoryview(bytearray(MiB))
+    total = 0
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            while True:
+                n = os.readv(fd, [buf])
+                total += n
+                if n == 0 or (stop_after is not None and total >= stop_after):
+                    break
+        finally:
+            os.close(fd)
+        if stop_after is not None and total >= stop_after:
+            break
+    return total
+
+
+def files_under(root: str) -> list[str]:
+    """Every file below root, in sorted walk order."""
+    out = []
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames.sort()
+        out += [os.path.join(dirpath, n) for n in sorted(names)]
+    return out
