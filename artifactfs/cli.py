@@ -186,8 +186,9 @@ def ls_cmd(c: Ctx, name: str | None) -> None:
         reg.collection(project, coll)
         numbers = [reg.resolve(project, coll, alias)] if alias else reg.versions(project, coll)
         rows = [("VERSION", "ALIASES", "TAGS", "SIZE", "FILES", "CREATED")]
+        aliases = reg.aliases(project, coll)
         for n in numbers:
-            v = reg.version(project, coll, n)
+            v = reg.version(project, coll, n, aliases)
             rows.append((f"v{n}", ",".join(v.aliases) or "-", ",".join(v.tags) or "-", human(v.size),
                          str(v.file_count), v.created_at[:19].replace("T", " ")))
     _table(rows)
