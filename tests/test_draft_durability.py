@@ -15,7 +15,7 @@ import pytest
 from artifactfs.registry import Registry
 from core_util import check_version_complete
 from draft_helpers import dir_files, publish, version_files
-from tests.mountutil import cli, force_unmount, is_mounted, mounted, wait_for
+from mountutil import cli, force_unmount, is_mounted, mounted, wait_for
 
 BASE = {"keep/a": b"a", "keep/b": (b"b" * 3000, True), "old/f": b"old"}
 

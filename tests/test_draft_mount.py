@@ -12,7 +12,7 @@ import pytest
 
 from artifactfs.registry import Registry
 from draft_helpers import dir_files, publish, version_files
-from tests.mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
+from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 5000, True), "b/c/d": b"bcd", "top": b"t"}
 

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from artifactfs.mount.control import request
 from artifactfs.registry import Registry
 from draft_helpers import dir_files, publish, version_files
-from tests.mountutil import mounted, wait_for
+from mountutil import mounted, wait_for
 
 NAMES = st.sampled_from(["a", "b", "c"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
