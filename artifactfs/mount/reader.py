@@ -20,7 +20,7 @@ from .inodes import Handle
 
 log = logging.getLogger("artifactfs.mount")
 
-READAHEAD_CHUNKS = 2
+READAHEAD_CHUNKS = 4
 READAHEAD_TRIGGER = 1024 * 1024
 SEQ_TOLERANCE = 4 * 1024 * 1024  # the kernel's concurrent readahead requests arrive slightly out of order
 DEFAULT_MEMORY = 256 * 1024 * 1024
