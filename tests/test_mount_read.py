@@ -275,3 +275,18 @@ def test_corrupted_blob_gives_eio_not_wrong_bytes(tmp_path):
         assert e.value.errno == errno.EIO
         log = m.log
         assert "c:v0/bad.bin" in log and "c:v0/small.txt" in log
+
+
+def test_listing_one_folder_loads_one_tree(tmp_path):
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    files = {f"d{i:02}/f{j}.txt": f"{i}/{j}".encode() for i in range(40) for j in range(5)}
+    commit(store, "wide", str(tmp_path / "src"), files)
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        assert m.stats()["trees_loaded"] == 0
+        assert sorted(os.listdir(m.p("wide", "wide:v0", "d07"))) == [f"f{j}.txt" for j in range(5)]
+        s = m.stats()
+        assert s["trees_loaded"] == 2  # the version's root and d07, not the other 39 folders
+        assert s["bytes_fetched"] == 0
+        assert len(os.listdir(m.p("wide", "wide:v0"))) == 40
+        assert m.stats()["trees_loaded"] == 2

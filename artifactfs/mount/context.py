@@ -26,6 +26,7 @@ class MountContext:
     reader: ChunkReader
     refresh: float = 5.0
     cache_size: int = 0  # the on-disk cache's limit, reported by statfs
+    trees_loaded: int = 0  # directory objects read by version folders (shown in the stats xattr)
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     started_ns: int = field(default_factory=time.time_ns)

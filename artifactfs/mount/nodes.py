@@ -114,7 +114,7 @@ class RootNode(Node):
 
     async def xattrs(self) -> dict[str, bytes]:
         stats = {**await self.ctx.run(self.ctx.reader.cache.stats), **self.ctx.reader.stats(),
-                 "inodes": len(self.ctx.table)}
+                 "inodes": len(self.ctx.table), "trees_loaded": self.ctx.trees_loaded}
         return {"user.artifactfs.stats": json.dumps(stats, sort_keys=True).encode(),
                 "user.artifactfs.pid": str(os.getpid()).encode(),
                 "user.artifactfs.project": self.ctx.project.encode()}
@@ -249,6 +249,7 @@ class VersionDirNode(Node):
     async def entries(self) -> dict[str, Entry]:
         if self._tree is None:
             self._tree = await self.ctx.run(self.ctx.registry.load, self.tree_key)
+            self.ctx.trees_loaded += 1
         return self._tree
 
     def _child(self, name: str, entry: Entry) -> Node:
