@@ -48,7 +48,7 @@ class Refreshing(Generic[T]):
     concurrent callers share one fetch.  While the store is unreachable the last
     value is served (and the failure logged) rather than failing every listing."""
 
-    def __init__(self, fetch: Callable[[], T]):
+    def __init__(self, fetch: Callable[..., T]):
         self._fetch = fetch
         self._value: T | None = None
         self._at = 0.0
@@ -57,13 +57,14 @@ class Refreshing(Generic[T]):
     def _stale(self, max_age: float) -> bool:
         return self._value is None or time.monotonic() - self._at > max_age
 
-    async def get(self, ctx: MountContext, max_age: float) -> T:
+    async def get(self, ctx: MountContext, max_age: float, *args: object) -> T:
+        """The value, re-fetched as fetch(*args) when stale."""
         if self._stale(max_age):
             async with self._lock:
                 if self._stale(max_age):
                     started = time.monotonic()
                     try:
-                        self._value = await ctx.run(self._fetch)
+                        self._value = await ctx.run(self._fetch, *args)
                     except (ArtifactfsError, OSError) as e:
                         if self._value is None:
                             raise
@@ -166,7 +167,7 @@ class CollectionNode(Node):
             return None
         n = parse_version(rest)
         if n is not None:
-            return self.ctx.make("version", ("ver", self.name, str(n), ""), n) if n in st.versions else None
+            return self.ctx.make("version", ("ver", self.name, str(n), ""), n, self) if n in st.versions else None
         if rest in st.aliases:
             return self.ctx.make("alias", ("alias", self.name, rest), self, rest)
         return None
@@ -274,14 +275,19 @@ class VersionRootNode(VersionDirNode):
     """`<c>:vN`: its record gives the root tree and mtime; its attributes (aliases,
     tags, description...) may change, so xattrs re-read them when stale."""
 
-    def __init__(self, ctx: MountContext, key: tuple[str, ...], version: int):
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], version: int, collection: CollectionNode):
         super().__init__(ctx, key, None, "")
         self.version = version
+        self.collection = collection
         self._info: Refreshing[VersionInfo] = Refreshing(
-            lambda: ctx.registry.version(ctx.project, key[1], version))
+            lambda aliases: ctx.registry.version(ctx.project, key[1], version, aliases))
+
+    async def _get(self, max_age: float) -> VersionInfo:
+        aliases = (await self.collection.state()).aliases  # the collection's copy: no listing per version
+        return await self._info.get(self.ctx, max_age, aliases)
 
     async def load(self) -> VersionInfo:
-        info = await self._info.get(self.ctx, float("inf"))
+        info = await self._get(float("inf"))
         if self.ref is None:
             self.ref = VersionRef(info.collection, info.version, iso_ns(info.created_at))
             self.tree_key = info.root
@@ -293,7 +299,7 @@ class VersionRootNode(VersionDirNode):
 
     async def xattrs(self) -> dict[str, bytes]:
         await self.load()
-        return version_xattrs(await self._info.get(self.ctx, self.ctx.refresh))
+        return version_xattrs(await self._get(self.ctx.refresh))
 
 
 class VersionFileNode(Node):

@@ -78,8 +78,9 @@ class Operations(pyfuse3.Operations):
     @_mapped
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = await self.table[parent_inode].lookup(os.fsdecode(name))
-        await node.getattr()
-        return self._entry(node)
+        attrs = await node.getattr()
+        self.table.remember(node)
+        return attrs
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
