@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded default store (no server to start).
 # Generates a small image-like dataset, logs it as a version, lists it, downloads
-# it back and verifies it.  Uses project "demo" of the default store.
+# it back and verifies it; then mounts the store, reads the version as plain paths,
+# writes into the collection's draft/ folder and syncs it as the next version.
+# Uses project "demo" of the default store.
 set -euo pipefail
 export ARTIFACTFS_PROJECT=${ARTIFACTFS_PROJECT:-demo}
 work=$(mktemp -d -t artifactfs-demo.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+mnt="$work/mnt"
+cleanup() { mountpoint -q "$mnt" 2>/dev/null && artifactfs umount "$mnt"; rm -rf "$work"; }
+trap cleanup EXIT
 
 python3 - "$work/mnist" <<'PY'
 import os, random, sys
@@ -28,4 +32,17 @@ step artifactfs info mnist:latest
 step artifactfs get mnist:latest "$work/download"
 step artifactfs verify mnist:latest "$work/download"
 step diff -r "$work/mnist" "$work/download"
-echo; echo "demo OK: logged, listed, downloaded and verified mnist:latest"
+
+mkdir -p "$mnt"
+step artifactfs mount "$mnt"
+step ls -l "$mnt/mnist"
+step ls "$mnt/mnist/mnist:latest/train" --width=100
+step cmp "$mnt/mnist/mnist:latest/train/0001.png" "$work/mnist/train/0001.png"
+step getfattr -d "$mnt/mnist/mnist:latest"
+step cp "$work/mnist/labels.csv" "$mnt/mnist/draft/labels-v2.csv"
+step rm "$mnt/mnist/draft/test/0000.png"
+step artifactfs sync "$mnt/mnist/draft" --alias candidate
+step ls -l "$mnt/mnist"
+step artifactfs umount "$mnt"
+step artifactfs ls mnist
+echo; echo "demo OK: logged, listed, downloaded, verified, mounted, read, wrote and synced mnist"
