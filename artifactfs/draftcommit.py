@@ -21,12 +21,14 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from weakref import WeakKeyDictionary
 
 from . import transfer
 from .errors import ConflictError, InvalidNameError, PreconditionFailed
-from .manifest import Change, DirEntry, Entry, FileEntry, apply_changes, artifact_digest, walk
+from .manifest import Change, DirEntry, Entry, FileEntry, apply_changes
 from .names import check_name
 from .registry import Registry
+from .treedigest import TreeDigests
 from .staging import (STATE_FILE, Draft, DraftState, Fetch, is_internal, is_placeholder, join,
                       lazy_of, read_placeholder)
 
@@ -209,6 +211,17 @@ def open_draft(registry: Registry, where: str, project: str, collection: str, fe
     return Draft.open_or_create(path, registry, fetch, state)
 
 
+_DIGESTS: "WeakKeyDictionary[Registry, TreeDigests]" = WeakKeyDictionary()
+
+
+def _digests(registry: Registry) -> TreeDigests:
+    """One digest-block cache per registry (they hold its immutable trees)."""
+    found = _DIGESTS.get(registry)
+    if found is None:
+        found = _DIGESTS[registry] = TreeDigests(registry)
+    return found
+
+
 def _mtime_ns(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1e9)
 
@@ -236,7 +249,7 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
                 root = apply_changes(registry, onto, changes)
             except InvalidNameError as e:  # a file where they made a folder, or the reverse
                 raise _conflict(st.collection, latest, [str(e)]) from None
-            digest = artifact_digest(walk(registry, root.tree))
+            digest = _digests(registry).digest(root.tree)
         try:
             info, created = registry.commit(st.project, st.collection, st.type, root, digest,
                                             base=latest, exact_base=True, **attrs)

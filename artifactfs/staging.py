@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from .manifest import DirEntry, FileEntry, TreeIO
+from .errors import InvalidNameError
 from .names import check_component
 
 LAZY = "\\lazy"
@@ -82,15 +83,17 @@ def claim_drafts_dir(store_url: str, project: str) -> tuple[str, int]:
     raise OSError(errno.EBUSY, "too many mounts of this store and project")
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace `path` with `data` all at once (temporary file + fsync + rename)."""
+def write_atomic(path: str, data: bytes, fsync: bool = True) -> None:
+    """Replace `path` with `data` all at once (temporary file, fsync unless told
+    not to, rename): a killed process leaves the old or the new content."""
     tmp = os.path.join(os.path.dirname(path), f"{TMP}{uuid.uuid4().hex}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
@@ -130,13 +133,35 @@ def is_placeholder(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and bool(st.st_mode & PLACEHOLDER_BIT)
 
 
+_KNOWN: dict[tuple[int, int, int], FileEntry] = {}
+_KNOWN_MAX = 1_000_000
+
+
 def read_placeholder(disk: str, st: os.stat_result) -> FileEntry:
-    """The base file a placeholder stands for, its executable bit taken from the mode."""
-    d = _read_json(disk)
-    if d is None:
-        raise FileNotFoundError(errno.ENOENT, "placeholder vanished", disk)
-    e = FileEntry.from_json(d)
+    """The base file a placeholder stands for, its executable bit taken from the mode.
+    A placeholder's content never changes in place (it is replaced, a new inode), so
+    entries are remembered by (device, inode, ctime)."""
+    key = (st.st_dev, st.st_ino, st.st_ctime_ns)
+    e = _KNOWN.get(key)
+    if e is None:
+        d = _read_json(disk)
+        if d is None:
+            raise FileNotFoundError(errno.ENOENT, "placeholder vanished", disk)
+        e = FileEntry.from_json(d)
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[key] = e
     return FileEntry(e.digest, e.size, e.chunks, bool(st.st_mode & 0o111), e.ref, e.extra)
+
+
+def check_new_name(name: str) -> str:
+    """A name a new file or folder may have: valid in an artifact, and UTF-8."""
+    check_component(name)
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise InvalidNameError(f"invalid name {name!r}: not UTF-8") from None
+    return name
 
 
 def _mode_of(entry: FileEntry) -> int:
@@ -326,10 +351,11 @@ class Draft:
         if lazy is None:
             return
         for name, entry in self.io.load(lazy.tree).items():
-            self._put_stand_in(disk, name, entry)
+            # written in place: nobody sees this folder's entries before the marker goes
+            self._put_stand_in(disk, name, entry, atomic=False)
         os.unlink(os.path.join(disk, LAZY))  # the commit point: now it is materialized
 
-    def _put_stand_in(self, disk_dir: str, name: str, entry: DirEntry | FileEntry) -> None:
+    def _put_stand_in(self, disk_dir: str, name: str, entry: DirEntry | FileEntry, atomic: bool = True) -> None:
         """Create (or re-create, idempotently) the stand-in for a base entry."""
         target = os.path.join(disk_dir, name)
         if isinstance(entry, DirEntry):
@@ -339,16 +365,17 @@ class Draft:
                 pass
             _write_lazy(target, entry)
             return
-        tmp = os.path.join(disk_dir, f"{TMP}{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        path = os.path.join(disk_dir, f"{TMP}{uuid.uuid4().hex}") if atomic else target
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, json.dumps(entry.to_json(), sort_keys=True).encode())
             os.fchmod(fd, PLACEHOLDER_BIT | _mode_of(entry))
+            t = self.state.base_mtime_ns
+            os.utime(fd, ns=(t, t))
         finally:
             os.close(fd)
-        t = self.state.base_mtime_ns
-        os.utime(tmp, ns=(t, t))
-        os.replace(tmp, target)
+        if atomic:
+            os.replace(path, target)
 
     def copy_up(self, path: str, keep_data: bool = True) -> str:
         """Make the file at `path` real (fetching the base bytes unless keep_data is
@@ -382,7 +409,7 @@ class Draft:
         """A new empty real file, open for reading and writing whatever its mode (as
         creat(2) grants); FileExistsError if the name is taken."""
         parent, name = _parent(path)
-        check_component(name)
+        check_new_name(name)
         disk = os.path.join(self.materialize(parent), name)
         fd = os.open(disk, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.fchmod(fd, mode & 0o777)  # exactly the mode asked for, not reduced by our umask
@@ -390,7 +417,7 @@ class Draft:
 
     def mkdir(self, path: str, mode: int) -> str:
         parent, name = _parent(path)
-        check_component(name)
+        check_new_name(name)
         disk = os.path.join(self.materialize(parent), name)
         os.mkdir(disk, mode & 0o777)
         os.chmod(disk, mode & 0o777)
@@ -415,7 +442,7 @@ class Draft:
         """rename(2) on the draft; a lazy folder moves as it is (a graft at commit)."""
         op, on = _parent(old)
         np, nn = _parent(new)
-        check_component(nn)
+        check_new_name(nn)
         src = os.path.join(self.materialize(op), _user_name(on, old))
         dst = os.path.join(self.materialize(np), nn)
         os.lstat(src)
@@ -551,7 +578,7 @@ def _summary(tree: dict) -> tuple[int, int]:
 
 
 def _write_lazy(disk_dir: str, entry: DirEntry) -> None:
-    write_atomic(os.path.join(disk_dir, LAZY), json.dumps(entry.to_json()).encode())
+    write_atomic(os.path.join(disk_dir, LAZY), json.dumps(entry.to_json()).encode(), fsync=False)
 
 
 def _parent(path: str) -> tuple[str, str]:

@@ -238,3 +238,26 @@ def test_stat_of_a_placeholder_and_open_descriptors_across_copy_up(store, mount_
             writer.write(b"ZZ")
         reader.seek(0)
         assert reader.read(4) == b"ZZay"
+
+
+def test_unlinked_and_replaced_files_stay_readable_while_open(store, mount_factory):
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    base = open(f"{d}/top", "rb", buffering=0)      # a base file, then unlinked
+    with open(f"{d}/real", "wb") as f:
+        f.write(b"real bytes")
+    real = open(f"{d}/real", "rb", buffering=0)     # a staged file, then replaced by rename
+    os.unlink(f"{d}/top")
+    with open(f"{d}/other", "wb") as f:
+        f.write(b"other")
+    os.rename(f"{d}/other", f"{d}/real")
+    os.rename(f"{d}/b", f"{d}/a/b2")                 # a folder moved after names were detached
+    os.rename(f"{d}/a", f"{d}/top")                  # onto the unlinked file's name
+    assert os.fstat(base.fileno()).st_size == 1 and base.read() == b"t"
+    assert os.fstat(real.fileno()).st_size == 10 and real.read() == b"real bytes"
+    base.close()
+    real.close()
+    assert sorted(os.listdir(d)) == ["real", "top"] and sorted(os.listdir(f"{d}/top")) == ["b2", "x", "y"]
+    assert sync(m, d).stdout == "ds:v1\n"
+    assert sorted(version_files(Registry.open(store), "ds", 1)) == ["real", "top/b2/c/d", "top/x", "top/y"]
+    assert "ERROR" not in m.log

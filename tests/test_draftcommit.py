@@ -11,14 +11,17 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from artifactfs import draftcommit, transfer
 from artifactfs.draftcommit import commit_draft, draft_changes, fetch_from_store, open_draft, scan
 from artifactfs.errors import ConflictError, InvalidNameError
-from artifactfs.manifest import DirEntry, FileEntry, apply_changes, walk
+from artifactfs.manifest import DirEntry, FileEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry import Registry
 from artifactfs.staging import Draft, drafts_dir
-from core_util import check_version_complete
+from artifactfs.treedigest import TreeDigests
+from core_util import check_version_complete, synthetic_entry
 from draft_helpers import dir_files, publish, version_files
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 1000, True), "b/c/d": b"bcd", "b/e": b"be", "top": b"t"}
@@ -358,3 +361,16 @@ def test_two_processes_commit_concurrently(tmp_path):
             assert final[f"{who}/{i}"] == (f"{who} {i}".encode(), False), "no change lost"
     for n in reg.versions("proj", "ds"):
         check_version_complete(reg, "proj", "ds", n)
+
+
+@given(st.sets(st.lists(st.sampled_from(["a", "a-b", "a.txt", "a0", "b", "é", "Z", "a b"]), min_size=1,
+                        max_size=3).map("/".join), max_size=25))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_tree_digest_equals_the_wandb_artifact_digest(tmp_path_factory, paths):
+    """TreeDigests (cached per-tree blocks) gives exactly manifest.artifact_digest."""
+    reg = Registry.open(str(tmp_path_factory.mktemp("td") / "store"), create=True)
+    files = sorted(paths)
+    changes = {p: synthetic_entry(i) for i, p in enumerate(files)
+               if not any(q.startswith(p + "/") for q in files)}  # a path is a file or a folder
+    root = apply_changes(reg, None, changes)
+    assert TreeDigests(reg).digest(root.tree) == artifact_digest(walk(reg, root.tree))

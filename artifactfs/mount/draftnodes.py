@@ -123,6 +123,7 @@ class DraftNode(Node):
         super().__init__(ctx, key)
         self.live = live
         self.info = info
+        self.gone = False  # unlinked or replaced: serves its open files, owns no name
 
     @property
     def path(self) -> str:
@@ -139,6 +140,8 @@ class DraftNode(Node):
         return self.info.mtime_ns
 
     async def refresh(self) -> Info:
+        if self.gone:
+            return self.info  # fstat of an unlinked open file: its last attributes
         info = await self.live.read(self.live.draft.stat, self.path)
         if info is None:
             raise fuse_error(errno.ENOENT)
@@ -221,8 +224,9 @@ class DraftNode(Node):
     def _detach(self, path: str) -> None:
         """The node that was at `path` keeps serving open files, but no longer owns the name."""
         node = self.ctx.table.find(self._key(path))
-        if node is not None:
-            self.ctx.table.rekey(node, ("draft-gone", uuid.uuid4().hex))
+        if isinstance(node, DraftNode):
+            node.gone = True
+            self.ctx.table.rekey(node, ("draft-gone", self.live.name, uuid.uuid4().hex))
 
     def _move(self, old: str, new: str) -> None:
         """Live nodes at and below `old` now live at `new`, with their inode numbers."""
@@ -231,7 +235,8 @@ class DraftNode(Node):
             return
         if isinstance(moved, DraftNode) and moved.info.is_dir:
             for node in self.ctx.table.nodes():
-                if isinstance(node, DraftNode) and node.live is self.live and node.path.startswith(old + "/"):
+                if (isinstance(node, DraftNode) and node.live is self.live and not node.gone
+                        and node.path.startswith(old + "/")):
                     self.ctx.table.rekey(node, self._key(new + node.path[len(old):]))
         self.ctx.table.rekey(moved, self._key(new))
 

@@ -29,43 +29,49 @@ T = TypeVar("T")
 
 
 class Gate:
-    """Many changes at once, or one commit: a commit waiting keeps new changes out."""
+    """Many changes at once, or one commit; a commit waiting keeps new changes out.
+    Plain counters: trio switches tasks only at awaits, so no lock is needed."""
 
     def __init__(self) -> None:
         self._changes = 0
         self._committing = False
         self._waiting = 0
-        self._cond = trio.Condition()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def enter(self) -> None:
+        while self._committing or self._waiting:
+            await self._lot.park()
+        self._changes += 1
+
+    def leave(self) -> None:
+        self._changes -= 1
+        if self._waiting and not self._changes:
+            self._lot.unpark_all()
 
     @asynccontextmanager
     async def change(self) -> AsyncIterator[None]:
-        async with self._cond:
-            while self._committing or self._waiting:
-                await self._cond.wait()
-            self._changes += 1
+        await self.enter()
         try:
             yield
         finally:
-            async with self._cond:
-                self._changes -= 1
-                self._cond.notify_all()
+            self.leave()
 
     @asynccontextmanager
     async def commit(self) -> AsyncIterator[None]:
-        async with self._cond:
-            self._waiting += 1
-            try:
-                while self._committing or self._changes:
-                    await self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._committing = True
+        self._waiting += 1
+        try:
+            while self._committing or self._changes:
+                await self._lot.park()
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                self._lot.unpark_all()  # (re-check: they park again behind us)
+        self._committing = True
         try:
             yield
         finally:
-            async with self._cond:
-                self._committing = False
-                self._cond.notify_all()
+            self._committing = False
+            self._lot.unpark_all()
 
 
 class LiveDraft:
@@ -84,8 +90,11 @@ class LiveDraft:
                 return await self.ctx.run(fn, *args)
 
     async def write(self, fd: int, data: bytes, offset: int) -> int:
-        async with self.gate.change():
+        await self.gate.enter()
+        try:
             return await self.ctx.run(os.pwrite, fd, data, offset)
+        finally:
+            self.gate.leave()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.ctx.run(fn, *args)
