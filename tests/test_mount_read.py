@@ -10,6 +10,8 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -233,9 +235,11 @@ def _sha_all(root: str) -> dict[str, str]:
     return out
 
 
-def test_eight_parallel_reader_processes(dataset, tmp_path):
+def test_eight_parallel_reader_processes(mnt, dataset, tmp_path):
     store, versions = dataset
     with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        for rel in (("ds", "ds:v1", "data", "train", "x.bin"), ("ds", "ds:v0"), ("ds", "ds:best")):
+            assert os.lstat(m.p(*rel)).st_ino == os.lstat(mnt.p(*rel)).st_ino  # same in every mount
         roots = [m.p("ds", f"ds:v{i % 3}") for i in range(8)]
         with ProcessPoolExecutor(8) as pool:
             results = list(pool.map(_sha_all, roots))
@@ -307,3 +311,48 @@ def test_listing_one_folder_loads_one_tree(tmp_path):
         assert s["bytes_fetched"] == 0
         assert len(os.listdir(m.p("wide", "wide:v0"))) == 40
         assert m.stats()["trees_loaded"] == 2
+
+
+def test_a_stalled_fetch_does_not_stall_other_readers(tmp_path):
+    """One blob is a FIFO: fetching it blocks a worker thread until the test writes
+    it.  Meanwhile other files and listings must be served."""
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    slow = os.urandom(50_000)
+    art = commit(store, "s", str(tmp_path / "src"), {"slow.bin": slow, "fast.txt": b"fast\n", "d/x": b"x"})
+    blob = Registry.open(store).store.local_path(blob_key(art.manifest.entries["slow.bin"].chunks[0]))
+    os.unlink(blob)
+    os.mkfifo(blob)
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(open(m.p("s", "s:v0", "slow.bin"), "rb").read()))
+        reader.start()
+        time.sleep(0.5)
+        assert reader.is_alive()  # blocked on the FIFO
+        start = time.monotonic()
+        for _ in range(20):
+            with open(m.p("s", "s:v0", "fast.txt"), "rb") as f:
+                assert f.read() == b"fast\n"
+            assert os.listdir(m.p("s", "s:v0", "d")) == ["x"]
+        assert m.stats()["reads"] >= 1
+        assert time.monotonic() - start < 5
+        with open(blob, "wb") as f:  # release the stalled fetch with the right bytes
+            f.write(slow)
+        reader.join(10)
+        assert got == [slow]
+
+
+def test_sequential_readers_get_read_ahead_random_ones_do_not(dataset, tmp_path):
+    store, versions = dataset
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        path = m.p("ds", "ds:v0", "big.bin")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT) if hasattr(os, "O_DIRECT") else os.open(path, os.O_RDONLY)
+        try:  # a few scattered reads: no read-ahead
+            for off in (3 * CHUNK_SIZE, 0, 2 * CHUNK_SIZE):
+                os.pread(fd, 4096, off)
+        finally:
+            os.close(fd)
+        assert m.stats()["readahead"] == 0
+        with open(path, "rb") as f:
+            assert f.read() == versions[0]["big.bin"]
+        assert m.stats()["readahead"] >= 1
