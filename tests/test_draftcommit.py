@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from artifactfs import draftcommit, transfer
+from artifactfs import transfer
 from artifactfs.draftcommit import commit_draft, draft_changes, fetch_from_store, open_draft, scan
 from artifactfs.errors import ConflictError, InvalidNameError
-from artifactfs.manifest import DirEntry, FileEntry, apply_changes, artifact_digest, walk
+from artifactfs.manifest import DirEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry import Registry
 from artifactfs.staging import Draft, drafts_dir
 from artifactfs.treedigest import TreeDigests
