@@ -19,7 +19,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Generic, TypeVar
 
 import pyfuse3
@@ -37,10 +37,15 @@ from .xattrs import collection_xattrs, file_xattrs, version_xattrs
 log = logging.getLogger("artifactfs.mount")
 MISS_REFRESH = 1.0  # a lookup of an unknown name re-lists at most this often
 T = TypeVar("T")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def iso_ns(text: str) -> int:
-    return int(datetime.fromisoformat(text).timestamp() * 1e9)
+    """An ISO 8601 time as integer nanoseconds since the epoch, exactly (no float)."""
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return (t - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 class Refreshing(Generic[T]):
@@ -177,9 +182,18 @@ class CollectionNode(Node):
         names = [f"{self.name}:v{n}" for n in sorted(st.versions)]
         names += [f"{self.name}:{a}" for a in sorted(st.aliases)]
         out = [(name, node) for name in names if (node := self._child(name, st)) is not None]
+        errors: list[Exception] = []
+
+        async def prepare(node: Node) -> None:
+            try:
+                await self._prepare(node)
+            except Exception as e:  # reported below as itself, not as a trio ExceptionGroup
+                errors.append(e)
         async with trio.open_nursery() as nursery:  # version records, fetched in parallel
             for _, node in out:
-                nursery.start_soon(self._prepare, node)
+                nursery.start_soon(prepare, node)
+        if errors:
+            raise errors[0]
         return out
 
     async def xattrs(self) -> dict[str, bytes]:

@@ -114,7 +114,6 @@ class FileReader(Handle):
     access.  Contents never change, so the kernel may keep its page cache."""
 
     keep_cache = True
-    __slots__ = ("reader", "entry", "where", "_index", "_view", "_next", "_streak", "_ahead")
 
     def __init__(self, reader: ChunkReader, entry: FileEntry, where: str):
         self.reader = reader
@@ -150,7 +149,7 @@ class FileReader(Handle):
         return await self._span(off, end)
 
     async def _chunk(self, index: int) -> bytes:
-        start, length = self.entry.chunk_span(index)
+        _, length = self.entry.chunk_span(index)
         return await self.reader.chunk(self.entry.chunks[index], length, self.where)
 
     async def _span(self, off: int, end: int) -> bytes:
