@@ -14,28 +14,20 @@ import sys
 import click
 
 from .errors import ArtifactfsError
+from .mount.state import FSTYPE, mounts
 from .names import check_alias, check_name
 
-FSTYPE = "fuse.artifactfs"
 CONTROL_XATTR = "user.artifactfs.control"
 
 
 def _mountpoints() -> list[str]:
-    """artifactfs mountpoints of this namespace (mountinfo escapes blanks as \\ooo)."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[0] == FSTYPE:
-                point = left.split()[4]
-                out.append(point.encode().decode("unicode_escape").encode("latin-1").decode())
-    return out
+    return [m.mountpoint for m in mounts() if m.fstype == FSTYPE]
 
 
-def locate(path: str, mounts: list[str]) -> tuple[str, str | None]:
+def locate(path: str, points: list[str]) -> tuple[str, str | None]:
     """(mountpoint, collection or None for every dirty draft) for a PATH argument."""
     real = os.path.realpath(path)
-    best = max((m for m in mounts if real == m or real.startswith(m.rstrip("/") + "/")), key=len, default=None)
+    best = max((m for m in points if real == m or real.startswith(m.rstrip("/") + "/")), key=len, default=None)
     if best is None:
         raise ArtifactfsError(f"{path} is not inside an artifactfs mount")
     parts = [p for p in os.path.relpath(real, best).split("/") if p not in ("", ".")]
@@ -75,10 +67,10 @@ def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, 
     for t in tags:
         check_name(t, "tag")
     meta = _metadata(metadata)
-    mounts = _mountpoints()
+    points = _mountpoints()
     targets: dict[str, list[str] | None] = {}
     for path in paths or (os.getcwd(),):
-        point, collection = locate(path, mounts)
+        point, collection = locate(path, points)
         if collection is None or targets.get(point, []) is None:
             targets[point] = None
         elif collection not in targets.setdefault(point, []):  # type: ignore[operator]

@@ -24,13 +24,13 @@ from datetime import datetime
 from weakref import WeakKeyDictionary
 
 from . import transfer
+from .draftstate import STATE_FILE, DraftState
 from .errors import ConflictError, InvalidNameError, PreconditionFailed
 from .manifest import Change, DirEntry, Entry, FileEntry, apply_changes
 from .names import check_name
 from .registry import Registry
+from .staging import Draft, Fetch, is_internal, is_placeholder, join, lazy_of, read_placeholder
 from .treedigest import TreeDigests
-from .staging import (STATE_FILE, Draft, DraftState, Fetch, is_internal, is_placeholder, join,
-                      lazy_of, read_placeholder)
 
 COMMIT_ATTEMPTS = 50
 CONFLICT_PATHS_SHOWN = 10

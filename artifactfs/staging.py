@@ -1,6 +1,6 @@
 """The on-disk draft of one collection: a real directory tree in the private state dir.
 
-A draft lives in drafts/<store key>/<project>/<collection>/ below state_dir():
+A draft lives in drafts/<store key>/<project>/<slot>/<collection>/ below the state dir:
   draft.json   base version, type, attributes for the next commit, clean-file stamps
                (replaced atomically: written to a temporary name, then renamed)
   tree/        the draft's files and folders
@@ -20,86 +20,24 @@ against a commit (draftcommit.py); nothing here is thread-safe on its own."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
 import stat
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import xxhash
-
-from .manifest import DirEntry, FileEntry, TreeIO
+from .draftstate import STATE_FILE, TMP, DraftState, state_dir, write_atomic  # noqa: F401  (state_dir: for the mount)
 from .errors import InvalidNameError
+from .manifest import DirEntry, FileEntry, TreeIO
 from .names import check_component
 
 LAZY = "\\lazy"
-TMP = "\\tmp."
-STATE_FILE = "draft.json"
-DRAFT_FORMAT = "artifactfs-draft-v1"
 PLACEHOLDER_BIT = stat.S_ISVTX
 
 Fetch = Callable[[FileEntry, int], None]
 """Writes the whole content of a base file into an open file descriptor."""
-
-
-def state_dir() -> str:
-    """${XDG_STATE_HOME:-~/.local/state}/artifactfs, created private (0700)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    path = os.path.join(base, "artifactfs")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
-def drafts_dir(store_url: str, project: str) -> str:
-    """Where the drafts of one (store, project) live; store.json names the store for humans."""
-    key = xxhash.xxh3_64_hexdigest(store_url.encode())
-    path = os.path.join(state_dir(), "drafts", key, project)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    marker = os.path.join(os.path.dirname(path), "store.json")
-    if not os.path.exists(marker):
-        write_atomic(marker, json.dumps({"store": store_url}).encode())
-    return path
-
-
-def claim_drafts_dir(store_url: str, project: str) -> tuple[str, int]:
-    """A slot of drafts for one process (a mount): slot 0 unless another live mount of
-    the same store and project holds it.  The flock dies with the process, so the
-    next mount after a crash takes the slot over, drafts and all.  Returns the
-    directory and the descriptor holding the lock."""
-    base = drafts_dir(store_url, project)
-    for slot in range(1000):
-        path = os.path.join(base, str(slot))
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(path, "\\lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return path, fd
-        except BlockingIOError:
-            os.close(fd)
-    raise OSError(errno.EBUSY, "too many mounts of this store and project")
-
-
-def write_atomic(path: str, data: bytes, fsync: bool = True) -> None:
-    """Replace `path` with `data` all at once (temporary file, fsync unless told
-    not to, rename): a killed process leaves the old or the new content."""
-    tmp = os.path.join(os.path.dirname(path), f"{TMP}{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
 
 
 def is_internal(name: str) -> bool:
@@ -186,33 +124,6 @@ class Node:
     @property
     def is_real_file(self) -> bool:
         return not self.is_dir and self.entry is None
-
-
-@dataclass
-class DraftState:
-    """draft.json.  `advancing` is set while the tree is being moved to a new base
-    (finished on the next load if the process died)."""
-
-    collection: str
-    project: str
-    store: str
-    type: str
-    base: int | None = None
-    base_root: str | None = None
-    base_mtime_ns: int = 0
-    attrs: dict = field(default_factory=dict)
-    clean: dict = field(default_factory=dict)
-    advancing: dict | None = None
-
-    def to_json(self) -> bytes:
-        return json.dumps({"format": DRAFT_FORMAT, **self.__dict__}, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "DraftState":
-        d = json.loads(data)
-        if d.pop("format", None) != DRAFT_FORMAT:
-            raise ValueError("not an artifactfs draft")
-        return cls(**d)
 
 
 class Draft:

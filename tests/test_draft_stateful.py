@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from artifactfs.draftcommit import commit_draft, fetch_from_store, open_draft
 from artifactfs.registry import Registry
-from artifactfs.staging import drafts_dir
+from artifactfs.draftstate import drafts_dir
 from draft_helpers import dir_files, publish, version_files
 
 NAMES = st.sampled_from(["a", "b", "c"])

@@ -19,7 +19,8 @@ from artifactfs.draftcommit import commit_draft, draft_changes, fetch_from_store
 from artifactfs.errors import ConflictError, InvalidNameError
 from artifactfs.manifest import DirEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry import Registry
-from artifactfs.staging import Draft, drafts_dir
+from artifactfs.draftstate import drafts_dir
+from artifactfs.staging import Draft
 from artifactfs.treedigest import TreeDigests
 from core_util import check_version_complete, synthetic_entry
 from draft_helpers import dir_files, publish, version_files
@@ -225,7 +226,7 @@ CHILD = r"""
 import sys
 from artifactfs.registry import Registry
 from artifactfs.draftcommit import open_draft, commit_draft, fetch_from_store
-from artifactfs.staging import drafts_dir
+from artifactfs.draftstate import drafts_dir
 reg = Registry.open(sys.argv[1])
 d = open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "ds", fetch_from_store(reg))
 print("ready", flush=True)
@@ -310,7 +311,7 @@ import sys
 from artifactfs import transfer
 from artifactfs.registry import Registry
 from artifactfs.draftcommit import open_draft, commit_draft, fetch_from_store
-from artifactfs.staging import drafts_dir
+from artifactfs.draftstate import drafts_dir
 from artifactfs.errors import ConflictError
 reg = Registry.open(sys.argv[1])
 me, rounds = sys.argv[2], int(sys.argv[3])

@@ -13,7 +13,8 @@ import pytest
 from artifactfs.draftcommit import fetch_from_store, open_draft
 from artifactfs.errors import InvalidNameError
 from artifactfs.registry import Registry
-from artifactfs.staging import LAZY, TMP, Draft, claim_drafts_dir, drafts_dir, is_placeholder, lazy_of, state_dir
+from artifactfs.draftstate import TMP, claim_drafts_dir, drafts_dir, state_dir
+from artifactfs.staging import LAZY, Draft, is_placeholder, lazy_of
 from conftest import skip_or_fail
 from draft_helpers import publish
 

@@ -21,7 +21,7 @@ import trio
 import xxhash
 
 from ..errors import ArtifactfsError, NotFoundError
-from ..staging import state_dir
+from ..draftstate import state_dir
 
 if TYPE_CHECKING:
     from .livedraft import Drafts

@@ -20,7 +20,8 @@ import trio
 
 from ..draftcommit import CommitResult, commit_draft, open_draft
 from ..manifest import FileEntry
-from ..staging import STATE_FILE, Draft, claim_drafts_dir
+from ..draftstate import STATE_FILE, claim_drafts_dir
+from ..staging import Draft
 from .context import MountContext
 from .nodes import iso_ns
 
