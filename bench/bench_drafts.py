@@ -1,121 +1,175 @@
-"""Writing through draft/ and committing (issue 4).
+"""Writing through `draft/` and committing with `artifactfs sync` (issue 4).
 
-  (a) write one big file (default 1 GiB) into draft/ and `artifactfs sync`, vs `cp`
-      of the same file into a local folder and `sync`: target ratio >= 0.6
+  (a) write one big file (default 1 GiB) into draft/ + `artifactfs sync`, vs cp
+      of the same file into a local folder + sync               target >= 0.6
   (b) change 10 files of a version of many files (default 100,000) through the
-      mount and `artifactfs sync`: target < 1 s end to end, O(changed) store writes
-  (c) many small files (default 10,000 x 4 KiB) copied into a draft and synced:
-      files per second, vs `cp -r` into a local folder and `sync`
+      mount + sync: end to end, and the store objects written   target < 1 s, O(changed)
+  (c) many small files (default 10,000 x 64 KiB) copied into a draft + sync,
+      files/s vs cp -r + sync
+The page cache is dropped before each timed step when possible.  The version
+of (b) is made directly with the registry (its blobs are never read), so the
+set-up stays quick.  Draft staging (XDG_STATE_HOME) and the digest cache live
+in the bench's temp dir, on the same disk as the store.
 
-  .venv/bin/python bench/bench_drafts.py
-  .venv/bin/python bench/bench_drafts.py --size-mb 128 --tree-files 20000 --files 2000
+  .venv/bin/python bench/bench_drafts.py                           # full size
+  .venv/bin/python bench/bench_drafts.py --size-mb 128 --tree-files 5000 --files 1000
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import os
-import shutil
-import subprocess
 import sys
 
 import xxhash
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (MiB, Noise, Row, Table, artifactfs_mount, cli, emit, fs_note,  # noqa: E402
-                    machine_note, make_big_file, make_many_files, run, timed, workdir)
+from common import (MiB, Noise, Row, Table, artifactfs_mount, cli, drop_caches, emit,  # noqa: E402
+                    fs_note, machine_note, make_big_file, make_many_files, run, timed, tree_bytes, workdir)
 
 from artifactfs.manifest import FileEntry, apply_changes, artifact_digest, walk  # noqa: E402
 from artifactfs.registry import Registry  # noqa: E402
 
-
-def objects(store: str) -> int:
-    return sum(len(files) for _, _, files in os.walk(store))
+PROJECT = "bench"
 
 
-def synthetic_version(reg: Registry, name: str, count: int, per_dir: int = 1000) -> None:
+def store_objects(store: str) -> set[str]:
+    """Every object key in a local store (temporary files excluded)."""
+    out = set()
+    for dirpath, _, names in os.walk(store):
+        for n in names:
+            if ".tmp-" not in n and not n.startswith("."):
+                out.add(os.path.relpath(os.path.join(dirpath, n), store))
+    return out
+
+
+def synthetic_version(store: str, name: str, count: int, per_dir: int = 1000) -> None:
     """A version of `count` files whose blobs are never read (only their entries)."""
+    reg = Registry.open(store, create=True)
     changes = {}
     for i in range(count):
         raw = xxhash.xxh3_128_digest(f"{name}{i}".encode())
         changes[f"part{i // per_dir:04d}/f{i:07d}.bin"] = FileEntry(base64.b64encode(raw).decode(), 16, (raw.hex(),))
     root = apply_changes(reg, None, changes)
-    reg.commit("bench", name, "dataset", root, artifact_digest(walk(reg, root.tree)))
+    reg.commit(PROJECT, name, "dataset", root, artifact_digest(walk(reg, root.tree)))
 
 
-def sync_cmd(path: str) -> None:
-    run(cli() + ["sync", path])
+class Bench:
+    def __init__(self, work: str, cold: bool) -> None:
+        self.work, self.cold = work, cold
+        self.store = os.path.join(work, "store")
+        self.src = os.path.join(work, "src")
+        self.mnt = os.path.join(work, "mnt")
+        self.cache = os.path.join(work, "cache")
+
+    def drop(self) -> None:
+        if self.cold:
+            drop_caches()
+
+    def draft(self, name: str) -> str:
+        return os.path.join(self.mnt, name, "draft")
+
+    def sync(self, name: str, expect: str) -> None:
+        out = run(cli() + ["sync", self.draft(name)]).stdout
+        if expect not in out:
+            raise SystemExit(f"sync did not commit {expect}: {out.strip()}")
 
 
-def main() -> None:
+def write_then_sync(b: Bench, table: Table, case: str, name: str, copy: list[str], nbytes: int,
+                    base: float, target: float | None) -> float:
+    """Rows for copying into a new collection's draft, then sync; returns the total seconds."""
+    os.mkdir(os.path.join(b.mnt, name))
+    b.drop()
+    t_cp = timed(lambda: run(copy + [b.draft(name)]))
+    t_sync = timed(lambda: b.sync(name, f"{name}:v0"))
+    total = t_cp + t_sync
+    table.add(Row(case, "  copy into draft/", t_cp, nbytes))
+    table.add(Row(case, "  artifactfs sync", t_sync, nbytes))
+    r = base / total
+    table.add(Row(case, "copy into draft/ + artifactfs sync", total, nbytes, r,
+                  f">= {target} x cp" if target else "", None if target is None else r >= target))
+    return total
+
+
+def case_big(b: Bench, table: Table) -> None:
+    src = os.path.join(b.src, "big", "big.bin")
+    nbytes = os.path.getsize(src)
+    case = f"(a) 1 file x {nbytes // MiB} MiB"
+    local = os.path.join(b.work, "local-big")
+    os.makedirs(local)
+    b.drop()
+    base = timed(lambda: (run(["cp", src, local]), os.sync()))
+    run(["rm", "-rf", local])
+    table.add(Row(case, "cp to a local folder + sync", base, nbytes, 1.0))
+    write_then_sync(b, table, case, "bigw", ["cp", src], nbytes, base, 0.6)
+
+
+def case_change_ten(b: Bench, table: Table, files: int) -> None:
+    case = f"(b) 10 of {files} files"
+    chosen = [f"part{i * (files // 10) // 1000:04d}/f{i * (files // 10):07d}.bin" for i in range(10)]
+    before = store_objects(b.store)
+    b.drop()
+
+    def change() -> None:
+        for i, rel in enumerate(chosen):
+            with open(os.path.join(b.draft("wide"), rel), "wb") as f:
+                f.write(f"changed {i}\n".encode())
+        b.sync("wide", "wide:v1")
+    seconds = timed(change)
+    written = len(store_objects(b.store) - before)
+    bound = 10 * (2 + 1) + 10  # per file a blob and the trees on its path (depth 2), plus a few records
+    table.add(Row(case, f"write 10 files in draft/ + sync ({written} new store objects)", seconds, None, None,
+                  f"< 1 s; <= {bound} objects", seconds < 1 and written <= bound))
+
+
+def case_small(b: Bench, table: Table) -> None:
+    src = os.path.join(b.src, "small")
+    files, nbytes = tree_bytes(src)
+    case = f"(c) {files} small files"
+    local = os.path.join(b.work, "local-small")
+    b.drop()
+    base = timed(lambda: (run(["cp", "-r", src, local]), os.sync()))
+    run(["rm", "-rf", local])
+    table.add(Row(case, f"cp -r + sync ({files / base:.0f} files/s)", base, nbytes, 1.0))
+    total = write_then_sync(b, table, case, "smallw", ["cp", "-r", src], nbytes, base, None)
+    table.notes.append(f"(c) files per second: cp -r + sync {files / base:.0f}, "
+                       f"draft + artifactfs sync {files / total:.0f}")
+
+
+def main(argv: list[str] | None = None) -> Table:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mb", type=int, default=1024)
-    ap.add_argument("--tree-files", type=int, default=100_000)
-    ap.add_argument("--files", type=int, default=10_000)
-    ap.add_argument("--small-kb", type=int, default=4)
-    ap.add_argument("--dir", default=None, help="work directory parent (default: system temp)")
-    ap.add_argument("--out", default=None, help="append the markdown tables to this file")
-    args = ap.parse_args()
-    noise = Noise()
-    with workdir(args.dir) as work:
-        os.environ["XDG_STATE_HOME"] = os.path.join(work, "state")
-        store = os.path.join(work, "store")
-        reg = Registry.open(store, create=True)
-        synthetic_version(reg, "wide", args.tree_files)
-        src = os.path.join(work, "src")
-        make_big_file(os.path.join(src, "big.bin"), args.size_mb * MiB, noise)
-        make_many_files(os.path.join(src, "small"), args.files, args.small_kb * 1024, noise)
-        mnt = os.path.join(work, "mnt")
-        table = Table(f"Drafts: writing and committing through the mount ({machine_note()}, {fs_note(work)})")
-        with artifactfs_mount(store, mnt, os.path.join(work, "cache"), "--project", "bench"):
-            os.mkdir(os.path.join(mnt, "big"))
-            os.mkdir(os.path.join(mnt, "small"))
-            # (a) one big file
-            local = os.path.join(work, "local-a")
-            os.mkdir(local)
-            base = timed(lambda: (shutil.copyfile(os.path.join(src, "big.bin"), os.path.join(local, "big.bin")),
-                                  os.sync()))
-            table.add(Row("(a) big file", "cp + sync (local folder)", base, args.size_mb * MiB))
-            draft = os.path.join(mnt, "big", "draft")
-            t_cp = timed(lambda: shutil.copyfile(os.path.join(src, "big.bin"), os.path.join(draft, "big.bin")))
-            t_sync = timed(lambda: sync_cmd(draft))
-            table.add(Row("(a) big file", "cp into draft/", t_cp, args.size_mb * MiB))
-            table.add(Row("(a) big file", "artifactfs sync", t_sync, args.size_mb * MiB))
-            total = t_cp + t_sync
-            table.add(Row("(a) big file", "cp + artifactfs sync", total, args.size_mb * MiB,
-                          ratio=base / total, target=">= 0.6", met=base / total >= 0.6))
-            # (b) ten files of a wide version
-            draft = os.path.join(mnt, "wide", "draft")
-            before = objects(store)
+    ap.add_argument("--size-mb", type=int, default=1024, help="(a) size of the big file (MiB)")
+    ap.add_argument("--tree-files", type=int, default=100_000, help="(b) files in the version changed")
+    ap.add_argument("--files", type=int, default=10_000, help="(c) number of small files")
+    ap.add_argument("--file-kb", type=int, default=64, help="(c) size of each small file (KiB)")
+    ap.add_argument("--workdir", default=None, help="parent of the temp dir (default: system temp dir)")
+    ap.add_argument("--warm", action="store_true", help="do not drop the page cache")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--out", default=None, help="append the markdown table to this file")
+    args = ap.parse_args(argv)
 
-            def change_ten() -> None:
-                for i in range(10):
-                    with open(os.path.join(draft, f"part{i:04d}", f"f{i * 1000:07d}.bin"), "wb") as f:
-                        f.write(noise.piece(4096))
-                sync_cmd(draft)
-            t = timed(change_ten)
-            writes = objects(store) - before
-            table.add(Row(f"(b) 10 of {args.tree_files:,} files", "write 10 files + artifactfs sync", t,
-                          target="< 1 s", met=t < 1.0))
-            table.notes.append(f"(b) new store objects for the commit: {writes} "
-                               f"(10 blobs, the changed trees, the version record and its alias)")
-            # (c) many small files
-            local = os.path.join(work, "local-c")
-            base = timed(lambda: (subprocess.run(["cp", "-r", os.path.join(src, "small"), local], check=True),
-                                  os.sync()))
-            n = args.files
-            table.add(Row(f"(c) {n:,} small files", "cp -r + sync (local folder)", base,
-                          n * args.small_kb * 1024))
-            draft = os.path.join(mnt, "small", "draft")
-            t_cp = timed(lambda: subprocess.run(["cp", "-r", os.path.join(src, "small"), draft], check=True))
-            t_sync = timed(lambda: sync_cmd(draft))
-            table.add(Row(f"(c) {n:,} small files", "cp -r into draft/", t_cp, n * args.small_kb * 1024))
-            table.add(Row(f"(c) {n:,} small files", "artifactfs sync", t_sync, n * args.small_kb * 1024))
-            table.add(Row(f"(c) {n:,} small files", "cp -r + artifactfs sync", t_cp + t_sync,
-                          n * args.small_kb * 1024, ratio=base / (t_cp + t_sync)))
-            table.notes.append(f"(c) files per second: local {n / base:,.0f}, through the mount "
-                               f"{n / (t_cp + t_sync):,.0f} (copy {n / t_cp:,.0f}, commit {n / t_sync:,.0f})")
-        emit([table], args.out)
+    table = Table(f"drafts: write + sync vs cp + sync ({args.size_mb} MiB file; 10 of {args.tree_files} "
+                  f"files; {args.files} x {args.file_kb} KiB)")
+    with workdir(args.workdir, args.keep) as work:
+        cold = not args.warm and drop_caches()
+        b = Bench(work, cold)
+        os.environ.update(XDG_STATE_HOME=os.path.join(work, "state"),
+                          ARTIFACTFS_HASH_CACHE=os.path.join(work, "digests.sqlite"))
+        table.notes.append(machine_note() + f"; work dir on {fs_note(work)}; one round")
+        table.notes.append("page cache dropped before each step" if cold else "page cache NOT dropped")
+        table.notes.append("ratio = cp seconds / draft seconds (> 1: faster than cp); each sync is one CLI process")
+        noise = Noise()
+        print(f"generating data in {work} ...", flush=True)
+        synthetic_version(b.store, "wide", args.tree_files)
+        make_big_file(os.path.join(b.src, "big", "big.bin"), args.size_mb * MiB, noise)
+        make_many_files(os.path.join(b.src, "small"), args.files, args.file_kb * 1024, noise)
+        os.sync()
+        with artifactfs_mount(b.store, b.mnt, b.cache, "--project", PROJECT):
+            case_big(b, table)
+            case_change_ten(b, table, args.tree_files)
+            case_small(b, table)
+    emit([table], args.out)
+    return table
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_draft  # noqa: E402
+import bench_drafts  # noqa: E402
 import bench_mount  # noqa: E402
 import bench_put_get  # noqa: E402
 from common import cli  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
             bench_mount.main(size("mount") + extra)
         if "draft" in wanted:
             if has_command("sync"):
-                bench_draft.main(size("draft") + extra)
+                bench_drafts.main(size("draft") + extra)
             else:
                 print("skipping the draft bench: no `artifactfs sync` yet")
 
