@@ -307,6 +307,7 @@ class Draft:
                 os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)
                 if keep_data:
                     self.fetch(entry, fd)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))  # a later write moves mtime
             finally:
                 os.close(fd)
             os.replace(tmp, disk)

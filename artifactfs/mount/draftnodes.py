@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .livedraft import LiveDraft
 
 PENDING_ATTRS = ("description", "metadata", "aliases", "tags")
+WRITE_BLOCK = 1024 * 1024
 
 
 def _open_writable(draft: Draft, path: str, truncate: bool) -> int:
@@ -50,6 +51,21 @@ def _open_readable(draft: Draft, path: str) -> tuple[Info, int | None]:
     if info.entry is not None:
         return info, None
     return info, os.open(info.disk, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _create(draft: Draft, path: str, mode: int) -> tuple[int, Info]:
+    """A new file, open, and its node: one trip to a worker thread."""
+    fd = draft.create(path, mode)
+    info = draft.stat(path)
+    assert info is not None
+    return fd, info
+
+
+def _mkdir(draft: Draft, path: str, mode: int) -> Info:
+    draft.mkdir(path, mode)
+    info = draft.stat(path)
+    assert info is not None
+    return info
 
 
 def _parse_attr(key: str, value: bytes) -> object:
@@ -139,6 +155,11 @@ class DraftNode(Node):
     def mtime_ns(self) -> int:
         return self.info.mtime_ns
 
+    def attributes(self) -> pyfuse3.EntryAttributes:
+        a = super().attributes()
+        a.st_blksize = WRITE_BLOCK  # cp and friends then write in 1 MiB requests
+        return a
+
     async def refresh(self) -> Info:
         if self.gone:
             return self.info  # fstat of an unlinked open file: its last attributes
@@ -175,13 +196,8 @@ class DraftNode(Node):
         return [(i.path.rpartition("/")[2], self._node(i)) for i in infos]
 
     async def create(self, name: str, mode: int, flags: int) -> tuple[Node, Handle]:
-        fd = await self.live.change(self.live.draft.create, join(self.path, name), mode)
-        try:
-            node = await self._stat_child(name)
-        except BaseException:
-            os.close(fd)
-            raise
-        return node, DraftFileHandle(self.live, fd)
+        fd, info = await self.live.change(_create, self.live.draft, join(self.path, name), mode)
+        return self._node(info), DraftFileHandle(self.live, fd)
 
     async def mknod(self, name: str, mode: int, rdev: int) -> Node:
         if not stat.S_ISREG(mode):
@@ -191,8 +207,7 @@ class DraftNode(Node):
         return await self._stat_child(name)
 
     async def mkdir(self, name: str, mode: int) -> Node:
-        await self.live.change(self.live.draft.mkdir, join(self.path, name), mode)
-        return await self._stat_child(name)
+        return self._node(await self.live.change(_mkdir, self.live.draft, join(self.path, name), mode))
 
     async def symlink(self, name: str, target: str) -> Node:
         raise fuse_error(errno.EPERM)  # a version holds regular files only
