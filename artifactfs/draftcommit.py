@@ -222,6 +222,13 @@ def _digests(registry: Registry) -> TreeDigests:
     return found
 
 
+def warm_digests(registry: Registry, root: str | None) -> None:
+    """Compute the digest blocks of a draft's base ahead of its commit (the first
+    commit of a session otherwise reads every line of the base once)."""
+    if root:
+        _digests(registry).block(root)
+
+
 def _mtime_ns(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp() * 1e9)
 

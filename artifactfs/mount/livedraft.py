@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..draftcommit import CommitResult, commit_draft, open_draft
+from ..draftcommit import CommitResult, commit_draft, open_draft, warm_digests
 from ..manifest import FileEntry
 from ..draftstate import STATE_FILE, claim_drafts_dir
 from ..staging import Draft
@@ -83,12 +83,27 @@ class LiveDraft:
         self.lock = trio.Lock()
         self.gate = Gate()
         self.on_advance: list[Callable[[list[str]], Any]] = []
+        self._warmed: str | None = None
 
     async def change(self, fn: Callable[..., T], *args: Any) -> T:
         """A namespace change, in a worker thread."""
+        self._warm()
         async with self.gate.change():
             async with self.lock:
                 return await self.ctx.run(fn, *args)
+
+    def _warm(self) -> None:
+        """Once per base, in the background: what the next commit will need anyway."""
+        root, nursery = self.draft.state.base_root, self.ctx.reader.nursery
+        if root != self._warmed and nursery is not None:
+            self._warmed = root
+            nursery.start_soon(self._warm_in_background, root)
+
+    async def _warm_in_background(self, root: str) -> None:
+        try:
+            await self.ctx.run(warm_digests, self.ctx.registry, root)
+        except Exception as e:  # only an optimisation: the commit will meet the error itself
+            log.warning("could not prepare the digest of %s's base: %s", self.name, e)
 
     async def write(self, fd: int, data: bytes, offset: int) -> int:
         await self.gate.enter()
