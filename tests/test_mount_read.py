@@ -356,3 +356,26 @@ def test_sequential_readers_get_read_ahead_random_ones_do_not(dataset, tmp_path)
         with open(path, "rb") as f:
             assert f.read() == versions[0]["big.bin"]
         assert m.stats()["readahead"] >= 1
+
+
+def test_opening_a_folders_files_in_order_fetches_the_next_small_files_ahead(tmp_path):
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    files = {f"shards/{i:03}.bin": os.urandom(10_000 + i) for i in range(30)}
+    commit(store, "sh", str(tmp_path / "src"), files)
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        root = m.p("sh", "sh:v0", "shards")
+        names = sorted(os.listdir(root))
+        with open(os.path.join(root, names[20]), "rb") as f:  # one file alone: nothing ahead
+            assert f.read() == files[f"shards/{names[20]}"]
+        assert m.stats()["readahead"] == 0
+        for name in names[:3]:  # in order: the next files are fetched ahead
+            with open(os.path.join(root, name), "rb") as f:
+                assert f.read() == files[f"shards/{name}"]
+        s = m.stats()
+        assert s["readahead"] >= 8
+        for name in names[3:]:
+            with open(os.path.join(root, name), "rb") as f:
+                assert f.read() == files[f"shards/{name}"]
+        s = m.stats()
+        assert s["memory_hits"] >= 20 and s["fetches"] == 30  # every file fetched exactly once

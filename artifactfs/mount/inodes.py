@@ -42,9 +42,6 @@ class Handle:
     async def write(self, off: int, buf: bytes) -> int:
         raise fuse_error(errno.EBADF)
 
-    async def flush(self) -> None:
-        pass
-
     async def fsync(self, datasync: bool) -> None:
         pass
 

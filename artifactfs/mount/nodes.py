@@ -11,10 +11,12 @@ Collections and aliases are re-listed when older than the refresh period, so
 versions and aliases committed elsewhere appear without remounting."""
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import logging
 import os
+import posixpath
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +38,7 @@ from .xattrs import collection_xattrs, file_xattrs, version_xattrs
 
 log = logging.getLogger("artifactfs.mount")
 MISS_REFRESH = 1.0  # a lookup of an unknown name re-lists at most this often
+SIBLING_READAHEAD = 8  # small files fetched ahead of a reader opening a folder's files in order
 T = TypeVar("T")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -256,6 +259,8 @@ class VersionDirNode(Node):
         self.tree_key = tree
         self.path = key[3]
         self._tree: dict[str, Entry] | None = None
+        self._names: list[str] = []  # sorted, for sibling read-ahead
+        self._last_opened = -2
 
     def mtime_ns(self) -> int:
         assert self.ref is not None
@@ -283,6 +288,24 @@ class VersionDirNode(Node):
     async def children(self) -> Sequence[tuple[str, Node]]:
         tree = await self.entries()
         return [(name, self._child(name, tree[name])) for name in sorted(tree)]
+
+    def opened(self, name: str) -> None:
+        """A file of this folder was opened.  A reader that opens the files in name
+        order (cp -r, tar, rsync, a loader over sorted shards) gets the next small
+        files fetched in the background, hiding one round trip per file."""
+        if self._tree is None:
+            return
+        if not self._names:
+            self._names = sorted(self._tree)
+        i = bisect.bisect_left(self._names, name)
+        sequential, self._last_opened = i == self._last_opened + 1, i
+        if not sequential:
+            return
+        for sibling in self._names[i + 1:i + 1 + SIBLING_READAHEAD]:
+            e = self._tree[sibling]
+            if isinstance(e, FileEntry) and len(e.chunks) == 1 and self.ref is not None:
+                path = f"{self.path}/{sibling}" if self.path else sibling
+                self.ctx.reader.prefetch(e.chunks[0], e.size, self.ref.where(path))
 
 
 class VersionRootNode(VersionDirNode):
@@ -336,7 +359,11 @@ class VersionFileNode(Node):
             raise fuse_error(errno.EROFS)
         if self.entry.size and not self.entry.chunks:
             raise fuse_error(errno.EIO)  # a reference entry: its bytes are not in the store
-        return FileReader(self.ctx.reader, self.entry, self.ref.where(self.key[3]))
+        path = self.key[3]
+        parent = self.ctx.table.find(self.key[:3] + (posixpath.dirname(path),))
+        if isinstance(parent, VersionDirNode):
+            parent.opened(posixpath.basename(path))
+        return FileReader(self.ctx.reader, self.entry, self.ref.where(path))
 
     async def xattrs(self) -> dict[str, bytes]:
         return file_xattrs(self.entry)
