@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config attr rclone systemd gcc python3-dev python3-venv
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config attr rsync rclone systemd gcc python3-dev python3-venv
 
 .PHONY: setup demo test bench clean
 
