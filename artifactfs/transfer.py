@@ -26,19 +26,20 @@ from .names import check_path
 from .registry import Registry, blob_key
 
 WORKERS = 8
-READ_AHEAD = 2 * CHUNK_SIZE   # asked of the kernel beyond the chunk in hand
 UPLOAD_BATCH = 64         # files per upload task
 DIR_BATCH = 256          # directory fds held open at once while downloading
 Progress = Callable[[int], None]
 _tls = threading.local()
 
 
-def _buffer() -> memoryview:
-    """This thread's reusable CHUNK_SIZE buffer."""
-    buf = getattr(_tls, "buf", None)
-    if buf is None:
-        buf = _tls.buf = memoryview(bytearray(CHUNK_SIZE))
-    return buf
+def _buffer(slot: int = 0) -> memoryview:
+    """This thread's reusable CHUNK_SIZE buffer number `slot` (0 or 1)."""
+    bufs = getattr(_tls, "bufs", None)
+    if bufs is None:
+        bufs = _tls.bufs = [None, None]
+    if bufs[slot] is None:
+        bufs[slot] = memoryview(bytearray(CHUNK_SIZE))
+    return bufs[slot]
 
 
 def _read_full(fd: int, view: memoryview) -> int:
@@ -78,22 +79,36 @@ def _hash_fd(registry: Registry | None, fd: int, progress: Progress | None) -> t
     whole = xxhash.xxh3_128()
     keys: list[str] = []
     size = 0
-    while n:
-        # Ask the kernel for what comes next while this chunk is hashed and written.
-        os.posix_fadvise(fd, size + n, READ_AHEAD, os.POSIX_FADV_WILLNEED)
-        view = buf[:n]
+    for view in _overlapped_chunks(fd, n):
         whole.update(view)
         key = xxhash.xxh3_128_hexdigest(view)
         keys.append(key)
-        size += n
+        size += len(view)
         if registry is not None:
             registry.put_blob(key, _blob_bytes(registry, key, view))
         if progress:
-            progress(n)
-        n = _read_full(fd, buf) if n == CHUNK_SIZE else 0
+            progress(len(view))
     if len(keys) == 1:
         keys = [whole.hexdigest()]  # exactly one full chunk: its key is the file's digest
     return b64_digest(whole.digest()), size, tuple(keys)
+
+
+def _overlapped_chunks(fd: int, first: int) -> Iterator[memoryview]:
+    """The chunks of fd, the first already read (`first` bytes) into buffer 0.
+    While the caller hashes and writes one chunk, a helper thread reads the next
+    into the other buffer, so reading overlaps the work on two cores."""
+    cur, n = 0, first
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger kernel read-ahead window
+    with ThreadPoolExecutor(1) as reader:
+        while n:
+            ahead = None
+            if n == CHUNK_SIZE:
+                ahead = reader.submit(_read_full, fd, _buffer(1 - cur))
+            try:
+                yield _buffer(cur)[:n]
+            finally:
+                n = ahead.result() if ahead else 0   # never leave a read running into our buffer
+            cur = 1 - cur
 
 
 def _blobs_present(registry: Registry | None, chunks: tuple[str, ...]) -> bool:
@@ -177,8 +192,8 @@ def _verify(data: bytes | memoryview, key: str, length: int, where: str) -> None
         raise DigestMismatchError(f"{where}: stored data does not match its digest (blob {key})")
 
 
-def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: str) -> memoryview:
-    """Like read_chunk, but a local store's blob is read into this thread's buffer."""
+def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: str, buf: memoryview) -> memoryview:
+    """Like read_chunk, but a local store's blob is read into `buf`."""
     key = entry.chunks[index]
     length = entry.chunk_span(index)[1]
     bkey = blob_key(key)
@@ -192,7 +207,7 @@ def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: st
     try:
         if os.fstat(fd).st_size != length:
             raise DigestMismatchError(f"{where}: stored data does not match its digest (blob {key})")
-        view = _buffer()[:length]
+        view = buf[:length]
         n = _read_full(fd, view)
     finally:
         os.close(fd)
@@ -290,8 +305,8 @@ def _download_into(registry: Registry, dir_fd: int, name: str, path: str, entry:
     try:
         for i in range(len(entry.chunks)):
             if i + 1 < len(entry.chunks):
-                _prefetch_blob(registry, entry.chunks[i + 1])
-            view = _read_chunk_into(registry, entry, i, path)
+                _prefetch_blob(registry, entry.chunks[i + 1])  # a helper thread here measured slower
+            view = _read_chunk_into(registry, entry, i, path, _buffer())
             _write_full(fd, view)
             if progress:
                 progress(len(view))
