@@ -88,12 +88,13 @@ class Daemon:
         """Serve until unmounted or SIGTERM/SIGINT; then run the shutdown hooks."""
         async with trio.open_nursery() as nursery:
             self.ctx.reader.nursery = nursery
-            nursery.start_soon(self._signals, nursery.cancel_scope)
+            nursery.start_soon(self._signals)
             nursery.start_soon(self._announce, on_ready)
             for service in self.services:
                 nursery.start_soon(service)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
+        sd_notify("STOPPING=1")
         self.ctx.reader.nursery = None
         for hook in self.shutdown_hooks:
             try:
@@ -110,11 +111,11 @@ class Daemon:
                  self.opts.mountpoint, self.opts.project, os.getpid())
         on_ready()
 
-    async def _signals(self, scope: trio.CancelScope) -> None:
+    async def _signals(self) -> None:
+        """SIGTERM, SIGINT, SIGHUP: end the session (close() then unmounts)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("%s: unmounting", signal.Signals(signum).name)
-                sd_notify("STOPPING=1")
                 pyfuse3.terminate()
                 return
 
