@@ -28,6 +28,9 @@ def test_cache_eviction_under_cache_size_and_shared_chunks(s3_url, tmp_path):
     cap = 2 * CHUNK_SIZE + 1_000_000
     with mounted(s3_url, tmp_path / "mnt", "--cache-dir", str(cache), "--cache-size", str(cap),
                  "--memory", "32M") as m:
+        with open(m.p("ds", "ds:v0", "big.bin"), "rb") as f:  # 4 KiB of a 32 MiB file: one chunk
+            assert f.read(4096) == big[:4096]
+        assert m.stats()["bytes_fetched"] == CHUNK_SIZE
         for name, content in small.items():
             assert _read(m.p("ds", "ds:v0", name)) == content
         assert hashlib.sha256(_read(m.p("ds", "ds:v0", "big.bin"))).digest() == hashlib.sha256(big).digest()
