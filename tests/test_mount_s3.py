@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 from artifactfs.manifest import CHUNK_SIZE
 from artifactfs.registry import Registry
 from mountutil import mounted
-from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
+from s3server import moto_server, s3_server, s3_url  # noqa: F401 (fixtures)
 from test_mount_read import commit
 
 
@@ -45,3 +46,26 @@ def test_cache_eviction_under_cache_size_and_shared_chunks(s3_url, tmp_path):
         s2 = m.stats()
         assert s2["bytes_fetched"] - s["bytes_fetched"] < len(big)
         assert s2["cache_bytes"] <= cap
+
+
+def test_listings_survive_an_unreachable_store(tmp_path, monkeypatch):
+    """The store goes away while mounted: folders keep showing what was last seen
+    (and the log says why), and file contents already cached stay readable."""
+    with moto_server(set_env=False) as server:
+        for k, v in server.env.items():
+            monkeypatch.setenv(k, v)
+        url = server.new_bucket_url()
+        Registry.open(url, create=True)
+        commit(url, "ds", str(tmp_path / "src"), {"a.txt": b"alive\n"})
+        with mounted(url, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache"), "--refresh", "0.2") as m:
+            listed = set(os.listdir(m.p("ds")))
+            assert _read(m.p("ds", "ds:v0", "a.txt")) == b"alive\n"
+            server.process.kill()
+            server.process.wait()
+            time.sleep(0.5)
+            start = time.monotonic()
+            assert set(os.listdir(m.p("ds"))) == listed
+            assert sorted(os.listdir(m.path)) == ["ds"]
+            assert _read(m.p("ds", "ds:v0", "a.txt")) == b"alive\n"
+            assert time.monotonic() - start < 60
+            assert "refresh failed" in m.log
