@@ -1,7 +1,8 @@
 """Turning a draft into a version.
 
-1. scan: walk only materialized folders of the draft; placeholders and lazy folders
-   give their base entries for free, so only real (written) files are hashed, and
+1. scan: walk only what is on disk in the draft (base entries left alone are not);
+   placeholders and lazy folders give their base entries for free, so only real
+   (written) files are hashed, and
    even those are skipped when their stamp (inode, size, mtime, ctime) matches the
    entry recorded at the previous commit.  The result is the set of changes relative
    to the base: path -> FileEntry, DirEntry (a moved lazy folder: a sub-tree graft)
@@ -11,7 +12,7 @@
    ConflictError naming the paths, and the draft is left untouched.
 3. publish with Registry.commit(exact_base=True): the version number must directly
    follow the latest we rebased onto, otherwise we rebase again.
-4. only once the version is durable, the draft advances to it (staging.Draft.advance).
+4. only once the version is durable, the draft advances to it (draftadvance.py).
 A process killed anywhere leaves no version or a complete one, and the draft as it was
 (or advanced, if the version was complete)."""
 from __future__ import annotations
@@ -24,12 +25,13 @@ from datetime import datetime
 from weakref import WeakKeyDictionary
 
 from . import transfer
+from .draftadvance import advance
 from .draftstate import STATE_FILE, DraftState
 from .errors import ConflictError, InvalidNameError, PreconditionFailed
 from .manifest import Change, DirEntry, Entry, FileEntry, apply_changes
 from .names import check_name
 from .registry import Registry
-from .staging import Draft, Fetch, is_internal, is_placeholder, join, lazy_of, read_placeholder
+from .staging import Draft, Fetch, is_internal, is_placeholder, join, lazy_of, read_placeholder, whiteout_name
 from .treedigest import TreeDigests
 
 COMMIT_ATTEMPTS = 50
@@ -60,12 +62,8 @@ class CommitResult:
 
 
 def scan(draft: Draft) -> tuple[dict[str, Change], list[RealFile]]:
-    """Changes of the draft relative to its base, except real files (returned to hash)."""
-    lazy = lazy_of(draft.tree)
-    if lazy is not None:
-        if lazy.tree == draft.state.base_root:
-            return {}, []
-        draft.materialize("")  # only after an interrupted advance
+    """Changes of the draft relative to its base, except real files (returned to be
+    hashed).  Only what is on disk is read: base entries left alone are not."""
     changes: dict[str, Change] = {}
     reals: list[RealFile] = []
     _scan_dir(draft, draft.tree, "", draft.state.base_root, changes, reals)
@@ -80,22 +78,31 @@ def _same(a: Entry | None, b: Entry | None) -> bool:
 
 def _scan_dir(draft: Draft, disk: str, prefix: str, base_key: str | None,
               changes: dict[str, Change], reals: list[RealFile]) -> None:
-    base = draft.io.load(base_key) if base_key else {}
-    seen = set()
+    """One folder on disk whose version content is the tree base_key."""
+    lazy = lazy_of(disk)
+    ref = base_key
+    if lazy is not None and lazy.tree != base_key:
+        ref = lazy.tree  # a folder moved here: a graft, then its own changes
+        if prefix:
+            changes[prefix] = lazy
+        else:  # the root's base moved (only after an interrupted advance): top-level changes
+            now = draft.io.load(lazy.tree)
+            was = draft.io.load(base_key) if base_key else {}
+            changes.update({n: now.get(n) for n in set(now) | set(was) if not _same(now.get(n), was.get(n))})
+    base = draft.io.load(ref) if ref else {}
     with os.scandir(disk) as it:
-        found = sorted((de for de in it if not is_internal(de.name)), key=lambda de: de.name)
+        found = sorted(it, key=lambda de: de.name)
+    names = {de.name for de in found}
+    seen = set()
     for de in found:
+        if is_internal(de.name):
+            continue
         path, b = join(prefix, de.name), base.get(de.name)
         st = de.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            lazy = lazy_of(de.path)
-            if lazy is not None:
-                if not _same(lazy, b):
-                    changes[path] = lazy
-            else:
-                if isinstance(b, FileEntry):
-                    changes[path] = None
-                _scan_dir(draft, de.path, path, b.tree if isinstance(b, DirEntry) else None, changes, reals)
+            if isinstance(b, FileEntry):
+                changes[path] = None
+            _scan_dir(draft, de.path, path, b.tree if isinstance(b, DirEntry) else None, changes, reals)
         elif is_placeholder(st):
             entry = read_placeholder(de.path, st)
             if entry != b:
@@ -106,7 +113,8 @@ def _scan_dir(draft: Draft, disk: str, prefix: str, base_key: str | None,
             continue  # the mount never creates other kinds; they are not part of a draft
         seen.add(de.name)
     for name in sorted(set(base) - seen):
-        changes[join(prefix, name)] = None
+        if lazy is None or whiteout_name(name) in names:
+            changes[join(prefix, name)] = None
 
 
 def _stamp(st: os.stat_result) -> list[int]:
@@ -262,6 +270,6 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
                                             base=latest, exact_base=True, **attrs)
         except PreconditionFailed:
             continue  # someone published meanwhile: rebase onto the new latest
-        moved = draft.advance(info.version, info.root, _mtime_ns(info.created_at), clean)
+        moved = advance(draft, info.version, info.root, _mtime_ns(info.created_at), clean)
         return CommitResult(st.collection, info.version, created, len(changes), moved)
     raise ConflictError(f"{st.collection}: could not commit, other writers keep publishing")

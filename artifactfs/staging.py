@@ -1,22 +1,25 @@
 """The on-disk draft of one collection: a real directory tree in the private state dir.
 
-A draft lives in drafts/<store key>/<project>/<slot>/<collection>/ below the state dir:
-  draft.json   base version, type, attributes for the next commit, clean-file stamps
-               (replaced atomically: written to a temporary name, then renamed)
-  tree/        the draft's files and folders
+A draft lives in drafts/<store key>/<project>/<slot>/<collection>/ below the state
+dir (draftstate.py): draft.json (base, type, attributes, clean-file stamps) and tree/.
 
-It is copy-on-write from the base version, with two stand-ins recognised on disk:
-- a lazy folder is a directory holding a file LAZY ('\\lazy', a name no artifact can
-  contain) with the JSON DirEntry of the base sub-tree it equals; its listing comes
-  from that tree, and it is materialized (children created as stand-ins, then the
-  marker removed) the first time something below it changes;
-- a placeholder is a regular file with the sticky bit set whose content is the JSON
-  FileEntry of the base file it equals; its permission bits are the visible mode.
-  It is replaced by the real bytes (copy-up, an atomic rename) when first modified.
-Every user operation is one syscall or one atomic rename on this tree, so a daemon
-killed at any moment loses nothing the kernel already has, and rename, unlink,
-mkdir, chmod and truncate are just the same syscalls.  Callers serialize mutations
-against a commit (draftcommit.py); nothing here is thread-safe on its own."""
+tree/ is copy-on-write from the base version, overlay-style, with stand-ins whose
+names contain a backslash (impossible in an artifact, so never a user's name):
+- a folder holding a marker file LAZY ('\\lazy') is *lazy*: its content is the base
+  sub-tree named in the marker, overlaid with what is on disk in it: an entry on
+  disk hides the base entry of that name, and a whiteout file (WHITEOUT + a hash of
+  the name) hides a deleted one.  A fresh draft is a lazy root and nothing else;
+- a regular file with the sticky bit is a *placeholder*: its content is the JSON
+  FileEntry of a base file, its permission bits the visible mode; reads go to the
+  base, and the first write replaces it by the real bytes (copy-up: a temporary
+  file renamed over it);
+- a base entry is put on disk (as a placeholder, or a lazy folder) only when it is
+  itself changed or is a folder on the path of a change: a change costs O(depth),
+  never O(size of a folder), and a commit reads only what is on disk.
+Each user operation is one syscall or one atomic rename on this tree (a whiteout is
+written first where one is needed, so a crash in between leaves the old state
+visible): a daemon killed at any moment loses nothing the kernel already has.
+Callers serialize changes against a commit; nothing here is thread-safe on its own."""
 from __future__ import annotations
 
 import errno
@@ -28,12 +31,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import xxhash
+
 from .draftstate import STATE_FILE, TMP, DraftState, state_dir, write_atomic  # noqa: F401  (state_dir: for the mount)
 from .errors import InvalidNameError
-from .manifest import DirEntry, FileEntry, TreeIO
+from .manifest import DirEntry, Entry, FileEntry, TreeIO
 from .names import check_component
 
 LAZY = "\\lazy"
+WHITEOUT = "\\wh."
 PLACEHOLDER_BIT = stat.S_ISVTX
 
 Fetch = Callable[[FileEntry, int], None]
@@ -41,7 +47,7 @@ Fetch = Callable[[FileEntry, int], None]
 
 
 def is_internal(name: str) -> bool:
-    """Names with a backslash are ours (markers, temporaries): never an artifact name."""
+    """Names with a backslash are ours (markers, whiteouts, temporaries)."""
     return "\\" in name
 
 
@@ -57,14 +63,19 @@ def _read_json(path: str) -> dict | None:
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
 def lazy_of(disk_dir: str) -> DirEntry | None:
-    """The base sub-tree a lazy folder equals, or None when it is materialized."""
+    """The base sub-tree under a lazy folder's overlay, or None for a plain folder."""
     d = _read_json(os.path.join(disk_dir, LAZY))
     return None if d is None else DirEntry(d["tree"], int(d["size"]), int(d["files"]))
+
+
+def whiteout_name(name: str) -> str:
+    """Fixed length (a name may be 255 bytes already): hides one base entry."""
+    return WHITEOUT + xxhash.xxh3_128_hexdigest(name.encode("utf-8", "surrogateescape"))
 
 
 def is_placeholder(st: os.stat_result) -> bool:
@@ -108,9 +119,9 @@ def _mode_of(entry: FileEntry) -> int:
 
 @dataclass(frozen=True)
 class Node:
-    """What a path of the draft is.  disk is None for a path inside a lazy folder;
-    entry is the base file (placeholder or virtual file); lazy the base sub-tree
-    of a lazy or virtual folder."""
+    """What a path of the draft is.  disk is None for a base entry not on disk
+    (virtual); entry is the base file of a placeholder or virtual file; lazy the
+    base sub-tree of a lazy or virtual folder."""
 
     path: str
     is_dir: bool
@@ -120,10 +131,6 @@ class Node:
     disk: str | None = None
     entry: FileEntry | None = None
     lazy: DirEntry | None = None
-
-    @property
-    def is_real_file(self) -> bool:
-        return not self.is_dir and self.entry is None
 
 
 class Draft:
@@ -138,8 +145,9 @@ class Draft:
         with open(os.path.join(path, STATE_FILE), "rb") as f:
             self.state = DraftState.from_json(f.read())
         if self.state.advancing:
+            from .draftadvance import advance  # a killed advance is finished first
             adv = self.state.advancing
-            self.advance(adv["version"], adv["root"], adv["mtime_ns"], adv["clean"])
+            advance(self, adv["version"], adv["root"], adv["mtime_ns"], adv["clean"])
 
     @classmethod
     def new(cls, path: str, io: TreeIO, fetch: Fetch, state: DraftState) -> "Draft":
@@ -149,7 +157,7 @@ class Draft:
         shutil.rmtree(tree, ignore_errors=True)
         os.mkdir(tree, 0o755)
         if state.base_root:
-            _write_lazy(tree, DirEntry(state.base_root, *_summary(io.load(state.base_root))))
+            write_lazy(tree, DirEntry(state.base_root, *summary(io.load(state.base_root))))
         write_atomic(os.path.join(path, STATE_FILE), state.to_json())
         return cls(path, io, fetch)
 
@@ -170,39 +178,53 @@ class Draft:
     def disk(self, path: str) -> str:
         return os.path.join(self.tree, *split(path))
 
+    def base_entry(self, disk_dir: str, name: str) -> Entry | None:
+        """The base entry `name` that shows through the folder disk_dir (lazy, not
+        whited out), whether or not something on disk hides it."""
+        base = lazy_of(disk_dir)
+        if base is None or os.path.lexists(os.path.join(disk_dir, whiteout_name(name))):
+            return None
+        return self.io.load(base.tree).get(name)
+
     def stat(self, path: str) -> Node | None:
         """The node at `path`, or None if there is none."""
-        parts = split(path)
-        disk = self.tree
-        for i, name in enumerate(parts):
-            lazy = lazy_of(disk)
-            if lazy is not None:
-                return self._virtual(lazy, parts[i:], "/".join(parts[:i]))
+        disk: str | None = self.tree
+        st: os.stat_result | None = os.lstat(self.tree)
+        entry: Entry | None = None
+        walked = ""
+        for name in split(path):
             if is_internal(name):
                 return None
-            disk = os.path.join(disk, name)
-        try:
-            st = os.lstat(disk)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return self._from_disk("/".join(parts), disk, st)
-
-    def _virtual(self, lazy: DirEntry, rest: list[str], prefix: str) -> Node | None:
-        entry: DirEntry | FileEntry = lazy
-        for name in rest:
-            if not isinstance(entry, DirEntry):
+            walked = join(walked, name)
+            if disk is not None:
+                assert st is not None
+                if not stat.S_ISDIR(st.st_mode):
+                    return None
+                child = os.path.join(disk, name)
+                try:
+                    st = os.lstat(child)
+                    disk = child
+                    continue
+                except FileNotFoundError:
+                    entry = self.base_entry(disk, name)
+                    disk, st = None, None
+            elif isinstance(entry, DirEntry):
+                entry = self.io.load(entry.tree).get(name)
+            else:
                 return None
-            child = self.io.load(entry.tree).get(name)
-            if child is None:
+            if entry is None:
                 return None
-            entry, prefix = child, join(prefix, name)
-        return self._node_of_entry(prefix, entry)
+        if disk is not None:
+            assert st is not None
+            return self._from_disk(walked, disk, st)
+        assert entry is not None
+        return self._node_of_entry(walked, entry)
 
-    def _node_of_entry(self, path: str, entry: DirEntry | FileEntry, disk: str | None = None) -> Node:
+    def _node_of_entry(self, path: str, entry: Entry) -> Node:
         t = self.state.base_mtime_ns
         if isinstance(entry, DirEntry):
-            return Node(path, True, 0o755, 0, t, disk=disk, lazy=entry)
-        return Node(path, False, _mode_of(entry), entry.size, t, disk=disk, entry=entry)
+            return Node(path, True, 0o755, 0, t, lazy=entry)
+        return Node(path, False, _mode_of(entry), entry.size, t, entry=entry)
 
     def _from_disk(self, path: str, disk: str, st: os.stat_result) -> Node | None:
         mode = stat.S_IMODE(st.st_mode) & 0o777
@@ -217,83 +239,93 @@ class Draft:
 
     def listdir(self, path: str) -> list[Node]:
         """The children of a folder, in name order (NotADirectoryError, FileNotFoundError)."""
-        node = self._existing(path)
-        if not node.is_dir:
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
-        if node.lazy is not None:
-            tree = self.io.load(node.lazy.tree)
-            return [self._node_of_entry(join(path, n), tree[n]) for n in sorted(tree)]
-        out = []
-        for name in sorted(os.listdir(node.disk)):
-            if is_internal(name):
-                continue
-            disk = os.path.join(node.disk, name)
-            try:
-                child = self._from_disk(join(path, name), disk, os.lstat(disk))
-            except FileNotFoundError:
-                continue
-            if child is not None:
-                out.append(child)
-        return out
-
-    def _existing(self, path: str) -> Node:
         node = self.stat(path)
         if node is None:
             raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
-        return node
+        if not node.is_dir:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+        if node.disk is None:
+            assert node.lazy is not None
+            tree = self.io.load(node.lazy.tree)
+            return [self._node_of_entry(join(path, n), tree[n]) for n in sorted(tree)]
+        names = os.listdir(node.disk)
+        out: dict[str, Node] = {}
+        for name in names:
+            if not is_internal(name):
+                disk = os.path.join(node.disk, name)
+                try:
+                    child = self._from_disk(join(path, name), disk, os.lstat(disk))
+                except FileNotFoundError:
+                    continue
+                if child is not None:
+                    out[name] = child
+        if node.lazy is not None:
+            hidden = {n for n in names if n.startswith(WHITEOUT)}
+            for name, entry in self.io.load(node.lazy.tree).items():
+                if name not in out and whiteout_name(name) not in hidden:
+                    out[name] = self._node_of_entry(join(path, name), entry)
+        return [out[n] for n in sorted(out)]
 
-    # -- copy on write -------------------------------------------------------
-    def materialize(self, path: str) -> str:
-        """Make the folder at `path` and its ancestors real; returns its disk path."""
+    def _visible_names(self, disk_dir: str) -> list[str]:
+        """What a folder on disk shows (its overlay and the base entries not hidden)."""
+        names = os.listdir(disk_dir)
+        shown = {n for n in names if not is_internal(n)}
+        base = lazy_of(disk_dir)
+        if base is not None:
+            hidden = {n for n in names if n.startswith(WHITEOUT)}
+            shown |= {n for n in self.io.load(base.tree) if whiteout_name(n) not in hidden}
+        return sorted(shown)
+
+    # -- putting base entries on disk ------------------------------------------------
+    def folder(self, path: str) -> str:
+        """The folder at `path` as a directory on disk, base folders on the way put
+        on disk as lazy stand-ins (O(depth))."""
         disk = self.tree
-        self._materialize_one(disk)
         for name in split(path):
-            if is_internal(name):
-                raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
-            disk = os.path.join(disk, name)
-            st = os.lstat(disk)  # FileNotFoundError passes through
-            if not stat.S_ISDIR(st.st_mode):
+            disk = self.bring(disk, name, path)
+            if not stat.S_ISDIR(os.lstat(disk).st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
-            self._materialize_one(disk)
         return disk
 
-    def _materialize_one(self, disk: str) -> None:
-        lazy = lazy_of(disk)
-        if lazy is None:
-            return
-        for name, entry in self.io.load(lazy.tree).items():
-            # written in place: nobody sees this folder's entries before the marker goes
-            self._put_stand_in(disk, name, entry, atomic=False)
-        os.unlink(os.path.join(disk, LAZY))  # the commit point: now it is materialized
-
-    def _put_stand_in(self, disk_dir: str, name: str, entry: DirEntry | FileEntry, atomic: bool = True) -> None:
-        """Create (or re-create, idempotently) the stand-in for a base entry."""
+    def bring(self, disk_dir: str, name: str, path: str) -> str:
+        """`name` in the on-disk folder disk_dir, put on disk if it is only in the base."""
+        if is_internal(name):
+            raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
         target = os.path.join(disk_dir, name)
-        if isinstance(entry, DirEntry):
-            try:
-                os.mkdir(target, 0o755)
-            except FileExistsError:
-                pass
-            _write_lazy(target, entry)
-            return
-        path = os.path.join(disk_dir, f"{TMP}{uuid.uuid4().hex}") if atomic else target
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        if not os.path.lexists(target):
+            entry = self.base_entry(disk_dir, name)
+            if entry is None:
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
+            self.put_stand_in(disk_dir, name, entry)
+        return target
+
+    def put_stand_in(self, disk_dir: str, name: str, entry: Entry) -> None:
+        """Put (or replace, atomically) the stand-in of a base entry at disk_dir/name."""
+        tmp = os.path.join(disk_dir, f"{TMP}{uuid.uuid4().hex}")
+        t = self.state.base_mtime_ns
         try:
-            os.write(fd, json.dumps(entry.to_json(), sort_keys=True).encode())
-            os.fchmod(fd, PLACEHOLDER_BIT | _mode_of(entry))
-            t = self.state.base_mtime_ns
-            os.utime(fd, ns=(t, t))
-        finally:
-            os.close(fd)
-        if atomic:
-            os.replace(path, target)
+            if isinstance(entry, DirEntry):
+                os.mkdir(tmp, 0o755)
+                write_lazy(tmp, entry)
+            else:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.write(fd, json.dumps(entry.to_json(), sort_keys=True).encode())
+                    os.fchmod(fd, PLACEHOLDER_BIT | _mode_of(entry))
+                finally:
+                    os.close(fd)
+            os.utime(tmp, ns=(t, t))
+            os.rename(tmp, os.path.join(disk_dir, name))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else _unlink_quiet(tmp)
+            raise
 
     def copy_up(self, path: str, keep_data: bool = True) -> str:
         """Make the file at `path` real (fetching the base bytes unless keep_data is
         False, for O_TRUNC); returns its disk path.  On any error (ENOSPC ...) the
         placeholder is left as it was."""
         parent, name = _parent(path)
-        disk = os.path.join(self.materialize(parent), name)
+        disk = self.bring(self.folder(parent), name, path)
         st = os.lstat(disk)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
@@ -316,38 +348,72 @@ class Draft:
             raise
         return disk
 
-    # -- mutations (each one syscall or one rename on the tree) ---------------
+    # -- changes (each one syscall or one rename on the tree) ------------------------
+    def _exists(self, disk_dir: str, name: str) -> bool:
+        return os.path.lexists(os.path.join(disk_dir, name)) or self.base_entry(disk_dir, name) is not None
+
+    def _hide(self, disk_dir: str, name: str) -> None:
+        """Whiteout the base entry `name` if one shows through (before removing it from disk)."""
+        if self.base_entry(disk_dir, name) is not None:
+            os.close(os.open(os.path.join(disk_dir, whiteout_name(name)), os.O_WRONLY | os.O_CREAT, 0o600))
+
     def create(self, path: str, mode: int) -> int:
         """A new empty real file, open for reading and writing whatever its mode (as
         creat(2) grants); FileExistsError if the name is taken."""
         parent, name = _parent(path)
         check_new_name(name)
-        disk = os.path.join(self.materialize(parent), name)
-        fd = os.open(disk, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        d = self.folder(parent)
+        if self.base_entry(d, name) is not None:
+            raise FileExistsError(errno.EEXIST, "file exists", path)
+        fd = os.open(os.path.join(d, name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.fchmod(fd, mode & 0o777)  # exactly the mode asked for, not reduced by our umask
         return fd
 
     def mkdir(self, path: str, mode: int) -> str:
         parent, name = _parent(path)
         check_new_name(name)
-        disk = os.path.join(self.materialize(parent), name)
+        d = self.folder(parent)
+        if self.base_entry(d, name) is not None:
+            raise FileExistsError(errno.EEXIST, "file exists", path)
+        disk = os.path.join(d, name)
         os.mkdir(disk, mode & 0o777)
         os.chmod(disk, mode & 0o777)
         return disk
 
     def unlink(self, path: str) -> None:
         parent, name = _parent(path)
-        disk = os.path.join(self.materialize(parent), _user_name(name, path))
-        if stat.S_ISDIR(os.lstat(disk).st_mode):
+        d = self.folder(parent)
+        disk = os.path.join(d, _user_name(name, path))
+        base = self.base_entry(d, name)
+        try:
+            st: os.stat_result | None = os.lstat(disk)
+        except FileNotFoundError:
+            st = None
+        if st is None and base is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
+        if (stat.S_ISDIR(st.st_mode) if st is not None else isinstance(base, DirEntry)):
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-        os.unlink(disk)
+        self._hide(d, name)
+        if st is not None:
+            os.unlink(disk)
 
     def rmdir(self, path: str) -> None:
         parent, name = _parent(path)
-        disk = os.path.join(self.materialize(parent), _user_name(name, path))
-        if os.path.isdir(disk) and not os.path.exists(os.path.join(disk, LAZY)):
-            for leftover in [n for n in os.listdir(disk) if n.startswith(TMP)]:
-                _unlink_quiet(os.path.join(disk, leftover))
+        d = self.folder(parent)
+        disk = os.path.join(d, _user_name(name, path))
+        if not os.path.lexists(disk):
+            base = self.base_entry(d, name)
+            if base is None:
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
+            if isinstance(base, FileEntry):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+            raise OSError(errno.ENOTEMPTY, "directory not empty", path)  # base folders never are
+        if not stat.S_ISDIR(os.lstat(disk).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+        if self._visible_names(disk):
+            raise OSError(errno.ENOTEMPTY, "directory not empty", path)
+        self._hide(d, name)
+        _clear_internal(disk)
         os.rmdir(disk)
 
     def rename(self, old: str, new: str, noreplace: bool = False) -> None:
@@ -355,11 +421,20 @@ class Draft:
         op, on = _parent(old)
         np, nn = _parent(new)
         check_new_name(nn)
-        src = os.path.join(self.materialize(op), _user_name(on, old))
-        dst = os.path.join(self.materialize(np), nn)
-        os.lstat(src)
-        if noreplace and os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "file exists", new)
+        sd = self.folder(op)
+        dd = self.folder(np)  # both parents first, as rename(2) resolves them
+        src = self.bring(sd, on, old)
+        dst = os.path.join(dd, nn)
+        if src == dst:
+            return
+        if self._exists(dd, nn):
+            if noreplace:
+                raise FileExistsError(errno.EEXIST, "file exists", new)
+            self.bring(dd, nn, new)  # on disk, so rename(2) itself judges (EISDIR, ENOTEMPTY ...)
+            if (stat.S_ISDIR(os.lstat(dst).st_mode) and stat.S_ISDIR(os.lstat(src).st_mode)
+                    and not self._visible_names(dst)):
+                _clear_internal(dst)  # an empty-looking folder may be replaced
+        self._hide(sd, on)
         os.rename(src, dst)
 
     def chmod(self, path: str, mode: int) -> None:
@@ -382,12 +457,10 @@ class Draft:
         if not split(path):
             return self.tree
         parent, name = _parent(path)
-        disk = os.path.join(self.materialize(parent), _user_name(name, path))
-        os.lstat(disk)
-        return disk
+        return self.bring(self.folder(parent), name, path)
 
     # -- attributes for the next commit ---------------------------------------
-    def set_attr(self, key: str, value) -> None:
+    def set_attr(self, key: str, value: object) -> None:
         """description, metadata, aliases, tags (None removes); persisted at once."""
         if value is None:
             self.state.attrs.pop(key, None)
@@ -399,81 +472,20 @@ class Draft:
         self.state.type = type_
         self.save_state()
 
-    # -- moving to a new base ---------------------------------------------------
     def is_clean(self) -> bool:
-        """Nothing to commit: the root is still the lazy base root and no attributes wait."""
+        """Nothing to commit: the root is still the lazy base root, nothing on disk
+        over it, and no attributes wait."""
+        if self.state.attrs:
+            return False
         lazy = lazy_of(self.tree)
-        return (not self.state.attrs and (
-            (lazy is not None and lazy.tree == self.state.base_root)
-            or (self.state.base_root is None and not [n for n in os.listdir(self.tree) if not is_internal(n)])))
-
-    def advance(self, version: int, root: str, mtime_ns: int, clean: dict) -> list[str]:
-        """Make `version` (whose tree is `root`) the base.  Stand-ins still equal to the
-        old base are moved to the new one; everything else is the user's and stays.
-        Journaled in draft.json, so a crash midway is finished by the next load.
-        Returns the paths whose content changed on disk."""
-        self.state.advancing = {"version": version, "root": root, "mtime_ns": mtime_ns, "clean": clean}
-        self.save_state()
-        changed: list[str] = []
-        self._merge(self.tree, "", self.state.base_root, root, changed)
-        self.state.base, self.state.base_root, self.state.base_mtime_ns = version, root, mtime_ns
-        self.state.attrs, self.state.clean, self.state.advancing = {}, clean, None
-        self.save_state()
-        return changed
-
-    def _merge(self, disk: str, path: str, old: str | None, new: str | None, changed: list[str]) -> None:
-        lazy = lazy_of(disk)
-        if lazy is not None:
-            if lazy.tree == old and new is not None:
-                _write_lazy(disk, DirEntry(new, *_summary(self.io.load(new))))
-                changed.append(path)
-            return
-        a = self.io.load(old) if old else {}
-        b = self.io.load(new) if new else {}
-        for name in sorted(set(a) | set(b)):
-            o, n = a.get(name), b.get(name)
-            if o == n:
-                continue
-            target, p = os.path.join(disk, name), join(path, name)
-            try:
-                st = os.lstat(target)
-            except FileNotFoundError:
-                st = None
-            if st is None:
-                if n is not None:  # added there, or a crash in a previous advance
-                    self._put_stand_in(disk, name, n)
-                    changed.append(p)
-            elif stat.S_ISDIR(st.st_mode):
-                sub = lazy_of(target)
-                if sub is not None:
-                    if isinstance(o, DirEntry) and sub.tree == o.tree:  # an untouched base folder
-                        if isinstance(n, DirEntry):
-                            _write_lazy(target, n)
-                        else:
-                            shutil.rmtree(target)
-                            if n is not None:
-                                self._put_stand_in(disk, name, n)
-                        changed.append(p)
-                    continue  # otherwise a folder the user moved here
-                self._merge(target, p, o.tree if isinstance(o, DirEntry) else None,
-                            n.tree if isinstance(n, DirEntry) else None, changed)
-                if isinstance(n, FileEntry) and not [x for x in os.listdir(target) if not is_internal(x)]:
-                    shutil.rmtree(target)  # their file replaces a folder we left empty
-                    self._put_stand_in(disk, name, n)
-                changed.append(p)
-            elif is_placeholder(st) and read_placeholder(target, st) == o:
-                if not isinstance(n, FileEntry):
-                    os.unlink(target)
-                if n is not None:
-                    self._put_stand_in(disk, name, n)
-                changed.append(p)
+        extra = [n for n in os.listdir(self.tree) if n != LAZY and not n.startswith(TMP)]
+        if self.state.base_root is None:
+            return lazy is None and not extra
+        return lazy is not None and lazy.tree == self.state.base_root and not extra
 
     def recover(self) -> None:
-        """Remove temporaries a killed process left in materialized folders."""
+        """Remove temporaries a killed process left behind."""
         for dirpath, dirnames, filenames in os.walk(self.tree):
-            if LAZY in filenames:
-                dirnames[:] = []
-                continue
             for n in filenames + dirnames:
                 if n.startswith(TMP):
                     full = os.path.join(dirpath, n)
@@ -481,7 +493,7 @@ class Draft:
             dirnames[:] = [d for d in dirnames if not is_internal(d)]
 
 
-def _summary(tree: dict) -> tuple[int, int]:
+def summary(tree: dict) -> tuple[int, int]:
     size = files = 0
     for e in tree.values():
         size += e.size
@@ -489,8 +501,16 @@ def _summary(tree: dict) -> tuple[int, int]:
     return size, files
 
 
-def _write_lazy(disk_dir: str, entry: DirEntry) -> None:
+def write_lazy(disk_dir: str, entry: DirEntry) -> None:
     write_atomic(os.path.join(disk_dir, LAZY), json.dumps(entry.to_json()).encode(), fsync=False)
+
+
+def _clear_internal(disk_dir: str) -> None:
+    """Remove the marker, whiteouts and temporaries of a folder about to go."""
+    for n in os.listdir(disk_dir):
+        if is_internal(n):
+            full = os.path.join(disk_dir, n)
+            shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else _unlink_quiet(full)
 
 
 def _parent(path: str) -> tuple[str, str]:

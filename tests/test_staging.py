@@ -14,7 +14,7 @@ from artifactfs.draftcommit import fetch_from_store, open_draft
 from artifactfs.errors import InvalidNameError
 from artifactfs.registry import Registry
 from artifactfs.draftstate import TMP, claim_drafts_dir, drafts_dir, state_dir
-from artifactfs.staging import LAZY, Draft, is_placeholder, lazy_of
+from artifactfs.staging import LAZY, WHITEOUT, Draft, is_placeholder, lazy_of
 from conftest import skip_or_fail
 from draft_helpers import publish
 
@@ -60,15 +60,27 @@ def test_fresh_draft_is_one_lazy_root(draft):
     assert stat.S_IMODE(os.stat(draft.dir).st_mode) == 0o700
 
 
-def test_materialize_only_along_the_path(draft):
+def test_a_change_puts_only_its_path_on_disk(draft):
     os.close(draft.create("b/c/new", 0o644))
-    assert sorted(os.listdir(draft.tree)) == ["a", "b", "top"]
-    assert lazy_of(draft.disk("a")) is not None, "an untouched sibling folder stays lazy"
-    assert lazy_of(draft.disk("b")) is None and lazy_of(draft.disk("b/c")) is None
-    assert is_placeholder(os.lstat(draft.disk("top")))
-    assert is_placeholder(os.lstat(draft.disk("b/c/d")))
+    assert sorted(os.listdir(draft.tree)) == [LAZY, "b"], "siblings stay in the base"
+    assert sorted(os.listdir(draft.disk("b"))) == [LAZY, "c"]
+    assert sorted(os.listdir(draft.disk("b/c"))) == [LAZY, "new"]
     assert [n.path for n in draft.listdir("b/c")] == ["b/c/d", "b/c/new"]
+    assert [n.path for n in draft.listdir("")] == ["a", "b", "top"]
+    assert draft.stat("top").disk is None and draft.stat("b/c/d").entry.size == 3
     assert not draft.is_clean()
+
+
+def test_deleting_base_entries_writes_whiteouts(draft):
+    draft.unlink("b/c/d")
+    draft.rmdir("b/c")
+    assert draft.listdir("b") == []
+    draft.rmdir("b")
+    assert [n.path for n in draft.listdir("")] == ["a", "top"]
+    assert draft.stat("b") is None and draft.stat("b/c/d") is None
+    assert len([n for n in os.listdir(draft.tree) if n.startswith(WHITEOUT)]) == 1
+    os.close(draft.create("b", 0o644))  # the name is free again
+    assert draft.stat("b").size == 0
 
 
 def test_copy_up_reads_base_once_and_o_trunc_fetches_nothing(draft):
@@ -153,8 +165,8 @@ def test_failed_copy_up_leaves_the_placeholder(reg, draft):
     with pytest.raises(OSError) as e:
         draft.copy_up("a/x")
     assert e.value.errno == errno.ENOSPC
-    assert is_placeholder(os.lstat(draft.disk("a/x")))
-    assert sorted(os.listdir(draft.disk("a"))) == ["x", "y"]
+    assert is_placeholder(os.lstat(draft.disk("a/x"))) and draft.stat("a/x").entry.size == 2
+    assert sorted(os.listdir(draft.disk("a"))) == [LAZY, "x"], "no temporary left"
 
 
 def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg):
@@ -176,7 +188,8 @@ def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg)
         with pytest.raises(OSError) as e:
             d.copy_up("f")  # 700 kB no longer fits
         assert e.value.errno == errno.ENOSPC
-        assert is_placeholder(os.lstat(d.disk("f")))
+        assert d.stat("f").entry.size == 700_000, "still the base file"
+        assert not [n for n in os.listdir(d.tree) if n.startswith(TMP)]
         assert read(d, "kept") == b"k" * 100_000
     finally:
         subprocess.run(["umount", "-l", str(small)])
@@ -191,7 +204,7 @@ def test_interrupted_advance_is_finished_on_load(reg, draft, tmp_path):
     draft.save_state()
     again = Draft(draft.dir, reg, draft.fetch)
     assert again.state.base == v1 and again.state.advancing is None
-    assert json.loads(open(again.disk("top"), "rb").read())["size"] == 7
+    assert again.stat("top").size == 7
     assert again.stat("a/x") is None and again.stat("b/mine") is not None
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..draftadvance import advance
 from ..draftcommit import CommitResult, commit_draft, open_draft, warm_digests
 from ..manifest import FileEntry
 from ..draftstate import STATE_FILE, claim_drafts_dir
@@ -134,7 +135,7 @@ class LiveDraft:
             if not self.draft.is_clean() or self.draft.state.base == latest:
                 return
             info = await self.ctx.run(self.ctx.registry.version, self.ctx.project, self.name, latest)
-            changed = await self.ctx.run(self.draft.advance, latest, info.root, iso_ns(info.created_at), {})
+            changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), {})
         await self._advanced(changed)
 
     async def _advanced(self, changed: list[str]) -> None:

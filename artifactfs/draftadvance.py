@@ -1,0 +1,108 @@
+"""Moving a draft to a new base version (after its commit, or an untouched draft to
+a newer latest) without touching what the user changed.
+
+Walking only what is on disk: a lazy folder still over the old base sub-tree gets
+the new one (so everything not on disk follows at once); stand-ins still equal to
+the old base entry are dropped or replaced; whiteouts of names the new version no
+longer has are dropped (the deletion is committed, and a file someone adds back
+later must show).  Real files, the user's placeholders (chmod) and folders the
+user moved stay as they are: after a successful commit they are what the new
+version holds.  The move is journaled in draft.json and finished on the next load
+if the process dies midway."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+from .manifest import DirEntry, Entry
+from .draftstate import TMP
+from .staging import (LAZY, WHITEOUT, Draft, is_placeholder, join, lazy_of, read_placeholder, summary,
+                      whiteout_name, write_lazy)
+
+
+def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict) -> list[str]:
+    """Make `version` (whose tree is `root`) the draft's base; returns the paths
+    whose content changed on disk (for the mount to drop cached pages)."""
+    draft.state.advancing = {"version": version, "root": root, "mtime_ns": mtime_ns, "clean": clean}
+    draft.save_state()
+    changed: list[str] = []
+    _merge(draft, draft.tree, "", draft.state.base_root, root, changed)
+    draft.state.base, draft.state.base_root, draft.state.base_mtime_ns = version, root, mtime_ns
+    draft.state.attrs, draft.state.clean, draft.state.advancing = {}, clean, None
+    draft.save_state()
+    return changed
+
+
+def _tree(draft: Draft, key: str | None) -> dict[str, Entry]:
+    return draft.io.load(key) if key else {}
+
+
+def _merge(draft: Draft, disk: str, path: str, old: str | None, new: str | None, changed: list[str]) -> None:
+    """The folder `disk`, whose version content goes from tree `old` to `new`."""
+    lazy = lazy_of(disk)
+    if lazy is not None and lazy.tree not in (old, new):
+        return  # a folder the user moved here: the commit took it as it is
+    a, b = _tree(draft, old), _tree(draft, new)
+    if lazy is not None and lazy.tree != new:
+        if new is not None:
+            write_lazy(disk, DirEntry(new, *summary(b)))
+        else:  # gone from the version: what is left on disk is all there is
+            for n in os.listdir(disk):
+                if n == LAZY or n.startswith(WHITEOUT):
+                    os.unlink(os.path.join(disk, n))
+        changed.append(path)
+    lazy_now = lazy_of(disk) is not None
+    names = set(os.listdir(disk))
+    for name in sorted(set(a) | set(b)):
+        o, n = a.get(name), b.get(name)
+        hidden = whiteout_name(name)
+        if n is None and hidden in names:
+            os.unlink(os.path.join(disk, hidden))  # the deletion is in the version now
+        if o == n:
+            continue
+        target, p = os.path.join(disk, name), join(path, name)
+        try:
+            st: os.stat_result | None = os.lstat(target)
+        except FileNotFoundError:
+            st = None
+        if st is None:
+            if n is not None and not lazy_now:
+                draft.put_stand_in(disk, name, n)  # a plain folder shows only what is on disk
+            changed.append(p)
+        elif stat.S_ISDIR(st.st_mode):
+            if isinstance(o, DirEntry) and _untouched(draft, target, o.tree):
+                shutil.rmtree(target)  # only stand-ins of the old base: the new one shows instead
+                if n is not None and not lazy_now:
+                    draft.put_stand_in(disk, name, n)
+            else:
+                _merge(draft, target, p, o.tree if isinstance(o, DirEntry) else None,
+                       n.tree if isinstance(n, DirEntry) else None, changed)
+            changed.append(p)
+        elif is_placeholder(st) and read_placeholder(target, st) == o:
+            if n is not None and not lazy_now:
+                draft.put_stand_in(disk, name, n)
+            else:
+                os.unlink(target)  # the (new) base shows through again
+            changed.append(p)
+
+
+def _untouched(draft: Draft, disk_dir: str, key: str) -> bool:
+    """The folder holds nothing but stand-ins equal to the base tree `key` (it was
+    only put on disk on the way to a change since undone)."""
+    lazy = lazy_of(disk_dir)
+    if lazy is None or lazy.tree != key:
+        return False
+    base = draft.io.load(key)
+    with os.scandir(disk_dir) as it:
+        for de in it:
+            if de.name == LAZY or de.name.startswith(TMP):
+                continue
+            b = base.get(de.name)
+            st = de.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                if not (isinstance(b, DirEntry) and _untouched(draft, de.path, b.tree)):
+                    return False
+            elif not (is_placeholder(st) and read_placeholder(de.path, st) == b):
+                return False  # a real file, a changed placeholder, or a whiteout
+    return True
