@@ -48,6 +48,7 @@ class DraftMachine(RuleBasedStateMachine):
             with open(full, "wb") as f:
                 f.write(data)
             os.chmod(full, 0o755 if exe else 0o644)
+        self.theirs: dict[str, bytes] = {}
         self.draft = open_draft(self.reg, drafts_dir(self.reg.store.url, "proj"), "proj", "ds", fetch_from_store(self.reg))
 
     def teardown(self) -> None:
@@ -110,9 +111,27 @@ class DraftMachine(RuleBasedStateMachine):
         mode = 0o755 if exe else 0o644
         self.same(lambda: os.chmod(self.p(path), mode), lambda: self.draft.chmod(path, mode))
 
+    @rule(data=st.binary(max_size=20), remove=st.booleans())
+    def other_writer(self, data, remove):
+        """Another writer commits meanwhile, in a folder the draft never touches:
+        the next commit rebases onto it and the draft then shows it."""
+        self.others = getattr(self, "others", 0) + 1
+        path = f"zz/o{self.others % 3}"
+        if remove and path in self.theirs:
+            publish(self.reg, os.path.join(self.tmp, "pub"), "ds", {path: None})
+            self.theirs.pop(path)
+        else:
+            publish(self.reg, os.path.join(self.tmp, "pub"), "ds", {path: data})
+            self.theirs[path] = data
+
     @rule()
     def commit(self):
         r = commit_draft(self.reg, self.draft)
+        shutil.rmtree(os.path.join(self.plain, "zz"), ignore_errors=True)
+        for path, data in self.theirs.items():  # what the other writer did is in the version now
+            os.makedirs(os.path.join(self.plain, "zz"), exist_ok=True)
+            with open(os.path.join(self.plain, path), "wb") as f:
+                f.write(data)
         assert version_files(self.reg, "ds", r.version) == dir_files(self.plain)
 
     @invariant()
