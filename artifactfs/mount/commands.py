@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
 
 import click
 
@@ -24,10 +23,8 @@ from ..errors import ArtifactfsError
 from ..names import check_name, check_type
 from ..registry import Registry
 from ..store import default_store_url
+from .options import MountOptions
 from .state import FSTYPE, find_mount, log_path, read_record, real_mountpoint
-
-if TYPE_CHECKING:
-    from . import daemon
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0  # after SIGTERM: the daemon may be committing drafts
@@ -85,15 +82,14 @@ def _size(text: str, what: str) -> int:
         raise ArtifactfsError(f"{what}: {e}") from None
 
 
-def _spawn(opts: "daemon.MountOptions") -> None:
+def _spawn(opts: MountOptions) -> None:
     """Start the daemon detached and wait for its 'ready' or error line."""
-    from . import daemon
     r, w = os.pipe()
     logfile = open(log_path(opts.mountpoint), "ab")
     os.chmod(logfile.name, 0o600)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "artifactfs.mount.daemon", daemon.options_json(opts), str(w)],
+            [sys.executable, "-m", "artifactfs.mount.daemon", opts.to_json(), str(w)],
             stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, pass_fds=(w,), cwd="/",
             start_new_session=True)
     finally:
@@ -137,19 +133,19 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
               cache_dir: str | None, cache_size: str, memory: str, refresh: float, foreground: bool,
               allow_other: bool, read_only: bool, default_type: str, debug: bool) -> None:
     """Mount the collections of a project at MOUNTPOINT (returns once the mount is live)."""
-    from . import daemon  # pyfuse3 and trio: only loaded by the commands that need them
     parent = c.obj
     store = store or getattr(parent, "store", None) or default_store_url()
     project = check_name(project or getattr(parent, "project", None) or default_project(), "project")
     real = _check_mountpoint(mountpoint)
     registry = Registry.open(store)  # an unreachable store or a non-store is refused here
-    opts = daemon.MountOptions(
+    opts = MountOptions(
         mountpoint=real, store=registry.store.url, project=project,
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir())),
         cache_size=_size(cache_size, "--cache-size"), memory=_size(memory, "--memory"),
         refresh=refresh, foreground=foreground, allow_other=allow_other, read_only=read_only, debug=debug,
         default_type=check_type(default_type))
     if foreground:
+        from . import daemon  # pyfuse3 and trio: loaded only by the process that serves
         daemon.run(opts)
     else:
         _spawn(opts)

@@ -6,13 +6,12 @@ unmounted or signalled, run the shutdown hooks, and leave no mount behind.
 new session and waits on pipe FD for "ready" or "error: ..."."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
@@ -23,36 +22,13 @@ from ..registry import Registry
 from .context import MountContext
 from .nodes import default_node_classes
 from .ops import Operations
-from .reader import DEFAULT_MEMORY, ChunkReader
+from .options import MountOptions
+from .reader import ChunkReader
 from .state import find_mount, log_path, remove_record, sd_notify, write_record
 
 log = logging.getLogger("artifactfs.mount")
 Hook = Callable[[], Awaitable[None]]
 READ_AHEAD_KB = 1024
-
-
-@dataclass
-class MountOptions:
-    mountpoint: str
-    store: str
-    project: str
-    cache_dir: str
-    cache_size: int
-    refresh: float = 5.0
-    memory: int = DEFAULT_MEMORY
-    foreground: bool = False
-    allow_other: bool = False
-    read_only: bool = False
-    debug: bool = False
-    default_type: str = "dataset"  # of collections made with mkdir (drafts)
-
-    def fuse_options(self) -> set[str]:
-        opts = {"fsname=artifactfs", "subtype=artifactfs", "default_permissions"}
-        if self.read_only:
-            opts.add("ro")
-        if self.allow_other:
-            opts.add("allow_other")
-        return opts
 
 
 @dataclass
@@ -171,7 +147,7 @@ def run(opts: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
 def _background(opts_json: str, fd: int) -> int:
     """Entry of the spawned daemon: report 'ready' or one error line on fd."""
     pipe = os.fdopen(fd, "w", buffering=1)
-    opts = MountOptions(**json.loads(opts_json))
+    opts = MountOptions.from_json(opts_json)
 
     def ready() -> None:
         pipe.write("ready\n")
@@ -189,10 +165,6 @@ def _background(opts_json: str, fd: int) -> int:
             pipe.write("error: the mount daemon failed (see its log)\n")
         return 1
     return 0
-
-
-def options_json(opts: MountOptions) -> str:
-    return json.dumps(asdict(opts))
 
 
 if __name__ == "__main__":

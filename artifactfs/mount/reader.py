@@ -17,13 +17,13 @@ import trio
 
 from ..manifest import CHUNK_SIZE, FileEntry
 from .inodes import Handle
+from .options import DEFAULT_MEMORY
 
 log = logging.getLogger("artifactfs.mount")
 
 READAHEAD_CHUNKS = 4
 READAHEAD_TRIGGER = 1024 * 1024
 SEQ_TOLERANCE = 4 * 1024 * 1024  # the kernel's concurrent readahead requests arrive slightly out of order
-DEFAULT_MEMORY = 256 * 1024 * 1024
 
 
 class _Fetch:
