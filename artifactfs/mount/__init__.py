@@ -3,5 +3,7 @@ through the shared chunk cache (docs/mount-semantics.md describes what programs 
 
 Modules: inodes (inode table, Node and Handle base classes), nodes (the read-only
 node kinds), reader (chunk memory cache and read-ahead), xattrs, ops (the thin
-pyfuse3.Operations), context (what nodes share), daemon (process life),
-state (state dir, mount table, sd_notify), commands (click commands)."""
+pyfuse3.Operations), context (what nodes share), options (MountOptions),
+daemon (process life), state (state dir, mount table, sd_notify), commands (click
+commands), fstab (the mount.artifactfs helper).  Drafts (issue 4): draftroot,
+draftnodes, livedraft, control."""
