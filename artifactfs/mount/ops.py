@@ -56,7 +56,6 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, ctx: MountContext):
         super().__init__()
-        self.ctx = ctx
         self.table = ctx.table
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, Sequence[tuple[str, Node]]] = {}
@@ -70,9 +69,6 @@ class Operations(pyfuse3.Operations):
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         self.table.remember(node)
         return node.attributes()
-
-    def open_files(self) -> int:
-        return len(self._handles)
 
     # -- names -----------------------------------------------------------------------
     @_mapped
