@@ -379,3 +379,17 @@ def test_opening_a_folders_files_in_order_fetches_the_next_small_files_ahead(tmp
                 assert f.read() == files[f"shards/{name}"]
         s = m.stats()
         assert s["memory_hits"] >= 20 and s["fetches"] == 30  # every file fetched exactly once
+
+
+def test_warm_reads_come_from_the_page_cache(dataset, tmp_path):
+    store, versions = dataset
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        path = m.p("ds", "ds:v1", "data", "train", "x.bin")
+        with open(path, "rb") as f:
+            assert f.read() == versions[1]["data/train/x.bin"]
+        reads = m.stats()["reads"]
+        assert reads >= 1
+        for _ in range(3):  # new opens, even from other processes, are served by the kernel
+            out = subprocess.run(["sha256sum", path], capture_output=True, text=True, check=True).stdout
+            assert out.split()[0] == hashlib.sha256(versions[1]["data/train/x.bin"]).hexdigest()
+        assert m.stats()["reads"] == reads
