@@ -17,8 +17,9 @@ import stat
 
 from .manifest import DirEntry, Entry
 from .draftstate import TMP
-from .staging import (LAZY, WHITEOUT, Draft, is_placeholder, join, lazy_of, read_placeholder, summary,
-                      whiteout_name, write_lazy)
+from .staging import Draft
+from .standins import (LAZY, WHITEOUT, is_placeholder, join, lazy_of, read_placeholder, summary, whiteout_name,
+                       write_lazy)
 
 
 def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict) -> list[str]:

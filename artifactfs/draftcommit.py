@@ -31,7 +31,8 @@ from .errors import ConflictError, InvalidNameError, PreconditionFailed
 from .manifest import Change, DirEntry, Entry, FileEntry, apply_changes
 from .names import check_name
 from .registry import Registry
-from .staging import Draft, Fetch, is_internal, is_placeholder, join, lazy_of, read_placeholder, whiteout_name
+from .staging import Draft
+from .standins import Fetch, is_internal, is_placeholder, join, lazy_of, read_placeholder, whiteout_name
 from .treedigest import TreeDigests
 
 COMMIT_ATTEMPTS = 50

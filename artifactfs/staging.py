@@ -28,94 +28,12 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import xxhash
-
 from .draftstate import STATE_FILE, TMP, DraftState, state_dir, write_atomic  # noqa: F401  (state_dir: for the mount)
-from .errors import InvalidNameError
 from .manifest import DirEntry, Entry, FileEntry, TreeIO
-from .names import check_component
-
-LAZY = "\\lazy"
-WHITEOUT = "\\wh."
-PLACEHOLDER_BIT = stat.S_ISVTX
-
-Fetch = Callable[[FileEntry, int], None]
-"""Writes the whole content of a base file into an open file descriptor."""
-
-
-def is_internal(name: str) -> bool:
-    """Names with a backslash are ours (markers, whiteouts, temporaries)."""
-    return "\\" in name
-
-
-def split(path: str) -> list[str]:
-    return [p for p in path.split("/") if p]
-
-
-def join(prefix: str, name: str) -> str:
-    return f"{prefix}/{name}" if prefix else name
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def lazy_of(disk_dir: str) -> DirEntry | None:
-    """The base sub-tree under a lazy folder's overlay, or None for a plain folder."""
-    d = _read_json(os.path.join(disk_dir, LAZY))
-    return None if d is None else DirEntry(d["tree"], int(d["size"]), int(d["files"]))
-
-
-def whiteout_name(name: str) -> str:
-    """Fixed length (a name may be 255 bytes already): hides one base entry."""
-    return WHITEOUT + xxhash.xxh3_128_hexdigest(name.encode("utf-8", "surrogateescape"))
-
-
-def is_placeholder(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & PLACEHOLDER_BIT)
-
-
-_KNOWN: dict[tuple[int, int, int], FileEntry] = {}
-_KNOWN_MAX = 1_000_000
-
-
-def read_placeholder(disk: str, st: os.stat_result) -> FileEntry:
-    """The base file a placeholder stands for, its executable bit taken from the mode.
-    A placeholder's content never changes in place (it is replaced, a new inode), so
-    entries are remembered by (device, inode, ctime)."""
-    key = (st.st_dev, st.st_ino, st.st_ctime_ns)
-    e = _KNOWN.get(key)
-    if e is None:
-        d = _read_json(disk)
-        if d is None:
-            raise FileNotFoundError(errno.ENOENT, "placeholder vanished", disk)
-        e = FileEntry.from_json(d)
-        if len(_KNOWN) >= _KNOWN_MAX:
-            _KNOWN.clear()
-        _KNOWN[key] = e
-    return FileEntry(e.digest, e.size, e.chunks, bool(st.st_mode & 0o111), e.ref, e.extra)
-
-
-def check_new_name(name: str) -> str:
-    """A name a new file or folder may have: valid in an artifact, and UTF-8."""
-    check_component(name)
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        raise InvalidNameError(f"invalid name {name!r}: not UTF-8") from None
-    return name
-
-
-def _mode_of(entry: FileEntry) -> int:
-    return 0o755 if entry.executable else 0o644
-
+from .standins import (LAZY, PLACEHOLDER_BIT, WHITEOUT, Fetch, check_new_name, is_internal, is_placeholder,
+                       join, lazy_of, mode_of, read_placeholder, split, summary, whiteout_name, write_lazy)
 
 @dataclass(frozen=True)
 class Node:
@@ -224,7 +142,7 @@ class Draft:
         t = self.state.base_mtime_ns
         if isinstance(entry, DirEntry):
             return Node(path, True, 0o755, 0, t, lazy=entry)
-        return Node(path, False, _mode_of(entry), entry.size, t, entry=entry)
+        return Node(path, False, mode_of(entry), entry.size, t, entry=entry)
 
     def _from_disk(self, path: str, disk: str, st: os.stat_result) -> Node | None:
         mode = stat.S_IMODE(st.st_mode) & 0o777
@@ -311,7 +229,7 @@ class Draft:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
                     os.write(fd, json.dumps(entry.to_json(), sort_keys=True).encode())
-                    os.fchmod(fd, PLACEHOLDER_BIT | _mode_of(entry))
+                    os.fchmod(fd, PLACEHOLDER_BIT | mode_of(entry))
                 finally:
                     os.close(fd)
             os.utime(tmp, ns=(t, t))
@@ -491,18 +409,6 @@ class Draft:
                     full = os.path.join(dirpath, n)
                     shutil.rmtree(full) if os.path.isdir(full) else _unlink_quiet(full)
             dirnames[:] = [d for d in dirnames if not is_internal(d)]
-
-
-def summary(tree: dict) -> tuple[int, int]:
-    size = files = 0
-    for e in tree.values():
-        size += e.size
-        files += e.files if isinstance(e, DirEntry) else 1
-    return size, files
-
-
-def write_lazy(disk_dir: str, entry: DirEntry) -> None:
-    write_atomic(os.path.join(disk_dir, LAZY), json.dumps(entry.to_json()).encode(), fsync=False)
 
 
 def _clear_internal(disk_dir: str) -> None:

@@ -3,7 +3,6 @@ every operation a syscall on a real tree, errors that leave the draft as it was.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import subprocess
@@ -14,7 +13,8 @@ from artifactfs.draftcommit import fetch_from_store, open_draft
 from artifactfs.errors import InvalidNameError
 from artifactfs.registry import Registry
 from artifactfs.draftstate import TMP, claim_drafts_dir, drafts_dir, state_dir
-from artifactfs.staging import LAZY, WHITEOUT, Draft, is_placeholder, lazy_of
+from artifactfs.staging import Draft
+from artifactfs.standins import LAZY, WHITEOUT, is_placeholder, lazy_of
 from conftest import skip_or_fail
 from draft_helpers import publish
 

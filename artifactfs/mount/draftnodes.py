@@ -22,7 +22,7 @@ from ..errors import InvalidNameError
 from ..names import check_alias, check_name, check_type
 from ..staging import Draft
 from ..staging import Node as Info
-from ..staging import join
+from ..standins import join
 from .inodes import SHORT_TIMEOUT, Handle, Node, fuse_error
 from .reader import FileReader
 from .xattrs import PREFIX, xattr_value
