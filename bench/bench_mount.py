@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (MiB, Noise, Row, Table, artifactfs_mount, cli, drop_caches, emit,  # noqa: E402
-                    files_under, fs_note, machine_note, make_big_file, make_many_files, rclone_mount,
+                    files_under, fs_note, machine_note, make_big_file, make_many_files, median_rows, rclone_mount,
                     read_files, run, timed, tree_bytes, workdir)
 
 from artifactfs.manifest import walk  # noqa: E402
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> Table:
     ap.add_argument("--shard-mb", type=int, default=16, help="(d) size of each dataset file (MiB)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--warm", action="store_true", help="do not drop the page cache")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds per case; medians are reported")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", default=None, help="append the markdown table to this file")
     args = ap.parse_args(argv)
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> Table:
         cold = not args.warm and drop_caches()
         b = Bench(work, cold)
         os.environ.update(ARTIFACTFS_PROJECT="default", ARTIFACTFS_HASH_CACHE=os.path.join(work, "digests.sqlite"))
-        table.notes.append(machine_note() + f"; work dir on {fs_note(work)}; one round")
+        table.notes.append(machine_note() + f"; work dir on {fs_note(work)}; median of {args.repeat} round(s)")
         table.notes.append("page cache dropped and a fresh mount made before each cold step" if cold
                            else "page cache NOT dropped: cold steps are only fresh mounts")
         table.notes.append("ratio = baseline seconds / seconds (> 1: faster than the baseline); "
@@ -217,10 +218,14 @@ def main(argv: list[str] | None = None) -> Table:
         for name in ("big", "small", "tree", "dataset"):
             print(f"put {name}: {b.put(name):.1f} s", flush=True)
         os.sync()
-        case_big(b, table, "big")
-        case_small(b, table, "small")
-        case_tree(b, table, "tree")
-        case_first_percent(b, table, "dataset")
+        for case, name in ((case_big, "big"), (case_small, "small"), (case_tree, "tree"),
+                           (case_first_percent, "dataset")):
+            rounds = []
+            for _ in range(args.repeat):
+                t = Table(table.title)
+                case(b, t, name)
+                rounds.append(t.rows)
+            table.rows += median_rows(rounds)
         subprocess.run(["fusermount3", "-u", b.mnt], capture_output=True)
     emit([table], args.out)
     return table

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -260,3 +261,24 @@ def files_under(root: str) -> list[str]:
         dirnames.sort()
         out += [os.path.join(dirpath, n) for n in sorted(names)]
     return out
+
+
+def median_rows(rounds: list[list[Row]]) -> list[Row]:
+    """Rows of several rounds of the same steps, merged: median seconds and median
+    ratio (each ratio is within its own round), the target judged on the latter."""
+    out = []
+    for same in zip(*rounds):
+        first = same[0]
+        ratios = [r.ratio for r in same if r.ratio is not None]
+        ratio = statistics.median(ratios) if ratios else None
+        met = None if first.met is None or ratio is None else _met_again(first, ratio)
+        out.append(Row(first.case, first.step, statistics.median(r.seconds for r in same), first.nbytes,
+                       ratio, first.target, met))
+    return out
+
+
+def _met_again(row: Row, ratio: float) -> bool:
+    """Judge a '>= X ...' or '> X ...' target on a merged ratio."""
+    words = row.target.split()
+    bound = float(words[1])
+    return ratio >= bound if words[0] == ">=" else ratio > bound
