@@ -1,11 +1,13 @@
 """Moving file contents between local disk and the store: hash-and-upload,
 download into a directory without ever leaving it, and verification.
 
-Speed (bench/bench_put_get.py): each worker thread reads into one reused
-CHUNK_SIZE buffer (fresh 8 MiB objects cost page faults per chunk), files are
-read once for hashing and uploading, an unchanged file is recognised by its
-stat via the HashCache instead of being read again, and downloads resolve each
-directory once (an O_NOFOLLOW directory fd) instead of every path per file."""
+Speed (bench/bench_put_get.py, docs/benchmarks.md): worker threads read into
+reused CHUNK_SIZE buffers (fresh 8 MiB objects cost page faults per chunk);
+each file is read once for hashing and storing, a large one with the next
+chunk read by a helper thread meanwhile; small files go to workers in batches;
+an unchanged file is recognised by its stat through the HashCache instead of
+being read again; downloads open each directory once (an O_NOFOLLOW fd) and
+create files relative to it, asking the kernel to read the next blob ahead."""
 from __future__ import annotations
 
 import errno
