@@ -57,7 +57,9 @@ def test_listings_survive_an_unreachable_store(tmp_path, monkeypatch):
         url = server.new_bucket_url()
         Registry.open(url, create=True)
         commit(url, "ds", str(tmp_path / "src"), {"a.txt": b"alive\n"})
-        with mounted(url, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache"), "--refresh", "0.2") as m:
+        # --read-only: this is about the read-only layer (draft/ folders have their own rules)
+        with mounted(url, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache"), "--refresh", "0.2",
+                     "--read-only") as m:
             listed = set(os.listdir(m.p("ds")))
             assert _read(m.p("ds", "ds:v0", "a.txt")) == b"alive\n"
             server.process.kill()
