@@ -180,7 +180,7 @@ class Draft:
         if node.lazy is not None:
             hidden = {n for n in names if n.startswith(WHITEOUT)}
             for name, entry in self.io.load(node.lazy.tree).items():
-                if name not in out and whiteout_name(name) not in hidden:
+                if name not in out and not (hidden and whiteout_name(name) in hidden):
                     out[name] = self._node_of_entry(join(path, name), entry)
         return [out[n] for n in sorted(out)]
 

@@ -261,3 +261,10 @@ def test_unlinked_and_replaced_files_stay_readable_while_open(store, mount_facto
     assert sync(m, d).stdout == "ds:v1\n"
     assert sorted(version_files(Registry.open(store), "ds", 1)) == ["real", "top/b2/c/d", "top/x", "top/y"]
     assert "ERROR" not in m.log
+
+
+def test_read_only_mount_has_no_drafts(store, mount_factory):
+    m = mount_factory(store, "--read-only")
+    assert sorted(os.listdir(m.p("ds"))) == ["ds:latest", "ds:v0"]
+    assert oserror(lambda: os.mkdir(m.p("new"))) == errno.EROFS
+    assert cli("sync", m.path, env=m.env).returncode == 1
