@@ -37,22 +37,48 @@ def drafts_dir(store_url: str, project: str) -> str:
     return path
 
 
+def _lock_slot(path: str) -> int | None:
+    """The flock of a slot, or None when a live mount holds it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(path, "\\lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        return None
+
+
 def claim_drafts_dir(store_url: str, project: str) -> tuple[str, int]:
-    """A slot of drafts for one process (a mount): slot 0 unless another live mount of
-    the same store and project holds it.  The flock dies with the process, so the
-    next mount after a crash takes the slot over, drafts and all.  Returns the
-    directory and the descriptor holding the lock."""
+    """A slot of drafts for one process (a mount): the lowest one no live mount of the
+    same store and project holds.  The flock dies with the process, so the next
+    mount after a crash takes the slot over, drafts and all; drafts left in other
+    free slots (two mounts that both died) are moved into it unless it has a draft
+    of the same collection.  Returns the directory and the descriptor holding the lock."""
     base = drafts_dir(store_url, project)
     for slot in range(1000):
         path = os.path.join(base, str(slot))
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(path, "\\lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = _lock_slot(path)
+        if fd is not None:
+            _adopt(base, path)
             return path, fd
-        except BlockingIOError:
-            os.close(fd)
     raise OSError(errno.EBUSY, "too many mounts of this store and project")
+
+
+def _adopt(base: str, mine: str) -> None:
+    for other in sorted(os.listdir(base)):
+        path = os.path.join(base, other)
+        if path == mine or not other.isdigit():
+            continue
+        fd = _lock_slot(path)
+        if fd is None:
+            continue  # a live mount's
+        try:
+            for name in os.listdir(path):
+                if os.path.exists(os.path.join(path, name, STATE_FILE)) and not os.path.exists(os.path.join(mine, name)):
+                    os.rename(os.path.join(path, name), os.path.join(mine, name))
+        finally:
+            os.close(fd)
 
 
 def write_atomic(path: str, data: bytes, fsync: bool = True) -> None:

@@ -216,5 +216,11 @@ def test_each_live_process_gets_its_own_drafts_slot(reg):
     os.close(fd)  # the first process died: its flock is gone
     again, fd3 = claim_drafts_dir(reg.store.url, "proj")
     assert again == first
-    os.close(fd2)
+    os.makedirs(os.path.join(second, "orphan"))
+    open(os.path.join(second, "orphan", "draft.json"), "w").close()
+    os.close(fd2)  # the second died too, leaving a draft behind
     os.close(fd3)
+    taken, fd4 = claim_drafts_dir(reg.store.url, "proj")
+    assert taken == first and os.path.exists(os.path.join(first, "orphan", "draft.json")), \
+        "a dead mount's drafts are taken over by the next one"
+    os.close(fd4)
