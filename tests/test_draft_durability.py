@@ -205,3 +205,22 @@ def test_two_mounts_commit_to_one_collection(store, tmp_path):
             assert final[f"{who}-{i}"] == (f"{who} {i}".encode(), False), "no change lost"
     for n in reg.versions("proj", "ds"):
         check_version_complete(reg, "proj", "ds", n)
+
+
+def test_a_draft_that_cannot_commit_at_unmount_is_kept(store, tmp_path):
+    env = env_for(tmp_path)
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        with open(m.p("ds", "draft", "keep", "a"), "wb") as f:
+            f.write(b"mine")
+        publish(Registry.open(store), str(tmp_path / "pub"), "ds", {"keep/a": b"theirs"})
+        assert m.umount().returncode == 0
+    assert "conflict" in m.log and "kept for the next mount" in m.log
+    assert Registry.open(store).versions("proj", "ds") == [0, 1]
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        assert open(m.p("ds", "draft", "keep", "a"), "rb").read() == b"mine"
+        with open(m.p("ds", "draft", "keep", "a"), "wb") as f:
+            f.write(b"theirs")  # resolved
+        with open(m.p("ds", "draft", "more"), "wb") as f:
+            f.write(b"more")
+        assert cli("sync", m.p("ds"), env=env).stdout == "ds:v2\n"
+    assert version_files(Registry.open(store), "ds", 2)["keep/a"] == (b"theirs", False)

@@ -24,7 +24,7 @@ from ..errors import ArtifactfsError, NotFoundError
 from ..draftstate import state_dir
 
 if TYPE_CHECKING:
-    from .livedraft import Drafts
+    from .livedraft import Drafts, LiveDraft
 
 log = logging.getLogger("artifactfs.mount")
 XATTR = "user.artifactfs.control"
@@ -112,7 +112,7 @@ class ControlServer:
                 results.append({"collection": name, "error": f"{name}: {e.strerror or e}"})
         return {"results": results}
 
-    async def _existing(self, name: str):  # type: ignore[no-untyped-def]
+    async def _existing(self, name: str) -> "LiveDraft":
         if name not in self.drafts.live:
             ctx = self.drafts.ctx
             if name not in {c.name for c in await ctx.run(ctx.registry.collections, ctx.project)}:

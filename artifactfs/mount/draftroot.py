@@ -16,6 +16,7 @@ import errno
 import logging
 import stat
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyfuse3
 
@@ -27,6 +28,9 @@ from .draftnodes import DraftNode
 from .inodes import Node, fuse_error
 from .livedraft import Drafts, LiveDraft
 from .nodes import AliasNode, CollectionNode, RootNode
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
 
 log = logging.getLogger("artifactfs.mount")
 DRAFT = "draft"
@@ -189,7 +193,7 @@ class PendingLinkNode(Node):
         return self._target
 
 
-def install(daemon, default_type: str) -> None:  # type: ignore[no-untyped-def]
+def install(daemon: "Daemon", default_type: str) -> None:
     """Make the mount of `daemon` writable through drafts."""
     ctx = daemon.ctx
     drafts = Drafts(ctx, default_type)
