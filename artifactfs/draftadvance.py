@@ -18,7 +18,7 @@ import stat
 from .manifest import DirEntry, Entry
 from .draftstate import TMP
 from .staging import Draft
-from .standins import (LAZY, WHITEOUT, is_placeholder, join, lazy_of, read_placeholder, summary, whiteout_name,
+from .standins import (LAZY, WHITEOUT, is_internal, is_placeholder, join, lazy_of, read_placeholder, summary, whiteout_name,
                        write_lazy)
 
 
@@ -29,6 +29,7 @@ def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict) -
     draft.save_state()
     changed: list[str] = []
     _merge(draft, draft.tree, "", draft.state.base_root, root, changed)
+    _prune(draft, draft.tree)
     draft.state.base, draft.state.base_root, draft.state.base_mtime_ns = version, root, mtime_ns
     draft.state.attrs, draft.state.clean, draft.state.advancing = {}, clean, None
     draft.save_state()
@@ -86,6 +87,29 @@ def _merge(draft: Draft, disk: str, path: str, old: str | None, new: str | None,
             else:
                 os.unlink(target)  # the (new) base shows through again
             changed.append(p)
+
+
+def _prune(draft: Draft, disk: str) -> None:
+    """Drop stand-ins that equal what their lazy folder shows anyway (left by a
+    change since undone, e.g. chmod and back), so an unchanged draft is clean again."""
+    lazy = lazy_of(disk)
+    base = draft.io.load(lazy.tree) if lazy is not None else {}
+    with os.scandir(disk) as it:
+        found = [de for de in it if not is_internal(de.name)]
+    names = set(os.listdir(disk))
+    for de in found:
+        b = base.get(de.name)
+        st = de.stat(follow_symlinks=False)
+        if whiteout_name(de.name) in names:  # redundant while something on disk hides the name
+            os.unlink(os.path.join(disk, whiteout_name(de.name)))
+        shown = b is not None
+        if stat.S_ISDIR(st.st_mode):
+            if shown and isinstance(b, DirEntry) and _untouched(draft, de.path, b.tree):
+                shutil.rmtree(de.path)
+            else:
+                _prune(draft, de.path)
+        elif shown and is_placeholder(st) and read_placeholder(de.path, st) == b:
+            os.unlink(de.path)
 
 
 def _untouched(draft: Draft, disk_dir: str, key: str) -> bool:

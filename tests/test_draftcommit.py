@@ -138,6 +138,22 @@ def test_unchanged_rule(reg, pub):
     assert "same" in reg.version("proj", "ds", 0).aliases
 
 
+def test_undone_changes_leave_a_clean_draft(reg, pub):
+    """chmod and back, a folder moved and back: nothing to commit, and the draft is
+    clean again (it then follows a newer latest by itself)."""
+    publish(reg, pub, "ds", BASE)
+    d = draft_of(reg)
+    d.chmod("top", 0o755)
+    d.chmod("top", 0o644)
+    d.rename("b", "b2")
+    d.rename("b2", "b")
+    d.chmod("a/y", 0o700)
+    d.chmod("a/y", 0o755)
+    assert not d.is_clean()
+    assert commit_draft(reg, d).line == "ds:v0 (unchanged)"
+    assert d.is_clean()
+
+
 def test_moved_folder_is_a_graft(reg, pub):
     v0 = publish(reg, pub, "ds", BASE)
     d = draft_of(reg)
