@@ -18,8 +18,7 @@ import stat
 from .manifest import DirEntry, Entry
 from .draftstate import TMP
 from .staging import Draft
-from .standins import (LAZY, WHITEOUT, is_internal, is_placeholder, join, lazy_of, read_placeholder, summary, whiteout_name,
-                       write_lazy)
+from .standins import LAZY, WHITEOUT, is_internal, join, lazy_of, same_as_base, summary, whiteout_name, write_lazy
 
 
 def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict) -> list[str]:
@@ -81,7 +80,7 @@ def _merge(draft: Draft, disk: str, path: str, old: str | None, new: str | None,
                 _merge(draft, target, p, o.tree if isinstance(o, DirEntry) else None,
                        n.tree if isinstance(n, DirEntry) else None, changed)
             changed.append(p)
-        elif is_placeholder(st) and read_placeholder(target, st) == o:
+        elif same_as_base(target, st, o):
             if n is not None and not lazy_now:
                 draft.put_stand_in(disk, name, n)
             else:
@@ -108,7 +107,7 @@ def _prune(draft: Draft, disk: str) -> None:
                 shutil.rmtree(de.path)
             else:
                 _prune(draft, de.path)
-        elif shown and is_placeholder(st) and read_placeholder(de.path, st) == b:
+        elif shown and same_as_base(de.path, st, b):
             os.unlink(de.path)
 
 
@@ -116,8 +115,8 @@ def _untouched(draft: Draft, disk_dir: str, key: str) -> bool:
     """The folder holds nothing but stand-ins equal to the base tree `key` (it was
     only put on disk on the way to a change since undone)."""
     lazy = lazy_of(disk_dir)
-    if lazy is None or lazy.tree != key:
-        return False
+    if lazy is None or lazy.tree != key or stat.S_IMODE(os.lstat(disk_dir).st_mode) != 0o755:
+        return False  # not a stand-in of `key`, or chmod-ed by the user
     base = draft.io.load(key)
     with os.scandir(disk_dir) as it:
         for de in it:
@@ -128,6 +127,6 @@ def _untouched(draft: Draft, disk_dir: str, key: str) -> bool:
             if stat.S_ISDIR(st.st_mode):
                 if not (isinstance(b, DirEntry) and _untouched(draft, de.path, b.tree)):
                     return False
-            elif not (is_placeholder(st) and read_placeholder(de.path, st) == b):
+            elif not same_as_base(de.path, st, b):
                 return False  # a real file, a changed placeholder, or a whiteout
     return True

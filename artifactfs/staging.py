@@ -223,7 +223,8 @@ class Draft:
         t = self.state.base_mtime_ns
         try:
             if isinstance(entry, DirEntry):
-                os.mkdir(tmp, 0o755)
+                os.mkdir(tmp)
+                os.chmod(tmp, 0o755)  # what a base folder shows, whatever our umask
                 write_lazy(tmp, entry)
             else:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

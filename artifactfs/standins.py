@@ -105,3 +105,10 @@ def summary(tree: dict) -> tuple[int, int]:
 
 def write_lazy(disk_dir: str, entry: DirEntry) -> None:
     write_atomic(os.path.join(disk_dir, LAZY), json.dumps(entry.to_json()).encode(), fsync=False)
+
+
+def same_as_base(disk: str, st: os.stat_result, base: object) -> bool:
+    """A placeholder that is exactly the base entry, permission bits included (a
+    chmod the version cannot hold, like 0700 for 0755, is still the user's)."""
+    return (isinstance(base, FileEntry) and is_placeholder(st) and read_placeholder(disk, st) == base
+            and stat.S_IMODE(st.st_mode) & 0o777 == mode_of(base))
