@@ -36,6 +36,17 @@ class MountContext:
     # the drafts layer swaps in subclasses here before the mount starts.
     node_classes: dict[str, type[Node]] = field(default_factory=dict)
 
+    # State that outlives node objects (the kernel forgets nodes; listings and version
+    # records seen last must survive, e.g. to be shown while the store is unreachable).
+    # One entry per collection and per version looked at.
+    kept: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+    def keep(self, key: tuple[str, ...], make: Callable[[], T]) -> T:
+        """The value kept under `key`, made on first use."""
+        if key not in self.kept:
+            self.kept[key] = make()
+        return self.kept[key]
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call in a worker thread."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)

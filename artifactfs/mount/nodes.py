@@ -143,8 +143,9 @@ class CollectionNode(Node):
         self.info = info
         self.name = info.name
         reg, project = ctx.registry, ctx.project
-        self._state: Refreshing[CollectionState] = Refreshing(
-            lambda: CollectionState(set(reg.versions(project, self.name)), reg.aliases(project, self.name)))
+        name = self.name
+        self._state: Refreshing[CollectionState] = ctx.keep(("state", name), lambda: Refreshing(
+            lambda: CollectionState(set(reg.versions(project, name)), reg.aliases(project, name))))
 
     def mtime_ns(self) -> int:
         return iso_ns(self.info.created_at)
@@ -316,8 +317,8 @@ class VersionRootNode(VersionDirNode):
         super().__init__(ctx, key, None, "")
         self.version = version
         self.collection = collection
-        self._info: Refreshing[VersionInfo] = Refreshing(
-            lambda aliases: ctx.registry.version(ctx.project, key[1], version, aliases))
+        self._info: Refreshing[VersionInfo] = ctx.keep(("info",) + key, lambda: Refreshing(
+            lambda aliases: ctx.registry.version(ctx.project, key[1], version, aliases)))
 
     async def _get(self, max_age: float) -> VersionInfo:
         aliases = (await self.collection.state()).aliases  # the collection's copy: no listing per version
