@@ -5,7 +5,9 @@ An entry is keyed by (device, inode) and used only while the file's size, mtime
 and ctime are all unchanged; ctime cannot be set by a program, so any write or
 chmod invalidates it.  A file whose mtime or ctime is less than RACY_NS before
 the moment it was hashed is not remembered: a later write in the same timestamp
-tick could leave its times unchanged.  The cache is private (0700 directory),
+tick could leave its times unchanged.  Files on FUSE filesystems are never
+cached: their inode numbers and times are whatever the daemon says (a remount
+may show another file with the same ones).  The cache is private (0700 directory),
 shared by the user's processes (SQLite, WAL), and purely an optimisation: if it
 cannot be opened or written, everything is hashed as before."""
 from __future__ import annotations
@@ -48,6 +50,21 @@ def _prefetch(path: str) -> None:
         os.close(fd)
 
 
+def _fuse_devices() -> frozenset[int]:
+    """Device numbers of the FUSE filesystems mounted now (from /proc/self/mountinfo)."""
+    out = set()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields, _, rest = line.partition(" - ")
+                major, _, minor = fields.split()[2].partition(":")
+                if rest.split(" ", 1)[0].startswith("fuse"):
+                    out.add(os.makedev(int(major), int(minor)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset(out)
+
+
 class HashCache:
     """Lookups from many threads; new entries are written in one transaction by flush()."""
 
@@ -55,6 +72,7 @@ class HashCache:
         self._db = db
         self._lock = threading.Lock()
         self._pending: list[tuple] = []
+        self._untrusted = _fuse_devices()
 
     @classmethod
     def open(cls, path: str | None = None) -> "HashCache | None":
@@ -77,9 +95,7 @@ class HashCache:
     def lookup(self, stats: list[Stat]) -> list[Digests | None]:
         """The digests remembered for each exact file state (None: unknown), in one query."""
         out: list[Digests | None] = [None] * len(stats)
-        if not stats:
-            return out
-        want = {(st.st_dev, st.st_ino): i for i, st in enumerate(stats)}
+        want = {(st.st_dev, st.st_ino): i for i, st in enumerate(stats) if st.st_dev not in self._untrusted}
         rows = []
         with self._lock:
             try:
@@ -99,7 +115,7 @@ class HashCache:
 
     def remember(self, st: Stat, digests: Digests, hashed_ns: int) -> None:
         """Queue an entry for a file hashed from time `hashed_ns` on, unless racy."""
-        if max(st.st_mtime_ns, st.st_ctime_ns) >= hashed_ns - RACY_NS:
+        if max(st.st_mtime_ns, st.st_ctime_ns) >= hashed_ns - RACY_NS or st.st_dev in self._untrusted:
             return
         with self._lock:
             self._pending.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,

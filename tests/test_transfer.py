@@ -9,8 +9,9 @@ import xxhash
 
 from artifactfs import hashcache, transfer
 from artifactfs.errors import ArtifactfsError, DigestMismatchError
-from artifactfs.manifest import CHUNK_SIZE, b64_digest, default_chunks
+from artifactfs.manifest import CHUNK_SIZE, apply_changes, b64_digest, default_chunks
 from artifactfs.registry import Registry, blob_key
+from mountutil import mounted
 
 
 @pytest.fixture
@@ -159,3 +160,19 @@ def test_many_files_in_many_directories(reg, tmp_path, monkeypatch):
     for i, (path, _) in enumerate(items):
         assert (out / path).read_bytes() == f"file {i}".encode()
     assert transfer.verify_dir(str(out), items) == []
+
+
+def test_files_on_a_fuse_mount_are_never_remembered(reg, store_url, tmp_path, digest_cache):
+    """A FUSE daemon chooses inode numbers and times; a remount may reuse them for other files."""
+    src = write(tmp_path / "src" / "f", b"through fuse")
+    transfer.upload_many(reg, [src])  # on the local disk: remembered
+    entry = transfer.upload_file(reg, src)
+    reg.commit("proj", "c", "dataset", apply_changes(reg, None, {"f": entry}), "d")
+    with mounted(store_url, tmp_path / "mnt") as m:
+        inside = os.path.join(m.path, "c", "c:v0", "f")
+        assert transfer.upload_many(None, [inside])[0].digest == entry.digest
+        cache = hashcache.HashCache.open()
+        assert cache.lookup([os.stat(inside)]) == [None]
+        assert cache.lookup([os.stat(src)]) != [None]
+        cache.flush()
+
