@@ -29,6 +29,7 @@ from .registry import Registry, blob_key
 
 WORKERS = 8
 UPLOAD_BATCH = 64         # files per upload task
+LOOKUP_BATCH = 500        # files per digest-cache query
 DIR_BATCH = 256          # directory fds held open at once while downloading
 Progress = Callable[[int], None]
 _tls = threading.local()
@@ -135,25 +136,24 @@ def _store_file(registry: Registry | None, path: str, progress: Progress | None,
     return FileEntry(digest, size, chunks, executable=bool(st.st_mode & 0o111))
 
 
-def _upload_batch(registry: Registry | None, paths: list[str], progress: Progress | None,
-                  cache: HashCache | None) -> list[FileEntry]:
-    """Files whose stat the cache remembers (and whose blobs are in the store)
-    are not read; the others are hashed and stored."""
-    known: list = [None] * len(paths)
-    if cache is not None:
+def _remembered(registry: Registry | None, paths: list[str], progress: Progress | None,
+                cache: HashCache) -> list[FileEntry | None]:
+    """Entries of the files whose stat the cache remembers and whose blobs are in
+    the store (None for the others).  One thread: for these small steps more
+    threads only fight over the GIL (measured 4x slower cold with 8)."""
+    out: list[FileEntry | None] = []
+    for i in range(0, len(paths), LOOKUP_BATCH):
         try:
-            stats = [os.stat(p) for p in paths]
+            stats = [os.stat(p) for p in paths[i:i + LOOKUP_BATCH]]
         except OSError as e:
             raise ArtifactfsError(f"cannot read {e.filename}: {e.strerror}") from None
-        known = cache.lookup(stats)
-    out = []
-    for path, hit, st in zip(paths, known, stats if cache is not None else known):
-        if hit is not None and _blobs_present(registry, hit[1]):
+        for st, hit in zip(stats, cache.lookup(stats)):
+            if hit is None or not _blobs_present(registry, hit[1]):
+                out.append(None)
+                continue
             if progress:
                 progress(st.st_size)
             out.append(FileEntry(hit[0], st.st_size, hit[1], executable=bool(st.st_mode & 0o111)))
-        else:
-            out.append(_store_file(registry, path, progress, cache))
     return out
 
 
@@ -164,18 +164,28 @@ def upload_file(registry: Registry | None, path: str, progress: Progress | None 
 
 
 def upload_many(registry: Registry | None, paths: list[str], progress: Progress | None = None) -> list[FileEntry]:
-    """upload_file over many files, in parallel (file I/O and xxhash release the
-    GIL) and in batches (one task per file costs more than a small file's work),
-    using the per-user HashCache to skip unchanged files."""
+    """upload_file over many files: those the per-user HashCache knows unchanged
+    are not read; the others are hashed and stored in parallel (file I/O and
+    xxhash release the GIL), in batches (one task per file costs more than a
+    small file's work)."""
     cache = HashCache.open()
     try:
-        size = max(1, min(UPLOAD_BATCH, len(paths) // (4 * WORKERS)))
-        batches = [paths[i:i + size] for i in range(0, len(paths), size)]
+        entries = _remembered(registry, paths, progress, cache) if cache else [None] * len(paths)
+        todo = [i for i, e in enumerate(entries) if e is None]
+        size = max(1, min(UPLOAD_BATCH, len(todo) // (4 * WORKERS)))
+        batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+
+        def batch(indexes: list[int]) -> list[FileEntry]:
+            return [_store_file(registry, paths[i], progress, cache) for i in indexes]
         if len(batches) <= 1:
-            return [e for b in batches for e in _upload_batch(registry, b, progress, cache)]
-        with ThreadPoolExecutor(WORKERS) as pool:
-            parts = pool.map(lambda b: _upload_batch(registry, b, progress, cache), batches)
-            return [e for part in parts for e in part]
+            done = [batch(b) for b in batches]
+        else:
+            with ThreadPoolExecutor(WORKERS) as pool:
+                done = list(pool.map(batch, batches))
+        for indexes, part in zip(batches, done):
+            for i, e in zip(indexes, part):
+                entries[i] = e
+        return entries  # type: ignore[return-value]
     finally:
         if cache is not None:
             cache.flush()
