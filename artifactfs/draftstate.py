@@ -12,18 +12,11 @@ from dataclasses import dataclass, field
 
 import xxhash
 
+from .mount.state import state_dir
+
 TMP = "\\tmp."
 STATE_FILE = "draft.json"
 DRAFT_FORMAT = "artifactfs-draft-v1"
-
-
-def state_dir() -> str:
-    """${XDG_STATE_HOME:-~/.local/state}/artifactfs, created private (0700)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    path = os.path.join(base, "artifactfs")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
 
 
 def drafts_dir(store_url: str, project: str) -> str:

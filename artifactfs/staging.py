@@ -30,7 +30,7 @@ import stat
 import uuid
 from dataclasses import dataclass
 
-from .draftstate import STATE_FILE, TMP, DraftState, state_dir, write_atomic  # noqa: F401  (state_dir: for the mount)
+from .draftstate import STATE_FILE, TMP, DraftState, write_atomic
 from .manifest import DirEntry, Entry, FileEntry, TreeIO
 from .standins import (LAZY, PLACEHOLDER_BIT, WHITEOUT, Fetch, check_new_name, is_internal, is_placeholder,
                        join, lazy_of, mode_of, read_placeholder, split, summary, whiteout_name, write_lazy)

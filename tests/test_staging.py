@@ -12,7 +12,8 @@ import pytest
 from artifactfs.draftcommit import fetch_from_store, open_draft
 from artifactfs.errors import InvalidNameError
 from artifactfs.registry import Registry
-from artifactfs.draftstate import TMP, claim_drafts_dir, drafts_dir, state_dir
+from artifactfs.draftstate import TMP, claim_drafts_dir, drafts_dir
+from artifactfs.mount.state import state_dir
 from artifactfs.staging import Draft
 from artifactfs.standins import LAZY, WHITEOUT, is_placeholder, lazy_of
 from conftest import skip_or_fail

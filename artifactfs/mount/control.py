@@ -21,7 +21,7 @@ import trio
 import xxhash
 
 from ..errors import ArtifactfsError, NotFoundError
-from ..draftstate import state_dir
+from .state import state_dir
 
 if TYPE_CHECKING:
     from .livedraft import Drafts, LiveDraft
