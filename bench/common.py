@@ -35,10 +35,6 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return p
 
 
-def sync() -> None:
-    os.sync()
-
-
 def drop_caches() -> bool:
     """Write back dirty data and drop the page cache; False when not permitted."""
     os.sync()
@@ -48,19 +44,6 @@ def drop_caches() -> bool:
         return True
     except OSError:
         return False
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    @contextmanager
-    def __call__(self) -> Iterator["Timer"]:
-        t = time.perf_counter()
-        try:
-            yield self
-        finally:
-            self.seconds = time.perf_counter() - t
 
 
 def timed(fn: Callable[[], object]) -> float:
