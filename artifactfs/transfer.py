@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import xxhash
 
-from .errors import ArtifactfsError, DigestMismatchError, ObjectNotFound
+from .errors import ArtifactfsError, DigestMismatchError, ObjectNotFound, StoreError
 from .hashcache import HashCache
 from .manifest import CHUNK_SIZE, FileEntry, b64_digest
 from .names import check_path
@@ -61,10 +61,15 @@ def _write_full(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def _blob_bytes(registry: Registry, key: str, view: memoryview) -> bytes | memoryview:
-    """What to hand to put_blob: a local store writes straight from our buffer;
-    other stores get bytes they may keep."""
-    return view if registry.store.local_path(blob_key(key)) is not None else bytes(view)
+def _put_blob(registry: Registry, key: str, view: memoryview) -> None:
+    """Store a chunk unless present.  A local store writes straight from our
+    buffer; other stores get bytes they may keep.  A failed write (a full disk)
+    is the store's error, not the source file's."""
+    data = view if registry.store.local_path(blob_key(key)) is not None else bytes(view)
+    try:
+        registry.put_blob(key, data)
+    except OSError as e:
+        raise StoreError(f"cannot write to the store {registry.store.url}: {e.strerror}") from None
 
 
 def _hash_fd(registry: Registry | None, fd: int, progress: Progress | None) -> tuple[str, int, tuple[str, ...]]:
@@ -75,7 +80,7 @@ def _hash_fd(registry: Registry | None, fd: int, progress: Progress | None) -> t
         raw = xxhash.xxh3_128_digest(buf[:n])
         chunks: tuple[str, ...] = (raw.hex(),) if n else ()
         if registry is not None and n:
-            registry.put_blob(chunks[0], _blob_bytes(registry, chunks[0], buf[:n]))
+            _put_blob(registry, chunks[0], buf[:n])
         if progress:
             progress(n)
         return b64_digest(raw), n, chunks
@@ -88,7 +93,7 @@ def _hash_fd(registry: Registry | None, fd: int, progress: Progress | None) -> t
         keys.append(key)
         size += len(view)
         if registry is not None:
-            registry.put_blob(key, _blob_bytes(registry, key, view))
+            _put_blob(registry, key, view)
         if progress:
             progress(len(view))
     if len(keys) == 1:

@@ -3,14 +3,16 @@ that are verified, atomic and stay inside their root."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import xxhash
 
 from artifactfs import hashcache, transfer
-from artifactfs.errors import ArtifactfsError, DigestMismatchError
+from artifactfs.errors import ArtifactfsError, DigestMismatchError, StoreError
 from artifactfs.manifest import CHUNK_SIZE, apply_changes, b64_digest, default_chunks
 from artifactfs.registry import Registry, blob_key
+from conftest import skip_or_fail
 from mountutil import mounted
 
 
@@ -176,3 +178,18 @@ def test_files_on_a_fuse_mount_are_never_remembered(reg, store_url, tmp_path, di
         assert cache.lookup([os.stat(src)]) != [None]
         cache.flush()
 
+
+
+def test_full_store_disk_is_a_store_error(tmp_path):
+    """A real, tiny tmpfs holds the store: ENOSPC names the store, not the source file."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode:
+        skip_or_fail("cannot mount a tmpfs here")
+    try:
+        reg = Registry.open(str(small / "store"), create=True)
+        src = write(tmp_path / "src" / "f", os.urandom(3 << 20))
+        with pytest.raises(StoreError, match="cannot write to the store.*No space left"):
+            transfer.upload_many(reg, [src])
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
