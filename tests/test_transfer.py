@@ -193,3 +193,12 @@ def test_full_store_disk_is_a_store_error(tmp_path):
             transfer.upload_many(reg, [src])
     finally:
         subprocess.run(["umount", "-l", str(small)])
+
+
+@pytest.mark.parametrize("stored", [3, 40])  # few keys per directory: stat each; many: list it
+def test_local_store_present(reg, stored):
+    keys = [f"blobs/aa/{i:032x}" for i in range(stored)]
+    for k in keys:
+        reg.store.put(k, b"x")
+    missing = [f"blobs/aa/{i:032x}" for i in range(stored, stored + 10)] + ["blobs/bb/" + "0" * 32]
+    assert reg.store.present(keys + missing) == set(keys)

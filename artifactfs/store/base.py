@@ -8,7 +8,7 @@ Keys are '/'-separated relative strings.  Semantics every backend provides:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 class ObjectStore(abc.ABC):
@@ -41,6 +41,10 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    def present(self, keys: Iterable[str]) -> set[str]:
+        """The subset of `keys` that exist; a store may answer many at once."""
+        return {k for k in keys if self.exists(k)}
 
     @abc.abstractmethod
     def size(self, key: str) -> int:
