@@ -30,7 +30,7 @@ from .draftstate import STATE_FILE, DraftState
 from .errors import ConflictError, InvalidNameError, PreconditionFailed
 from .manifest import Change, DirEntry, Entry, FileEntry, apply_changes
 from .names import check_name
-from .registry import Registry
+from .registry import Registry, VersionInfo
 from .staging import Draft
 from .standins import Fetch, is_internal, is_placeholder, join, lazy_of, read_placeholder, whiteout_name
 from .treedigest import TreeDigests
@@ -204,20 +204,32 @@ def fetch_from_store(registry: Registry) -> Fetch:
     return fetch
 
 
+class Latest:
+    """open_draft(base=LATEST): look the latest version up in the store."""
+
+
+LATEST = Latest()
+
+
 def open_draft(registry: Registry, where: str, project: str, collection: str, fetch: Fetch,
-               default_type: str = "dataset") -> Draft:
-    """The draft of a collection in the drafts folder `where`, created from its
-    latest version (or empty for a collection that does not exist yet) the first time."""
+               default_type: str = "dataset", base: VersionInfo | None | Latest = LATEST) -> Draft:
+    """The draft of a collection in the drafts folder `where`, created the first time
+    from `base` (a version record the caller already has, so no store access is
+    needed; None for a collection without versions) or, by default, from its latest
+    version looked up in the store."""
     path = os.path.join(where, check_name(collection, "collection name"))
     state = DraftState(collection=collection, project=check_name(project, "project"),
                        store=registry.store.url, type=default_type)
+    root = None
     if not os.path.exists(os.path.join(path, STATE_FILE)):
-        latest = registry.latest(project, collection)
-        if latest is not None:
-            info = registry.version(project, collection, latest)
-            state.type, state.base, state.base_root = info.type, latest, info.root
-            state.base_mtime_ns = _mtime_ns(info.created_at)
-    return Draft.open_or_create(path, registry, fetch, state)
+        if isinstance(base, Latest):
+            latest = registry.latest(project, collection)
+            base = registry.version(project, collection, latest) if latest is not None else None
+        if isinstance(base, VersionInfo):
+            state.type, state.base, state.base_root = base.type, base.version, base.root
+            state.base_mtime_ns = _mtime_ns(base.created_at)
+            root = DirEntry(base.root, base.size, base.file_count)
+    return Draft.open_or_create(path, registry, fetch, state, root)
 
 
 _DIGESTS: "WeakKeyDictionary[Registry, TreeDigests]" = WeakKeyDictionary()

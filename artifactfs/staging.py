@@ -68,22 +68,24 @@ class Draft:
             advance(self, adv["version"], adv["root"], adv["mtime_ns"], adv["clean"])
 
     @classmethod
-    def new(cls, path: str, io: TreeIO, fetch: Fetch, state: DraftState) -> "Draft":
-        """A new draft equal to state.base (empty when there is none)."""
+    def new(cls, path: str, io: TreeIO, fetch: Fetch, state: DraftState, root: DirEntry | None = None) -> "Draft":
+        """A new draft equal to state.base (empty when there is none); `root`, the
+        base's root entry when known, spares loading its tree."""
         os.makedirs(path, mode=0o700, exist_ok=True)
         tree = os.path.join(path, "tree")
         shutil.rmtree(tree, ignore_errors=True)
         os.mkdir(tree, 0o755)
         if state.base_root:
-            write_lazy(tree, DirEntry(state.base_root, *summary(io.load(state.base_root))))
+            write_lazy(tree, root or DirEntry(state.base_root, *summary(io.load(state.base_root))))
         write_atomic(os.path.join(path, STATE_FILE), state.to_json())
         return cls(path, io, fetch)
 
     @classmethod
-    def open_or_create(cls, path: str, io: TreeIO, fetch: Fetch, state: DraftState) -> "Draft":
+    def open_or_create(cls, path: str, io: TreeIO, fetch: Fetch, state: DraftState,
+                       root: DirEntry | None = None) -> "Draft":
         if os.path.exists(os.path.join(path, STATE_FILE)):
             return cls(path, io, fetch)
-        return cls.new(path, io, fetch, state)
+        return cls.new(path, io, fetch, state, root)
 
     def save_state(self) -> None:
         write_atomic(os.path.join(self.dir, STATE_FILE), self.state.to_json())

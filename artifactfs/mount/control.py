@@ -105,8 +105,10 @@ class ControlServer:
             try:
                 live = await self._existing(name)
                 results.append({"collection": name, "line": (await live.commit(**attrs)).line})
-            except ArtifactfsError as e:
-                results.append({"collection": name, "error": str(e)})
+            except ArtifactfsError as e:  # a conflict, an unreachable store ...
+                text = str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}"
+                log.error("sync of %s failed: %s", name, e)
+                results.append({"collection": name, "error": text})
             except OSError as e:
                 log.exception("sync of %s failed", name)
                 results.append({"collection": name, "error": f"{name}: {e.strerror or e}"})

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 from ..names import check_alias, check_name, parse_version
-from ..registry import CollectionInfo, now_iso
+from ..registry import CollectionInfo, VersionInfo, now_iso
 from .context import MountContext
 from .control import XATTR, ControlServer, control_address
 from .draftnodes import DraftNode
 from .inodes import Node, fuse_error
 from .livedraft import Drafts, LiveDraft
-from .nodes import AliasNode, CollectionNode, RootNode
+from .nodes import AliasNode, CollectionNode, RootNode, VersionRootNode
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -95,14 +95,27 @@ class DraftCollectionNode(CollectionNode):
         self.pending: dict[str, str] = {}  # links being made by `ln -sfn`: name -> target
 
     async def _draft(self) -> DraftNode:
-        live = await _drafts(self.ctx).get(self.name, self.info.type)
+        """The draft folder, made from what the collection listing has seen (so it
+        stays listable while the store is unreachable)."""
         versions = (await self.state()).versions
-        await live.follow(max(versions) if versions else None)
+        latest = max(versions) if versions else None
+        drafts = _drafts(self.ctx)
+        live = drafts.live.get(self.name)
+        if live is None:
+            live = await drafts.get(self.name, self.info.type, None if latest is None else await self._version(latest))
+        await live.follow(latest, self._version)
         info = await live.read(live.draft.stat, "")
         node = self.ctx.make("draft", ("draft", self.name, ""), live, info)
         assert isinstance(node, DraftNode)
         node.info = info
         return node
+
+    async def _version(self, n: int) -> VersionInfo:
+        """A version's record, as the version folder keeps it (no store access once seen)."""
+        node = self._child(f"{self.name}:v{n}", await self.state())
+        if not isinstance(node, VersionRootNode):
+            raise fuse_error(errno.ENOENT)
+        return await node.load()
 
     async def lookup(self, name: str) -> Node:
         if name == DRAFT:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 import trio
 
 from ..draftadvance import advance
-from ..draftcommit import CommitResult, commit_draft, open_draft, warm_digests
+from ..draftcommit import LATEST, CommitResult, Latest, commit_draft, open_draft, warm_digests
+from ..errors import ArtifactfsError
 from ..manifest import FileEntry
+from ..registry import VersionInfo
 from ..draftstate import STATE_FILE, claim_drafts_dir
 from ..staging import Draft
 from .context import MountContext
@@ -122,21 +124,37 @@ class LiveDraft:
     async def commit(self, **attrs: Any) -> CommitResult:
         """Publish the draft (see draftcommit); returns once the version is durable."""
         async with self.gate.commit():
+            moved = await self._finish_advance()
             result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
         log.info("committed %s (%d changed paths)", result.line, result.changes)
-        await self._advanced(result.changed)
+        await self._advanced(moved + result.changed)
         return result
 
-    async def follow(self, latest: int | None) -> None:
-        """An untouched draft moves to a newer latest by itself."""
-        if latest is None or latest == self.draft.state.base:
+    async def follow(self, latest: int | None, version: Callable[[int], Awaitable[VersionInfo]]) -> None:
+        """An untouched draft moves to a newer latest by itself (`version` gives its
+        record).  While the store is unreachable it stays where it is, logged: the
+        folder must stay listable."""
+        st = self.draft.state
+        if (latest is None or latest == st.base) and not st.advancing:
             return
-        async with self.gate.commit():
-            if not self.draft.is_clean() or self.draft.state.base == latest:
-                return
-            info = await self.ctx.run(self.ctx.registry.version, self.ctx.project, self.name, latest)
-            changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), {})
+        try:
+            async with self.gate.commit():
+                changed = await self._finish_advance()
+                if latest is not None and st.base != latest and await self.ctx.run(self.draft.is_clean):
+                    info = await version(latest)
+                    changed += await self.ctx.run(advance, self.draft, latest, info.root,
+                                                  iso_ns(info.created_at), {})
+        except (ArtifactfsError, OSError) as e:
+            log.warning("the draft of %s stays on v%s for now: %s", self.name, st.base, e)
+            return
         await self._advanced(changed)
+
+    async def _finish_advance(self) -> list[str]:
+        """Finish a move to a new base that an error interrupted (journaled in draft.json)."""
+        adv = self.draft.state.advancing
+        if not adv:
+            return []
+        return await self.ctx.run(advance, self.draft, adv["version"], adv["root"], adv["mtime_ns"], adv["clean"])
 
     async def _advanced(self, changed: list[str]) -> None:
         for hook in self.on_advance:
@@ -174,15 +192,16 @@ class Drafts:
                 n = os.pwrite(fd, view, offset)
                 view, offset = view[n:], offset + n
 
-    async def get(self, name: str, type_: str | None = None) -> LiveDraft:
-        """The draft of `name`, made from its latest version the first time."""
+    async def get(self, name: str, type_: str | None = None, base: VersionInfo | None | Latest = LATEST) -> LiveDraft:
+        """The draft of `name`, made the first time from `base` (by default its
+        latest version, looked up in the store)."""
         found = self.live.get(name)
         if found is not None:
             return found
         async with self._opening:
             if name not in self.live:
                 draft = await self.ctx.run(open_draft, self.ctx.registry, self.dir, self.ctx.project, name,
-                                           self._fetch, type_ or self.default_type)
+                                           self._fetch, type_ or self.default_type, base)
                 self.live[name] = LiveDraft(self.ctx, draft)
                 for hook in self.on_new:
                     hook(self.live[name])
