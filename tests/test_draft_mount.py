@@ -7,6 +7,7 @@ import errno
 import mmap
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -268,3 +269,16 @@ def test_read_only_mount_has_no_drafts(store, mount_factory):
     assert sorted(os.listdir(m.p("ds"))) == ["ds:latest", "ds:v0"]
     assert oserror(lambda: os.mkdir(m.p("new"))) == errno.EROFS
     assert cli("sync", m.path, env=m.env).returncode == 1
+
+
+def test_free_space_is_the_staging_filesystems(store, mount_factory):
+    """statfs through the mount reports the disk drafts are staged on, so df does not
+    show the mount full and copy tools that check free space go ahead."""
+    m = mount_factory(store)
+    got, local = os.statvfs(m.path), os.statvfs(m.env["XDG_STATE_HOME"])
+    assert got.f_bavail > 0 and got.f_blocks > 0
+    assert got.f_frsize == local.f_frsize and got.f_blocks == local.f_blocks
+    assert abs(got.f_bavail - local.f_bavail) * local.f_frsize < 64 << 20
+    df = subprocess.run(["df", "-P", "-B1", m.path], capture_output=True, text=True, check=True)
+    total, used, avail = (int(x) for x in df.stdout.splitlines()[1].split()[1:4])
+    assert total == local.f_blocks * local.f_frsize and avail > 0 and used < total

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -85,6 +86,16 @@ class DraftRootNode(RootNode):
 
     async def xattrs(self) -> dict[str, bytes]:
         return {**await super().xattrs(), XATTR: self.control.encode()}
+
+    async def statfs(self) -> pyfuse3.StatvfsData:
+        """The space of the filesystem holding the drafts' staging trees, where
+        writes into draft/ go (df, and tools that check free space before copying)."""
+        st = await self.ctx.run(os.statvfs, self.drafts.dir)
+        s = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                     "f_favail", "f_namemax"):
+            setattr(s, name, getattr(st, name))
+        return s
 
 
 class DraftCollectionNode(CollectionNode):
