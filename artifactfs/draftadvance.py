@@ -5,30 +5,38 @@ Walking only what is on disk: a lazy folder still over the old base sub-tree get
 the new one (so everything not on disk follows at once); stand-ins still equal to
 the old base entry are dropped or replaced; whiteouts of names the new version no
 longer has are dropped (the deletion is committed, and a file someone adds back
-later must show).  Real files, the user's placeholders (chmod) and folders the
-user moved stay as they are: after a successful commit they are what the new
-version holds.  The move is journaled in draft.json and finished on the next load
-if the process dies midway."""
+later must show).  After a commit, plain folders (made by the user) become lazy
+ones over their new sub-tree, and real files committed as they are (stamp
+unchanged, not open, a mode the version holds) are removed, so the new base shows
+the same bytes and the staging tree does not keep a copy of everything ever
+written.  The user's placeholders (chmod) and folders the user moved stay as they
+are.  The move is journaled in draft.json and finished on the next load if the
+process dies midway."""
 from __future__ import annotations
 
 import os
 import shutil
 import stat
 
-from .manifest import DirEntry, Entry
+from .manifest import DirEntry, Entry, FileEntry
 from .draftstate import TMP
 from .staging import Draft
-from .standins import LAZY, WHITEOUT, is_internal, join, lazy_of, same_as_base, summary, whiteout_name, write_lazy
+from .standins import (LAZY, WHITEOUT, is_internal, is_placeholder, join, lazy_of, mode_of, same_as_base, summary,
+                       whiteout_name, write_lazy)
 
 
-def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict) -> list[str]:
+def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict,
+            busy: frozenset[int] = frozenset()) -> list[str]:
     """Make `version` (whose tree is `root`) the draft's base; returns the paths
-    whose content changed on disk (for the mount to drop cached pages)."""
+    whose content changed on disk (for the mount to drop cached pages).  Files
+    written to the draft and committed as they are (their stamp in `clean`) give
+    their disk space back: the new base shows through instead, unless they are
+    open (their inode in `busy`)."""
     draft.state.advancing = {"version": version, "root": root, "mtime_ns": mtime_ns, "clean": clean}
     draft.save_state()
     changed: list[str] = []
     _merge(draft, draft.tree, "", draft.state.base_root, root, changed)
-    _prune(draft, draft.tree)
+    _prune(draft, draft.tree, _Committed(clean, busy))
     draft.state.base, draft.state.base_root, draft.state.base_mtime_ns = version, root, mtime_ns
     draft.state.attrs, draft.state.clean, draft.state.advancing = {}, clean, None
     draft.save_state()
@@ -39,13 +47,34 @@ def _tree(draft: Draft, key: str | None) -> dict[str, Entry]:
     return draft.io.load(key) if key else {}
 
 
+class _Committed:
+    """Which real files hold exactly what the new version has for them."""
+
+    def __init__(self, clean: dict, busy: frozenset[int]):
+        self.clean = clean
+        self.busy = busy
+
+    def same(self, st: os.stat_result, entry: Entry | None) -> bool:
+        rec = self.clean.get(str(st.st_ino))
+        if (not isinstance(entry, FileEntry) or rec is None or st.st_ino in self.busy
+                or rec[:3] != [st.st_size, st.st_mtime_ns, st.st_ctime_ns] or st.st_nlink != 1):
+            return False
+        done = FileEntry.from_json(rec[3])
+        return ((done.digest, done.size) == (entry.digest, entry.size)
+                and stat.S_IMODE(st.st_mode) & 0o7777 == mode_of(entry))
+
+
 def _merge(draft: Draft, disk: str, path: str, old: str | None, new: str | None, changed: list[str]) -> None:
     """The folder `disk`, whose version content goes from tree `old` to `new`."""
     lazy = lazy_of(disk)
     if lazy is not None and lazy.tree not in (old, new):
         return  # a folder the user moved here: the commit took it as it is
     a, b = _tree(draft, old), _tree(draft, new)
-    if lazy is not None and lazy.tree != new:
+    if lazy is None and new is not None:
+        # A plain folder holds exactly what was just committed (only a committed
+        # draft has plain folders): it becomes a lazy one over its new tree.
+        write_lazy(disk, DirEntry(new, *summary(b)))
+    elif lazy is not None and lazy.tree != new:
         if new is not None:
             write_lazy(disk, DirEntry(new, *summary(b)))
         else:  # gone from the version: what is left on disk is all there is
@@ -88,9 +117,10 @@ def _merge(draft: Draft, disk: str, path: str, old: str | None, new: str | None,
             changed.append(p)
 
 
-def _prune(draft: Draft, disk: str) -> None:
-    """Drop stand-ins that equal what their lazy folder shows anyway (left by a
-    change since undone, e.g. chmod and back), so an unchanged draft is clean again."""
+def _prune(draft: Draft, disk: str, committed: _Committed) -> None:
+    """Drop what equals what its lazy folder shows anyway: stand-ins left by a change
+    since undone (chmod and back), so an unchanged draft is clean again, and real
+    files just committed as they are (their bytes are the new base's now)."""
     lazy = lazy_of(disk)
     base = draft.io.load(lazy.tree) if lazy is not None else {}
     with os.scandir(disk) as it:
@@ -101,13 +131,11 @@ def _prune(draft: Draft, disk: str) -> None:
         st = de.stat(follow_symlinks=False)
         if whiteout_name(de.name) in names:  # redundant while something on disk hides the name
             os.unlink(os.path.join(disk, whiteout_name(de.name)))
-        shown = b is not None
         if stat.S_ISDIR(st.st_mode):
-            if shown and isinstance(b, DirEntry) and _untouched(draft, de.path, b.tree):
+            _prune(draft, de.path, committed)
+            if isinstance(b, DirEntry) and _untouched(draft, de.path, b.tree):
                 shutil.rmtree(de.path)
-            else:
-                _prune(draft, de.path)
-        elif shown and same_as_base(de.path, st, b):
+        elif same_as_base(de.path, st, b) or (not is_placeholder(st) and committed.same(st, b)):
             os.unlink(de.path)
 
 

@@ -282,3 +282,32 @@ def test_free_space_is_the_staging_filesystems(store, mount_factory):
     df = subprocess.run(["df", "-P", "-B1", m.path], capture_output=True, text=True, check=True)
     total, used, avail = (int(x) for x in df.stdout.splitlines()[1].split()[1:4])
     assert total == local.f_blocks * local.f_frsize and avail > 0 and used < total
+
+
+def test_committed_files_leave_the_staging_tree(store, mount_factory, tmp_path):
+    """After sync, files written through the mount are served from the new version
+    (nothing left in staging), except a file still open for writing, whose later
+    writes the next sync commits."""
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    payload = os.urandom(3 << 20)
+    with open(f"{d}/big.bin", "wb") as f:
+        f.write(payload)
+    os.makedirs(f"{d}/new/deep")
+    with open(f"{d}/new/deep/f", "wb") as f:
+        f.write(b"deep")
+    held = open(f"{d}/held", "wb", buffering=0)
+    held.write(b"first ")
+    assert sync(m, d).stdout == "ds:v1\n"
+    staged = [os.path.join(p, n) for p, _, names in os.walk(m.env["XDG_STATE_HOME"]) for n in names
+              if "/tree" in p and "\\" not in n and not os.lstat(os.path.join(p, n)).st_mode & 0o1000]
+    assert [os.path.basename(p) for p in staged] == ["held"], staged
+    assert open(f"{d}/big.bin", "rb").read() == payload    # now read from the version
+    assert open(f"{d}/new/deep/f", "rb").read() == b"deep"
+    held.write(b"second")
+    held.close()
+    with open(f"{d}/big.bin", "r+b") as f:                   # and copied up again when written
+        f.write(b"X")
+    assert sync(m, d).stdout == "ds:v2\n"
+    got = version_files(Registry.open(store), "ds", 2)
+    assert got["held"] == (b"first second", False) and got["big.bin"] == (b"X" + payload[1:], False)

@@ -391,3 +391,52 @@ def test_tree_digest_equals_the_wandb_artifact_digest(tmp_path_factory, paths):
                if not any(q.startswith(p + "/") for q in files)}  # a path is a file or a folder
     root = apply_changes(reg, None, changes)
     assert TreeDigests(reg).digest(root.tree) == artifact_digest(walk(reg, root.tree))
+
+
+def _real_files(draft: Draft) -> list[str]:
+    """Regular files of the user's (not stand-ins) on disk in the staging tree."""
+    out = []
+    for dirpath, _, names in os.walk(draft.tree):
+        for n in names:
+            st = os.lstat(os.path.join(dirpath, n))
+            if "\\" not in n and not st.st_mode & 0o1000:
+                out.append(os.path.relpath(os.path.join(dirpath, n), draft.tree))
+    return sorted(out)
+
+
+def test_committed_files_give_their_staging_space_back(reg, pub):
+    """After a commit, written files are the new base's (nothing on disk), except
+    open ones and ones whose mode a version cannot hold; the content is unchanged."""
+    publish(reg, pub, "ds", BASE)
+    d = draft_of(reg)
+    write(d, "new/deep/f", b"fresh" * 1000)
+    write(d, "a/x", b"changed")
+    write(d, "open", b"still open")
+    write(d, "private", b"p")
+    os.chmod(d.disk("private"), 0o600)
+    busy = frozenset({os.lstat(d.disk("open")).st_ino})
+
+    assert commit_draft(reg, d, busy=busy).line == "ds:v1"
+    assert _real_files(d) == ["open", "private"]
+    assert d.stat("new/deep/f").entry is not None and d.stat("new/deep/f").size == 5000
+    assert version_files(reg, "ds", 1) == expected(BASE, new__deep__f=b"fresh" * 1000, a__x=b"changed",
+                                                   open=b"still open", private=b"p")
+    os.unlink(d.disk("open"))
+    os.unlink(d.disk("private"))
+    write(d, "open", b"still open")
+    os.chmod(d.disk("open"), 0o644)
+    write(d, "private", b"p")
+    assert commit_draft(reg, d).line == "ds:v1 (unchanged)"
+    assert _real_files(d) == [] and d.is_clean(), "a committed draft is clean again"
+    write(d, "new/deep/f", b"more", 5000)          # copy-up from the base works as before
+    assert commit_draft(reg, d).line == "ds:v2"
+    assert version_files(reg, "ds", 2)["new/deep/f"] == (b"fresh" * 1000 + b"more", False)
+
+
+def test_a_new_collections_draft_is_clean_after_its_first_commit(reg):
+    d = draft_of(reg, "fresh")
+    write(d, "x/y", b"y")
+    write(d, "z", b"z")
+    assert commit_draft(reg, d).line == "fresh:v0"
+    assert _real_files(d) == [] and d.is_clean()
+    assert sorted(n.path for n in d.listdir("")) == ["x", "z"]

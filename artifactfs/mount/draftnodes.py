@@ -93,6 +93,7 @@ class DraftFileHandle(Handle):
     def __init__(self, live: "LiveDraft", fd: int):
         self.live = live
         self.fd = fd
+        live.open_fds.add(fd)
 
     async def read(self, off: int, size: int) -> bytes:
         return await self.live.read(os.pread, self.fd, size, off)
@@ -104,6 +105,7 @@ class DraftFileHandle(Handle):
         await self.live.read(os.fdatasync if datasync else os.fsync, self.fd)
 
     async def release(self) -> None:
+        self.live.open_fds.discard(self.fd)
         await self.live.read(os.close, self.fd)
 
 

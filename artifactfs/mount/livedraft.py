@@ -87,6 +87,7 @@ class LiveDraft:
         self.gate = Gate()
         self.on_advance: list[Callable[[list[str]], Any]] = []
         self._warmed: str | None = None
+        self.open_fds: set[int] = set()  # staging files open through the mount
 
     async def change(self, fn: Callable[..., T], *args: Any) -> T:
         """A namespace change, in a worker thread."""
@@ -125,7 +126,8 @@ class LiveDraft:
         """Publish the draft (see draftcommit); returns once the version is durable."""
         async with self.gate.commit():
             moved = await self._finish_advance()
-            result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
+            busy = await self.ctx.run(_inodes, list(self.open_fds))
+            result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, busy=busy, **attrs))
         log.info("committed %s (%d changed paths)", result.line, result.changes)
         await self._advanced(moved + result.changed)
         return result
@@ -154,11 +156,24 @@ class LiveDraft:
         adv = self.draft.state.advancing
         if not adv:
             return []
-        return await self.ctx.run(advance, self.draft, adv["version"], adv["root"], adv["mtime_ns"], adv["clean"])
+        busy = await self.ctx.run(_inodes, list(self.open_fds))
+        return await self.ctx.run(advance, self.draft, adv["version"], adv["root"], adv["mtime_ns"], adv["clean"],
+                                  busy)
 
     async def _advanced(self, changed: list[str]) -> None:
         for hook in self.on_advance:
             await hook(changed)
+
+
+def _inodes(fds: list[int]) -> frozenset[int]:
+    """The inodes of open staging files: they stay real files after a commit."""
+    out = set()
+    for fd in fds:
+        try:
+            out.add(os.fstat(fd).st_ino)
+        except OSError:
+            continue  # closed meanwhile
+    return frozenset(out)
 
 
 class Drafts:
