@@ -378,7 +378,8 @@ def test_opening_a_folders_files_in_order_fetches_the_next_small_files_ahead(tmp
             with open(os.path.join(root, name), "rb") as f:
                 assert f.read() == files[f"shards/{name}"]
         s = m.stats()
-        assert s["memory_hits"] >= 20 and s["fetches"] == 30  # every file fetched exactly once
+        assert s["fetches"] == 30  # every file fetched exactly once
+        assert s["memory_hits"] + s["pages_fed"] >= 20  # read from memory, or put in the page cache ahead
 
 
 def test_warm_reads_come_from_the_page_cache(dataset, tmp_path):

@@ -23,6 +23,7 @@ from .context import MountContext
 from .nodes import default_node_classes
 from .ops import Operations
 from .options import MountOptions
+from .pagecache import PageFeeder
 from .reader import ChunkReader
 from .state import find_mount, log_path, remove_record, sd_notify, write_record
 
@@ -48,7 +49,8 @@ class Daemon:
     def build(cls, opts: MountOptions) -> "Daemon":
         registry = Registry.open(opts.store)
         cache = ChunkCache(registry, opts.cache_dir, opts.cache_size)
-        ctx = MountContext(registry=registry, project=opts.project, reader=ChunkReader(cache, opts.memory),
+        reader = ChunkReader(cache, opts.memory, feeder=PageFeeder())
+        ctx = MountContext(registry=registry, project=opts.project, reader=reader,
                            refresh=opts.refresh, cache_size=opts.cache_size,
                            node_classes=default_node_classes())
         ctx.table.set_root(ctx.node_classes["root"](ctx, ("root",)))
@@ -72,6 +74,8 @@ class Daemon:
             nursery.cancel_scope.cancel()
         sd_notify("STOPPING=1")
         self.ctx.reader.nursery = None
+        if self.ctx.reader.feeder is not None:
+            await trio.to_thread.run_sync(self.ctx.reader.feeder.close)
         for hook in self.shutdown_hooks:
             try:
                 await hook()

@@ -38,7 +38,8 @@ from .xattrs import collection_xattrs, file_xattrs, version_xattrs
 
 log = logging.getLogger("artifactfs.mount")
 MISS_REFRESH = 1.0  # a lookup of an unknown name re-lists at most this often
-SIBLING_READAHEAD = 8  # small files fetched ahead of a reader opening a folder's files in order
+SIBLING_READAHEAD = 32  # small files fetched ahead (into the page cache) of a reader opening a folder's files in order
+SIBLING_BATCH = 8  # ... in batches of this many per worker-thread job (one thread hop per batch)
 T = TypeVar("T")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -262,6 +263,7 @@ class VersionDirNode(Node):
         self._tree: dict[str, Entry] | None = None
         self._names: list[str] = []  # sorted, for sibling read-ahead
         self._last_opened = -2
+        self._ahead = 0  # names below this index have been fetched ahead
 
     def mtime_ns(self) -> int:
         assert self.ref is not None
@@ -293,20 +295,30 @@ class VersionDirNode(Node):
     def opened(self, name: str) -> None:
         """A file of this folder was opened.  A reader that opens the files in name
         order (cp -r, tar, rsync, a loader over sorted shards) gets the next small
-        files fetched in the background, hiding one round trip per file."""
-        if self._tree is None:
+        files fetched in the background and put in the kernel page cache, so their
+        reads need no round trip through the daemon."""
+        if self._tree is None or self.ref is None:
             return
         if not self._names:
             self._names = sorted(self._tree)
         i = bisect.bisect_left(self._names, name)
         sequential, self._last_opened = i == self._last_opened + 1, i
         if not sequential:
+            self._ahead = 0
             return
-        for sibling in self._names[i + 1:i + 1 + SIBLING_READAHEAD]:
+        if self._ahead - (i + 1) >= SIBLING_READAHEAD - SIBLING_BATCH:
+            return  # enough ahead: wait until a whole batch can be fetched
+        start, self._ahead = max(i + 1, self._ahead), i + 1 + SIBLING_READAHEAD
+        batch = []
+        for sibling in self._names[start:self._ahead]:
             e = self._tree[sibling]
-            if isinstance(e, FileEntry) and len(e.chunks) == 1 and self.ref is not None:
+            if isinstance(e, FileEntry) and len(e.chunks) == 1:
                 path = f"{self.path}/{sibling}" if self.path else sibling
-                self.ctx.reader.prefetch(e.chunks[0], e.size, self.ref.where(path))
+                node = self.ctx.table.find(self.key[:3] + (path,))  # known to the kernel: feed its pages
+                ino = node.ino if isinstance(node, VersionFileNode) else 0
+                batch.append((e.chunks[0], e.size, self.ref.where(path), ino))
+        for b in range(0, len(batch), SIBLING_BATCH):
+            self.ctx.reader.prefetch(batch[b:b + SIBLING_BATCH])
 
 
 class VersionRootNode(VersionDirNode):

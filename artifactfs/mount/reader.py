@@ -5,12 +5,15 @@ The hot path (FileReader.read of a chunk already in hand) is a bounds check and
 a memoryview slice: no lock, no thread hop, no copy.  A chunk not in memory is
 fetched once in a worker thread however many readers wait for it; a reader
 that has gone sequential for READAHEAD_TRIGGER bytes gets the next chunks
-fetched in the background so it rarely waits for a round trip."""
+fetched in the background so it rarely waits for a round trip.  Small files
+fetched ahead (a folder read in name order) also go into the kernel's page
+cache (pagecache.PageFeeder), so the reader finds them there without a READ."""
 from __future__ import annotations
 
+import errno
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -18,6 +21,7 @@ import trio
 from ..manifest import CHUNK_SIZE, FileEntry
 from .inodes import Handle
 from .options import DEFAULT_MEMORY
+from .pagecache import PageFeeder
 
 log = logging.getLogger("artifactfs.mount")
 
@@ -29,20 +33,22 @@ SEQ_TOLERANCE = 4 * 1024 * 1024  # the kernel's concurrent readahead requests ar
 class _Fetch:
     """A chunk being fetched: waiters park on `done`."""
 
-    __slots__ = ("done", "data", "error")
+    __slots__ = ("done", "data", "error", "inodes")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.data: bytes | None = None
         self.error: BaseException | None = None
+        self.inodes: list[int] = []  # whose page cache gets the bytes
 
 
 class ChunkReader:
     """Chunks by blob key, shared by every open file of the mount."""
 
     def __init__(self, cache: Any, memory_bytes: int = DEFAULT_MEMORY,
-                 run: Callable[..., Any] | None = None):
+                 run: Callable[..., Any] | None = None, feeder: PageFeeder | None = None):
         self.cache = cache
+        self.feeder = feeder
         self.memory_bytes = memory_bytes
         # read-ahead must not evict the chunk being read before it is used
         self.readahead = max(0, min(READAHEAD_CHUNKS, memory_bytes // CHUNK_SIZE - 1))
@@ -54,7 +60,8 @@ class ChunkReader:
         self.counters = {"reads": 0, "read_bytes": 0, "chunk_reads": 0, "memory_hits": 0, "waits": 0, "readahead": 0, "fetch_errors": 0}
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "memory_bytes": self._mem_size, "memory_chunks": len(self._mem)}
+        fed = self.feeder.counters if self.feeder is not None else {}
+        return {**self.counters, **fed, "memory_bytes": self._mem_size, "memory_chunks": len(self._mem)}
 
     async def chunk(self, key: str, length: int, where: str) -> bytes:
         """The verified bytes of blob `key`; DigestMismatchError and store errors propagate."""
@@ -67,7 +74,7 @@ class ChunkReader:
         fetch = self._inflight.get(key)
         if fetch is None:
             fetch = self._start(key)
-            await self._fetch(key, length, where, fetch)
+            await self._fetch([(key, length, where)], [fetch])
         else:
             self.counters["waits"] += 1
             await fetch.done.wait()
@@ -76,28 +83,72 @@ class ChunkReader:
         assert fetch.data is not None
         return fetch.data
 
-    def prefetch(self, key: str, length: int, where: str) -> None:
-        """Fetch in the background unless in memory or already on its way."""
-        if key in self._mem or key in self._inflight or self.nursery is None:
-            return
-        self.counters["readahead"] += 1
-        self.nursery.start_soon(self._fetch, key, length, where, self._start(key))
+    def prefetch(self, items: Sequence[tuple[str, int, str, int]]) -> None:
+        """Fetch blobs (key, length, where, inode) in the background, in one
+        worker thread, unless in memory or already on their way.  A blob that is
+        a whole file with a non-zero inode also goes into that file's page cache."""
+        todo: list[tuple[str, int, str]] = []
+        fetches: list[_Fetch] = []
+        for key, length, where, ino in items:
+            data = self._mem.get(key)
+            if data is not None:
+                self._feed(ino, data)
+                continue
+            fetch = self._inflight.get(key)
+            if fetch is None and self.nursery is not None:
+                fetch = self._start(key)
+                todo.append((key, length, where))
+                fetches.append(fetch)
+            if fetch is not None and ino:
+                fetch.inodes.append(ino)
+        if todo:
+            assert self.nursery is not None
+            self.counters["readahead"] += len(todo)
+            self.nursery.start_soon(self._fetch, todo, fetches)
+
+    def _feed(self, ino: int, data: bytes) -> None:
+        if ino and self.feeder is not None:
+            self.feeder.offer(ino, data)
 
     def _start(self, key: str) -> _Fetch:
         fetch = _Fetch()
         self._inflight[key] = fetch
         return fetch
 
-    async def _fetch(self, key: str, length: int, where: str, fetch: _Fetch) -> None:
+    async def _fetch(self, items: list[tuple[str, int, str]], fetches: list[_Fetch]) -> None:
+        """Fetch blobs in one worker thread (one thread hop for a batch); each
+        result or error is delivered to that blob's waiters."""
+        results: list[bytes | BaseException] = []
         try:
-            fetch.data = await self._run(self.cache.read_chunk, key, length, where)
-            self._remember(key, fetch.data)
-        except Exception as e:  # delivered to every waiter; not cached, so a later read retries
-            self.counters["fetch_errors"] += 1
-            fetch.error = e
+            results = await self._run(self._read_all, items)
+        except BaseException:  # cancelled at shutdown: no waiter is left parked
+            results = [OSError(errno.EIO, "fetch interrupted by unmount")] * len(items)
+            raise
         finally:
-            del self._inflight[key]
-            fetch.done.set()
+            for (key, _, _), fetch, result in zip(items, fetches, results):
+                self._settle(key, fetch, result)
+
+    def _read_all(self, items: list[tuple[str, int, str]]) -> list[bytes | BaseException]:
+        """Blocking: each blob's bytes, or the error reading it."""
+        out: list[bytes | BaseException] = []
+        for key, length, where in items:
+            try:
+                out.append(self.cache.read_chunk(key, length, where))
+            except Exception as e:
+                out.append(e)
+        return out
+
+    def _settle(self, key: str, fetch: _Fetch, result: bytes | BaseException) -> None:
+        del self._inflight[key]
+        if isinstance(result, BaseException):  # not cached, so a later read retries
+            self.counters["fetch_errors"] += 1
+            fetch.error = result
+        else:
+            fetch.data = result
+            self._remember(key, result)
+            for ino in fetch.inodes:
+                self._feed(ino, result)
+        fetch.done.set()
 
     def _remember(self, key: str, data: bytes) -> None:
         if len(data) > self.memory_bytes:
@@ -169,5 +220,5 @@ class FileReader(Handle):
         last = min(index + self.reader.readahead, len(self.entry.chunks) - 1)
         for i in range(max(self._ahead, index + 1), last + 1):
             _, length = self.entry.chunk_span(i)
-            self.reader.prefetch(self.entry.chunks[i], length, self.where)
+            self.reader.prefetch([(self.entry.chunks[i], length, self.where, 0)])
         self._ahead = max(self._ahead, last + 1)

@@ -1,0 +1,46 @@
+"""Small files read ahead are stored into the kernel page cache (FUSE
+notify_store), on a real mount: the bytes a reader then gets are right, and
+they reach it without a READ request to the daemon."""
+from __future__ import annotations
+
+import os
+import time
+
+from test_mount_read import commit
+
+from artifactfs.registry import Registry
+from mountutil import mounted
+
+
+def wait_for(m, key: str, at_least: int, timeout: float = 10.0) -> dict:
+    """The mount's stats once stats[key] >= at_least (the stores are asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = m.stats()
+        if s[key] >= at_least or time.monotonic() > deadline:
+            return s
+        time.sleep(0.05)
+
+
+def test_small_files_read_in_order_come_from_the_page_cache(tmp_path):
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    files = {f"d/{i:03}.bin": os.urandom(20_000 + 37 * i) for i in range(60)}
+    commit(store, "pc", str(tmp_path / "src"), files)
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        root = m.p("pc", "pc:v0", "d")
+        names = sorted(os.listdir(root))  # the kernel now knows every file's inode
+
+        def read(name: str) -> None:
+            with open(os.path.join(root, name), "rb") as f:
+                assert f.read() == files[f"d/{name}"]
+        read(names[0])
+        read(names[1])  # in order: the next files are fetched and fed to the kernel
+        s = wait_for(m, "pages_fed", 30)
+        assert s["pages_fed"] >= 30
+        reads = s["reads"]
+        for name in names[2:32]:  # fed: served by the kernel, byte for byte, no READ
+            read(name)
+        assert m.stats()["reads"] == reads
+        for name in names[32:]:
+            read(name)
