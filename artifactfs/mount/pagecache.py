@@ -29,49 +29,58 @@ Store = Callable[[int, int, bytes], None]
 
 
 class PageFeeder:
-    """Queues (inode, bytes) and stores them into the kernel page cache."""
+    """Queues (inode, bytes) pairs and stores them into the kernel page cache."""
 
     def __init__(self, store: Store = pyfuse3.notify_store, max_pending: int = MAX_PENDING):
         self._store = store
         self._max_pending = max_pending
-        self._queue: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[tuple[int, bytes]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0
         self._thread: threading.Thread | None = None
         self.enabled = True
         self.counters = {"pages_fed": 0, "pages_fed_bytes": 0, "pages_dropped": 0}
 
-    def offer(self, ino: int, data: bytes) -> None:
-        """Store `data` as the whole content of inode `ino` soon (best effort, never blocks)."""
-        if not self.enabled or not data:
+    def offer(self, files: list[tuple[int, bytes]]) -> None:
+        """Store each file's whole content into its inode's page cache soon (best
+        effort, never blocks; one hand-over, so one thread wake-up, per batch)."""
+        if not self.enabled:
             return
+        taken = []
         with self._lock:
-            if self._pending + len(data) > self._max_pending:
-                self.counters["pages_dropped"] += 1
-                return
-            self._pending += len(data)
+            for ino, data in files:
+                if self._pending + len(data) > self._max_pending:
+                    self.counters["pages_dropped"] += 1
+                    continue
+                self._pending += len(data)
+                taken.append((ino, data))
+        if not taken:
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="artifactfs-pages", daemon=True)
             self._thread.start()
-        self._queue.put((ino, data))
+        self._queue.put(taken)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            ino, data = item
-            try:
-                if self.enabled:
-                    self._store(ino, 0, data)
-                    self.counters["pages_fed"] += 1
-                    self.counters["pages_fed_bytes"] += len(data)
-            except OSError as e:  # ENOENT: the kernel forgot the inode meanwhile; harmless
-                if e.errno == errno.ENOSYS:
-                    log.info("kernel cannot take pages from the daemon; read-ahead stays in memory")
-                    self.enabled = False
-                elif e.errno != errno.ENOENT:
-                    log.debug("page store for inode %d failed: %s", ino, e)
-            finally:
-                with self._lock:
-                    self._pending -= len(data)
+        while (files := self._queue.get()) is not None:
+            for ino, data in files:
+                self._store_one(ino, data)
+
+    def _store_one(self, ino: int, data: bytes) -> None:
+        try:
+            if self.enabled and data:
+                self._store(ino, 0, data)
+                self.counters["pages_fed"] += 1
+                self.counters["pages_fed_bytes"] += len(data)
+        except OSError as e:  # ENOENT: the kernel forgot the inode meanwhile; harmless
+            if e.errno == errno.ENOSYS:
+                log.info("kernel cannot take pages from the daemon; read-ahead stays in memory")
+                self.enabled = False
+            elif e.errno != errno.ENOENT:
+                log.debug("page store for inode %d failed: %s", ino, e)
+        finally:
+            with self._lock:
+                self._pending -= len(data)
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop storing (pending offers are dropped) before the FUSE session goes away."""

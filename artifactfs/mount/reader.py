@@ -89,10 +89,12 @@ class ChunkReader:
         a whole file with a non-zero inode also goes into that file's page cache."""
         todo: list[tuple[str, int, str]] = []
         fetches: list[_Fetch] = []
+        feeds: list[tuple[int, bytes]] = []
         for key, length, where, ino in items:
             data = self._mem.get(key)
             if data is not None:
-                self._feed(ino, data)
+                if ino:
+                    feeds.append((ino, data))
                 continue
             fetch = self._inflight.get(key)
             if fetch is None and self.nursery is not None:
@@ -105,10 +107,12 @@ class ChunkReader:
             assert self.nursery is not None
             self.counters["readahead"] += len(todo)
             self.nursery.start_soon(self._fetch, todo, fetches)
+        self._feed(feeds)
 
-    def _feed(self, ino: int, data: bytes) -> None:
-        if ino and self.feeder is not None:
-            self.feeder.offer(ino, data)
+    def _feed(self, feeds: list[tuple[int, bytes]]) -> None:
+        """(inode, whole content) pairs for the page cache, handed over in one go."""
+        if feeds and self.feeder is not None:
+            self.feeder.offer(feeds)
 
     def _start(self, key: str) -> _Fetch:
         fetch = _Fetch()
@@ -125,8 +129,12 @@ class ChunkReader:
             results = [OSError(errno.EIO, "fetch interrupted by unmount")] * len(items)
             raise
         finally:
+            feeds: list[tuple[int, bytes]] = []
             for (key, _, _), fetch, result in zip(items, fetches, results):
                 self._settle(key, fetch, result)
+                if fetch.data is not None:
+                    feeds += [(ino, fetch.data) for ino in fetch.inodes]
+            self._feed(feeds)
 
     def _read_all(self, items: list[tuple[str, int, str]]) -> list[bytes | BaseException]:
         """Blocking: each blob's bytes, or the error reading it."""
@@ -146,8 +154,6 @@ class ChunkReader:
         else:
             fetch.data = result
             self._remember(key, result)
-            for ino in fetch.inodes:
-                self._feed(ino, result)
         fetch.done.set()
 
     def _remember(self, key: str, data: bytes) -> None:
