@@ -12,7 +12,9 @@ pay: the reader overtakes the stores and most bytes are copied twice.)
 
 The stores run in one dedicated thread: notify_store waits for pages that an
 in-flight READ holds locked, and only the event loop can answer that READ, so
-the stores must never occupy the worker threads the event loop waits on."""
+the stores must never occupy the worker threads the event loop waits on.
+(Profilers: `py-spy record` must run with --nonblocking here; stopping the
+process while a store waits on a page lock can hang both.)"""
 from __future__ import annotations
 
 import errno
