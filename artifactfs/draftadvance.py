@@ -9,7 +9,7 @@ later must show).  After a commit, plain folders (made by the user) become lazy
 ones over their new sub-tree, and real files committed as they are (stamp
 unchanged, not open, a mode the version holds) are removed, so the new base shows
 the same bytes and the staging tree does not keep a copy of everything ever
-written.  The user's placeholders (chmod) and folders the user moved stay as they
+written (reclaim(), run after the commit has answered).  The user's placeholders (chmod) and folders the user moved stay as they
 are.  The move is journaled in draft.json and finished on the next load if the
 process dies midway."""
 from __future__ import annotations
@@ -25,22 +25,27 @@ from .standins import (LAZY, WHITEOUT, is_internal, is_placeholder, join, lazy_o
                        whiteout_name, write_lazy)
 
 
-def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict,
-            busy: frozenset[int] = frozenset()) -> list[str]:
+def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict) -> list[str]:
     """Make `version` (whose tree is `root`) the draft's base; returns the paths
-    whose content changed on disk (for the mount to drop cached pages).  Files
-    written to the draft and committed as they are (their stamp in `clean`) give
-    their disk space back: the new base shows through instead, unless they are
-    open (their inode in `busy`)."""
+    whose content changed on disk (for the mount to drop cached pages)."""
     draft.state.advancing = {"version": version, "root": root, "mtime_ns": mtime_ns, "clean": clean}
     draft.save_state()
     changed: list[str] = []
     _merge(draft, draft.tree, "", draft.state.base_root, root, changed)
-    _prune(draft, draft.tree, _Committed(clean, busy))
+    _prune(draft, draft.tree)
     draft.state.base, draft.state.base_root, draft.state.base_mtime_ns = version, root, mtime_ns
     draft.state.attrs, draft.state.clean, draft.state.advancing = {}, clean, None
     draft.save_state()
     return changed
+
+
+def reclaim(draft: Draft, busy: frozenset[int] = frozenset()) -> None:
+    """Give back the disk space of files committed as they are: a real file whose
+    stamp still equals the one recorded at the last commit (draft.state.clean) and
+    whose bytes and mode are the base's is removed, so the base shows the same
+    bytes; files open for writing (their inode in `busy`) stay.  Run any time
+    after a commit, with the draft's changes held off."""
+    _prune(draft, draft.tree, _Committed(draft.state.clean, busy))
 
 
 def _tree(draft: Draft, key: str | None) -> dict[str, Entry]:
@@ -117,7 +122,7 @@ def _merge(draft: Draft, disk: str, path: str, old: str | None, new: str | None,
             changed.append(p)
 
 
-def _prune(draft: Draft, disk: str, committed: _Committed) -> None:
+def _prune(draft: Draft, disk: str, committed: "_Committed | None" = None) -> None:
     """Drop what equals what its lazy folder shows anyway: stand-ins left by a change
     since undone (chmod and back), so an unchanged draft is clean again, and real
     files just committed as they are (their bytes are the new base's now)."""
@@ -135,7 +140,7 @@ def _prune(draft: Draft, disk: str, committed: _Committed) -> None:
             _prune(draft, de.path, committed)
             if isinstance(b, DirEntry) and _untouched(draft, de.path, b.tree):
                 shutil.rmtree(de.path)
-        elif same_as_base(de.path, st, b) or (not is_placeholder(st) and committed.same(st, b)):
+        elif same_as_base(de.path, st, b) or (committed and not is_placeholder(st) and committed.same(st, b)):
             os.unlink(de.path)
 
 

@@ -256,10 +256,9 @@ def _mtime_ns(iso: str) -> int:
 
 def commit_draft(registry: Registry, draft: Draft, *, description: str | None = None,
                  metadata: dict | None = None, aliases: Iterable[str] = (),
-                 tags: Iterable[str] = (), busy: frozenset[int] = frozenset()) -> CommitResult:
+                 tags: Iterable[str] = ()) -> CommitResult:
     """Publish the draft as the next version (or report latest unchanged) and advance
-    the draft to it.  The caller keeps the draft from changing meanwhile; `busy`
-    are the inodes of staged files open for writing (kept as they are)."""
+    the draft to it.  The caller keeps the draft from changing meanwhile."""
     st = draft.state
     changes, clean = draft_changes(registry, draft)
     attrs = _merged_attrs(st.attrs, description, metadata, aliases, tags)
@@ -284,6 +283,6 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
                                             base=latest, exact_base=True, **attrs)
         except PreconditionFailed:
             continue  # someone published meanwhile: rebase onto the new latest
-        moved = advance(draft, info.version, info.root, _mtime_ns(info.created_at), clean, busy)
+        moved = advance(draft, info.version, info.root, _mtime_ns(info.created_at), clean)
         return CommitResult(st.collection, info.version, created, len(changes), moved)
     raise ConflictError(f"{st.collection}: could not commit, other writers keep publishing")

@@ -299,9 +299,11 @@ def test_committed_files_leave_the_staging_tree(store, mount_factory, tmp_path):
     held = open(f"{d}/held", "wb", buffering=0)
     held.write(b"first ")
     assert sync(m, d).stdout == "ds:v1\n"
-    staged = [os.path.join(p, n) for p, _, names in os.walk(m.env["XDG_STATE_HOME"]) for n in names
-              if "/tree" in p and "\\" not in n and not os.lstat(os.path.join(p, n)).st_mode & 0o1000]
-    assert [os.path.basename(p) for p in staged] == ["held"], staged
+
+    def staged() -> list[str]:
+        return [n for p, _, names in os.walk(m.env["XDG_STATE_HOME"]) for n in names
+                if "/tree" in p and "\\" not in n and not os.lstat(os.path.join(p, n)).st_mode & 0o1000]
+    wait_for(lambda: staged() == ["held"], 10, "committed files to leave staging")
     assert open(f"{d}/big.bin", "rb").read() == payload    # now read from the version
     assert open(f"{d}/new/deep/f", "rb").read() == b"deep"
     held.write(b"second")

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from artifactfs import transfer
+from artifactfs.draftadvance import reclaim
 from artifactfs.draftcommit import commit_draft, draft_changes, fetch_from_store, open_draft, scan
 from artifactfs.errors import ConflictError, InvalidNameError
 from artifactfs.manifest import DirEntry, apply_changes, artifact_digest, walk
@@ -416,7 +417,9 @@ def test_committed_files_give_their_staging_space_back(reg, pub):
     os.chmod(d.disk("private"), 0o600)
     busy = frozenset({os.lstat(d.disk("open")).st_ino})
 
-    assert commit_draft(reg, d, busy=busy).line == "ds:v1"
+    assert commit_draft(reg, d).line == "ds:v1"
+    assert "new/deep/f" in _real_files(d), "the commit itself leaves them"
+    reclaim(d, busy)
     assert _real_files(d) == ["open", "private"]
     assert d.stat("new/deep/f").entry is not None and d.stat("new/deep/f").size == 5000
     assert version_files(reg, "ds", 1) == expected(BASE, new__deep__f=b"fresh" * 1000, a__x=b"changed",
@@ -427,6 +430,7 @@ def test_committed_files_give_their_staging_space_back(reg, pub):
     os.chmod(d.disk("open"), 0o644)
     write(d, "private", b"p")
     assert commit_draft(reg, d).line == "ds:v1 (unchanged)"
+    reclaim(d)
     assert _real_files(d) == [] and d.is_clean(), "a committed draft is clean again"
     write(d, "new/deep/f", b"more", 5000)          # copy-up from the base works as before
     assert commit_draft(reg, d).line == "ds:v2"
@@ -438,5 +442,6 @@ def test_a_new_collections_draft_is_clean_after_its_first_commit(reg):
     write(d, "x/y", b"y")
     write(d, "z", b"z")
     assert commit_draft(reg, d).line == "fresh:v0"
+    reclaim(d)
     assert _real_files(d) == [] and d.is_clean()
     assert sorted(n.path for n in d.listdir("")) == ["x", "z"]

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..draftadvance import advance
+from ..draftadvance import advance, reclaim
 from ..draftcommit import LATEST, CommitResult, Latest, commit_draft, open_draft, warm_digests
 from ..errors import ArtifactfsError
 from ..manifest import FileEntry
@@ -126,11 +126,22 @@ class LiveDraft:
         """Publish the draft (see draftcommit); returns once the version is durable."""
         async with self.gate.commit():
             moved = await self._finish_advance()
-            busy = await self.ctx.run(_inodes, list(self.open_fds))
-            result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, busy=busy, **attrs))
+            result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
         log.info("committed %s (%d changed paths)", result.line, result.changes)
         await self._advanced(moved + result.changed)
+        nursery = self.ctx.reader.nursery
+        if nursery is not None:  # (not at unmount: a later commit's reclaim does it)
+            nursery.start_soon(self._reclaim)
         return result
+
+    async def _reclaim(self) -> None:
+        """After the commit has answered: give back the space of what it took as it is."""
+        try:
+            async with self.gate.commit():
+                busy = await self.ctx.run(_inodes, list(self.open_fds))
+                await self.ctx.run(reclaim, self.draft, busy)
+        except (ArtifactfsError, OSError) as e:  # only disk space: the files stay, still correct
+            log.warning("could not remove committed files of %s from staging: %s", self.name, e)
 
     async def follow(self, latest: int | None, version: Callable[[int], Awaitable[VersionInfo]]) -> None:
         """An untouched draft moves to a newer latest by itself (`version` gives its
@@ -156,9 +167,7 @@ class LiveDraft:
         adv = self.draft.state.advancing
         if not adv:
             return []
-        busy = await self.ctx.run(_inodes, list(self.open_fds))
-        return await self.ctx.run(advance, self.draft, adv["version"], adv["root"], adv["mtime_ns"], adv["clean"],
-                                  busy)
+        return await self.ctx.run(advance, self.draft, adv["version"], adv["root"], adv["mtime_ns"], adv["clean"])
 
     async def _advanced(self, changed: list[str]) -> None:
         for hook in self.on_advance:
