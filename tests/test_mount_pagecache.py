@@ -44,3 +44,19 @@ def test_small_files_read_in_order_come_from_the_page_cache(tmp_path):
         assert m.stats()["reads"] == reads
         for name in names[32:]:
             read(name)
+
+
+def test_files_read_ahead_are_bounded_in_bytes(tmp_path):
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    size = 2 * 1024 * 1024 + 1
+    files = {f"s/{i:02}.bin": os.urandom(size) for i in range(30)}
+    commit(store, "pw", str(tmp_path / "src"), files)
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        root = m.p("pw", "pw:v0", "s")
+        names = sorted(os.listdir(root))
+        for name in names[:2]:  # in order: read-ahead starts, up to 32 MiB of the next files
+            with open(os.path.join(root, name), "rb") as f:
+                assert f.read() == files[f"s/{name}"]
+        ahead = m.stats()["readahead"]
+        assert 8 <= ahead and ahead * size <= 32 * 1024 * 1024

@@ -40,6 +40,7 @@ log = logging.getLogger("artifactfs.mount")
 MISS_REFRESH = 1.0  # a lookup of an unknown name re-lists at most this often
 SIBLING_READAHEAD = 32  # small files fetched ahead (into the page cache) of a reader opening a folder's files in order
 SIBLING_BATCH = 8  # ... in batches of this many per worker-thread job (one thread hop per batch)
+SIBLING_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes ahead (as for a big file)
 T = TypeVar("T")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -306,9 +307,10 @@ class VersionDirNode(Node):
         if not sequential:
             self._ahead = 0
             return
-        if self._ahead - (i + 1) >= SIBLING_READAHEAD - SIBLING_BATCH:
+        window = self._window(i + 1)
+        if self._ahead - (i + 1) > window - max(1, min(SIBLING_BATCH, window // 2)):
             return  # enough ahead: wait until a whole batch can be fetched
-        start, self._ahead = max(i + 1, self._ahead), i + 1 + SIBLING_READAHEAD
+        start, self._ahead = max(i + 1, self._ahead), i + 1 + window
         batch = []
         for sibling in self._names[start:self._ahead]:
             e = self._tree[sibling]
@@ -319,6 +321,17 @@ class VersionDirNode(Node):
                 batch.append((e.chunks[0], e.size, self.ref.where(path), ino))
         for b in range(0, len(batch), SIBLING_BATCH):
             self.ctx.reader.prefetch(batch[b:b + SIBLING_BATCH])
+
+    def _window(self, start: int) -> int:
+        """How many names from `start` on to keep fetched ahead (fewer when big)."""
+        assert self._tree is not None
+        total = 0
+        for n, name in enumerate(self._names[start:start + SIBLING_READAHEAD]):
+            e = self._tree[name]
+            total += e.size if isinstance(e, FileEntry) else 0
+            if total > SIBLING_BYTES:
+                return max(1, n)
+        return SIBLING_READAHEAD
 
 
 class VersionRootNode(VersionDirNode):
