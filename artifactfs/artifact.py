@@ -288,17 +288,10 @@ class Artifact:
         if not os.path.isdir(local_path):
             raise ArtifactfsError(f"cannot add {local_path}: not a directory or not found")
         prefix = normalize_path(name) + "/" if name else ""
-        locals_, paths = [], []
-        for dirpath, dirnames, filenames in os.walk(local_path):
-            dirnames.sort()
-            for fn in sorted(filenames):
-                full = os.path.join(dirpath, fn)
-                if os.path.isfile(full):
-                    locals_.append(full)
-                    paths.append(normalize_path(prefix + os.path.relpath(full, local_path).replace(os.sep, "/")))
-        entries = transfer.upload_many(self._reg(), locals_, progress)
-        for path, entry, full in zip(paths, entries, locals_):
-            self._stage(path, entry, os.path.abspath(full), merge)
+        found = list(_walk_files(os.path.abspath(local_path), prefix))
+        entries = transfer.upload_many(self._reg(), [full for full, _ in found], progress)
+        for (full, path), entry in zip(found, entries):
+            self._stage(normalize_path(path), entry, full, merge)
 
     @contextlib.contextmanager
     def new_file(self, name: str, mode: str = "x", encoding: str | None = None) -> Iterator[IO]:
@@ -454,6 +447,18 @@ class Artifact:
 
     def __repr__(self) -> str:
         return f"<Artifact {self.name} type={self._type} state={self.state}>"
+
+
+def _walk_files(top: str, prefix: str) -> Iterator[tuple[str, str]]:
+    """(absolute path, artifact path) of every file below `top`, in name order, with
+    one scandir per folder (no per-file stat or getcwd); symlinked folders are not entered."""
+    with os.scandir(top) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            yield from _walk_files(e.path, f"{prefix}{e.name}/")
+        elif e.is_file():
+            yield e.path, prefix + e.name
 
 
 def _check_policy(policy: str) -> None:

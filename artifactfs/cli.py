@@ -85,12 +85,17 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 
 @contextlib.contextmanager
-def progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on a terminal for transfers worth watching; nothing otherwise."""
-    if not sys.stderr.isatty() or total < 64 * 1024 * 1024:
+def progress(total: Callable[[], int], label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal for transfers worth watching; nothing otherwise.
+    `total` is only called on a terminal (measuring can cost a walk of a folder)."""
+    if not sys.stderr.isatty():
         yield None
         return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+    length = total()
+    if length < 64 * 1024 * 1024:
+        yield None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
         yield bar.update
 
 
@@ -143,7 +148,7 @@ def put(c: Ctx, source: str, name: str, type_: str, description: str | None,
     art = Artifact(collection, type_, description, parse_metadata(metadata), store=c.store_url)
     art.aliases, art.tags = list(alias), list(tag)
     if os.path.isdir(source):
-        with progress(dir_size(source), f"put {collection}") as bar:
+        with progress(lambda: dir_size(source), f"put {collection}") as bar:
             art.add_dir(source, progress=bar)
     else:
         art.add_file(source)
@@ -159,7 +164,7 @@ def put(c: Ctx, source: str, name: str, type_: str, description: str | None,
 def get(c: Ctx, name: str, dest: str, prefix: str | None) -> None:
     """Download NAME[:ALIAS|:vN] into DEST (other files in DEST are left alone)."""
     art = _artifact(c, name)
-    with progress(art.size, f"get {art.name}") as bar:
+    with progress(lambda: art.size, f"get {art.name}") as bar:
         art.download(dest, path_prefix=prefix, progress=bar)
     click.echo(f"{art.name} -> {dest}", err=True)
 
