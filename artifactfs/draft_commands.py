@@ -61,7 +61,7 @@ def _metadata(pairs: tuple[str, ...]) -> dict:
 def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, ...],
              description: str | None, metadata: tuple[str, ...]) -> None:
     """Commit drafts as new versions; returns once they are durable in the store."""
-    from .mount.control import request  # trio: only for the commands that need it
+    from .mount.controlclient import request
     for a in aliases:
         check_alias(a)
     for t in tags:

@@ -21,6 +21,7 @@ import trio
 import xxhash
 
 from ..errors import ArtifactfsError, NotFoundError
+from .controlclient import sockaddr
 from .state import state_dir
 
 if TYPE_CHECKING:
@@ -41,10 +42,6 @@ def control_address(mountpoint: str) -> str:
     return path if len(os.fsencode(path)) <= SUN_PATH_MAX else f"@artifactfs-{os.getuid()}-{key}"
 
 
-def _sockaddr(address: str) -> str | bytes:
-    return b"\0" + address[1:].encode() if address.startswith("@") else address
-
-
 def _peer_uid(sock: Any) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
@@ -60,7 +57,7 @@ class ControlServer:
         if not self.address.startswith("@") and os.path.lexists(self.address):
             os.unlink(self.address)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(_sockaddr(self.address))
+        await sock.bind(sockaddr(self.address))
         if not self.address.startswith("@"):
             os.chmod(self.address, 0o600)
         sock.listen(16)
@@ -120,22 +117,3 @@ class ControlServer:
             if name not in {c.name for c in await ctx.run(ctx.registry.collections, ctx.project)}:
                 raise NotFoundError(f"{name}: no such collection or draft")
         return await self.drafts.get(name)
-
-
-def request(address: str, payload: dict) -> dict:
-    """Blocking client: send one request, wait (as long as commits take) for the reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(_sockaddr(address))
-        except OSError as e:
-            raise ArtifactfsError(f"cannot reach the mount daemon at {address}: {e.strerror}") from None
-        s.sendall(json.dumps(payload).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    if not data:
-        raise ArtifactfsError("the mount daemon closed the connection without answering (see its log)")
-    return json.loads(data)
