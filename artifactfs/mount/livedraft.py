@@ -20,7 +20,7 @@ import trio
 
 from ..draftadvance import advance, reclaim
 from ..draftcommit import LATEST, CommitResult, Latest, commit_draft, open_draft, warm_digests
-from ..errors import ArtifactfsError
+from ..errors import ArtifactfsError, ConflictError
 from ..manifest import FileEntry
 from ..registry import VersionInfo
 from ..draftstate import STATE_FILE, claim_drafts_dir
@@ -126,7 +126,11 @@ class LiveDraft:
         """Publish the draft (see draftcommit); returns once the version is durable."""
         async with self.gate.commit():
             moved = await self._finish_advance()
-            result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
+            try:
+                result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
+            except ConflictError:
+                await self._advanced(moved)  # the folders show the version the conflict names
+                raise
         log.info("committed %s (%d changed paths)", result.line, result.changes)
         await self._advanced(moved + result.changed)
         nursery = self.ctx.reader.nursery
