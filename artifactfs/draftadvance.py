@@ -9,7 +9,7 @@ later must show).  After a commit, plain folders (made by the user) become lazy
 ones over their new sub-tree, and real files committed as they are (stamp
 unchanged, not open, a mode the version holds) are removed, so the new base shows
 the same bytes and the staging tree does not keep a copy of everything ever
-written (reclaim(), run after the commit has answered).  The user's placeholders (chmod) and folders the user moved stay as they
+written (reclaim(), run before the commit answers).  The user's placeholders (chmod) and folders the user moved stay as they
 are.  The move is journaled in draft.json and finished on the next load if the
 process dies midway."""
 from __future__ import annotations
@@ -39,13 +39,16 @@ def advance(draft: Draft, version: int, root: str, mtime_ns: int, clean: dict) -
     return changed
 
 
-def reclaim(draft: Draft, busy: frozenset[int] = frozenset()) -> None:
+def reclaim(draft: Draft, busy: frozenset[int] = frozenset()) -> list[str]:
     """Give back the disk space of files committed as they are: a real file whose
     stamp still equals the one recorded at the last commit (draft.state.clean) and
     whose bytes and mode are the base's is removed, so the base shows the same
     bytes; files open for writing (their inode in `busy`) stay.  Run any time
-    after a commit, with the draft's changes held off."""
-    _prune(draft, draft.tree, _Committed(draft.state.clean, busy))
+    after a commit, with the draft's changes held off.  Returns the paths removed
+    (the mount drops what it cached about them)."""
+    removed: list[str] = []
+    _prune(draft, draft.tree, _Committed(draft.state.clean, busy), "", removed)
+    return removed
 
 
 def _tree(draft: Draft, key: str | None) -> dict[str, Entry]:
@@ -122,7 +125,8 @@ def _merge(draft: Draft, disk: str, path: str, old: str | None, new: str | None,
             changed.append(p)
 
 
-def _prune(draft: Draft, disk: str, committed: "_Committed | None" = None) -> None:
+def _prune(draft: Draft, disk: str, committed: "_Committed | None" = None, path: str = "",
+           removed: list[str] | None = None) -> None:
     """Drop what equals what its lazy folder shows anyway: stand-ins left by a change
     since undone (chmod and back), so an unchanged draft is clean again, and real
     files just committed as they are (their bytes are the new base's now)."""
@@ -136,12 +140,17 @@ def _prune(draft: Draft, disk: str, committed: "_Committed | None" = None) -> No
         st = de.stat(follow_symlinks=False)
         if whiteout_name(de.name) in names:  # redundant while something on disk hides the name
             os.unlink(os.path.join(disk, whiteout_name(de.name)))
+        p = join(path, de.name)
         if stat.S_ISDIR(st.st_mode):
-            _prune(draft, de.path, committed)
+            _prune(draft, de.path, committed, p, removed)
             if isinstance(b, DirEntry) and _untouched(draft, de.path, b.tree):
                 shutil.rmtree(de.path)
+                if removed is not None:
+                    removed.append(p)
         elif same_as_base(de.path, st, b) or (committed and not is_placeholder(st) and committed.same(st, b)):
             os.unlink(de.path)
+            if removed is not None:
+                removed.append(p)
 
 
 def _untouched(draft: Draft, disk_dir: str, key: str) -> bool:

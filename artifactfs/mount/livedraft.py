@@ -132,20 +132,19 @@ class LiveDraft:
                 await self._advanced(moved)  # the folders show the version the conflict names
                 raise
         log.info("committed %s (%d changed paths)", result.line, result.changes)
-        await self._advanced(moved + result.changed)
-        nursery = self.ctx.reader.nursery
-        if nursery is not None:  # (not at unmount: a later commit's reclaim does it)
-            nursery.start_soon(self._reclaim)
+        await self._advanced(moved + result.changed + await self._reclaim())
         return result
 
-    async def _reclaim(self) -> None:
-        """After the commit has answered: give back the space of what it took as it is."""
+    async def _reclaim(self) -> list[str]:
+        """Give back the space of what the commit took as it is (before sync answers,
+        so nothing reads the draft while files leave staging)."""
         try:
             async with self.gate.commit():
                 busy = await self.ctx.run(_inodes, list(self.open_fds))
-                await self.ctx.run(reclaim, self.draft, busy)
+                return await self.ctx.run(reclaim, self.draft, busy)
         except (ArtifactfsError, OSError) as e:  # only disk space: the files stay, still correct
             log.warning("could not remove committed files of %s from staging: %s", self.name, e)
+            return []
 
     async def follow(self, latest: int | None, version: Callable[[int], Awaitable[VersionInfo]]) -> None:
         """An untouched draft moves to a newer latest by itself (`version` gives its
