@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
+from .fileio import write_new
 from .mount.state import state_dir
 
 TMP = "\\tmp."
@@ -78,18 +79,7 @@ def write_atomic(path: str, data: bytes, fsync: bool = True) -> None:
     """Replace `path` with `data` all at once (temporary file, fsync unless told
     not to, rename): a killed process leaves the old or the new content."""
     tmp = os.path.join(os.path.dirname(path), f"{TMP}{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
+    write_new(tmp, data, 0o600, fsync)
     os.replace(tmp, path)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 import xxhash
 
 from ..errors import ObjectNotFound, PreconditionFailed, StoreError
+from ..fileio import write_new
 from .base import ObjectStore
 
 LOCK_STALE = 30.0
@@ -47,21 +48,10 @@ class LocalStore(ObjectStore):
         d = os.path.dirname(path)
         tmp = os.path.join(d, f"{INTERNAL}tmp-{uuid.uuid4().hex}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            write_new(tmp, data, 0o644, fsync)
         except FileNotFoundError:  # first object under this prefix (checked only then: hot path)
             os.makedirs(d, mode=0o755, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
+            write_new(tmp, data, 0o644, fsync)
         return tmp
 
     @staticmethod
