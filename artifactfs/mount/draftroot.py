@@ -236,13 +236,10 @@ def install(daemon: "Daemon", default_type: str) -> None:
         coll = ctx.table.find(("coll", live.name))
         if isinstance(coll, CollectionNode):
             await coll.state(0)
-        for path in changed:
-            node = ctx.table.find(("draft", live.name, path))
-            if node is not None:
-                try:
-                    await ctx.run(pyfuse3.invalidate_inode, node.ino, False)
-                except OSError:
-                    pass  # the kernel no longer knows it, or the session has ended
+        nodes = [ctx.table.find(("draft", live.name, path)) for path in changed]
+        inodes = [node.ino for node in nodes if node is not None]
+        if inodes:
+            await ctx.run(_invalidate, inodes)  # one worker-thread trip for all of them
 
     def watch(live: LiveDraft) -> None:
         live.on_advance.append(lambda changed: invalidate(changed, live))
@@ -260,3 +257,11 @@ def install(daemon: "Daemon", default_type: str) -> None:
     daemon.services.append(server.serve)
     daemon.shutdown_hooks.append(commit_at_exit)
 
+
+def _invalidate(inodes: list[int]) -> None:
+    """Drop the kernel's cached attributes and pages of these inodes."""
+    for ino in inodes:
+        try:
+            pyfuse3.invalidate_inode(ino, False)
+        except OSError:
+            pass  # the kernel no longer knows it, or the session has ended
