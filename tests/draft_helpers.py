@@ -13,6 +13,17 @@ from artifactfs.registry import Registry
 Files = dict[str, tuple[bytes, bool]]
 
 
+def write_files(root: str, files: dict[str, bytes | tuple[bytes, bool]]) -> None:
+    """Make a plain folder holding `files` (path -> content or (content, executable))."""
+    for path, value in files.items():
+        data, exe = value if isinstance(value, tuple) else (value, False)
+        full = os.path.join(root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)
+        os.chmod(full, 0o755 if exe else 0o644)
+
+
 def publish(reg: Registry, tmp: str, name: str, changes: dict[str, bytes | tuple[bytes, bool] | None],
             project: str = "proj") -> int:
     """Commit `changes` (path -> content, (content, executable) or None) onto latest

@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from artifactfs.mount.controlclient import request
 from artifactfs.registry import Registry
-from draft_helpers import dir_files, publish, version_files
+from draft_helpers import write_files, dir_files, publish, version_files
 from mountutil import mounted, wait_for
 
 NAMES = st.sampled_from(["a", "b", "c"])
@@ -90,13 +90,7 @@ class MountedDraft(RuleBasedStateMachine):
         self.draft = self.m.p(self.name, "draft")
         self.tmp = tempfile.mkdtemp(prefix="mount-stateful-")
         self.plain = os.path.join(self.tmp, "plain")
-        for path, value in BASE.items():
-            data, exe = value if isinstance(value, tuple) else (value, False)
-            full = os.path.join(self.plain, path)
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            with open(full, "wb") as f:
-                f.write(data)
-            os.chmod(full, 0o755 if exe else 0o644)
+        write_files(self.plain, BASE)
 
     def teardown(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from artifactfs.draftcommit import commit_draft, fetch_from_store, open_draft
 from artifactfs.registry import Registry
 from artifactfs.draftstate import drafts_dir
-from draft_helpers import dir_files, publish, version_files
+from draft_helpers import write_files, dir_files, publish, version_files
 
 NAMES = st.sampled_from(["a", "b", "c"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
@@ -41,13 +41,7 @@ class DraftMachine(RuleBasedStateMachine):
         self.reg = Registry.open(os.path.join(self.tmp, "store"), create=True)
         publish(self.reg, os.path.join(self.tmp, "pub"), "ds", BASE)
         self.plain = os.path.join(self.tmp, "plain")
-        for path, value in BASE.items():
-            data, exe = value if isinstance(value, tuple) else (value, False)
-            full = os.path.join(self.plain, path)
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            with open(full, "wb") as f:
-                f.write(data)
-            os.chmod(full, 0o755 if exe else 0o644)
+        write_files(self.plain, BASE)
         self.theirs: dict[str, bytes] = {}
         self.draft = open_draft(self.reg, drafts_dir(self.reg.store.url, "proj"), "proj", "ds", fetch_from_store(self.reg))
 
