@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 from artifactfs import transfer
 from artifactfs.manifest import apply_changes, artifact_digest, walk
 from artifactfs.registry import Registry
 
 Files = dict[str, tuple[bytes, bool]]
+
+
+def errno_of(fn: Callable[[], object]) -> int | None:
+    """The errno an operation fails with, or None when it succeeds."""
+    try:
+        fn()
+        return None
+    except OSError as e:
+        return e.errno
 
 
 def write_files(root: str, files: dict[str, bytes | tuple[bytes, bool]]) -> None:

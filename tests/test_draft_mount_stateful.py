@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from artifactfs.mount.controlclient import request
 from artifactfs.registry import Registry
-from draft_helpers import write_files, dir_files, publish, version_files
+from draft_helpers import errno_of, write_files, dir_files, publish, version_files
 from mountutil import mounted, wait_for
 
 NAMES = st.sampled_from(["a", "b", "c"])
@@ -59,14 +59,6 @@ def mount(tmp_path_factory):
         yield m, collections
 
 
-def _errno(fn) -> int | None:
-    try:
-        fn()
-        return None
-    except OSError as e:
-        return e.errno
-
-
 def _listing(root: str) -> dict[str, tuple[bool, int, bool]]:
     """path -> (is_dir, size, executable) for everything below root."""
     out = {}
@@ -96,8 +88,8 @@ class MountedDraft(RuleBasedStateMachine):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def both(self, op, *paths: str) -> None:
-        want = _errno(lambda: op(*[os.path.join(self.plain, p) for p in paths]))
-        got = _errno(lambda: op(*[os.path.join(self.draft, p) for p in paths]))
+        want = errno_of(lambda: op(*[os.path.join(self.plain, p) for p in paths]))
+        got = errno_of(lambda: op(*[os.path.join(self.draft, p) for p in paths]))
         assert got == want, (op, paths, want, got)
 
     @rule(path=PATHS, data=DATA, offset=st.sampled_from([0, 5, 9000]), trunc=st.booleans())

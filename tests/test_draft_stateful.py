@@ -17,20 +17,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from artifactfs.draftcommit import commit_draft, fetch_from_store, open_draft
 from artifactfs.registry import Registry
 from artifactfs.draftstate import drafts_dir
-from draft_helpers import write_files, dir_files, publish, version_files
+from draft_helpers import errno_of, write_files, dir_files, publish, version_files
 
 NAMES = st.sampled_from(["a", "b", "c"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
 DATA = st.binary(max_size=64) | st.sampled_from([b"x" * 5000, bytes(300)])
 BASE = {"a/a": b"base a/a", "a/b/c": (b"exec", True), "b": b"b" * 100, "c/c/c": b"deep"}
-
-
-def _errno(fn) -> int | None:
-    try:
-        fn()
-        return None
-    except OSError as e:
-        return e.errno
 
 
 class DraftMachine(RuleBasedStateMachine):
@@ -50,8 +42,8 @@ class DraftMachine(RuleBasedStateMachine):
         os.environ.pop("XDG_STATE_HOME", None)
 
     def same(self, on_plain, on_draft) -> None:
-        want = _errno(on_plain)
-        got = _errno(on_draft)
+        want = errno_of(on_plain)
+        got = errno_of(on_draft)
         assert got == want, (want, got)
 
     def p(self, path: str) -> str:
