@@ -21,7 +21,6 @@ import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from weakref import WeakKeyDictionary
 
 from . import transfer
@@ -32,6 +31,7 @@ from .manifest import Change, DirEntry, Entry, FileEntry, apply_changes
 from .names import check_name
 from .registry import Registry, VersionInfo
 from .staging import Draft
+from .timestamps import iso_ns
 from .standins import Fetch, is_internal, is_placeholder, join, lazy_of, read_placeholder, whiteout_name
 from .treedigest import TreeDigests
 
@@ -227,7 +227,7 @@ def open_draft(registry: Registry, where: str, project: str, collection: str, fe
             base = registry.version(project, collection, latest) if latest is not None else None
         if isinstance(base, VersionInfo):
             state.type, state.base, state.base_root = base.type, base.version, base.root
-            state.base_mtime_ns = _mtime_ns(base.created_at)
+            state.base_mtime_ns = iso_ns(base.created_at)
             root = DirEntry(base.root, base.size, base.file_count)
     return Draft.open_or_create(path, registry, fetch, state, root)
 
@@ -248,10 +248,6 @@ def warm_digests(registry: Registry, root: str | None) -> None:
     commit of a session otherwise reads every line of the base once)."""
     if root:
         _digests(registry).block(root)
-
-
-def _mtime_ns(iso: str) -> int:
-    return int(datetime.fromisoformat(iso).timestamp() * 1e9)
 
 
 def commit_draft(registry: Registry, draft: Draft, *, description: str | None = None,
@@ -283,6 +279,6 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
                                             base=latest, exact_base=True, **attrs)
         except PreconditionFailed:
             continue  # someone published meanwhile: rebase onto the new latest
-        moved = advance(draft, info.version, info.root, _mtime_ns(info.created_at), clean)
+        moved = advance(draft, info.version, info.root, iso_ns(info.created_at), clean)
         return CommitResult(st.collection, info.version, created, len(changes), moved)
     raise ConflictError(f"{st.collection}: could not commit, other writers keep publishing")

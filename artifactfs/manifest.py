@@ -4,21 +4,28 @@ A version's root is a tree: one JSON object per directory, keyed by the hex
 xxh3-128 of its bytes, naming files (digest, size, blob chunks) and sub-trees.
 Listing one directory reads one tree; a commit that changes k files rewrites
 only the trees on their paths.  The flat W&B manifest and the artifact digest
-are computed from a walk of the trees."""
+are computed from a walk of the trees.
+
+Entry kinds (docs/store-format.md 3.5): FileEntry (a regular file: content,
+executable bit, and its mtime in `extra["mtime_ns"]`), SymlinkEntry (the
+target string) and DirEntry (a sub-tree).  The flat W&B view shows a symlink
+as an entry whose content is its target string, as git and tar hash them."""
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 import xxhash
 
 from .errors import InvalidNameError
-from .names import check_component, check_path
+from .names import check_component, check_path, shown
 
 CHUNK_SIZE = 8 * 1024 * 1024
+MAX_TARGET = 4095  # bytes of a symlink target (PATH_MAX less the NUL)
+MTIME_KEY = "mtime_ns"
 TREE_FORMAT = "artifactfs-tree-v1"
 DIGEST_HEADER = "wandb-artifact-manifest-v1\n"
 
@@ -43,6 +50,25 @@ class FileEntry:
     ref: str | None = None
     extra: Mapping[str, object] = field(default_factory=lambda: {"alg": "XXH128"})
 
+    @property
+    def mtime_ns(self) -> int | None:
+        """The file's modification time (integer ns since the epoch), kept in
+        `extra` so that the W&B view carries it; None for versions made before
+        times were kept, and for references."""
+        t = self.extra.get(MTIME_KEY)
+        return t if isinstance(t, int) else None
+
+    def with_mtime(self, mtime_ns: int | None) -> "FileEntry":
+        """This entry with `mtime_ns` set (None: removed)."""
+        extra = {k: v for k, v in self.extra.items() if k != MTIME_KEY}
+        if mtime_ns is not None:
+            extra[MTIME_KEY] = int(mtime_ns)
+        return replace(self, extra=extra)
+
+    def same_content(self, other: "Leaf") -> bool:
+        """Equal but for the mtime: what decides whether a commit changes anything."""
+        return isinstance(other, FileEntry) and self.with_mtime(None) == other.with_mtime(None)
+
     def to_json(self) -> dict:
         d: dict = {"type": "file", "digest": self.digest, "size": self.size}
         if self.chunks != default_chunks(self.digest, self.size):
@@ -64,8 +90,10 @@ class FileEntry:
             else default_chunks(digest, size)
         if d.get("ref") is None and len(chunks) != -(-size // CHUNK_SIZE):
             raise InvalidNameError(f"{len(chunks)} chunks cannot hold {size} bytes")
-        return cls(digest, size, chunks, bool(d.get("exec", False)), d.get("ref"),
-                   dict(d.get("extra", {"alg": "XXH128"})))
+        extra = dict(d.get("extra", {"alg": "XXH128"}))
+        if MTIME_KEY in extra and type(extra[MTIME_KEY]) is not int:
+            raise InvalidNameError(f"{MTIME_KEY} {extra[MTIME_KEY]!r} is not an integer")
+        return cls(digest, size, chunks, bool(d.get("exec", False)), d.get("ref"), extra)
 
     def chunk_span(self, index: int) -> tuple[int, int]:
         """(offset, length) of chunk `index` within the file."""
@@ -91,6 +119,55 @@ def default_chunks(digest: str, size: int) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class SymlinkEntry:
+    """A symbolic link: its target, a string stored as given (never resolved by
+    us).  W&B has no symlinks: its view of one is a file whose content is the
+    target's UTF-8 bytes (digest, size) with `extra["symlink"]` = the target."""
+
+    target: str
+    ref = None
+    chunks = ()
+    executable = False
+    mtime_ns = None
+
+    def __post_init__(self) -> None:
+        check_target(self.target)
+
+    @property
+    def digest(self) -> str:
+        return b64_digest(xxhash.xxh3_128_digest(self.target.encode()))
+
+    @property
+    def size(self) -> int:
+        return len(self.target.encode())
+
+    @property
+    def extra(self) -> dict[str, object]:
+        return {"alg": "XXH128", "symlink": self.target}
+
+    def same_content(self, other: "Leaf") -> bool:
+        return self == other
+
+    def to_json(self) -> dict:
+        return {"type": "symlink", "target": self.target}
+
+
+def check_target(target: object) -> str:
+    """A symlink target: a non-empty string of valid UTF-8 without NUL, at most
+    MAX_TARGET bytes.  Absolute and '..' targets are allowed: a target is only
+    ever stored and recreated, never followed by artifactfs."""
+    if not isinstance(target, str) or not target or "\0" in target:
+        raise InvalidNameError(f"invalid symlink target {target!r}: empty or NUL")
+    try:
+        n = len(target.encode())
+    except UnicodeEncodeError:
+        raise InvalidNameError(f"invalid symlink target {target!r}: not UTF-8") from None
+    if n > MAX_TARGET:
+        raise InvalidNameError(f"invalid symlink target: longer than {MAX_TARGET} bytes")
+    return target
+
+
+@dataclass(frozen=True)
 class DirEntry:
     """A sub-directory: its tree key and the totals below it."""
 
@@ -102,7 +179,8 @@ class DirEntry:
         return {"type": "dir", "tree": self.tree, "size": self.size, "files": self.files}
 
 
-Entry = Union[FileEntry, DirEntry]
+Leaf = Union[FileEntry, SymlinkEntry]
+Entry = Union[FileEntry, SymlinkEntry, DirEntry]
 Tree = dict[str, Entry]
 EMPTY_TREE_SUMMARY = (0, 0)
 
@@ -129,6 +207,8 @@ def decode_tree(data: bytes) -> Tree:
                 out[name] = DirEntry(check_object_key(str(d["tree"])), int(d["size"]), int(d["files"]))
             elif d["type"] == "file":
                 out[name] = FileEntry.from_json(d)
+            elif d["type"] == "symlink":
+                out[name] = SymlinkEntry(d["target"])
             else:
                 raise ValueError(f"unknown entry type {d['type']!r}")
         return out
@@ -139,7 +219,8 @@ def decode_tree(data: bytes) -> Tree:
 
 
 def summarize(tree: Mapping[str, Entry]) -> tuple[int, int]:
-    """(total size, file count) below a tree."""
+    """(total size, entry count) below a tree; a symlink counts as one entry of
+    its target's length, as in the W&B view."""
     size = files = 0
     for e in tree.values():
         if isinstance(e, DirEntry):
@@ -159,7 +240,7 @@ class TreeIO:
         raise NotImplementedError
 
 
-Change = Union[FileEntry, DirEntry, None]
+Change = Union[FileEntry, SymlinkEntry, DirEntry, None]
 
 
 def apply_changes(io: TreeIO, root: str | None, changes: Mapping[str, Change]) -> DirEntry:
@@ -189,15 +270,15 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) ->
     for name, entry in direct.items():
         if entry is None:
             tree.pop(name, None)
-        elif isinstance(entry, FileEntry) and name in nested and any(v is not None for v in nested[name].values()):
-            raise InvalidNameError(f"{where}{name} is both a file and a directory")
+        elif not isinstance(entry, DirEntry) and name in nested and any(v is not None for v in nested[name].values()):
+            raise InvalidNameError(f"{shown(where + name)} is both a file and a directory")
         else:
             tree[name] = entry
     for name, sub in nested.items():
-        if isinstance(tree.get(name), FileEntry):
+        if isinstance(tree.get(name), (FileEntry, SymlinkEntry)):
             if all(v is None for v in sub.values()):
                 continue
-            raise InvalidNameError(f"{where}{name} is both a file and a directory")
+            raise InvalidNameError(f"{shown(where + name)} is both a file and a directory")
         current = tree.get(name)
         child = _apply(io, io.load(current.tree) if isinstance(current, DirEntry) else {}, sub,
                        f"{where}{name}/")
@@ -209,8 +290,8 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) ->
     return tree
 
 
-def walk(io: TreeIO, root: str | None, prefix: str = "") -> Iterator[tuple[str, FileEntry]]:
-    """Every (path, FileEntry) below `root`, depth first in name order."""
+def walk(io: TreeIO, root: str | None, prefix: str = "") -> Iterator[tuple[str, Leaf]]:
+    """Every (path, FileEntry or SymlinkEntry) below `root`, depth first in name order."""
     if not root:
         return
     for name, entry in sorted(io.load(root).items()):
@@ -221,7 +302,14 @@ def walk(io: TreeIO, root: str | None, prefix: str = "") -> Iterator[tuple[str, 
             yield path, entry
 
 
-def artifact_digest(entries: Iterable[tuple[str, FileEntry]]) -> str:
+def same_content(a: Iterable[tuple[str, Leaf]], b: Iterable[tuple[str, Leaf]]) -> bool:
+    """Do two flat listings hold the same paths, kinds, contents and executable
+    bits (mtimes aside)?  Such versions are one version (store-format.md 5.2)."""
+    da, db = dict(a), dict(b)
+    return da.keys() == db.keys() and all(e.same_content(db[p]) for p, e in da.items())
+
+
+def artifact_digest(entries: Iterable[tuple[str, Leaf]]) -> str:
     """W&B's artifact digest: xxh3-128 hex over the header and 'path:digest' lines
     in path order."""
     h = xxhash.xxh3_128()
@@ -231,7 +319,7 @@ def artifact_digest(entries: Iterable[tuple[str, FileEntry]]) -> str:
     return h.hexdigest()
 
 
-def wandb_manifest(entries: Iterable[tuple[str, FileEntry]]) -> dict:
+def wandb_manifest(entries: Iterable[tuple[str, Leaf]]) -> dict:
     """The W&B manifest v1 JSON of a flat list of entries."""
     contents = {}
     for path, e in sorted(entries, key=lambda pe: pe[0]):

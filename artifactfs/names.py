@@ -69,9 +69,20 @@ def check_component(part: str, path: str | None = None) -> str:
         raise InvalidNameError(f"invalid path {where!r}: empty, '.' or '..' component")
     if "/" in part or "\0" in part or "\\" in part:
         raise InvalidNameError(f"invalid path {where!r}: '/', NUL or backslash in a name")
-    if len(part.encode()) > 255:
+    try:
+        size = len(part.encode())
+    except UnicodeEncodeError:
+        raise InvalidNameError(f"invalid path {shown(where)}: a name that is not valid UTF-8") from None
+    if size > 255:
         raise InvalidNameError(f"invalid path {where!r}: a name longer than 255 bytes")
     return part
+
+
+def shown(path: str) -> str:
+    """A path for a one-line message: undecodable bytes as \\xNN, control
+    characters (newline, tab ...) escaped, everything else as it is."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def normalize_path(path: str) -> str:

@@ -21,24 +21,21 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from threading import Lock
 from typing import Any
 
 from .errors import (InvalidNameError, NotFoundError, ObjectNotFound, PreconditionFailed,
                      StoreError)
-from .manifest import DirEntry, Entry, FileEntry, Tree, TreeIO, decode_tree, encode_tree, tree_key
+from .manifest import (DirEntry, Entry, FileEntry, Tree, TreeIO, decode_tree, encode_tree, same_content,
+                       tree_key, walk)
 from .names import check_alias, check_name, check_type, parse_version
 from .store import ObjectStore, open_store
+from .timestamps import now_iso
 
 MARKER = "artifactfs-store.json"
 STORE_FORMAT = {"format": "artifactfs-store", "version": 1}
 MAX_METADATA_KEYS = 100
 CAS_RETRIES = 200
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def blob_key(hexdigest: str) -> str:
@@ -308,8 +305,9 @@ class Registry(TreeIO):
         base: int | None = None, created_at: str | None = None, exact_base: bool = False,
     ) -> tuple[VersionInfo, bool]:
         """Publish a new version whose trees and blobs have been put; returns
-        (version, created).  Content equal to latest returns latest unchanged
-        (aliases and tags are still applied to it).  With exact_base the new version
+        (version, created).  Content equal to latest (same paths, kinds, bytes and
+        executable bits; mtimes aside) returns latest unchanged (aliases and tags
+        are still applied to it).  With exact_base the new version
         must directly follow `base` (a rebasing writer): PreconditionFailed otherwise."""
         metadata = check_metadata(metadata)
         for a in aliases:
@@ -322,7 +320,8 @@ class Registry(TreeIO):
             raise PreconditionFailed(f"{name}: latest is v{latest}, not v{base}")
         if latest is not None:
             current = self.version(project, name, latest)
-            if current.digest == digest and current.root == root.tree:  # same files and modes
+            if current.digest == digest and (current.root == root.tree or same_content(
+                    walk(self, current.root), walk(self, root.tree))):
                 self._label(project, name, latest, aliases, tags)
                 return self.version(project, name, latest), False
         self.store.sync()  # blobs and trees durable before the record names them

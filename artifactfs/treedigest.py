@@ -8,7 +8,11 @@ prefixed with the child's name by bytes.replace: after the first commit of a
 session only the trees on changed paths are re-joined, in C-speed steps.
 
 Order: paths under a folder 'a' are contiguous in global path order (they share
-the prefix 'a/'), and a folder sorts among its siblings as 'a/'."""
+the prefix 'a/'), and a folder sorts among its siblings as 'a/'.
+
+A cached block ends each line with NUL, not newline: a name may hold a newline
+(issue 8: 'sub/a\nb' got the prefix inserted inside its own name) but never NUL,
+so prefixing at each NUL is exact; the NULs become newlines when hashed."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -33,11 +37,11 @@ class TreeDigests:
         """Equal to artifact_digest(walk(io, root))."""
         h = xxhash.xxh3_128()
         h.update(DIGEST_HEADER.encode())
-        h.update(self.block(root))
+        h.update(self.block(root).replace(b"\0", b"\n"))
         return h.hexdigest()
 
     def block(self, key: str) -> bytes:
-        """The sorted 'relative/path:digest\\n' lines of the tree `key`."""
+        """The sorted 'relative/path:digest' lines of the tree `key`, each ended by NUL."""
         with self._lock:
             found = self._blocks.get(key)
             if found is not None:
@@ -50,9 +54,9 @@ class TreeDigests:
             if isinstance(entry, DirEntry):
                 sub = self.block(entry.tree)
                 prefix = name.encode() + b"/"
-                parts.append(prefix + sub[:-1].replace(b"\n", b"\n" + prefix) + b"\n" if sub else b"")
+                parts.append(prefix + sub[:-1].replace(b"\0", b"\0" + prefix) + b"\0" if sub else b"")
             else:
-                parts.append(f"{name}:{entry.digest}\n".encode())
+                parts.append(f"{name}:{entry.digest}\0".encode())
         block = b"".join(parts)
         with self._lock:
             self._blocks[key] = block

@@ -116,7 +116,7 @@ def test_stat_modes_sizes_times_inodes(mnt, dataset):
     root = mnt.p("ds", "ds:v0")
     st = os.stat(os.path.join(root, "big.bin"))
     assert st.st_size == BIG and stat.S_IMODE(st.st_mode) == 0o444 and stat.S_ISREG(st.st_mode)
-    from artifactfs.mount.nodes import iso_ns
+    from artifactfs.timestamps import iso_ns
     assert st.st_mtime_ns == iso_ns(info.created_at)
     assert st.st_blocks * 512 >= BIG
     assert stat.S_IMODE(os.stat(os.path.join(root, "bin/run.sh")).st_mode) == 0o555

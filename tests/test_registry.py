@@ -231,7 +231,12 @@ def test_crafted_entry_names_are_rejected(store_url, tmp_path, name, nested):
     {"type": "file", "digest": "maoG0wFHmNhgAcMkRo1Jfw==", "size": 3, "chunks": []},
     {"type": "file", "digest": "maoG0wFHmNhgAcMkRo1Jfw==", "size": 3 * CHUNK_SIZE, "chunks": ["0" * 32]},
     {"type": "file", "digest": "maoG0wFHmNhgAcMkRo1Jfw==", "size": 3 * CHUNK_SIZE},
-    {"type": "symlink", "target": "/etc"},
+    {"type": "symlink", "target": ""},
+    {"type": "symlink", "target": "a\0b"},
+    {"type": "symlink", "target": 5},
+    {"type": "symlink"},
+    {"type": "symlink", "target": "x" * 4096},
+    {"type": "file", "digest": "maoG0wFHmNhgAcMkRo1Jfw==", "size": 0, "extra": {"mtime_ns": "1"}},
 ])
 def test_crafted_entries_are_rejected(store_url, tmp_path, bad):
     crafted_version(store_url, {"x": bad})

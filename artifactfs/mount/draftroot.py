@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 from ..names import check_alias, check_name, parse_version
-from ..registry import CollectionInfo, VersionInfo, now_iso
+from ..registry import CollectionInfo, VersionInfo
+from ..timestamps import now_iso
 from .context import MountContext
 from .control import XATTR, ControlServer, control_address
 from .draftnodes import DraftNode

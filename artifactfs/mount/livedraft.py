@@ -25,8 +25,8 @@ from ..manifest import FileEntry
 from ..registry import VersionInfo
 from ..draftstate import STATE_FILE, claim_drafts_dir
 from ..staging import Draft
+from ..timestamps import iso_ns
 from .context import MountContext
-from .nodes import iso_ns
 
 log = logging.getLogger("artifactfs.mount")
 T = TypeVar("T")

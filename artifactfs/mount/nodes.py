@@ -4,7 +4,8 @@
   <c>/                       CollectionNode  versions and alias symlinks
   <c>/<c>:vN/                VersionRootNode a version's root tree
   <c>/<c>:vN/a/              VersionDirNode  one tree, loaded on first lookup/readdir
-  <c>/<c>:vN/a/f             VersionFileNode contents read lazily by chunk
+  <c>/<c>:vN/a/f             VersionFileNode contents read lazily by chunk; mtime from the entry
+  <c>/<c>:vN/a/l             VersionLinkNode a symlink entry (readlink gives its target)
   <c>/<c>:<alias>            AliasNode       symlink to <c>:vN
 
 Collections and aliases are re-listed when older than the refresh period, so
@@ -21,16 +22,16 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Generic, TypeVar
 
 import pyfuse3
 import trio
 
 from ..errors import ArtifactfsError
-from ..manifest import DirEntry, Entry, FileEntry
+from ..manifest import DirEntry, Entry, FileEntry, SymlinkEntry
 from ..names import parse_version
 from ..registry import CollectionInfo, VersionInfo
+from ..timestamps import iso_ns
 from .context import MountContext
 from .inodes import LONG_TIMEOUT, Handle, Node, fuse_error
 from .reader import FileReader
@@ -42,15 +43,6 @@ SIBLING_READAHEAD = 32  # small files fetched ahead (into the page cache) of a r
 SIBLING_BATCH = 8  # ... in batches of this many per worker-thread job (one thread hop per batch)
 SIBLING_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes ahead (as for a big file)
 T = TypeVar("T")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def iso_ns(text: str) -> int:
-    """An ISO 8601 time as integer nanoseconds since the epoch, exactly (no float)."""
-    t = datetime.fromisoformat(text)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return (t - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 class Refreshing(Generic[T]):
@@ -281,6 +273,8 @@ class VersionDirNode(Node):
         key = (self.key[0], self.key[1], self.key[2], path)
         if isinstance(entry, DirEntry):
             return self.ctx.make("dir", key, self.ref, entry.tree)
+        if isinstance(entry, SymlinkEntry):
+            return self.ctx.make("symlink", key, self.ref, entry)
         return self.ctx.make("file", key, self.ref, entry)
 
     async def lookup(self, name: str) -> Node:
@@ -378,7 +372,9 @@ class VersionFileNode(Node):
         return self.entry.size
 
     def mtime_ns(self) -> int:
-        return self.ref.mtime_ns
+        """The file's own mtime when the version keeps it, else the version's time."""
+        t = self.entry.mtime_ns
+        return self.ref.mtime_ns if t is None else t
 
     async def open(self, flags: int) -> Handle:
         if flags & os.O_ACCMODE != os.O_RDONLY:
@@ -395,7 +391,30 @@ class VersionFileNode(Node):
         return file_xattrs(self.entry)
 
 
+class VersionLinkNode(Node):
+    """A symlink of a version: lstat shows it, readlink gives the stored target.
+    The kernel resolves it like any symlink (the target may leave the mount)."""
+
+    mode = stat.S_IFLNK | 0o777
+    timeout = LONG_TIMEOUT
+
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], ref: VersionRef, entry: SymlinkEntry):
+        super().__init__(ctx, key)
+        self.ref = ref
+        self.entry = entry
+
+    def size(self) -> int:
+        return self.entry.size
+
+    def mtime_ns(self) -> int:
+        return self.ref.mtime_ns
+
+    async def readlink(self) -> str:
+        return self.entry.target
+
+
 def default_node_classes() -> dict[str, type[Node]]:
     return {"root": RootNode, "collection": CollectionNode, "version": VersionRootNode,
-            "dir": VersionDirNode, "file": VersionFileNode, "alias": AliasNode}
+            "dir": VersionDirNode, "file": VersionFileNode, "symlink": VersionLinkNode,
+            "alias": AliasNode}
 
