@@ -98,6 +98,8 @@ class CollectionInfo:
     created_at: str
 
 
+CACHED_TREE_ENTRIES = 32_768  # trees kept in memory, counted by entries (~100 B each), not by trees
+
 ATTR_FIELDS = ("description", "metadata", "tags", "ttl", "state", "updated_at")
 
 
@@ -107,6 +109,7 @@ class Registry(TreeIO):
     def __init__(self, store: ObjectStore, create: bool = False):
         self.store = store
         self._trees: OrderedDict[str, Tree] = OrderedDict()
+        self._tree_entries = 0  # entries of the trees kept, at most CACHED_TREE_ENTRIES
         self._trees_lock = Lock()
         self._check_marker(create)
 
@@ -153,9 +156,11 @@ class Registry(TreeIO):
             raise StoreError(f"tree {key} is corrupt (digest mismatch)")
         tree = decode_tree(data)
         with self._trees_lock:
-            self._trees[key] = tree
-            while len(self._trees) > 4096:
-                self._trees.popitem(last=False)
+            if key not in self._trees:
+                self._trees[key] = tree
+                self._tree_entries += len(tree)
+            while self._tree_entries > CACHED_TREE_ENTRIES and len(self._trees) > 1:
+                self._tree_entries -= len(self._trees.popitem(last=False)[1])
         return tree
 
     def save(self, tree: Mapping[str, Entry]) -> str:

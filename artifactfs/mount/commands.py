@@ -23,7 +23,7 @@ from ..errors import ArtifactfsError
 from ..names import check_name, check_type
 from ..registry import Registry
 from ..store import default_store_url
-from .options import MountOptions
+from .options import DEFAULT_INODE_LIMIT, MountOptions
 from .state import FSTYPE, find_mount, log_path, read_record, real_mountpoint
 
 READY_TIMEOUT = 60.0
@@ -120,6 +120,9 @@ def _spawn(opts: MountOptions) -> None:
               help="Cap of the chunk cache on disk (K, M, G, T suffixes).")
 @click.option("--memory", metavar="SIZE", default="256M", show_default=True,
               help="Cap of the in-memory chunk cache of the daemon.")
+@click.option("--inode-limit", metavar="N", type=click.IntRange(min=0), default=DEFAULT_INODE_LIMIT,
+              show_default=True, help="Soft limit of inodes the daemon keeps; beyond it the kernel is asked "
+              "to forget the version folders used least recently (0: no limit).")
 @click.option("--refresh", metavar="SECONDS", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="New versions and moved aliases appear within this time.")
 @click.option("--foreground", is_flag=True, help="Serve in this process; log to stderr too.")
@@ -130,7 +133,7 @@ def _spawn(opts: MountOptions) -> None:
 @click.option("--debug", is_flag=True, help="Log at debug level.")
 @click.pass_context
 def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str | None,
-              cache_dir: str | None, cache_size: str, memory: str, refresh: float, foreground: bool,
+              cache_dir: str | None, cache_size: str, memory: str, inode_limit: int, refresh: float, foreground: bool,
               allow_other: bool, read_only: bool, default_type: str, debug: bool) -> None:
     """Mount the collections of a project at MOUNTPOINT (returns once the mount is live)."""
     parent = c.obj
@@ -141,7 +144,7 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
     opts = MountOptions(
         mountpoint=real, store=registry.store.url, project=project,
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir())),
-        cache_size=_size(cache_size, "--cache-size"), memory=_size(memory, "--memory"),
+        cache_size=_size(cache_size, "--cache-size"), memory=_size(memory, "--memory"), inode_limit=inode_limit,
         refresh=refresh, foreground=foreground, allow_other=allow_other, read_only=read_only, debug=debug,
         default_type=check_type(default_type))
     if foreground:

@@ -20,6 +20,7 @@ from ..cache import ChunkCache
 from ..errors import ArtifactfsError
 from ..registry import Registry
 from .context import MountContext
+from .evict import InodeLimit
 from .nodes import default_node_classes
 from .ops import Operations
 from .options import MountOptions
@@ -54,7 +55,9 @@ class Daemon:
                            refresh=opts.refresh, cache_size=opts.cache_size,
                            node_classes=default_node_classes())
         ctx.table.set_root(ctx.node_classes["root"](ctx, ("root",)))
-        return cls(opts, ctx, Operations(ctx))
+        daemon = cls(opts, ctx, Operations(ctx))
+        daemon.services.append(InodeLimit(ctx.table, opts.inode_limit).run)
+        return daemon
 
     def mount(self) -> None:
         try:

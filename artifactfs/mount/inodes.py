@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -54,6 +55,7 @@ class Node:
 
     mode = stat.S_IFREG | 0o444
     timeout = SHORT_TIMEOUT
+    evictable = False  # a folder the inode soft limit may ask the kernel to forget (evict.py)
 
     def __init__(self, ctx: "MountContext", key: tuple[str, ...]):
         self.ctx = ctx
@@ -150,12 +152,15 @@ def ino_of(key: tuple[str, ...]) -> int:
 
 
 class InodeTable:
-    """Live nodes by inode number, with the kernel's lookup counts."""
+    """Live nodes by inode number, with the kernel's lookup counts, and the
+    evictable folders the kernel holds, least recently used first (with the
+    parent inode and name the kernel knows each by)."""
 
     def __init__(self) -> None:
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[str, ...], Node] = {}
         self._lookups: dict[int, int] = {}
+        self._folders: OrderedDict[int, tuple[int, str]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -209,12 +214,34 @@ class InodeTable:
         """The kernel now holds one more reference (lookup, readdirplus, create...)."""
         self._lookups[node.ino] = self._lookups.get(node.ino, 0) + 1
 
+    def used(self, parent: int, name: str, node: Node | None = None) -> None:
+        """Folder `parent` was used (a lookup in it, a listing); `node`, its entry
+        `name`, was handed to the kernel."""
+        folders = self._folders
+        if parent in folders:
+            folders.move_to_end(parent)
+        if node is not None and node.evictable:
+            folders[node.ino] = (parent, name)
+            folders.move_to_end(node.ino)
+
+    def coldest_folders(self, n: int) -> list[tuple[int, str]]:
+        """Up to n evictable folders used least recently, as (parent inode, name);
+        they are no longer tracked (a later use tracks them again)."""
+        out = []
+        while self._folders and len(out) < n:
+            out.append(self._folders.popitem(last=False)[1])
+        return out
+
+    def folders(self) -> int:
+        return len(self._folders)
+
     def forget(self, ino: int, n: int) -> None:
         left = self._lookups.get(ino, 0) - n
         if left > 0:
             self._lookups[ino] = left
             return
         self._lookups.pop(ino, None)
+        self._folders.pop(ino, None)
         if ino != pyfuse3.ROOT_INODE:
             node = self._nodes.pop(ino, None)
             if node is not None and self._by_key.get(node.key) is node:

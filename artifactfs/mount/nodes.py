@@ -7,6 +7,7 @@
   <c>/<c>:vN/a/f             VersionFileNode contents read lazily by chunk; mtime from the entry
   <c>/<c>:vN/a/l             VersionLinkNode a symlink entry (readlink gives its target)
   <c>/<c>:<alias>            AliasNode       symlink to <c>:vN
+  <c>/<c>@vN/, <c>/<c>@<alias>  the same without ':' (looked up, not listed)
 
 Collections and aliases are re-listed when older than the refresh period, so
 versions and aliases committed elsewhere appear without remounting."""
@@ -42,6 +43,7 @@ MISS_REFRESH = 1.0  # a lookup of an unknown name re-lists at most this often
 SIBLING_READAHEAD = 32  # small files fetched ahead (into the page cache) of a reader opening a folder's files in order
 SIBLING_BATCH = 8  # ... in batches of this many per worker-thread job (one thread hop per batch)
 SIBLING_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes ahead (as for a big file)
+PLAIN = "@"  # the separator of the spelling without ':' (never in a name: names.check_name)
 T = TypeVar("T")
 
 
@@ -165,14 +167,21 @@ class CollectionNode(Node):
             await node.target()
 
     def _child(self, name: str, st: CollectionState) -> Node | None:
+        """`NAME:vN`, `NAME:ALIAS`, or the same spelled with '@' (`NAME@vN`,
+        `NAME@ALIAS`) for tools that read ':' as a separator (PYTHONPATH, tar,
+        rsync, scp, docker -v).  The '@' spelling is its own tree of inodes whose
+        alias links point at `NAME@vN`, so a path never leads back to a ':'."""
         prefix, sep, rest = name.partition(":")
         if prefix != self.name or not sep:
-            return None
+            prefix, sep, rest = name.partition(PLAIN)
+            if prefix != self.name or not sep:
+                return None
         n = parse_version(rest)
+        tag = "" if sep == ":" else sep
         if n is not None:
-            return self.ctx.make("version", ("ver", self.name, str(n), ""), n, self) if n in st.versions else None
+            return self.ctx.make("version", ("ver" + tag, self.name, str(n), ""), n, self) if n in st.versions else None
         if rest in st.aliases:
-            return self.ctx.make("alias", ("alias", self.name, rest), self, rest)
+            return self.ctx.make("alias", ("alias" + tag, self.name, rest), self, rest, sep)
         return None
 
     async def children(self) -> Sequence[tuple[str, Node]]:
@@ -199,14 +208,16 @@ class CollectionNode(Node):
 
 
 class AliasNode(Node):
-    """`<c>:<alias>` -> `<c>:vN`, re-read from the collection's state on each readlink."""
+    """`<c>:<alias>` -> `<c>:vN` (or `<c>@<alias>` -> `<c>@vN`), re-read from the collection's state on each readlink."""
 
     mode = stat.S_IFLNK | 0o777
 
-    def __init__(self, ctx: MountContext, key: tuple[str, ...], collection: CollectionNode, alias: str):
+    def __init__(self, ctx: MountContext, key: tuple[str, ...], collection: CollectionNode, alias: str,
+                 sep: str = ":"):
         super().__init__(ctx, key)
         self.collection = collection
         self.alias = alias
+        self.sep = sep
         self._target = ""
 
     def size(self) -> int:
@@ -219,7 +230,7 @@ class AliasNode(Node):
         n = (await self.collection.state()).aliases.get(self.alias)
         if n is None:
             raise fuse_error(errno.ENOENT)
-        self._target = f"{self.collection.name}:v{n}"
+        self._target = f"{self.collection.name}{self.sep}v{n}"
         return self._target
 
     async def getattr(self):  # type: ignore[no-untyped-def]
@@ -243,10 +254,13 @@ class VersionRef:
 
 
 class VersionDirNode(Node):
-    """A directory of a version: its tree is loaded on first lookup/readdir and kept."""
+    """A directory of a version: its tree is loaded on first lookup/readdir and
+    kept while the kernel holds the folder (the inode soft limit may ask the
+    kernel to forget it: evict.py)."""
 
     mode = stat.S_IFDIR | 0o555
     timeout = LONG_TIMEOUT
+    evictable = True
 
     def __init__(self, ctx: MountContext, key: tuple[str, ...], ref: VersionRef | None, tree: str):
         super().__init__(ctx, key)

@@ -58,7 +58,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.table = ctx.table
         self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, Sequence[tuple[str, Node]]] = {}
+        self._dirs: dict[int, tuple[int, Sequence[tuple[str, Node]]]] = {}  # fh -> (inode, entries)
         self._next_fh = 1
 
     def _fh(self) -> int:
@@ -73,9 +73,11 @@ class Operations(pyfuse3.Operations):
     # -- names -----------------------------------------------------------------------
     @_mapped
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        node = await self.table[parent_inode].lookup(os.fsdecode(name))
+        text = os.fsdecode(name)
+        node = await self.table[parent_inode].lookup(text)
         attrs = await node.getattr()
         self.table.remember(node)
+        self.table.used(parent_inode, text, node)
         return attrs
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -99,18 +101,20 @@ class Operations(pyfuse3.Operations):
     @_mapped
     async def opendir(self, inode: int, ctx: Any) -> int:
         fh = self._fh()
-        self._dirs[fh] = await self.table[inode].children()
+        self._dirs[fh] = (inode, await self.table[inode].children())
+        self.table.used(inode, "")
         return fh
 
     @_mapped
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dirs[fh]
+        inode, entries = self._dirs[fh]
         for i in range(start_id, len(entries)):
             name, node = entries[i]
             node = self.table.live(node)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), node.attributes(), i + 1):
                 return
             self.table.remember(node)
+            self.table.used(inode, name, node)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)

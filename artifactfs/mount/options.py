@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 DEFAULT_MEMORY = 256 * 1024 * 1024
+DEFAULT_INODE_LIMIT = 100_000  # live inodes before the coldest version folders are forgotten (evict.py)
 
 
 @dataclass
@@ -17,6 +18,7 @@ class MountOptions:
     cache_size: int
     refresh: float = 5.0
     memory: int = DEFAULT_MEMORY
+    inode_limit: int = DEFAULT_INODE_LIMIT
     foreground: bool = False
     allow_other: bool = False
     read_only: bool = False

@@ -1,0 +1,61 @@
+"""The inode soft limit: a walk over a version bigger than the limit leaves the
+daemon holding about the limit, because the kernel is asked to forget the
+version folders used least recently and the daemon frees them on FORGET."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mountutil import mounted, wait_for
+
+from artifactfs import transfer
+from artifactfs.artifact import Artifact
+from artifactfs.registry import Registry
+
+FOLDERS, PER_FOLDER, LIMIT = 30, 100, 600
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """A version of FOLDERS x PER_FOLDER files (one shared 5-byte blob)."""
+    tmp = tmp_path_factory.mktemp("memory")
+    url = str(tmp / "store")
+    Registry.open(url, create=True)
+    one = tmp / "one.txt"
+    one.write_bytes(b"hello")
+    art = Artifact("wide", "dataset", store=url)
+    entry = transfer.upload_file(art._reg(), str(one))
+    for d in range(FOLDERS):
+        for i in range(PER_FOLDER):
+            art._stage(f"d{d:02d}/f{i:03d}.txt", entry, str(one), False)
+    art.save("proj")
+    return url
+
+
+def inodes(m) -> int:
+    return m.stats()["inodes"]
+
+
+def test_walk_beyond_the_inode_limit_gives_inodes_back(store, tmp_path):
+    with mounted(store, tmp_path / "mnt", "--inode-limit", str(LIMIT)) as m:
+        root = m.p("wide", "wide@v0")
+        seen = 0
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                os.stat(os.path.join(dirpath, name))
+                seen += 1
+        assert seen == FOLDERS * PER_FOLDER  # every file was visible despite the evictions
+        # the walk made 3,000+ inodes live; the daemon gets back to the limit
+        wait_for(lambda: inodes(m) <= LIMIT, 60, f"the daemon to hold at most {LIMIT} inodes")
+        with open(os.path.join(root, "d00", "f000.txt"), "rb") as f:  # an evicted folder is looked up again
+            assert f.read() == b"hello"
+
+
+def test_no_limit_keeps_what_the_kernel_holds(store, tmp_path):
+    with mounted(store, tmp_path / "mnt", "--inode-limit", "0") as m:
+        root = m.p("wide", "wide:v0")
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                os.stat(os.path.join(dirpath, name))
+        assert inodes(m) > FOLDERS * PER_FOLDER  # nothing evicted: the limit above is what frees them
