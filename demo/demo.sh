@@ -1,48 +1,39 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on the embedded default store (no server to start).
-# Generates a small image-like dataset, logs it as a version, lists it, downloads
-# it back and verifies it; then mounts the store, reads the version as plain paths,
-# writes into the collection's draft/ folder and syncs it as the next version.
+# `make demo`: the main job on the embedded default store (no server to start), on
+# real data: scikit-learn's bundled digits (1,797 8x8 images, shipped with the
+# package, nothing downloaded) exported as PNG files in class folders.
+#   1. log the images as a version; list, download and verify it
+#   2. mount the store
+#   3. train a small PyTorch model reading the version through the mount with a
+#      multi-process DataLoader; print the test accuracy
+#   4. write the checkpoint into draft/ of a model collection
+#   5. sync it as a new version, with the data version in its metadata
 # Uses project "demo" of the default store.
 set -euo pipefail
 export ARTIFACTFS_PROJECT=${ARTIFACTFS_PROJECT:-demo}
+here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d -t artifactfs-demo.XXXXXX)
 mnt="$work/mnt"
 cleanup() { mountpoint -q "$mnt" 2>/dev/null && artifactfs umount "$mnt"; rm -rf "$work"; }
 trap cleanup EXIT
 
-python3 - "$work/mnist" <<'PY'
-import os, random, sys
-root = sys.argv[1]
-rng = random.Random(0)
-for split, n in (("train", 200), ("test", 50)):
-    os.makedirs(os.path.join(root, split), exist_ok=True)
-    for i in range(n):
-        with open(os.path.join(root, split, f"{i:04d}.png"), "wb") as f:
-            f.write(b"\x89PNG\r\n\x1a\n" + rng.randbytes(rng.randrange(500, 3000)))
-with open(os.path.join(root, "labels.csv"), "w") as f:
-    f.writelines(f"{i},{rng.randrange(10)}\n" for i in range(250))
-PY
-
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-step artifactfs put "$work/mnist" mnist --type dataset --description "sample digits" --metadata source=demo
+step python "$here/examples/export_digits.py" "$work/digits"
+step artifactfs put "$work/digits" digits --type dataset --description "scikit-learn digits as PNG" \
+    --metadata source=sklearn.datasets.load_digits
 step artifactfs ls
-step artifactfs ls mnist
-step artifactfs info mnist:latest
-step artifactfs get mnist:latest "$work/download"
-step artifactfs verify mnist:latest "$work/download"
-step diff -r "$work/mnist" "$work/download"
+step artifactfs info digits:latest
+step artifactfs get digits:latest "$work/download"
+step artifactfs verify digits:latest "$work/download"
 
 mkdir -p "$mnt"
 step artifactfs mount "$mnt"
-step ls -l "$mnt/mnist"
-step ls "$mnt/mnist/mnist:latest/train" --width=100
-step cmp "$mnt/mnist/mnist:latest/train/0001.png" "$work/mnist/train/0001.png"
-step getfattr -d "$mnt/mnist/mnist:latest"
-step cp "$work/mnist/labels.csv" "$mnt/mnist/draft/labels-v2.csv"
-step rm "$mnt/mnist/draft/test/0000.png"
-step artifactfs sync "$mnt/mnist/draft" --alias candidate
-step ls -l "$mnt/mnist"
+step ls -l "$mnt/digits"
+step ls "$mnt/digits/digits@latest/train/3" --width=100
+step python "$here/examples/train_digits.py" --data "$mnt/digits/digits@latest" \
+    --checkpoint "$mnt/digits-model/draft/model.pt" --sync
+step ls -l "$mnt/digits-model"
+step getfattr -n user.artifact.metadata "$mnt/digits-model/digits-model:latest"
 step artifactfs umount "$mnt"
-step artifactfs ls mnist
-echo; echo "demo OK: logged, listed, downloaded, verified, mounted, read, wrote and synced mnist"
+step artifactfs ls digits-model
+echo; echo "demo OK: logged real images, trained through the mount, synced the model with its data version"

@@ -1,0 +1,174 @@
+"""A training loader reading small sample files: a real torch.utils.data.DataLoader
+(shuffled, several worker processes) over a version through the mount, against
+the same files in a local folder, in the same run (issue 9).
+
+  (e) one epoch over N small files (default 6,000 of 2-24 KiB in 10 class folders),
+      DataLoader(shuffle=True, num_workers=4, batch_size=64): warm (second epoch)
+      and cold (page cache dropped, fresh mount); the listing is done before timing
+  (f) open + read + close of a warm 4 KiB file, one process, Python's open():
+      per-file microseconds through NAME:vN, NAME:latest (an alias symlink) and
+      NAME@vN, against the local file
+Targets: (e) >= 0.9 x local warm, >= 0.8 x cold; (f) within 3 x local.
+
+  .venv/bin/python bench/bench_loader.py
+  .venv/bin/python bench/bench_loader.py --files 2000 --repeat 3
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (Noise, Row, Table, artifactfs_mount, cli, drop_caches, emit, files_under,  # noqa: E402
+                    fs_note, machine_note, median_rows, run, timed, workdir)
+
+CLASSES = 10
+
+
+def make_samples(root: str, count: int, seed: int = 0) -> int:
+    """count files of 2-24 KiB in CLASSES folders (like an ImageFolder); total bytes."""
+    rng = random.Random(seed)
+    noise = Noise(4 * 1024 * 1024)
+    total = 0
+    for c in range(CLASSES):
+        os.makedirs(os.path.join(root, f"class{c}"), exist_ok=True)
+    for i in range(count):
+        data = noise.piece(rng.randrange(2048, 24 * 1024))
+        with open(os.path.join(root, f"class{i % CLASSES}", f"s{i:06d}.bin"), "wb") as f:
+            f.write(data)
+        total += len(data)
+    return total
+
+
+class Samples:
+    """A map-style dataset: (bytes read, class) per file."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        with open(self.paths[i], "rb") as f:
+            n = len(f.read())
+        return n, int(os.path.basename(os.path.dirname(self.paths[i]))[5:])
+
+
+def epoch(paths: list[str], workers: int, seed: int) -> float:
+    """Seconds for one shuffled epoch through a DataLoader; checks every file was read."""
+    import torch
+    from torch.utils.data import DataLoader
+    loader = DataLoader(Samples(paths), batch_size=64, shuffle=True, num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed))
+    seen = 0
+    t = time.perf_counter()
+    for sizes, _ in loader:
+        seen += len(sizes)
+    took = time.perf_counter() - t
+    if seen != len(paths):
+        raise SystemExit(f"the loader gave {seen} samples, expected {len(paths)}")
+    return took
+
+
+def open_read_close_us(paths: list[str], rounds: int = 3) -> float:
+    """Median over rounds of the mean microseconds per open + read + close (warm)."""
+    for p in paths:
+        with open(p, "rb") as f:
+            f.read()
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for p in paths:
+            with open(p, "rb") as f:
+                f.read()
+        out.append((time.perf_counter() - t) / len(paths) * 1e6)
+    return statistics.median(out)
+
+
+def case_loader(work: str, store: str, src: str, nbytes: int, workers: int, cold: bool,
+                table: Table, seed: int) -> None:
+    case = f"(e) DataLoader, {workers} workers"
+    mnt, cache = os.path.join(work, "mnt"), os.path.join(work, "cache")
+    local = files_under(src)
+    epoch(local, workers, seed)
+    warm_local = epoch(local, workers, seed + 1)
+    table.add(Row(case, "local folder, warm", warm_local, nbytes, 1.0))
+    with artifactfs_mount(store, mnt, cache):
+        paths = files_under(os.path.join(mnt, "samples", "samples:v0"))
+        epoch(paths, workers, seed)
+        warm = epoch(paths, workers, seed + 1)
+    r = warm_local / warm
+    table.add(Row(case, "mount, warm", warm, nbytes, r, ">= 0.9 x local", r >= 0.9))
+    if not cold:
+        return
+    drop_caches()
+    local = files_under(src)
+    cold_local = epoch(local, workers, seed + 2)
+    table.add(Row(case, "local folder, cold", cold_local, nbytes, 1.0))
+    drop_caches()
+    with artifactfs_mount(store, mnt, cache):
+        paths = files_under(os.path.join(mnt, "samples", "samples:v0"))
+        cold_mnt = epoch(paths, workers, seed + 2)
+    r = cold_local / cold_mnt
+    table.add(Row(case, "mount, cold", cold_mnt, nbytes, r, ">= 0.8 x local", r >= 0.8))
+
+
+def case_open(work: str, store: str, src: str, table: Table) -> None:
+    case = "(f) warm open+read+close 4 KiB"
+    one = os.path.join(work, "four")
+    os.makedirs(one, exist_ok=True)
+    for i in range(1000):
+        with open(os.path.join(one, f"f{i:04d}.bin"), "wb") as f:
+            f.write(os.urandom(4096))
+    run(cli() + ["--store", store, "put", one, "four", "--type", "dataset"])
+    names = sorted(os.listdir(one))
+    local = open_read_close_us([os.path.join(one, n) for n in names])
+    table.add(Row(case, "local folder (us per file)", local, None, 1.0))
+    with artifactfs_mount(store, os.path.join(work, "mnt"), os.path.join(work, "cache")):
+        for spelling in ("four:v0", "four:latest", "four@v0"):
+            us = open_read_close_us([os.path.join(work, "mnt", "four", spelling, n) for n in names])
+            r = local / us
+            table.add(Row(case, f"mount {spelling} (us per file)", us, None, r, ">= 0.33 x local", r >= 1 / 3))
+
+
+def main(argv: list[str] | None = None) -> Table:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=6000, help="(e) sample files")
+    ap.add_argument("--workers", type=int, default=4, help="(e) DataLoader worker processes")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
+    ap.add_argument("--warm", action="store_true", help="do not drop the page cache (no cold steps)")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--out", default=None, help="append the markdown table to this file")
+    args = ap.parse_args(argv)
+    table = Table(f"training loader over {args.files} small files, and warm 4 KiB opens")
+    with workdir(args.workdir, args.keep) as work:
+        os.environ.update(ARTIFACTFS_PROJECT="default", ARTIFACTFS_HASH_CACHE=os.path.join(work, "digests.sqlite"))
+        cold = not args.warm and drop_caches()
+        table.notes.append(machine_note() + f"; work dir on {fs_note(work)}; median of {args.repeat} round(s)")
+        table.notes.append("cold: page cache dropped and a fresh mount made before the epoch" if cold
+                           else "page cache NOT dropped: no cold steps")
+        table.notes.append("ratio = local seconds / mount seconds (> 1: faster than local); (f) seconds "
+                           "column holds microseconds per file")
+        store, src = os.path.join(work, "store"), os.path.join(work, "samples")
+        nbytes = make_samples(src, args.files)
+        run(cli() + ["--store", store, "put", src, "samples", "--type", "dataset"])
+        os.sync()
+        rounds = []
+        for n in range(args.repeat):
+            t = Table(table.title)
+            case_loader(work, store, src, nbytes, args.workers, cold, t, seed=10 * n)
+            rounds.append(t.rows)
+        table.rows += median_rows(rounds)
+        case_open(work, store, src, table)
+    emit([table], args.out)
+    return table
+
+
+if __name__ == "__main__":
+    main()
