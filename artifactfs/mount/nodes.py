@@ -325,7 +325,11 @@ class VersionDirNode(Node):
             if isinstance(e, FileEntry) and len(e.chunks) == 1:
                 path = f"{self.path}/{sibling}" if self.path else sibling
                 node = self.ctx.table.find(self.key[:3] + (path,))  # known to the kernel: feed its pages
-                ino = node.ino if isinstance(node, VersionFileNode) else 0
+                ino = 0
+                if isinstance(node, VersionFileNode):
+                    if node.fed:
+                        continue  # the kernel has (or had and reclaimed) its pages: a warm re-read
+                    node.fed, ino = True, node.ino
                 batch.append((e.chunks[0], e.size, self.ref.where(path), ino))
         for b in range(0, len(batch), SIBLING_BATCH):
             self.ctx.reader.prefetch(batch[b:b + SIBLING_BATCH])
@@ -375,6 +379,7 @@ class VersionRootNode(VersionDirNode):
 
 class VersionFileNode(Node):
     timeout = LONG_TIMEOUT
+    fed = False  # its bytes were offered to the kernel page cache (sibling read-ahead)
 
     def __init__(self, ctx: MountContext, key: tuple[str, ...], ref: VersionRef, entry: FileEntry):
         super().__init__(ctx, key)
