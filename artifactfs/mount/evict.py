@@ -75,5 +75,6 @@ class InodeLimit:
             if self.step():
                 continue
             if peak - live > max(10_000, peak // 2):  # a walk was forgotten (drop_caches, eviction)
+                self.table.compact()
                 await trio.to_thread.run_sync(self._trim)
                 peak = live

@@ -235,6 +235,12 @@ class InodeTable:
     def folders(self) -> int:
         return len(self._folders)
 
+    def compact(self) -> None:
+        """Re-make the tables at their present size: a dict keeps the hash table of
+        the most entries it ever held (15 MB for 100,000 inodes after all are forgotten)."""
+        self._nodes, self._by_key, self._lookups = dict(self._nodes), dict(self._by_key), dict(self._lookups)
+        self._folders = OrderedDict(self._folders)
+
     def forget(self, ino: int, n: int) -> None:
         left = self._lookups.get(ino, 0) - n
         if left > 0:
