@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_drafts  # noqa: E402
 import bench_loader  # noqa: E402
+import bench_memory  # noqa: E402
 import bench_mount  # noqa: E402
 import bench_put_get  # noqa: E402
 from common import cli  # noqa: E402
@@ -24,6 +25,7 @@ MODEST = {
     "mount": ["--size-mb", "256", "--files", "2000", "--tree-files", "20000", "--dataset-mb", "512"],
     "draft": ["--size-mb", "256", "--tree-files", "20000", "--files", "2000"],
     "loader": ["--files", "3000"],
+    "memory": ["--folders", "100"],
 }
 
 
@@ -52,6 +54,8 @@ def main() -> None:
             bench_mount.main(size("mount") + extra)
         if "loader" in wanted:
             bench_loader.main(size("loader") + extra)
+        if "memory" in wanted:
+            bench_memory.main(size("memory") + extra)
         if "draft" in wanted:
             if has_command("sync"):
                 bench_drafts.main(size("draft") + extra)
