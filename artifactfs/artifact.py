@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import transfer
-from .errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError
-from .manifest import FileEntry, apply_changes, artifact_digest, walk, wandb_manifest
+from . import localtree, transfer
+from .errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
+from .localtree import LocalFile, LocalLink
+from .manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
 from .names import check_name, check_type, normalize_path
 from .registry import Registry, VersionInfo, check_metadata
 from .store import default_store_url
@@ -47,9 +48,9 @@ class ManifestEntry:
 
 
 class Manifest:
-    """The flat W&B view of an artifact's files."""
+    """The flat W&B view of an artifact's files (and symlinks, store-format.md 4)."""
 
-    def __init__(self, entries: dict[str, FileEntry]):
+    def __init__(self, entries: dict[str, Leaf]):
         self.entries = entries
 
     def digest(self) -> str:
@@ -74,7 +75,7 @@ class Artifact:
         self._project: str | None = None
         self._info: VersionInfo | None = None   # set once logged
         self._base: VersionInfo | None = None   # set for an incremental draft
-        self._changes: dict[str, FileEntry | None] = {}
+        self._changes: dict[str, Leaf | None] = {}
         self._local: dict[str, str] = {}
         self._finalized = False
         self.created = False  # did the last save() make a new version (False: equal to latest)
@@ -193,9 +194,9 @@ class Artifact:
         self._ttl = value
 
     # -- contents ------------------------------------------------------------
-    def _entries(self) -> dict[str, FileEntry]:
+    def _entries(self) -> dict[str, Leaf]:
         """The flat view: path -> entry, base version plus pending changes."""
-        out: dict[str, FileEntry] = {}
+        out: dict[str, Leaf] = {}
         source = self._info or self._base
         if source is not None:
             out.update(walk(self._reg(), source.root))
@@ -206,13 +207,13 @@ class Artifact:
                 out[path] = entry
         return out
 
-    def _entry(self, path: str) -> FileEntry:
+    def _entry(self, path: str) -> Leaf:
         source = self._info or self._base
         if path in self._changes:
             entry = self._changes[path]
         elif source is not None:
             found = self._reg().lookup(source.root, normalize_path(path))
-            entry = found if isinstance(found, FileEntry) else None
+            entry = None if found is None or isinstance(found, DirEntry) else found
         else:
             entry = None
         if entry is None:
@@ -255,7 +256,7 @@ class Artifact:
         draft._registry, draft._project, draft._base = self._reg(), info.project, info
         return draft
 
-    def _stage(self, path: str, entry: FileEntry, local: str, overwrite: bool) -> None:
+    def _stage(self, path: str, entry: Leaf, local: str, overwrite: bool) -> None:
         try:
             existing = self._entry(path)
         except KeyError:
@@ -280,18 +281,28 @@ class Artifact:
 
     def add_dir(self, local_path: str, name: str | None = None, skip_cache: bool | None = False,
                 policy: str = "mutable", merge: bool = False,
-                progress: Callable[[int], None] | None = None) -> None:
-        """Add every file below a local directory (symlinks to files are read;
-        symlinked directories are not entered)."""
+                progress: Callable[[int], None] | None = None, *, follow_symlinks: bool = True) -> None:
+        """Add every file below a local directory, with its executable bit and mtime.
+
+        follow_symlinks (not in W&B): True, the default, does what wandb's add_dir
+        does (os.walk(followlinks=True)): a symlink adds what it points to, and a
+        linked folder is entered.  False keeps each symlink as a symlink entry
+        (its target), as `artifactfs put` does by default.  LocalFileError (one
+        line naming the path) for an unreadable file or folder, a dangling or
+        looping link; InvalidNameError for a name the format cannot hold."""
         self._need_draft()
         _check_policy(policy)
         if not os.path.isdir(local_path):
             raise ArtifactfsError(f"cannot add {local_path}: not a directory or not found")
         prefix = normalize_path(name) + "/" if name else ""
-        found = list(_walk_files(os.path.abspath(local_path), prefix))
-        entries = transfer.upload_many(self._reg(), [full for full, _ in found], progress)
-        for (full, path), entry in zip(found, entries):
-            self._stage(normalize_path(path), entry, full, merge)
+        found = list(localtree.scan(os.path.abspath(local_path), prefix, follow_symlinks))
+        files = [f for f in found if isinstance(f, LocalFile)]
+        entries = transfer.upload_many(self._reg(), [f.full for f in files], progress)
+        for f, entry in zip(files, entries):
+            self._stage(f.path, entry, f.full, merge)
+        for link in found:
+            if isinstance(link, LocalLink):
+                self._stage(link.path, link.entry, link.full, merge)
 
     @contextlib.contextmanager
     def new_file(self, name: str, mode: str = "x", encoding: str | None = None) -> Iterator[IO]:
@@ -320,7 +331,7 @@ class Artifact:
             self._changes[p] = None
             self._local.pop(p, None)
 
-    def _manifest_entry(self, path: str, e: FileEntry) -> ManifestEntry:
+    def _manifest_entry(self, path: str, e: Leaf) -> ManifestEntry:
         return ManifestEntry(path, e.digest, e.size, e.ref, dict(e.extra), self._local.get(path), self)
 
     def get_entry(self, name: str) -> ManifestEntry:
@@ -399,27 +410,40 @@ class Artifact:
                  skip_cache: bool | None = None, path_prefix: str | None = None,
                  multipart: bool | None = None,
                  progress: Callable[[int], None] | None = None) -> str:
-        """Write the files into root (other files there are left alone)."""
+        """Write the files (mtimes set) and symlinks into root; other files there
+        are left alone.  path_prefix selects entries whose path starts with it,
+        compared as a raw string, as W&B does: 'a/b' also selects 'a/b.txt' and
+        'a/bb/c'; 'a/b/' only the folder (the CLI's `get --prefix` means the
+        folder).  Never writes through a symlink (store-format.md 8);
+        LocalFileError names a local path that could not be written."""
+        self._need_logged("download()")
+        return self._download(root or self._default_root(),
+                              lambda p: not path_prefix or p.startswith(path_prefix), progress)
+
+    def _download(self, root: str, selected: Callable[[str], bool],
+                  progress: Callable[[int], None] | None = None) -> str:
         info = self._need_logged("download()")
-        root = root or self._default_root()
-        items = list(walk(self._reg(), info.root))
-        if path_prefix:
-            prefix = path_prefix.strip("/")
-            items = [(p, e) for p, e in items if p == prefix or p.startswith(prefix)]
+        items = [(p, e) for p, e in walk(self._reg(), info.root) if selected(p)]
         transfer.download_many(self._reg(), root, items, progress)
         return root
 
     def checkout(self, root: str | None = None) -> str:
-        """Make root exactly the artifact's files: download, then delete extras."""
+        """Make root exactly the artifact's files and symlinks: download, then
+        delete every other file or symlink (never following one) and empty folders."""
         root = self.download(root)
         keep = set(self._entries())
-        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-            for fn in filenames:
-                full = os.path.join(dirpath, fn)
-                if os.path.relpath(full, root).replace(os.sep, "/") not in keep:
-                    os.unlink(full)
-            if dirpath != root and not os.listdir(dirpath):
-                os.rmdir(dirpath)
+        for rel in list(localtree.leaves(root)):
+            if rel not in keep:
+                try:
+                    os.unlink(os.path.join(root, rel))
+                except OSError as e:
+                    raise LocalFileError("remove", os.path.join(root, rel), e) from None
+        for dirpath, _, _ in os.walk(root, topdown=False):
+            try:
+                if dirpath != root and not os.listdir(dirpath):
+                    os.rmdir(dirpath)
+            except OSError as e:
+                raise LocalFileError("remove", dirpath, e) from None
         return root
 
     def verify(self, root: str | None = None) -> None:
@@ -428,11 +452,7 @@ class Artifact:
         root = root or self._default_root()
         entries = self._entries()
         problems = transfer.verify_dir(root, sorted(entries.items()))
-        for dirpath, _, filenames in os.walk(root):
-            for fn in filenames:
-                rel = os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/")
-                if rel not in entries:
-                    problems.append(f"{rel}: not in {info.name}")
+        problems += [f"{shown(rel)}: not in {info.name}" for rel in localtree.leaves(root) if rel not in entries]
         if problems:
             raise ValueError(f"{root} does not match {self.name}: " + "; ".join(sorted(problems)))
 
@@ -447,18 +467,6 @@ class Artifact:
 
     def __repr__(self) -> str:
         return f"<Artifact {self.name} type={self._type} state={self.state}>"
-
-
-def _walk_files(top: str, prefix: str) -> Iterator[tuple[str, str]]:
-    """(absolute path, artifact path) of every file below `top`, in name order, with
-    one scandir per folder (no per-file stat or getcwd); symlinked folders are not entered."""
-    with os.scandir(top) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        if e.is_dir(follow_symlinks=False):
-            yield from _walk_files(e.path, f"{prefix}{e.name}/")
-        elif e.is_file():
-            yield e.path, prefix + e.name
 
 
 def _check_policy(policy: str) -> None:

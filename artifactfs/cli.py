@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from .artifact import Artifact, default_project
-from .errors import ArtifactfsError, NotFoundError
-from .manifest import walk
-from .names import check_name, split_ref
+from .errors import ArtifactfsError, NotFoundError, shown
+from .manifest import SymlinkEntry, walk
+from .names import check_name, in_folder, split_ref
 from .registry import Registry, VersionInfo
 from .store import default_store_url
 
@@ -63,8 +63,11 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ArtifactfsError, ValueError, FileNotFoundError, PermissionError) as e:
+        except (ArtifactfsError, ValueError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        except OSError as e:  # the user's files or the machine, never a bug of ours: one line
+            where = f": {shown(os.fsdecode(e.filename))}" if e.filename is not None else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
 
@@ -138,10 +141,15 @@ def human(n: float) -> str:
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE")
 @click.option("--alias", multiple=True, metavar="ALIAS")
 @click.option("--tag", multiple=True, metavar="TAG")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Store what symlinks point to (and enter linked folders) instead of the links.")
 @pass_ctx
 def put(c: Ctx, source: str, name: str, type_: str, description: str | None,
-        metadata: tuple[str, ...], alias: tuple[str, ...], tag: tuple[str, ...]) -> None:
-    """Log the files of SOURCE (a folder or a file) as the next version of NAME."""
+        metadata: tuple[str, ...], alias: tuple[str, ...], tag: tuple[str, ...], follow_symlinks: bool) -> None:
+    """Log the files of SOURCE (a folder or a file) as the next version of NAME.
+
+    Files keep their executable bit and mtime; symlinks below SOURCE are kept as
+    symlinks unless --follow-symlinks.  Nothing changed: prints NAME:vN (unchanged)."""
     project, collection, given = c.ref(name)
     if given:
         raise click.BadParameter("give the collection name without ':alias'", param_hint="NAME")
@@ -149,7 +157,7 @@ def put(c: Ctx, source: str, name: str, type_: str, description: str | None,
     art.aliases, art.tags = list(alias), list(tag)
     if os.path.isdir(source):
         with progress(lambda: dir_size(source), f"put {collection}") as bar:
-            art.add_dir(source, progress=bar)
+            art.add_dir(source, progress=bar, follow_symlinks=follow_symlinks)
     else:
         art.add_file(source)
     art.save(project)
@@ -159,13 +167,16 @@ def put(c: Ctx, source: str, name: str, type_: str, description: str | None,
 @main.command()
 @click.argument("name")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--prefix", default=None, metavar="PATH", help="Only files below this path.")
+@click.option("--prefix", default="", metavar="PATH",
+              help="Only the file PATH or the folder PATH/ (a/b: not a/b.txt).")
 @pass_ctx
-def get(c: Ctx, name: str, dest: str, prefix: str | None) -> None:
-    """Download NAME[:ALIAS|:vN] into DEST (other files in DEST are left alone)."""
+def get(c: Ctx, name: str, dest: str, prefix: str) -> None:
+    """Download NAME[:ALIAS|:vN] into DEST (other files in DEST are left alone).
+
+    Files get their mtime and executable bit; symlinks are made as symlinks."""
     art = _artifact(c, name)
     with progress(lambda: art.size, f"get {art.name}") as bar:
-        art.download(dest, path_prefix=prefix, progress=bar)
+        art._download(dest, lambda p: in_folder(p, prefix), progress=bar)
     click.echo(f"{art.name} -> {dest}", err=True)
 
 
@@ -238,14 +249,15 @@ def info(c: Ctx, name: str, as_json: bool) -> None:
 @click.argument("prefix", required=False)
 @pass_ctx
 def files(c: Ctx, name: str, prefix: str | None) -> None:
-    """List the files of a version: size, digest, path."""
+    """List the files of a version (or of the folder PREFIX): size, digest, path
+    (a symlink: 'path -> target'; names escaped as in 'a\\nb')."""
     project, coll, alias = c.ref(name)
     reg = c.registry()
     v = reg.get(project, coll, alias)
-    want = (prefix or "").strip("/")
     for path, e in walk(reg, v.root):
-        if not want or path == want or path.startswith(want + "/"):
-            click.echo(f"{e.size:>12}  {e.digest}  {path}")
+        if in_folder(path, prefix or ""):
+            link = f" -> {shown(e.target)}" if isinstance(e, SymlinkEntry) else ""
+            click.echo(f"{e.size:>12}  {e.digest}  {shown(path)}{link}")
 
 
 def _pinned(c: Ctx, ref: str) -> tuple[Registry, str, str, int]:
@@ -340,7 +352,7 @@ def verify(c: Ctx, name: str, directory: str | None) -> None:
                 for i in range(len(e.chunks)):
                     read_chunk(reg, e, i, path)
             except ArtifactfsError as err:
-                problems.append(f"{path}: {err}")
+                problems.append(f"{shown(path)}: {err}")
     for p in problems:
         click.echo(p, err=True)
     if problems:

@@ -72,9 +72,10 @@ def scan(draft: Draft) -> tuple[dict[str, Change], list[RealFile]]:
 
 
 def _same(a: Entry | None, b: Entry | None) -> bool:
-    if isinstance(a, DirEntry) and isinstance(b, DirEntry):
-        return a.tree == b.tree
-    return a == b
+    """The same entry for merging: equal trees, or files equal but for their mtimes."""
+    if a is None or b is None or isinstance(a, DirEntry) or isinstance(b, DirEntry):
+        return isinstance(a, DirEntry) and isinstance(b, DirEntry) and a.tree == b.tree or a is b is None
+    return a.same_content(b)
 
 
 def _scan_dir(draft: Draft, disk: str, prefix: str, base_key: str | None,

@@ -1,9 +1,26 @@
 """Exceptions.  Every subclass of ArtifactfsError is a user-facing error: the CLI
 prints its message on one line and exits non-zero, without a traceback."""
+from __future__ import annotations
+
+
+def shown(path: str) -> str:
+    """A path for a one-line message: undecodable bytes as \\xNN, control
+    characters (newline, tab ...) escaped, everything else as it is."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ArtifactfsError(Exception):
     """Base of all errors that are the user's to fix (bad name, missing version, ...)."""
+
+
+class LocalFileError(ArtifactfsError):
+    """A user's local file or folder could not be read, written or removed (put,
+    get, download, checkout, verify): one line naming the path, escaped."""
+
+    def __init__(self, verb: str, path: str, reason: OSError | str):
+        why = reason if isinstance(reason, str) else (reason.strerror or str(reason))
+        super().__init__(f"cannot {verb} {shown(path)}: {why}")
 
 
 class InvalidNameError(ArtifactfsError, ValueError):

@@ -20,8 +20,8 @@ from typing import Union
 
 import xxhash
 
-from .errors import InvalidNameError
-from .names import check_component, check_path, shown
+from .errors import InvalidNameError, shown
+from .names import check_component, check_path
 
 CHUNK_SIZE = 8 * 1024 * 1024
 MAX_TARGET = 4095  # bytes of a symlink target (PATH_MAX less the NUL)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidNameError
+from .errors import InvalidNameError, shown
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _VERSION = re.compile(r"^v(\d+)$")
@@ -78,17 +78,19 @@ def check_component(part: str, path: str | None = None) -> str:
     return part
 
 
-def shown(path: str) -> str:
-    """A path for a one-line message: undecodable bytes as \\xNN, control
-    characters (newline, tab ...) escaped, everything else as it is."""
-    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
 def normalize_path(path: str) -> str:
     """Turn a user-given artifact path ('./a//b', 'a\\b' is *not* accepted) into canonical form."""
     parts = [p for p in path.split("/") if p not in ("", ".")]
     return check_path("/".join(parts))
+
+
+def in_folder(path: str, folder: str) -> bool:
+    """Is `path` the entry `folder` or below it?  The CLI's meaning of a path
+    prefix (`files NAME a/b`, `get --prefix a/b`): 'a/b' selects 'a/b' and 'a/b/...',
+    not 'a/b.txt' or 'a/bb'.  ('' selects everything.)  Artifact.download's
+    path_prefix is W&B's raw str.startswith instead."""
+    folder = folder.strip("/")
+    return not folder or path == folder or path.startswith(folder + "/")
 
 
 def split_ref(ref: str) -> tuple[str | None, str, str | None]:

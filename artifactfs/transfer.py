@@ -7,7 +7,13 @@ each file is read once for hashing and storing, a large one with the next
 chunk read by a helper thread meanwhile; small files go to workers in batches;
 an unchanged file is recognised by its stat through the HashCache instead of
 being read again; downloads open each directory once (an O_NOFOLLOW fd) and
-create files relative to it, asking the kernel to read the next blob ahead."""
+create files relative to it, asking the kernel to read the next blob ahead.
+
+Entries carry each file's mtime (store-format.md 3.5): put records st_mtime_ns,
+downloads set it back.  Symlink entries are created as symlinks (a temporary
+link renamed over the name), never written through; a second name of a hard
+link is downloaded as its own copy.  An OSError on the user's side is one
+LocalFileError naming the local path."""
 from __future__ import annotations
 
 import errno
@@ -21,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import xxhash
 
-from .errors import ArtifactfsError, DigestMismatchError, ObjectNotFound, StoreError
+from .errors import DigestMismatchError, LocalFileError, ObjectNotFound, StoreError, shown
 from .hashcache import Digests, HashCache
-from .manifest import CHUNK_SIZE, FileEntry, b64_digest
+from .manifest import CHUNK_SIZE, MTIME_KEY, FileEntry, Leaf, SymlinkEntry, b64_digest
 from .names import check_path
 from .registry import Registry, blob_key
 
@@ -131,10 +137,16 @@ def _store_file(registry: Registry | None, path: str, progress: Progress | None,
         finally:
             os.close(fd)
     except OSError as e:
-        raise ArtifactfsError(f"cannot read {path}: {e.strerror}") from None
+        raise LocalFileError("read", path, e) from None
     if cache is not None and size == st.st_size:
         cache.remember(st, (digest, chunks), started)
-    return FileEntry(digest, size, chunks, executable=bool(st.st_mode & 0o111))
+    return _file_entry(digest, size, chunks, st)
+
+
+def _file_entry(digest: str, size: int, chunks: tuple[str, ...], st: os.stat_result) -> FileEntry:
+    """The entry of a local file: its digests, executable bit and mtime."""
+    return FileEntry(digest, size, chunks, bool(st.st_mode & 0o111), None,
+                     {"alg": "XXH128", MTIME_KEY: st.st_mtime_ns})
 
 
 def _remembered(registry: Registry | None, paths: list[str], progress: Progress | None,
@@ -149,7 +161,7 @@ def _remembered(registry: Registry | None, paths: list[str], progress: Progress 
         try:
             some = [os.stat(p) for p in paths[i:i + LOOKUP_BATCH]]
         except OSError as e:
-            raise ArtifactfsError(f"cannot read {e.filename}: {e.strerror}") from None
+            raise LocalFileError("read", e.filename, e) from None
         stats += some
         hits += cache.lookup(some)
     wanted = {blob_key(k) for h in hits if h is not None for k in h[1]}
@@ -161,7 +173,7 @@ def _remembered(registry: Registry | None, paths: list[str], progress: Progress 
             continue
         if progress:
             progress(st.st_size)
-        out.append(FileEntry(hit[0], st.st_size, hit[1], executable=bool(st.st_mode & 0o111)))
+        out.append(_file_entry(hit[0], st.st_size, hit[1], st))
     return out
 
 
@@ -250,8 +262,9 @@ def _prefetch_blob(registry: Registry, key: str) -> None:
         os.close(fd)
 
 
-def _open_dir(root_fd: int, parts: list[str], path: str) -> int:
-    """fd of directory root/parts..., made as needed; a symlink or file in the way is refused."""
+def _open_dir(root_fd: int, parts: list[str], where: str) -> int:
+    """fd of directory root/parts..., made as needed; a symlink or file in the way
+    is refused (`where`: the local path of the file that needs it, for messages)."""
     fd = os.dup(root_fd)
     try:
         for i, part in enumerate(parts):
@@ -264,9 +277,8 @@ def _open_dir(root_fd: int, parts: list[str], path: str) -> int:
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
-                where = "/".join(parts[:i + 1])
-                raise ArtifactfsError(f"cannot write {path}: {where} is not a directory "
-                                      "(symlink or file in the way)") from None
+                raise LocalFileError("write", where, f"{shown('/'.join(parts[:i + 1]))} is not a directory "
+                                     "(symlink or file in the way)") from None
             os.close(fd)
             fd = nfd
     except BaseException:
@@ -285,7 +297,7 @@ def _fd_matches(fd: int, entry: FileEntry) -> bool:
 def file_matches(path: str, entry: FileEntry) -> bool:
     """True when the local file has the entry's size and digest (always read: no cache)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
@@ -295,41 +307,56 @@ def file_matches(path: str, entry: FileEntry) -> bool:
         os.close(fd)
 
 
-def _existing_matches(dir_fd: int, name: str, path: str, entry: FileEntry) -> bool:
-    """Is `name` already the right file?  Refuses a symlink or directory there."""
+def _existing_matches(dir_fd: int, name: str, where: str, entry: FileEntry) -> bool:
+    """Is `name` already the right file?  Then its mtime is set to the entry's.
+    Refuses a symlink or directory there."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
-        raise ArtifactfsError(f"cannot write {path}: it is a symlink or directory in the destination")
+        raise LocalFileError("write", where, "a symlink or directory is in the way")
     if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
         return False
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
-        return _fd_matches(fd, entry)
+        if not _fd_matches(fd, entry):
+            return False
+        if entry.mtime_ns is not None and st.st_mtime_ns != entry.mtime_ns:
+            os.utime(fd, ns=(st.st_atime_ns, entry.mtime_ns))
+        return True
     finally:
         os.close(fd)
 
 
-def _download_into(registry: Registry, dir_fd: int, name: str, path: str, entry: FileEntry,
-                   progress: Progress | None) -> None:
+def _temp_name() -> str:
+    return f".artifactfs-{uuid.uuid4().hex}"
+
+
+def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str, entry: FileEntry,
+               progress: Progress | None) -> None:
     """Write one verified file as `name` in dir_fd, atomically (temp file, then rename)."""
-    if _existing_matches(dir_fd, name, path, entry):
+    if _existing_matches(dir_fd, name, where, entry):
         if progress:
             progress(entry.size)
         return
-    tmp = f".artifactfs-{uuid.uuid4().hex}"
+    tmp = _temp_name()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                  0o755 if entry.executable else 0o644, dir_fd=dir_fd)
     try:
         for i in range(len(entry.chunks)):
             if i + 1 < len(entry.chunks):
                 _prefetch_blob(registry, entry.chunks[i + 1])  # a helper thread here measured slower
-            view = _read_chunk_into(registry, entry, i, path, _buffer())
+            try:
+                view = _read_chunk_into(registry, entry, i, path, _buffer())
+            except OSError as e:
+                raise StoreError(f"cannot read {shown(path)} from the store {registry.store.url}: "
+                                 f"{e.strerror}") from None
             _write_full(fd, view)
             if progress:
                 progress(len(view))
+        if entry.mtime_ns is not None:
+            os.utime(fd, ns=(time.time_ns(), entry.mtime_ns))
         os.close(fd)
         fd = -1
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -340,9 +367,42 @@ def _download_into(registry: Registry, dir_fd: int, name: str, path: str, entry:
         raise
 
 
-def _by_directory(items: Iterable[tuple[str, FileEntry]]) -> dict[str, list[tuple[str, str, FileEntry]]]:
+def _link_into(dir_fd: int, name: str, where: str, entry: SymlinkEntry) -> None:
+    """Make `name` in dir_fd the symlink, replacing a file or link there (by
+    rename: what an old link points to is never touched); a directory is refused."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise LocalFileError("write", where, "a directory is in the way of a symlink")
+        if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == entry.target:
+            return
+    tmp = _temp_name()
+    os.symlink(entry.target, tmp, dir_fd=dir_fd)
+    try:
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _download_into(registry: Registry, dir_fd: int, name: str, path: str, where: str, entry: Leaf,
+                   progress: Progress | None) -> None:
+    """One entry into dir_fd; an OSError on our side names the local path `where`."""
+    try:
+        if isinstance(entry, SymlinkEntry):
+            _link_into(dir_fd, name, where, entry)
+        else:
+            _file_into(registry, dir_fd, name, path, where, entry, progress)
+    except OSError as e:
+        raise LocalFileError("write", where, e) from None
+
+
+def _by_directory(items: Iterable[tuple[str, Leaf]]) -> dict[str, list[tuple[str, str, Leaf]]]:
     """dir -> [(name, path, entry)], every path checked first."""
-    out: dict[str, list[tuple[str, str, FileEntry]]] = {}
+    out: dict[str, list[tuple[str, str, Leaf]]] = {}
     for path, entry in items:
         check_path(path)
         d, _, name = path.rpartition("/")
@@ -355,14 +415,18 @@ def _batches(keys: list[str], n: int) -> Iterator[list[str]]:
         yield keys[i:i + n]
 
 
-def download_many(registry: Registry, root: str, items: list[tuple[str, FileEntry]],
+def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
                   progress: Progress | None = None) -> None:
-    """Write verified files into root, in parallel, never leaving root: every
-    directory is opened once with O_NOFOLLOW (made if missing), and files are
-    created relative to that fd."""
-    os.makedirs(root, exist_ok=True)
+    """Write verified files and symlinks into root, in parallel, never leaving
+    root: every directory is opened once with O_NOFOLLOW (made if missing), and
+    entries are created relative to that fd.  LocalFileError names a local
+    path that could not be written; what was written before stays whole."""
     groups = _by_directory(items)
-    root_fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.makedirs(root, exist_ok=True)
+        root_fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise LocalFileError("write", root, e) from None
     try:
         with ThreadPoolExecutor(WORKERS) as pool:
             for batch in _batches(sorted(groups), DIR_BATCH):
@@ -370,8 +434,13 @@ def download_many(registry: Registry, root: str, items: list[tuple[str, FileEntr
                 futures = []
                 try:
                     for d in batch:  # in sorted order, so parents are made before children
-                        fds[d] = _open_dir(root_fd, d.split("/") if d else [], groups[d][0][1])
-                    futures = [pool.submit(_download_into, registry, fds[d], name, path, entry, progress)
+                        where = os.path.join(root, groups[d][0][1])
+                        try:
+                            fds[d] = _open_dir(root_fd, d.split("/") if d else [], where)
+                        except OSError as e:
+                            raise LocalFileError("write", os.path.join(root, d), e) from None
+                    futures = [pool.submit(_download_into, registry, fds[d], name, path,
+                                           os.path.join(root, path), entry, progress)
                                for d in batch for name, path, entry in groups[d]]
                     wait(futures)  # every worker is done with the fds before they are closed
                 finally:
@@ -383,14 +452,24 @@ def download_many(registry: Registry, root: str, items: list[tuple[str, FileEntr
         os.close(root_fd)
 
 
-def verify_dir(root: str, items: Iterable[tuple[str, FileEntry]]) -> list[str]:
-    """Problems found comparing `root` with the entries: one line per bad file."""
+def verify_dir(root: str, items: Iterable[tuple[str, Leaf]]) -> list[str]:
+    """Problems found comparing `root` with the entries: one line per bad entry
+    (paths escaped).  Nothing is followed: a symlink where a file belongs is a
+    problem, a symlink entry must be a symlink with the same target."""
     problems = []
     for path, entry in items:
         target = os.path.join(root, path)
-        if not os.path.isfile(target) or os.path.islink(target):
-            problems.append(f"{path}: missing")
-        elif not file_matches(target, entry):
-            problems.append(f"{path}: content does not match digest {entry.digest}")
+        try:
+            st = os.lstat(target)
+            if isinstance(entry, SymlinkEntry):
+                if not stat.S_ISLNK(st.st_mode) or os.readlink(target) != entry.target:
+                    problems.append(f"{shown(path)}: not a symlink to {shown(entry.target)}")
+            elif not stat.S_ISREG(st.st_mode):
+                problems.append(f"{shown(path)}: not a regular file")
+            elif not file_matches(target, entry):
+                problems.append(f"{shown(path)}: content does not match digest {entry.digest}")
+        except (FileNotFoundError, NotADirectoryError):
+            problems.append(f"{shown(path)}: missing")
+        except OSError as e:
+            problems.append(f"{shown(path)}: {e.strerror}")
     return problems
-

@@ -108,7 +108,7 @@ def test_add_file(env, src):
     entry = art.add_file(os.path.join(src, "a.txt"))
     assert (entry.path, entry.size) == ("a.txt", 5)
     assert entry.local_path == os.path.join(src, "a.txt")
-    assert entry.extra == {"alg": "XXH128"}
+    assert entry.extra == {"alg": "XXH128", "mtime_ns": os.stat(os.path.join(src, "a.txt")).st_mtime_ns}
     art.add_file(os.path.join(src, "sub/b.txt"), name="x/y.txt")
     assert art.get_added_local_path_name(os.path.join(src, "sub/b.txt")) == "x/y.txt"
     assert art.get_added_local_path_name(os.path.join(src, "empty")) is None

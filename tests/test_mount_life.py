@@ -56,7 +56,8 @@ def test_bad_input_is_one_line_exit_1(store, tmp_path):
         (["--store", store, "mount", str(tmp_path / "missing")], "does not exist"),
         (["--store", store, "mount", str(full)], "not empty"),
         (["--store", str(tmp_path / "notastore"), "mount", str(tmp_path / "empty")], "store"),
-        (["--store", str(tmp_path / "nothing-here"), "mount", str(tmp_path / "empty")], "store"),
+        (["--store", str(tmp_path / "nothing-here"), "mount", "--read-only", str(tmp_path / "empty")],
+         "no artifactfs store"),
         (["--store", "ftp://host/x", "mount", str(tmp_path / "empty")], "scheme"),
         (["--store", store, "mount", "--cache-size", "lots", str(tmp_path / "empty")], "size"),
         (["umount", str(tmp_path / "empty")], "not an artifactfs mount"),
@@ -64,6 +65,20 @@ def test_bad_input_is_one_line_exit_1(store, tmp_path):
     for args, needle in cases:
         _one_line_error(cli(*args, env=env), needle)
     assert not is_mounted(str(tmp_path / "empty"))
+    assert not os.path.exists(tmp_path / "nothing-here")
+
+
+def test_a_writable_mount_creates_a_missing_store(tmp_path):
+    """A fresh machine's first run (issue 8.5): mount, mkdir, write, sync."""
+    store = tmp_path / "fresh" / "store"
+    with mounted(str(store), tmp_path / "mnt") as m:
+        assert os.listdir(m.path) == []
+        os.mkdir(m.p("notes"))
+        with open(m.p("notes", "draft", "hello.txt"), "w") as f:
+            f.write("first")
+        done = cli("sync", m.p("notes"), env=m.env, timeout=120)
+        assert done.returncode == 0 and done.stdout.split() == ["notes:v0"], done.stderr
+    assert Registry.open(str(store)).latest("proj", "notes") == 0
 
 
 def test_mount_table_and_already_mounted(store, tmp_path, mount_factory):

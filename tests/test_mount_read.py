@@ -117,7 +117,9 @@ def test_stat_modes_sizes_times_inodes(mnt, dataset):
     st = os.stat(os.path.join(root, "big.bin"))
     assert st.st_size == BIG and stat.S_IMODE(st.st_mode) == 0o444 and stat.S_ISREG(st.st_mode)
     from artifactfs.timestamps import iso_ns
-    assert st.st_mtime_ns == iso_ns(info.created_at)
+    kept = Registry.open(store).lookup(info.root, "big.bin").mtime_ns
+    assert kept is not None and st.st_mtime_ns == kept  # the file's own time, kept by put
+    assert os.stat(os.path.join(root, "data")).st_mtime_ns == iso_ns(info.created_at)  # folders: the version's
     assert st.st_blocks * 512 >= BIG
     assert stat.S_IMODE(os.stat(os.path.join(root, "bin/run.sh")).st_mode) == 0o555
     d = os.stat(os.path.join(root, "data"))

@@ -2,7 +2,9 @@
 the same files give the same entry digests, artifact digest and manifest JSON."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import random
 
 import pytest
@@ -68,19 +70,30 @@ def test_entry_digests_match(wandb, src, store_url):
     for path in theirs:
         assert mine[path].digest == theirs[path].digest, path
         assert mine[path].size == theirs[path].size, path
-        assert dict(mine[path].extra) == dict(theirs[path].extra) == {"alg": "XXH128"}
+        assert dict(theirs[path].extra) == {"alg": "XXH128"}
+        local = os.path.join(src, path) if not path.startswith("renamed/") else os.path.join(src, "a.txt")
+        assert dict(mine[path].extra) == {"alg": "XXH128", "mtime_ns": os.stat(local).st_mtime_ns}
+
+
+def without_mtimes(manifest: dict) -> dict:
+    """A manifest JSON with extra.mtime_ns (ours; store-format.md 4) taken out."""
+    contents = {}
+    for path, item in manifest["contents"].items():
+        assert isinstance(item["extra"].pop("mtime_ns"), int), path
+        contents[path] = item
+    return {**manifest, "contents": contents}
 
 
 def test_artifact_digest_and_manifest_json_match(wandb, src, store_url):
     theirs = wandb_artifact(wandb, src)
     draft = ours(src, store_url)
     expected_json = theirs.manifest.to_manifest_json()
-    assert draft.json_encode() == expected_json
+    assert without_mtimes(draft.json_encode()) == expected_json
     assert draft.digest == theirs.manifest.digest()
     logged = draft.save("proj")
     assert logged.digest == theirs.manifest.digest()
     reread = Api(store_url, project="proj").artifact("compat:v0")
-    assert reread.json_encode() == expected_json
+    assert without_mtimes(reread.json_encode()) == expected_json
     assert reread.digest == theirs.manifest.digest()
     assert reread.size == theirs.manifest.size()
 
@@ -109,3 +122,90 @@ def test_empty_artifact_digest_matches(wandb, store_url):
     mine = Artifact("e", "dataset", store=store_url)
     assert mine.digest == theirs.manifest.digest()
     assert mine.json_encode() == theirs.manifest.to_manifest_json()
+
+
+# -- issue 8.1: every way of making a version gives wandb's digest, over odd names ---------
+ODD_NAMES = ["new\nline", "tab\there", "caf\u00e9", "cafe\u0301", "with  spaces ", "100%", "at 10:30", "#hash",
+             "-leading", "x" * 251 + ".bin", "é" * 127, "a-c", "a.c", "a0", "ab", "~tilde", "a=b&c"]
+DEEP = "/".join(f"d{i}" for i in range(40))
+
+
+def odd_files() -> dict[str, bytes]:
+    files = {}
+    for i, name in enumerate(ODD_NAMES):
+        files[name] = f"top {i}".encode()
+        files[f"sub/{name}"] = f"sub {i}".encode()
+        files[f"{name[:100]}-dir/inner"] = f"inner {i}".encode()
+    files["sub/a/b"] = b"below a"   # sorts between "sub/a-c" and "sub/a.c" as a full path
+    files["sub/c:d"] = b"a colon"   # (wandb refuses "c:d" at the top: a Windows drive)
+    files[f"{DEEP}/leaf\nx"] = b"deep"
+    return files
+
+
+@pytest.fixture
+def odd_src(tmp_path) -> str:
+    root = str(tmp_path / "odd")
+    for path, data in odd_files().items():
+        full = os.path.join(root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)
+    return root
+
+
+@pytest.fixture
+def odd_digest(wandb, odd_src) -> str:
+    theirs = wandb.Artifact("odd", "dataset", digest_algorithm="XXH128")
+    theirs.add_dir(odd_src)
+    assert len(theirs.manifest.entries) == len(odd_files())
+    return theirs.manifest.digest()
+
+
+def test_odd_names_put_cli(odd_src, odd_digest, store_url):
+    from mountutil import cli
+    cli("--store", store_url, "put", odd_src, "odd", "--type", "dataset", check=True)
+    info = json.loads(cli("--store", store_url, "info", "odd:v0", "--json", check=True).stdout)
+    assert info["digest"] == odd_digest and info["file_count"] == len(odd_files())
+    again = cli("--store", store_url, "put", odd_src, "odd", "--type", "dataset", check=True)
+    assert again.stdout.strip() == "odd:v0 (unchanged)"
+
+
+def test_odd_names_api_add_dir_and_add_file(odd_src, odd_digest, store_url):
+    art = Artifact("odd", "dataset", store=store_url)
+    art.add_dir(odd_src)
+    assert art.digest == odd_digest
+    assert art.save("proj").digest == odd_digest
+    one_by_one = Artifact("odd2", "dataset", store=store_url)
+    for path in odd_files():
+        one_by_one.add_file(os.path.join(odd_src, path), name=path)
+    assert one_by_one.save("proj").digest == odd_digest
+    assert Api(store_url, project="proj").artifact("odd2:v0").digest == odd_digest
+
+
+def test_odd_names_new_draft(odd_src, odd_digest, store_url):
+    paths = sorted(odd_files())
+    base = Artifact("odd", "dataset", store=store_url)
+    for path in paths[::2]:
+        base.add_file(os.path.join(odd_src, path), name=path)
+    base.add_file(os.path.join(odd_src, paths[1]), name="to-be-removed\nsoon")
+    base.save("proj")
+    draft = base.new_draft()
+    for path in paths[1::2]:
+        draft.add_file(os.path.join(odd_src, path), name=path)
+    draft.remove("to-be-removed\nsoon")
+    assert draft.digest == odd_digest
+    assert draft.save("proj").digest == odd_digest and draft.version == "v1"
+
+
+def test_odd_names_draft_commit_through_the_mount(odd_src, odd_digest, store_url, tmp_path):
+    from mountutil import cli, mounted
+    with mounted(store_url, tmp_path / "mnt") as m:
+        os.mkdir(m.p("odd"))
+        shutil.copytree(odd_src, m.p("odd", "draft"), dirs_exist_ok=True)
+        done = cli("sync", m.p("odd"), env=m.env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["odd:v0"]
+    assert Api(store_url, project="proj").artifact("odd:v0").digest == odd_digest
+    again = cli("--store", store_url, "--project", "proj", "put", odd_src, "odd", "--type", "dataset",
+                check=True)
+    assert again.stdout.strip() == "odd:v0 (unchanged)"

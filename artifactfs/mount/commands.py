@@ -140,7 +140,9 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
     store = store or getattr(parent, "store", None) or default_store_url()
     project = check_name(project or getattr(parent, "project", None) or default_project(), "project")
     real = _check_mountpoint(mountpoint)
-    registry = Registry.open(store)  # an unreachable store or a non-store is refused here
+    # a writable mount writes (mkdir, drafts, sync), so like put it creates a store that does not
+    # exist yet; --read-only never does.  An unreachable store or a non-store is refused here.
+    registry = Registry.open(store, create=not read_only)
     opts = MountOptions(
         mountpoint=real, store=registry.store.url, project=project,
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir())),
