@@ -16,7 +16,7 @@ import time
 import pytest
 
 from artifactfs.registry import Registry
-from conftest import skip_or_fail
+from conftest import randbytes, skip_or_fail
 from mountutil import cli, force_unmount, gone, is_mounted, mount_factory, mounted, need_fuse, wait_for  # noqa: F401
 from test_mount_read import PROJECT, commit
 
@@ -27,7 +27,7 @@ UNIT = os.path.join(os.path.dirname(__file__), "..", "systemd", "artifactfs@.ser
 def store(tmp_path) -> str:
     url = str(tmp_path / "store")
     Registry.open(url, create=True)
-    commit(url, "ds", str(tmp_path / "src"), {"a.txt": b"v0\n", "big.bin": os.urandom(3 << 20)})
+    commit(url, "ds", str(tmp_path / "src"), {"a.txt": b"v0\n", "big.bin": randbytes(3 << 20)})
     return url
 
 
@@ -99,23 +99,23 @@ def test_new_versions_and_moving_aliases_appear_within_refresh(store, tmp_path, 
     assert os.readlink(os.path.join(ds, "ds:latest")) == "ds:v0"
     os.listdir(ds)
     commit(store, "ds", str(tmp_path / "src"), {"a.txt": b"v1\n"})
-    took = wait_for(lambda: os.readlink(os.path.join(ds, "ds:latest")) == "ds:v1", 5, "latest -> v1")
-    assert took <= 2.5
+    took = wait_for(lambda: os.readlink(os.path.join(ds, "ds:latest")) == "ds:v1", 60, "latest -> v1")
+    assert took <= 5  # --refresh 1, with room for a loaded machine (a missing refresh never gets here)
     assert "ds:v1" in os.listdir(ds)
     with open(os.path.join(ds, "ds:latest", "a.txt"), "rb") as f:
         assert f.read() == b"v1\n"
     reg = Registry.open(store)
     reg.set_alias(PROJECT, "ds", "prod", 0)
-    wait_for(lambda: os.path.islink(os.path.join(ds, "ds:prod")), 5, "ds:prod to appear")
+    wait_for(lambda: os.path.islink(os.path.join(ds, "ds:prod")), 60, "ds:prod to appear")
     assert os.readlink(os.path.join(ds, "ds:prod")) == "ds:v0"
     reg.set_alias(PROJECT, "ds", "prod", 1)
-    wait_for(lambda: os.readlink(os.path.join(ds, "ds:prod")) == "ds:v1", 5, "ds:prod to move")
+    wait_for(lambda: os.readlink(os.path.join(ds, "ds:prod")) == "ds:v1", 60, "ds:prod to move")
     reg.set_alias(PROJECT, "ds", "prod", None)
-    wait_for(lambda: not os.path.lexists(os.path.join(ds, "ds:prod")), 5, "ds:prod to go")
+    wait_for(lambda: not os.path.lexists(os.path.join(ds, "ds:prod")), 60, "ds:prod to go")
     commit(store, "other", str(tmp_path / "src"), {"o": b"o"})
-    wait_for(lambda: "other" in os.listdir(m.path), 5, "a new collection")
+    wait_for(lambda: "other" in os.listdir(m.path), 60, "a new collection")
     # the aliases xattr of a version follows too
-    wait_for(lambda: os.getxattr(os.path.join(ds, "ds:v0"), "user.artifact.aliases") == b"", 5, "xattr")
+    wait_for(lambda: os.getxattr(os.path.join(ds, "ds:v0"), "user.artifact.aliases") == b"", 60, "xattr")
 
 
 def _run_umount(m, *args: str) -> tuple[threading.Thread, list]:
@@ -132,7 +132,7 @@ def test_umount_with_a_reader_holding_a_file_open(store, tmp_path):
         f = open(m.p("ds", "ds:v0", "big.bin"), "rb", buffering=0)
         head = f.read(1 << 20)
         t, out = _run_umount(m, "--timeout", "30")
-        wait_for(lambda: not is_mounted(m.path), 5, "the mount to be detached")
+        wait_for(lambda: not is_mounted(m.path), 60, "the mount to be detached")
         assert os.listdir(m.path) == []  # new opens no longer reach the mount...
         assert head + f.read() == expected  # ...but the open file reads to its end
         assert t.is_alive()  # umount waits for the daemon, which serves the open file
@@ -153,7 +153,7 @@ def test_umount_timeout_stops_the_daemon_under_a_reader_that_never_closes(store,
         assert done.returncode == 0, done.stderr
         assert 1 <= time.monotonic() - start < 15
         assert not is_mounted(m.path)
-        wait_for(lambda: gone(pid), 5, "the daemon to exit")
+        wait_for(lambda: gone(pid), 60, "the daemon to exit")
         with pytest.raises(OSError) as e:
             os.pread(f.fileno(), 10, 0)
         assert e.value.errno in (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)
@@ -169,7 +169,7 @@ def test_external_unmount_and_signals_end_the_daemon(store, tmp_path, how):
             subprocess.run(["fusermount3", "-u", m.path], check=True)
         else:
             os.kill(pid, getattr(signal, how))
-        wait_for(lambda: gone(pid), 10, "the daemon to exit")
+        wait_for(lambda: gone(pid), 60, "the daemon to exit")
         assert not is_mounted(m.path)
         assert "unmounted" in m.log
 
@@ -178,7 +178,7 @@ def test_stale_mount_after_a_crash_is_replaced(store, tmp_path):
     with mounted(store, tmp_path / "mnt") as m:
         pid = m.pid
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: gone(pid), 5, "the kill")
+        wait_for(lambda: gone(pid), 60, "the kill")
         assert is_mounted(m.path)
         done = cli("--store", store, "--project", PROJECT, "mount", m.path, env=m.env)
         assert done.returncode == 0, done.stderr
@@ -224,23 +224,35 @@ def test_foreground_tells_systemd_ready_and_stopping(store, tmp_path):
         sock.close()
 
 
-def test_systemd_unit_verifies(tmp_path):
+def test_make_install_puts_the_cli_where_the_unit_runs_it(tmp_path):
+    """`make install` (issue 8.8): the CLI in its own venv, linked as BINDIR/artifactfs (the unit's
+    /usr/local/bin by default), mount.artifactfs in SBINDIR, the unit in UNITDIR; the installed unit
+    passes systemd-analyze verify (`make test` installs systemd-analyze)."""
     if shutil.which("systemd-analyze") is None:
-        skip_or_fail("systemd-analyze is not installed")
-    artifactfs = shutil.which("artifactfs", path=os.path.dirname(sys.executable))
-    assert artifactfs, "the artifactfs console script is not installed next to the interpreter"
+        skip_or_fail("systemd-analyze is not installed (make test installs the systemd package)")
+    root = os.path.join(os.path.dirname(__file__), "..")
+    dirs = {k: str(tmp_path / k.lower()) for k in ("INSTALL_VENV", "BINDIR", "SBINDIR", "UNITDIR")}
+    env = {**os.environ, "PIP_CACHE_DIR": os.path.expanduser("~/.cache/pip")}
+    done = subprocess.run(["make", "-C", root, "install", *(f"{k}={v}" for k, v in dirs.items())],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    version = subprocess.run([os.path.join(dirs["BINDIR"], "artifactfs"), "--version"], capture_output=True,
+                             text=True, env=env)
+    assert version.returncode == 0 and "artifactfs" in version.stdout, version.stderr
+    helper = subprocess.run([os.path.join(dirs["SBINDIR"], "mount.artifactfs")], capture_output=True, text=True)
+    assert helper.returncode != 0 and "usage" in helper.stderr.lower(), helper.stderr
     with open(UNIT) as f:
         text = f.read()
     assert "Type=notify" in text and "ExecStop=/usr/local/bin/artifactfs umount %f" in text
-    unit = tmp_path / "artifactfs@.service"
-    unit.write_text(text.replace("/usr/local/bin/artifactfs", artifactfs))
-    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "artifactfs@mnt-af.service")],
-                          capture_output=True, text=True)
+    unit = os.path.join(dirs["UNITDIR"], "artifactfs@.service")
+    with open(unit) as f:
+        assert f.read() == text.replace("/usr/local/bin/artifactfs", os.path.join(dirs["BINDIR"], "artifactfs"))
+    instance = os.path.join(dirs["UNITDIR"], "artifactfs@mnt-af.service")
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", instance], capture_output=True, text=True)
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
-    unit.write_text(text.replace("/usr/local/bin/artifactfs", str(tmp_path / "missing")))
-    bad = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "artifactfs@mnt-af.service")],
-                         capture_output=True, text=True)
-    assert bad.returncode != 0  # the check can fail
+    os.remove(os.path.join(dirs["BINDIR"], "artifactfs"))
+    bad = subprocess.run(["systemd-analyze", "verify", "--man=no", instance], capture_output=True, text=True)
+    assert bad.returncode != 0 and "artifactfs" in bad.stderr  # the check can fail
 
 
 def test_fstab_helper(store, tmp_path):
