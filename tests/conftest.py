@@ -2,8 +2,37 @@
 from __future__ import annotations
 
 import os
+import random
+import zlib
 
 import pytest
+
+_RANDOM = random.Random(0)
+
+
+def seed_random(label: str) -> None:
+    """Restart randbytes() from a seed made of `label`.  Every test starts from its
+    own node id (autouse fixture below); a fixture of wider scope seeds itself."""
+    _RANDOM.seed(zlib.crc32(label.encode()))
+
+
+def randbytes(n: int) -> bytes:
+    """Random-looking bytes that are the same on every run of a test (never os.urandom:
+    a failure must be reproducible, and no outcome may hinge on chance)."""
+    return _RANDOM.randbytes(n)
+
+
+def flipped(data: bytes, at: int = -1) -> bytes:
+    """`data` with every bit of byte `at` inverted: a corruption that always changes it
+    (setting a byte to some value does nothing when it already holds that value)."""
+    out = bytearray(data)
+    out[at] ^= 0xFF
+    return bytes(out)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_random(request) -> None:
+    seed_random(request.node.nodeid)
 
 
 def skip_or_fail(reason: str) -> None:

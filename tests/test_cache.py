@@ -18,6 +18,7 @@ from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 from artifactfs.cache import ChunkCache, default_cache_dir, parse_size
 from artifactfs.errors import DigestMismatchError, InvalidNameError, ObjectNotFound
 from artifactfs.registry import Registry, blob_key
+from conftest import flipped, randbytes
 
 MiB = 1 << 20
 
@@ -56,7 +57,7 @@ def cache_dir(tmp_path) -> str:
 
 
 def test_first_read_fetches_second_hits(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(3 * MiB + 5)
+    data = randbytes(3 * MiB + 5)
     key = put_blob(s3_reg, data)
     cache = ChunkCache(s3_reg, cache_dir, 100 * MiB)
     assert cache.read_chunk(key, len(data), "a/file.bin") == data
@@ -69,7 +70,7 @@ def test_first_read_fetches_second_hits(s3_reg: Registry, cache_dir: str) -> Non
 
 
 def test_two_caches_share_one_directory(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(MiB)
+    data = randbytes(MiB)
     key = put_blob(s3_reg, data)
     first, second = ChunkCache(s3_reg, cache_dir, 10 * MiB), ChunkCache(s3_reg, cache_dir, 10 * MiB)
     assert first.read_chunk(key, len(data), "f") == data
@@ -80,7 +81,7 @@ def test_two_caches_share_one_directory(s3_reg: Registry, cache_dir: str) -> Non
 
 
 def test_same_key_from_many_threads_is_fetched_once(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(8 * MiB)
+    data = randbytes(8 * MiB)
     key = put_blob(s3_reg, data)
     cache = ChunkCache(s3_reg, cache_dir, 100 * MiB)
     barrier = threading.Barrier(16)
@@ -94,7 +95,7 @@ def test_same_key_from_many_threads_is_fetched_once(s3_reg: Registry, cache_dir:
 
 
 def test_eviction_removes_least_recently_used_first(s3_reg: Registry, cache_dir: str) -> None:
-    blobs = [os.urandom(MiB) for _ in range(4)]
+    blobs = [randbytes(MiB) for _ in range(4)]
     keys = [put_blob(s3_reg, b) for b in blobs]
     cache = ChunkCache(s3_reg, cache_dir, 3 * MiB + MiB // 2)
     for i in (0, 1, 2, 0):  # blob 0 read again: blob 1 is now the least recently used
@@ -110,7 +111,7 @@ def test_eviction_removes_least_recently_used_first(s3_reg: Registry, cache_dir:
 
 
 def test_cap_holds_across_caches_sharing_a_directory(s3_reg: Registry, cache_dir: str) -> None:
-    blobs = [os.urandom(256 * 1024) for _ in range(12)]
+    blobs = [randbytes(256 * 1024) for _ in range(12)]
     keys = [put_blob(s3_reg, b) for b in blobs]
     cap = MiB
     caches = [ChunkCache(s3_reg, cache_dir, cap) for _ in range(2)]  # two "mounts"
@@ -137,7 +138,7 @@ def _mount_like_reader(url: str, cache_dir: str, keys: list[str], size: int, cap
 
 def test_cap_holds_across_processes(s3_url: str, cache_dir: str) -> None:
     reg = Registry.open(s3_url, create=True)
-    keys = [put_blob(reg, os.urandom(256 * 1024)) for _ in range(10)]
+    keys = [put_blob(reg, randbytes(256 * 1024)) for _ in range(10)]
     cap = MiB
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
@@ -155,7 +156,7 @@ def test_cap_holds_across_processes(s3_url: str, cache_dir: str) -> None:
 
 
 def test_corrupted_cache_file_is_detected_and_fetched_again(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(MiB)
+    data = randbytes(MiB)
     key = put_blob(s3_reg, data)
     cache = ChunkCache(s3_reg, cache_dir, 10 * MiB)
     cache.read_chunk(key, len(data), "f")
@@ -173,7 +174,7 @@ def test_corrupted_cache_file_is_detected_and_fetched_again(s3_reg: Registry, ca
 
 
 def test_vanished_cache_file_is_fetched_again(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(1000)
+    data = randbytes(1000)
     key = put_blob(s3_reg, data)
     cache = ChunkCache(s3_reg, cache_dir, 10 * MiB)
     cache.read_chunk(key, len(data), "f")
@@ -183,9 +184,9 @@ def test_vanished_cache_file_is_fetched_again(s3_reg: Registry, cache_dir: str) 
 
 
 def test_corrupted_store_blob_raises_naming_the_file(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(MiB)
+    data = randbytes(MiB)
     key = put_blob(s3_reg, data)
-    s3_reg.store.put(blob_key(key), data[:-1] + b"X")
+    s3_reg.store.put(blob_key(key), flipped(data))
     cache = ChunkCache(s3_reg, cache_dir, 10 * MiB)
     with pytest.raises(DigestMismatchError, match="models/weights.bin"):
         cache.read_chunk(key, len(data), "models/weights.bin")
@@ -197,9 +198,9 @@ def test_corrupted_store_blob_raises_naming_the_file(s3_reg: Registry, cache_dir
 
 
 def test_concurrent_readers_of_a_bad_blob_each_get_their_own_file_named(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(4 * MiB)
+    data = randbytes(4 * MiB)
     key = put_blob(s3_reg, data)
-    s3_reg.store.put(blob_key(key), b"X" + data[1:])
+    s3_reg.store.put(blob_key(key), flipped(data, 0))
     cache = ChunkCache(s3_reg, cache_dir, 100 * MiB)
     barrier = threading.Barrier(8)
 
@@ -223,7 +224,7 @@ def test_missing_blob_and_bad_key(s3_reg: Registry, cache_dir: str) -> None:
 
 
 def test_zero_cap_verifies_but_keeps_nothing(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(1000)
+    data = randbytes(1000)
     key = put_blob(s3_reg, data)
     cache = ChunkCache(s3_reg, cache_dir, 0)
     assert cache.read_chunk(key, len(data), "f") == data
@@ -232,7 +233,7 @@ def test_zero_cap_verifies_but_keeps_nothing(s3_reg: Registry, cache_dir: str) -
 
 
 def test_cache_directories_are_private(s3_reg: Registry, cache_dir: str) -> None:
-    data = os.urandom(100)
+    data = randbytes(100)
     key = put_blob(s3_reg, data)
     cache = ChunkCache(s3_reg, cache_dir, MiB)
     cache.read_chunk(key, len(data), "f")
@@ -243,7 +244,7 @@ def test_cache_directories_are_private(s3_reg: Registry, cache_dir: str) -> None
 
 def test_local_store_is_read_in_place(tmp_path, cache_dir: str) -> None:
     reg = Registry.open(str(tmp_path / "store"), create=True)
-    data = os.urandom(2 * MiB)
+    data = randbytes(2 * MiB)
     key = put_blob(reg, data)
     cache = ChunkCache(reg, cache_dir, MiB)
     for _ in range(2):

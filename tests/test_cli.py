@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import randbytes
 
 
 def run(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
@@ -31,7 +32,7 @@ def data(tmp_path):
     d = tmp_path / "data"
     (d / "sub").mkdir(parents=True)
     (d / "a.txt").write_text("hello")
-    (d / "sub" / "b.bin").write_bytes(os.urandom(5000))
+    (d / "sub" / "b.bin").write_bytes(randbytes(5000))
     return d
 
 

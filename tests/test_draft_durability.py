@@ -16,6 +16,7 @@ from artifactfs.registry import Registry
 from core_util import check_version_complete
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, force_unmount, is_mounted, mounted, wait_for
+from conftest import randbytes
 
 BASE = {"keep/a": b"a", "keep/b": (b"b" * 3000, True), "old/f": b"old"}
 
@@ -34,9 +35,9 @@ def env_for(tmp_path, name: str = "state") -> dict[str, str]:
 def kill_daemon(m) -> None:
     pid = m.pid
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 10, "the daemon to die")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 60, "the daemon to die")
     force_unmount(m.path, m.env)
-    wait_for(lambda: not is_mounted(m.path), 10, "the dead mount to go")
+    wait_for(lambda: not is_mounted(m.path), 60, "the dead mount to go")
 
 
 def _zombie(pid: int) -> bool:
@@ -127,7 +128,7 @@ def test_sigkill_during_a_commit(store, tmp_path):
                 for i in range(120):
                     os.makedirs(f"{d}/big/{i % 6}", exist_ok=True)
                     with open(f"{d}/big/{i % 6}/{i}", "wb") as f:
-                        f.write(os.urandom(150_000))
+                        f.write(randbytes(150_000))
                 os.rename(f"{d}/old", f"{d}/renamed")
                 want = dir_files(d)
             before = Registry.open(store).versions("proj", "ds")

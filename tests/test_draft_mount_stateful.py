@@ -45,7 +45,7 @@ class Collections:
     def next(self, m) -> str:
         if self.used == self.made:
             self.publish()
-            wait_for(lambda: os.path.isdir(m.p(f"c{self.made - 1}")), 10, "new collections to appear")
+            wait_for(lambda: os.path.isdir(m.p(f"c{self.made - 1}")), 60, "new collections to appear")
         self.used += 1
         return f"c{self.used - 1}"
 

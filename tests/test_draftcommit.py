@@ -25,6 +25,7 @@ from artifactfs.staging import Draft
 from artifactfs.treedigest import TreeDigests
 from core_util import check_version_complete, synthetic_entry
 from draft_helpers import dir_files, publish, version_files
+from conftest import randbytes
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 1000, True), "b/c/d": b"bcd", "b/e": b"be", "top": b"t"}
 
@@ -265,7 +266,7 @@ def test_killed_commit_leaves_no_partial_version(tmp_path, monkeypatch):
     store, state = str(tmp_path / "store"), str(tmp_path / "state")
     monkeypatch.setenv("XDG_STATE_HOME", state)
     reg = Registry.open(store, create=True)
-    base = {f"keep/{i:03d}": os.urandom(2000) for i in range(40)} | {"old/f": b"o", "big": os.urandom(300_000)}
+    base = {f"keep/{i:03d}": randbytes(2000) for i in range(40)} | {"old/f": b"o", "big": randbytes(300_000)}
     publish(reg, str(tmp_path / "pub"), "ds", base)
     d = draft_of(reg)
     mirror = str(tmp_path / "mirror")
@@ -274,7 +275,7 @@ def test_killed_commit_leaves_no_partial_version(tmp_path, monkeypatch):
         os.makedirs(os.path.dirname(os.path.join(mirror, path)), exist_ok=True)
         open(os.path.join(mirror, path), "wb").write(data)
     for i in range(150):
-        data = os.urandom(20_000)
+        data = randbytes(20_000)
         write(d, f"new/{i // 30}/{i:03d}", data)
         os.makedirs(os.path.join(mirror, f"new/{i // 30}"), exist_ok=True)
         open(os.path.join(mirror, f"new/{i // 30}/{i:03d}"), "wb").write(data)

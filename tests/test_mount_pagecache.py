@@ -10,9 +10,10 @@ from test_mount_read import commit
 
 from artifactfs.registry import Registry
 from mountutil import mounted
+from conftest import randbytes
 
 
-def wait_for(m, key: str, at_least: int, timeout: float = 10.0) -> dict:
+def wait_for(m, key: str, at_least: int, timeout: float = 60.0) -> dict:
     """The mount's stats once stats[key] >= at_least (the stores are asynchronous)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -25,7 +26,7 @@ def wait_for(m, key: str, at_least: int, timeout: float = 10.0) -> dict:
 def test_small_files_read_in_order_come_from_the_page_cache(tmp_path):
     store = str(tmp_path / "store")
     Registry.open(store, create=True)
-    files = {f"d/{i:03}.bin": os.urandom(20_000 + 37 * i) for i in range(60)}
+    files = {f"d/{i:03}.bin": randbytes(20_000 + 37 * i) for i in range(60)}
     commit(store, "pc", str(tmp_path / "src"), files)
     with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
         root = m.p("pc", "pc:v0", "d")
@@ -56,7 +57,7 @@ def test_files_read_ahead_are_bounded_in_bytes(tmp_path):
     store = str(tmp_path / "store")
     Registry.open(store, create=True)
     size = 2 * 1024 * 1024 + 1
-    files = {f"s/{i:02}.bin": os.urandom(size) for i in range(30)}
+    files = {f"s/{i:02}.bin": randbytes(size) for i in range(30)}
     commit(store, "pw", str(tmp_path / "src"), files)
     with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
         root = m.p("pw", "pw:v0", "s")

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from conftest import skip_or_fail
+from conftest import randbytes, seed_random, skip_or_fail
 
 from artifactfs.artifact import Artifact
 from artifactfs.manifest import CHUNK_SIZE
@@ -42,7 +42,7 @@ def commit(store: str, name: str, root: str, files: dict[str, bytes], type_: str
 
 
 def version_files(tmp: str, n: int) -> dict[str, bytes]:
-    rnd = os.urandom
+    rnd = randbytes
     files = {"README.md": f"version {n}\n".encode(), "data/train/x.bin": rnd(70_000),
              "data/train/y.bin": rnd(1000), "data/empty": b"", "bin/run.sh": b"#!/bin/sh\necho hi\n",
              "deep/a/b/c/d/e.txt": b"deep\n", "name with spaces.txt": b"spaces\n"}
@@ -56,6 +56,7 @@ def version_files(tmp: str, n: int) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[str, dict[int, dict[str, bytes]]]:
     """A store with three versions of 'ds' (v0 holds a 4-chunk file) and one of 'model'."""
+    seed_random("test_mount_read.dataset")  # module scope: set up before the test's own seeding
     tmp = str(tmp_path_factory.mktemp("dataset"))
     store = os.path.join(tmp, "store")
     Registry.open(store, create=True)
@@ -272,7 +273,7 @@ def test_partial_read_fetches_only_what_is_needed(dataset, tmp_path):
 def test_corrupted_blob_gives_eio_not_wrong_bytes(tmp_path):
     store = str(tmp_path / "store")
     Registry.open(store, create=True)
-    good, bad = os.urandom(100_000), os.urandom(2 * CHUNK_SIZE)
+    good, bad = randbytes(100_000), randbytes(2 * CHUNK_SIZE)
     art = commit(store, "c", str(tmp_path / "src"), {"good.bin": good, "bad.bin": bad, "small.txt": b"abc"})
     reg = Registry.open(store)
     entries = art.manifest.entries
@@ -320,7 +321,7 @@ def test_a_stalled_fetch_does_not_stall_other_readers(tmp_path):
     it.  Meanwhile other files and listings must be served."""
     store = str(tmp_path / "store")
     Registry.open(store, create=True)
-    slow = os.urandom(50_000)
+    slow = randbytes(50_000)
     art = commit(store, "s", str(tmp_path / "src"), {"slow.bin": slow, "fast.txt": b"fast\n", "d/x": b"x"})
     blob = Registry.open(store).store.local_path(blob_key(art.manifest.entries["slow.bin"].chunks[0]))
     os.unlink(blob)
@@ -363,7 +364,7 @@ def test_sequential_readers_get_read_ahead_random_ones_do_not(dataset, tmp_path)
 def test_opening_a_folders_files_in_order_fetches_the_next_small_files_ahead(tmp_path):
     store = str(tmp_path / "store")
     Registry.open(store, create=True)
-    files = {f"shards/{i:03}.bin": os.urandom(10_000 + i) for i in range(30)}
+    files = {f"shards/{i:03}.bin": randbytes(10_000 + i) for i in range(30)}
     commit(store, "sh", str(tmp_path / "src"), files)
     with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
         root = m.p("sh", "sh:v0", "shards")

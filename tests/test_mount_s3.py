@@ -12,6 +12,7 @@ from artifactfs.registry import Registry
 from mountutil import mounted
 from s3server import moto_server, s3_server, s3_url  # noqa: F401 (fixtures)
 from test_mount_read import commit
+from conftest import randbytes
 
 
 def _read(path: str) -> bytes:
@@ -21,8 +22,8 @@ def _read(path: str) -> bytes:
 
 def test_cache_eviction_under_cache_size_and_shared_chunks(s3_url, tmp_path):
     Registry.open(s3_url, create=True)
-    big = os.urandom(4 * CHUNK_SIZE)
-    small = {f"s{i}.bin": os.urandom(300_000) for i in range(4)}
+    big = randbytes(4 * CHUNK_SIZE)
+    small = {f"s{i}.bin": randbytes(300_000) for i in range(4)}
     commit(s3_url, "ds", str(tmp_path / "src"), {"big.bin": big, **small})
     commit(s3_url, "ds", str(tmp_path / "src"), {"big.bin": big, "other.txt": b"v1"})
     cache = tmp_path / "cache"

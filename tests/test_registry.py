@@ -15,6 +15,7 @@ from artifactfs.manifest import (CHUNK_SIZE, DirEntry, apply_changes, artifact_d
 from artifactfs.registry import MARKER, Registry, blob_key
 from artifactfs.store.local import LocalStore
 from core_util import RecordingStore, check_version_complete, synthetic_entry, write_files
+from conftest import randbytes
 
 P = "proj"
 
@@ -27,7 +28,7 @@ def log_dir(store_url: str, src: str, name: str = "data", **kw) -> Artifact:
 
 # -- content addressing -------------------------------------------------------
 def test_blobs_are_keyed_by_xxh3_128_of_their_bytes(store_url, tmp_path):
-    big = os.urandom(CHUNK_SIZE + 12345)
+    big = randbytes(CHUNK_SIZE + 12345)
     src = write_files(str(tmp_path / "src"), {"a.txt": "hello", "d/b.bin": big, "d/empty": b""})
     log_dir(store_url, src)
     store = LocalStore(store_url)
@@ -77,7 +78,7 @@ def test_version_record_is_written_last_after_a_sync(store_url, tmp_path):
     api = Api(store_url, project=P)
     api.registry = Registry(rec)
     draft = api.artifact("data").new_draft()
-    more = write_files(str(tmp_path / "more"), {"n/1": "one", "n/m/2": "two", "3": os.urandom(100)})
+    more = write_files(str(tmp_path / "more"), {"n/1": "one", "n/m/2": "two", "3": randbytes(100)})
     draft.add_dir(more, "new")
     draft.save()
     record = "projects/proj/collections/data/versions/v1.json"

@@ -20,6 +20,7 @@ from artifactfs.manifest import FileEntry, apply_changes, artifact_digest, b64_d
 from artifactfs.registry import Registry
 from artifactfs.store import open_store
 from artifactfs.store.s3 import S3Store
+from conftest import randbytes
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_missing_object_is_object_not_found(store: S3Store) -> None:
 
 
 def test_get_range(store: S3Store) -> None:
-    data = os.urandom(10_000)
+    data = randbytes(10_000)
     store.put("blob", data)
     assert store.get_range("blob", 0, 4096) == data[:4096]
     assert store.get_range("blob", 5000, 100) == data[5000:5100]
@@ -169,7 +170,7 @@ def test_compare_and_swap_counter_loses_no_update(store: S3Store) -> None:
 
 
 def test_parallel_fetches_use_the_connection_pool(store: S3Store, caplog: pytest.LogCaptureFixture) -> None:
-    blob = os.urandom(256 * 1024)
+    blob = randbytes(256 * 1024)
     store.put("p", blob)
     with caplog.at_level(logging.WARNING, logger="urllib3"):
         with ThreadPoolExecutor(16) as pool:
@@ -280,7 +281,7 @@ def test_registry_concurrent_commits_get_distinct_versions(s3_url: str) -> None:
 def test_artifact_save_and_download_through_s3_url(s3_url: str, tmp_path) -> None:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
-    files = {"small.txt": b"hello s3\n", "sub/big.bin": os.urandom(9 * 1024 * 1024 + 17)}  # 2 chunks
+    files = {"small.txt": b"hello s3\n", "sub/big.bin": randbytes(9 * 1024 * 1024 + 17)}  # 2 chunks
     for path, data in files.items():
         (src / path).write_bytes(data)
     art = Artifact("s3data", "dataset", metadata={"k": 1}, store=s3_url)

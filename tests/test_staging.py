@@ -16,7 +16,7 @@ from artifactfs.draftstate import TMP, claim_drafts_dir, drafts_dir
 from artifactfs.mount.state import state_dir
 from artifactfs.staging import Draft
 from artifactfs.standins import LAZY, WHITEOUT, is_placeholder, lazy_of
-from conftest import skip_or_fail
+from conftest import randbytes, skip_or_fail
 from draft_helpers import publish
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 1000, True), "b/c/d": b"bcd", "top": b"t"}
@@ -178,7 +178,7 @@ def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg)
         skip_or_fail("cannot mount a tmpfs here")
     try:
         monkeypatch.setenv("XDG_STATE_HOME", str(small))
-        publish(reg, str(tmp_path / "pub"), "big", {"f": os.urandom(700_000)})
+        publish(reg, str(tmp_path / "pub"), "big", {"f": randbytes(700_000)})
         d = open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "big", fetch_from_store(reg))
         with open(d.create("kept", 0o644), "wb") as f:
             f.write(b"k" * 100_000)

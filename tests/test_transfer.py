@@ -12,7 +12,7 @@ from artifactfs import hashcache, transfer
 from artifactfs.errors import ArtifactfsError, DigestMismatchError, StoreError
 from artifactfs.manifest import CHUNK_SIZE, apply_changes, b64_digest, default_chunks
 from artifactfs.registry import Registry, blob_key
-from conftest import skip_or_fail
+from conftest import flipped, randbytes, skip_or_fail
 from mountutil import mounted
 
 
@@ -45,7 +45,7 @@ def write(path, data: bytes) -> str:
 
 @pytest.mark.parametrize("size", [0, 1, 65536, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE + 5])
 def test_chunking_round_trip(reg, tmp_path, size):
-    data = os.urandom(min(size, 4096)) * (size // 4096 + 1)
+    data = randbytes(min(size, 4096)) * (size // 4096 + 1)
     data = data[:size]
     entry = transfer.upload_file(reg, write(tmp_path / "src" / "f", data))
     assert entry.size == size and entry.digest == b64_digest(xxhash.xxh3_128_digest(data))
@@ -61,7 +61,7 @@ def test_chunking_round_trip(reg, tmp_path, size):
 
 
 def test_unchanged_file_is_not_read_again(reg, tmp_path, digest_cache):
-    path = write(tmp_path / "src" / "big", os.urandom(4 << 20))
+    path = write(tmp_path / "src" / "big", randbytes(4 << 20))
     first = transfer.upload_many(reg, [path])
     before = bytes_read()
     again = transfer.upload_many(reg, [path])
@@ -111,11 +111,11 @@ def test_unusable_cache_location_only_costs_speed(reg, tmp_path, monkeypatch):
 
 
 def test_corrupt_blob_leaves_no_file_and_no_temp(reg, tmp_path):
-    data = os.urandom(3000)
+    data = randbytes(3000)
     entry = transfer.upload_file(reg, write(tmp_path / "src" / "f", data))
     blob = reg.store.local_path(blob_key(entry.chunks[0]))
     with open(blob, "r+b") as f:
-        f.write(b"\0")
+        f.write(flipped(data[:1]))  # a first byte that certainly differs
     out = tmp_path / "out"
     with pytest.raises(DigestMismatchError, match="a/f"):
         transfer.download_many(reg, str(out), [("a/f", entry)])
@@ -188,7 +188,7 @@ def test_full_store_disk_is_a_store_error(tmp_path):
         skip_or_fail("cannot mount a tmpfs here")
     try:
         reg = Registry.open(str(small / "store"), create=True)
-        src = write(tmp_path / "src" / "f", os.urandom(3 << 20))
+        src = write(tmp_path / "src" / "f", randbytes(3 << 20))
         with pytest.raises(StoreError, match="cannot write to the store.*No space left"):
             transfer.upload_many(reg, [src])
     finally:
