@@ -209,3 +209,22 @@ def test_odd_names_draft_commit_through_the_mount(odd_src, odd_digest, store_url
     again = cli("--store", store_url, "--project", "proj", "put", odd_src, "odd", "--type", "dataset",
                 check=True)
     assert again.stdout.strip() == "odd:v0 (unchanged)"
+
+
+def test_add_dir_follows_symlinks_as_wandb_does(wandb, tmp_path, store_url):
+    src = tmp_path / "linked"
+    (src / "real").mkdir(parents=True)
+    (src / "real" / "w.bin").write_bytes(b"weights")
+    (src / "a.txt").write_text("a")
+    os.symlink("a.txt", src / "to-file")
+    os.symlink("real", src / "to-dir")
+    theirs = wandb.Artifact("l", "dataset", digest_algorithm="XXH128")
+    theirs.add_dir(str(src))
+    mine = Artifact("l", "dataset", store=store_url)
+    mine.add_dir(str(src))
+    assert sorted(mine.manifest.entries) == sorted(theirs.manifest.entries) == [
+        "a.txt", "real/w.bin", "to-dir/w.bin", "to-file"]
+    assert mine.digest == theirs.manifest.digest()
+    kept = Artifact("l", "dataset", store=store_url)
+    kept.add_dir(str(src), follow_symlinks=False)  # ours only: the links as links (store-format.md 8)
+    assert kept.digest != theirs.manifest.digest() and len(kept.manifest.entries) == 4
