@@ -18,6 +18,7 @@ import json
 import os
 import time
 import uuid
+from urllib.parse import unquote
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ class Registry(TreeIO):
             if not create:
                 raise StoreError(f"no artifactfs store at {self.store.url} "
                                  "(a command that writes, such as put, creates it)") from None
-            name = os.path.basename(self.store.url.rstrip("/")) or "store"
+            name = os.path.basename(unquote(self.store.url).rstrip("/")) or "store"
             self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name}).encode())
             marker = json.loads(self.store.get(MARKER))
         except (ValueError, OSError) as e:

@@ -294,3 +294,18 @@ def test_get_and_checkout_errors_are_one_line_and_leave_no_partial_file(env, tmp
     assert f"cannot write {dest}/d/f: d is not a directory" in err
     assert not [n for n in os.listdir(dest) if n.startswith(".artifactfs-")]
     assert open(dest / "d", "rb").read() == b"a file where a folder goes"
+
+
+def test_a_store_path_with_url_characters_is_the_same_store_everywhere(tmp_path):
+    """A store URL is passed on (to the mount daemon, to drafts): '%', '#', '?', tab must
+    come back as the same path, not 'odd ' with a fragment (issue 8.1, every join and split)."""
+    store = str(tmp_path / "odd #1 100%41?x\ty")
+    env = dict(os.environ, ARTIFACTFS_STORE=store, ARTIFACTFS_PROJECT=P)
+    write(tmp_path / "src" / "f.txt", b"same store")
+    run(env, "put", str(tmp_path / "src"), "ds", "--type", "dataset")
+    assert sorted(os.listdir(store)) == ["artifactfs-store.json", "blobs", "projects", "trees"]
+    assert Api(store, project=P).artifact("ds").entity == "odd #1 100%41?x\ty"
+    with mounted(store, tmp_path / "mnt", project=P) as m:
+        with open(m.p("ds", "ds:v0", "f.txt"), "rb") as f:
+            assert f.read() == b"same store"
+    assert sorted(os.listdir(tmp_path)) == sorted(["odd #1 100%41?x\ty", "src", "mnt", ".state-mnt"])

@@ -33,10 +33,15 @@ def etag_of(data: bytes) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
+# What a file:// URL must escape so that open_store() parses it back to the same path:
+# '%' (unquote), '#' and '?' (fragment and query) and the characters urlparse drops.
+_URL_ESCAPES = {"%": "%25", "#": "%23", "?": "%3F", "\t": "%09", "\n": "%0A", "\r": "%0D"}
+
+
 class LocalStore(ObjectStore):
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
-        self.url = "file://" + self.root
+        self.url = "file://" + "".join(_URL_ESCAPES.get(c, c) for c in self.root)
 
     # -- helpers -------------------------------------------------------------
     def _path(self, key: str) -> str:
