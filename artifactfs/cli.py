@@ -175,6 +175,8 @@ def get(c: Ctx, name: str, dest: str, prefix: str) -> None:
 
     Files get their mtime and executable bit; symlinks are made as symlinks."""
     art = _artifact(c, name)
+    if prefix and not any(in_folder(p, prefix) for p in art.manifest.entries):
+        raise NotFoundError(f"no file or folder {shown(prefix.strip('/'))} in {art.name}")
     with progress(lambda: art.size, f"get {art.name}") as bar:
         art._download(dest, lambda p: in_folder(p, prefix), progress=bar)
     click.echo(f"{art.name} -> {dest}", err=True)

@@ -236,6 +236,8 @@ def test_cli_prefix_is_a_folder_and_the_api_prefix_is_wandbs_startswith(env, tmp
         assert downloaded(tmp_path / f"cli{len(prefix)}") == ["a/b/c", "a/b/e/f"], prefix
     run(env, "get", "ds", str(tmp_path / "one"), "--prefix", "a/b.txt")
     assert downloaded(tmp_path / "one") == ["a/b.txt"]
+    err = run(env, "get", "ds", str(tmp_path / "none"), "--prefix", "a/b.t", ok=False).stderr
+    assert "no file or folder a/b.t in ds:v0" in err and not os.path.exists(tmp_path / "none")
     files = run(env, "files", "ds", "a/b").stdout.splitlines()
     assert [line.split()[-1] for line in files] == ["a/b/c", "a/b/e/f"]
     art = Api(env["ARTIFACTFS_STORE"], project=P).artifact("ds")
