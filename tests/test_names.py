@@ -82,3 +82,19 @@ def test_split_ref(ref, expected):
 def test_split_ref_invalid(ref):
     with pytest.raises(InvalidNameError):
         split_ref(ref)
+
+
+@pytest.mark.parametrize("path, folder, inside", [
+    ("a/b/c", "a/b", True), ("a/b", "a/b", True), ("a/b.txt", "a/b", False), ("a/bb/d", "a/b", False),
+    ("a/b-c", "a/b", False), ("a/b/c", "a/b/", True), ("a/b/c", "/a/b", True), ("x", "", True),
+])
+def test_in_folder_means_the_file_or_folder(path, folder, inside):
+    from artifactfs.names import in_folder
+    assert in_folder(path, folder) is inside
+
+
+def test_names_in_messages_are_escaped_and_non_utf8_is_refused_by_name():
+    from artifactfs.errors import shown
+    assert shown("a\nb\tc") == "a\\nb\\tc" and shown("bad\udce9") == "bad\\xe9" and shown("ünï cödé") == "ünï cödé"
+    with pytest.raises(InvalidNameError, match=r"bad\\xe9.*not valid UTF-8"):
+        check_path("dir/bad\udce9")
