@@ -1,33 +1,46 @@
 """S3 (and S3-compatible) object store: `s3://bucket/prefix`.
 
-The endpoint comes from $ARTIFACTFS_S3_ENDPOINT (or $AWS_ENDPOINT_URL), credentials
-only from boto3's usual chain (environment, ~/.aws files, instance roles): never from
-the URL, and they never appear in a message.  Atomic operations use S3 conditional
-writes: put_if_absent is PutObject with If-None-Match: *, compare_and_swap is PutObject
-with If-Match: <etag>.  Every put is durable when it returns, so sync() has nothing to do."""
+The endpoint, addressing style, timeouts and retries come from S3Options
+(s3config.py); credentials only from boto3's usual chain (environment, profile,
+~/.aws files, instance roles): never from the URL, and they never appear in a
+message.  Atomic operations use S3 conditional writes: put_if_absent is PutObject
+with If-None-Match: *, compare_and_swap is PutObject with If-Match: <etag>.
+Before its first write the store checks once that the service honours both
+(some S3-compatible services ignore them, which would let two writers publish
+the same version), and refuses to write otherwise.
+
+put() uploads in the background through a bounded pool (the interface allows it
+to buffer); sync() waits for every upload and raises the first failure, so a
+commit never names an object that did not arrive.  Reads of a key being put
+wait for that upload (read-your-writes)."""
 from __future__ import annotations
 
-import os
+import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from ..errors import ObjectNotFound, PreconditionFailed, StoreError
-from .base import ObjectStore
 
 try:
     import boto3
-    import botocore.config
     import botocore.exceptions as bexc
 except ImportError as e:  # boto3 is the optional 's3' extra
     raise StoreError("s3:// stores need boto3: pip install 'artifactfs[s3]'") from e
 
+from .base import ObjectStore
+from .s3config import NETWORK_ERRORS, POOL, S3Options, public_endpoint, translate
+
 T = TypeVar("T")
-POOL = 32  # parallel fetches (mount read-ahead, download_many) each hold a connection
+log = logging.getLogger("artifactfs.store")
 BUSY_RETRIES = 20  # 409 ConditionalRequestConflict: another conditional write is in flight
-_NETWORK_ERRORS = (bexc.EndpointConnectionError, bexc.ConnectTimeoutError, bexc.ReadTimeoutError,
-                   bexc.ConnectionClosedError)
+UPLOADS = 16       # background put() workers
+UPLOAD_BYTES = 128 * 1024 * 1024  # bytes of put() data held while uploading; put() waits above it
+PROBE = ".artifactfs-probe-"
 
 
 class _Lost(PreconditionFailed):
@@ -42,24 +55,62 @@ class _Busy(PreconditionFailed):
     """409: another conditional write on the key is in flight; its outcome is unknown."""
 
 
+class _BodyBroken(Exception):
+    """A response body that broke off while being read (botocore does not retry these)."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class _PastEnd(StoreError):
     """416: a range that starts at or after the end of the object."""
 
 
-def endpoint_from_env() -> str | None:
-    return os.environ.get("ARTIFACTFS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None
+class _Uploads:
+    """Background put()s: at most UPLOADS at once and UPLOAD_BYTES held; failures
+    are kept for sync()."""
 
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(UPLOADS, thread_name_prefix="s3-put")
+        self._cond = threading.Condition()
+        self._pending: dict[str, Future] = {}
+        self._bytes = 0
+        self._errors: list[BaseException] = []
 
-def _public(endpoint: str | None) -> str:
-    """The endpoint without any user:password@ part, for messages."""
-    if not endpoint:
-        return "AWS S3"
-    p = urlparse(endpoint)
-    return f"{p.scheme}://{p.hostname}" + (f":{p.port}" if p.port else "")
+    def submit(self, key: str, data: bytes, upload: Callable[[], Any]) -> None:
+        with self._cond:
+            while self._bytes and self._bytes + len(data) > UPLOAD_BYTES:
+                self._cond.wait()
+            self._bytes += len(data)
+            future = self._pool.submit(upload)
+            self._pending[key] = future
+        future.add_done_callback(lambda f: self._done(key, f, len(data)))
+
+    def _done(self, key: str, future: Future, size: int) -> None:
+        with self._cond:
+            self._bytes -= size
+            if self._pending.get(key) is future:
+                del self._pending[key]
+            if future.exception() is not None:
+                self._errors.append(future.exception())  # type: ignore[arg-type]
+            self._cond.notify_all()
+
+    def wait(self, key: str | None = None) -> None:
+        """Until the put of `key` (None: every put) has finished, well or not."""
+        with self._cond:
+            while (key in self._pending) if key is not None else self._pending:
+                self._cond.wait()
+
+    def raise_failures(self) -> None:
+        with self._cond:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise errors[0]
 
 
 class S3Store(ObjectStore):
-    def __init__(self, url: str):
+    def __init__(self, url: str, options: S3Options | None = None):
         p = urlparse(url)
         if p.scheme != "s3" or not p.hostname:
             raise StoreError(f"store URL {url!r}: expected s3://bucket[/prefix]")
@@ -68,16 +119,19 @@ class S3Store(ObjectStore):
         self.bucket = p.netloc
         self.prefix = p.path.strip("/")
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        self.endpoint = endpoint_from_env()
-        config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": 5},
-            max_pool_connections=POOL, connect_timeout=5, read_timeout=60,
-            s3={"addressing_style": "path"} if self.endpoint else None,
-        )
+        self.options = options or S3Options.from_env()
+        self.endpoint = self.options.endpoint
+        self._session = boto3.session.Session()
         try:
-            self.client = boto3.session.Session().client("s3", endpoint_url=self.endpoint, config=config)
+            self.client = self._session.client("s3", endpoint_url=self.endpoint,
+                                               config=self.options.botocore_config())
         except (bexc.BotoCoreError, ValueError) as e:
-            raise StoreError(f"cannot use S3 endpoint {_public(self.endpoint)}: {type(e).__name__}") from None
+            raise StoreError(f"cannot use S3 endpoint {public_endpoint(self.endpoint)}: {type(e).__name__}") from None
+        self._uploads = _Uploads()
+        self._probed = False
+        self._down_until = 0.0  # monotonic time until which the endpoint counts as down
+        self._quick: Any = None
+        self._probe_lock = threading.Lock()
 
     # -- helpers -------------------------------------------------------------
     def _key(self, key: str) -> str:
@@ -85,61 +139,132 @@ class S3Store(ObjectStore):
             raise StoreError(f"invalid object key {key!r}")
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
-        """Run one S3 request, turning its failures into the store's errors."""
-        try:
-            return fn()
-        except bexc.ClientError as e:
-            err = e.response.get("Error", {})
-            code, status = str(err.get("Code", "")), e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code == "NoSuchBucket":
-                raise StoreError(f"S3 bucket {self.bucket!r} does not exist at {_public(self.endpoint)}") from None
-            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-                raise ObjectNotFound(f"object {key} not found in {self.url}") from None
-            if code == "ConditionalRequestConflict" or status == 409:
-                raise _Busy(f"{key} is being written concurrently") from None
-            if code == "PreconditionFailed" or status == 412:
-                resent = e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
-                raise _Lost(f"{key} changed concurrently", resent) from None
-            if code == "InvalidRange" or status == 416:
-                raise _PastEnd(f"range past the end of {key}") from None
-            if status == 403:
-                raise StoreError(f"access to {self.url} denied ({code}); check your AWS credentials") from None
-            raise StoreError(f"S3 {what} {self.url}/{key} failed: {code} {err.get('Message', '')}".rstrip()) from None
-        except bexc.NoCredentialsError:
-            raise StoreError("no S3 credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                             "or configure ~/.aws/credentials") from None
-        except _NETWORK_ERRORS as e:
-            raise StoreError(f"cannot reach S3 endpoint {_public(self.endpoint)} ({type(e).__name__})") from None
-        except bexc.BotoCoreError as e:
-            raise StoreError(f"S3 {what} {self.url}/{key} failed: {type(e).__name__}") from None
+    def _call(self, what: str, key: str, fn: Callable[[Any], T]) -> T:
+        """Run one S3 request `fn(client)` (botocore retries it), turning its failures
+        into the store's errors.  A response body that breaks off while `fn` reads it
+        (_BodyBroken) is asked for again while the request's time budget lasts.
 
-    def _get(self, key: str, **kw: Any) -> dict:
-        return self._call("get", key, lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key), **kw))
+        After a request has failed for want of an answer, the endpoint counts as down
+        for `timeout` seconds: requests meanwhile get one attempt, not retries, so an
+        operation made of several requests fails in about one timeout, not several;
+        the first success ends it."""
+        deadline = time.monotonic() + self.options.timeout - self.options.attempt_timeout
+        while True:
+            client = self._quick_client() if time.monotonic() < self._down_until else self.client
+            try:
+                result = fn(client)
+                self._down_until = 0.0
+                return result
+            except _BodyBroken as e:
+                if time.monotonic() >= deadline:
+                    raise self._unreachable(e.cause, what, key) from None
+                log.warning("S3 %s of %s: %s while reading; asking again", what, key, type(e.cause).__name__)
+            except bexc.ClientError as e:
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+                if status >= 500:
+                    self._down_until = time.monotonic() + self.options.timeout
+                raise self._client_error(e, what, key) from None
+            except NETWORK_ERRORS as e:
+                raise self._unreachable(e, what, key) from None
+            except bexc.BotoCoreError as e:
+                raise translate(e, what, self.bucket, self.url, key, self.endpoint) from None
+
+    def _unreachable(self, e: Exception, what: str, key: str) -> Exception:
+        self._down_until = time.monotonic() + self.options.timeout
+        return translate(e, what, self.bucket, self.url, key, self.endpoint)
+
+    def _quick_client(self) -> Any:
+        """A client that tries once (used while the endpoint is down)."""
+        if self._quick is None:
+            self._quick = self._session.client("s3", endpoint_url=self.endpoint,
+                                               config=self.options.botocore_config(attempts=1))
+        return self._quick
+
+    def _client_error(self, e: bexc.ClientError, what: str, key: str) -> Exception:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        meta = e.response.get("ResponseMetadata", {})
+        status = meta.get("HTTPStatusCode")
+        if code in ("NoSuchKey", "NotFound") or (status == 404 and code != "NoSuchBucket"):
+            return ObjectNotFound(f"object {key} not found in {self.url}")
+        if code == "ConditionalRequestConflict" or status == 409:
+            return _Busy(f"{key} is being written concurrently")
+        if code == "PreconditionFailed" or status == 412:
+            return _Lost(f"{key} changed concurrently", meta.get("RetryAttempts", 0) > 0)
+        if code == "InvalidRange" or status == 416:
+            return _PastEnd(f"range past the end of {key}")
+        return translate(e, what, self.bucket, self.url, key, self.endpoint)
+
+    def _get(self, key: str, **kw: Any) -> tuple[bytes, dict]:
+        """Body and response of a GetObject, the body read inside the retry budget."""
+        self._uploads.wait(key)
+
+        def fetch(client: Any) -> tuple[bytes, dict]:
+            r = client.get_object(Bucket=self.bucket, Key=self._key(key), **kw)
+            try:
+                return r["Body"].read(), r
+            except NETWORK_ERRORS as e:
+                raise _BodyBroken(e) from None
+        return self._call("get", key, fetch)
 
     def _put(self, key: str, data: bytes, **kw: Any) -> str:
-        r = self._call("put", key, lambda: self.client.put_object(
+        r = self._call("put", key, lambda c: c.put_object(
             Bucket=self.bucket, Key=self._key(key), Body=data, **kw))
         return r["ETag"]
 
     def _head(self, key: str) -> dict:
-        return self._call("head", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+        self._uploads.wait(key)
+        return self._call("head", key, lambda c: c.head_object(Bucket=self.bucket, Key=self._key(key)))
+
+    # -- the conditional-write check -------------------------------------------
+    def _writable(self) -> None:
+        """Once per store object, before its first write: refuse a service that
+        ignores If-None-Match or If-Match on PutObject (StoreError)."""
+        if self._probed:
+            return
+        with self._probe_lock:
+            if not self._probed:
+                self._probe()
+                self._probed = True
+
+    def _probe(self) -> None:
+        key = PROBE + uuid.uuid4().hex
+        where = f"S3 endpoint {public_endpoint(self.endpoint)} (bucket {self.bucket!r})"
+        refusal = f"{where} does not honour conditional writes (%s); artifactfs needs them " \
+                  "to publish versions safely and will not write there"
+        try:
+            self._put(key, b"probe", IfNoneMatch="*")
+            for header, cond in (("If-None-Match: *", {"IfNoneMatch": "*"}),
+                                 ("If-Match", {"IfMatch": '"0123456789abcdef0123456789abcdef"'})):
+                try:
+                    self._put(key, b"probe again", **cond)
+                except PreconditionFailed:
+                    continue
+                except StoreError as e:
+                    if "NotImplemented" in str(e):
+                        raise StoreError(refusal % (header + " not implemented")) from None
+                    raise
+                raise StoreError(refusal % (header + " was ignored"))
+        finally:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            except (bexc.BotoCoreError, bexc.ClientError):
+                log.warning("could not remove the probe object %s from %s", key, self.url)
 
     # -- reads ---------------------------------------------------------------
     def get(self, key: str) -> bytes:
-        return self._get(key)["Body"].read()
+        return self._get(key)[0]
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""
         try:
-            return self._get(key, Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+            return self._get(key, Range=f"bytes={start}-{start + length - 1}")[0]
         except _PastEnd:  # like pread at or past the end
             return b""
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
-        r = self._get(key)
-        return r["Body"].read(), r["ETag"]
+        data, r = self._get(key)
+        return data, r["ETag"]
 
     def exists(self, key: str) -> bool:
         try:
@@ -154,25 +279,29 @@ class S3Store(ObjectStore):
     page_size = 1000  # S3's own maximum; tests use small pages
 
     def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+        self._uploads.wait()
         base = f"{self.prefix}/" if self.prefix else ""
         kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
         if not recursive:
             kw["Delimiter"] = "/"
-        pages = self.client.get_paginator("list_objects_v2").paginate(**kw, PaginationConfig={"PageSize": self.page_size})
-        it = iter(pages)
         while True:
-            page = self._call("list", prefix, lambda: next(it, None))
-            if page is None:
-                return
+            page = self._call("list", prefix, lambda c: c.list_objects_v2(**kw, MaxKeys=self.page_size))
             keys = [o["Key"] for o in page.get("Contents", ())] + [c["Prefix"] for c in page.get("CommonPrefixes", ())]
             for k in sorted(keys):
                 yield k[len(base):]
+            if not page.get("IsTruncated"):
+                return
+            kw["ContinuationToken"] = page["NextContinuationToken"]
 
     # -- writes --------------------------------------------------------------
     def put(self, key: str, data: bytes) -> None:
-        self._put(key, data)
+        """Start uploading `data` (which the caller must not change); durable after sync()."""
+        self._writable()
+        self._key(key)  # a bad key is refused here, not in the background
+        self._uploads.submit(key, data, lambda: self._put(key, data))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
+        self._writable()
         for attempt in range(BUSY_RETRIES):
             try:
                 self._put(key, data, IfNoneMatch="*")
@@ -188,6 +317,7 @@ class S3Store(ObjectStore):
     def compare_and_swap(self, key: str, data: bytes, etag: str | None) -> str:
         """A resent request that fails against its own first try also raises
         PreconditionFailed: the caller's retry re-reads and reapplies its change."""
+        self._writable()
         cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
         try:
             return self._put(key, data, **cond)
@@ -195,7 +325,12 @@ class S3Store(ObjectStore):
             raise PreconditionFailed(f"{key} changed concurrently") from None
 
     def delete(self, key: str) -> None:
-        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
+        self._writable()
+        self._uploads.wait(key)
+        self._call("delete", key, lambda c: c.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
     def sync(self) -> None:
-        """Nothing to do: S3 acknowledges a put only once it is durable."""
+        """Wait for every background put(); raise the first that failed (S3
+        acknowledges a put only once it is durable)."""
+        self._uploads.wait()
+        self._uploads.raise_failures()
