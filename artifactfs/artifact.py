@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import localtree, transfer
+from . import localtree, references, transfer
 from .errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
 from .localtree import LocalFile, LocalLink
 from .manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
@@ -256,7 +256,7 @@ class Artifact:
         draft._registry, draft._project, draft._base = self._reg(), info.project, info
         return draft
 
-    def _stage(self, path: str, entry: Leaf, local: str, overwrite: bool) -> None:
+    def _stage(self, path: str, entry: Leaf, local: str | None, overwrite: bool) -> None:
         try:
             existing = self._entry(path)
         except KeyError:
@@ -265,7 +265,10 @@ class Artifact:
             raise ValueError(f"{path} is already in the artifact with different content; "
                              "pass overwrite=True (add_file) or merge=True (add_dir)")
         self._changes[path] = entry
-        self._local[path] = local
+        if local is None:
+            self._local.pop(path, None)
+        else:
+            self._local[path] = local
 
     def add_file(self, local_path: str, name: str | None = None, is_tmp: bool | None = False,
                  skip_cache: bool | None = False, policy: str = "mutable", overwrite: bool = False) -> ManifestEntry:
@@ -303,6 +306,17 @@ class Artifact:
         for link in found:
             if isinstance(link, LocalLink):
                 self._stage(link.path, link.entry, link.full, merge)
+
+    def add_reference(self, uri: str, name: str | None = None, checksum: bool = True,
+                      max_objects: int | None = None) -> list[ManifestEntry]:
+        """Add entries whose bytes stay at `uri` (file://, http(s)://, s3://; any other
+        scheme records the URI only); nothing is uploaded.  See references.py for what
+        each scheme records; raises ReferenceGone for a source that does not exist."""
+        self._need_draft()
+        added = references.resolve(uri, name, checksum, max_objects)
+        for r in added:
+            self._stage(r.path, r.entry, None, overwrite=False)
+        return [self._manifest_entry(r.path, r.entry) for r in added]
 
     @contextlib.contextmanager
     def new_file(self, name: str, mode: str = "x", encoding: str | None = None) -> Iterator[IO]:
@@ -418,12 +432,16 @@ class Artifact:
         LocalFileError names a local path that could not be written."""
         self._need_logged("download()")
         return self._download(root or self._default_root(),
-                              lambda p: not path_prefix or p.startswith(path_prefix), progress)
+                              lambda p: not path_prefix or p.startswith(path_prefix), progress,
+                              allow_missing_references)
 
     def _download(self, root: str, selected: Callable[[str], bool],
-                  progress: Callable[[int], None] | None = None) -> str:
+                  progress: Callable[[int], None] | None = None,
+                  allow_missing_references: bool = False) -> str:
         info = self._need_logged("download()")
         items = [(p, e) for p, e in walk(self._reg(), info.root) if selected(p)]
+        if allow_missing_references:  # W&B: skip references whose source is gone
+            items = [(p, e) for p, e in items if getattr(e, "ref", None) is None or references.exists(e)]
         transfer.download_many(self._reg(), root, items, progress)
         return root
 

@@ -76,10 +76,14 @@ class Group(click.Group):
 @click.option("--store", metavar="URL", default=None,
               help="Store URL or path [env ARTIFACTFS_STORE; default ~/.local/share/artifactfs/store].")
 @click.option("--project", metavar="NAME", default=None, help="Project [env ARTIFACTFS_PROJECT; default 'default'].")
+@click.option("--endpoint-url", metavar="URL", default=None,
+              help="S3-compatible endpoint for s3:// stores and references [env ARTIFACTFS_S3_ENDPOINT, AWS_ENDPOINT_URL].")
 @click.version_option(package_name="artifactfs")
 @click.pass_context
-def main(ctx: click.Context, store: str | None, project: str | None) -> None:
+def main(ctx: click.Context, store: str | None, project: str | None, endpoint_url: str | None) -> None:
     """Versioned ML artifacts as plain folders."""
+    if endpoint_url:  # the environment carries it to the store and to a mount's daemon
+        os.environ["ARTIFACTFS_S3_ENDPOINT"] = endpoint_url
     ctx.obj = Ctx(store or os.environ.get("ARTIFACTFS_STORE") or None,
                   check_name(project or default_project(), "project"))
 
@@ -134,8 +138,7 @@ def human(n: float) -> str:
 
 
 @main.command()
-@click.argument("source", type=click.Path(exists=True, readable=True))
-@click.argument("name")
+@click.argument("args", nargs=-1, required=True, metavar="[SOURCE] NAME")
 @click.option("--type", "type_", required=True, help="Artifact type, e.g. dataset or model.")
 @click.option("--description", default=None)
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE")
@@ -143,23 +146,34 @@ def human(n: float) -> str:
 @click.option("--tag", multiple=True, metavar="TAG")
 @click.option("--follow-symlinks", is_flag=True,
               help="Store what symlinks point to (and enter linked folders) instead of the links.")
+@click.option("--reference", multiple=True, metavar="URI",
+              help="Add what URI names (file://, http(s)://, s3://) as references, not uploaded.")
 @pass_ctx
-def put(c: Ctx, source: str, name: str, type_: str, description: str | None,
-        metadata: tuple[str, ...], alias: tuple[str, ...], tag: tuple[str, ...], follow_symlinks: bool) -> None:
-    """Log the files of SOURCE (a folder or a file) as the next version of NAME.
+def put(c: Ctx, args: tuple[str, ...], type_: str, description: str | None,
+        metadata: tuple[str, ...], alias: tuple[str, ...], tag: tuple[str, ...], follow_symlinks: bool,
+        reference: tuple[str, ...]) -> None:
+    """Log the files of SOURCE (a folder or a file) and any --reference URI as the
+    next version of NAME.
 
     Files keep their executable bit and mtime; symlinks below SOURCE are kept as
     symlinks unless --follow-symlinks.  Nothing changed: prints NAME:vN (unchanged)."""
+    if len(args) > 2 or (len(args) == 1 and not reference):
+        raise click.UsageError("give SOURCE NAME, or NAME with --reference URI")
+    source, name = (args[0], args[1]) if len(args) == 2 else (None, args[0])
+    if source is not None and not os.path.exists(source):
+        raise click.BadParameter(f"{source!r} does not exist", param_hint="SOURCE")
     project, collection, given = c.ref(name)
     if given:
         raise click.BadParameter("give the collection name without ':alias'", param_hint="NAME")
     art = Artifact(collection, type_, description, parse_metadata(metadata), store=c.store_url)
     art.aliases, art.tags = list(alias), list(tag)
-    if os.path.isdir(source):
+    if source is not None and os.path.isdir(source):
         with progress(lambda: dir_size(source), f"put {collection}") as bar:
             art.add_dir(source, progress=bar, follow_symlinks=follow_symlinks)
-    else:
+    elif source is not None:
         art.add_file(source)
+    for uri in reference:
+        art.add_reference(uri)
     art.save(project)
     click.echo(art.name if art.created else f"{art.name} (unchanged)")
 

@@ -71,7 +71,7 @@ class FileEntry:
 
     def to_json(self) -> dict:
         d: dict = {"type": "file", "digest": self.digest, "size": self.size}
-        if self.chunks != default_chunks(self.digest, self.size):
+        if self.ref is None and self.chunks != default_chunks(self.digest, self.size):
             d["chunks"] = list(self.chunks)
         if self.executable:
             d["exec"] = True
@@ -86,8 +86,12 @@ class FileEntry:
         digest, size = str(d["digest"]), int(d["size"])
         if size < 0:
             raise InvalidNameError("negative size in manifest")
-        chunks = tuple(check_object_key(str(c)) for c in d["chunks"]) if "chunks" in d \
-            else default_chunks(digest, size)
+        if d.get("ref") is not None:  # a reference: its bytes are not in the store
+            chunks: tuple[str, ...] = ()
+        elif "chunks" in d:
+            chunks = tuple(check_object_key(str(c)) for c in d["chunks"])
+        else:
+            chunks = default_chunks(digest, size)
         if d.get("ref") is None and len(chunks) != -(-size // CHUNK_SIZE):
             raise InvalidNameError(f"{len(chunks)} chunks cannot hold {size} bytes")
         extra = dict(d.get("extra", {"alg": "XXH128"}))

@@ -156,20 +156,22 @@ class Registry(TreeIO):
         if tree_key(data) != key:
             raise StoreError(f"tree {key} is corrupt (digest mismatch)")
         tree = decode_tree(data)
+        self._remember(key, tree)
+        return tree
+
+    def _remember(self, key: str, tree: Tree) -> None:
         with self._trees_lock:
             if key not in self._trees:
                 self._trees[key] = tree
                 self._tree_entries += len(tree)
             while self._tree_entries > CACHED_TREE_ENTRIES and len(self._trees) > 1:
                 self._tree_entries -= len(self._trees.popitem(last=False)[1])
-        return tree
 
     def save(self, tree: Mapping[str, Entry]) -> str:
         data = encode_tree(tree)
         key = tree_key(data)
-        okey = _tree_object_key(key)
-        if not self.store.exists(okey):
-            self.store.put(okey, data)
+        self.store.put_new(_tree_object_key(key), data)
+        self._remember(key, dict(tree))
         return key
 
     def lookup(self, root: str, path: str) -> Entry | None:
@@ -412,11 +414,7 @@ class Registry(TreeIO):
     # -- blobs ---------------------------------------------------------------
     def put_blob(self, hexdigest: str, data: bytes) -> bool:
         """Store a blob unless present; True if it was written."""
-        key = blob_key(hexdigest)
-        if self.store.exists(key):
-            return False
-        self.store.put(key, data)
-        return True
+        return self.store.put_new(blob_key(hexdigest), data)
 
     def get_blob(self, hexdigest: str) -> bytes:
         return self.store.get(blob_key(hexdigest))

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import xxhash
 
+from . import references
 from .errors import DigestMismatchError, LocalFileError, ObjectNotFound, StoreError, shown
 from .hashcache import Digests, HashCache
 from .manifest import CHUNK_SIZE, MTIME_KEY, FileEntry, Leaf, SymlinkEntry, b64_digest
@@ -344,14 +345,7 @@ def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                  0o755 if entry.executable else 0o644, dir_fd=dir_fd)
     try:
-        for i in range(len(entry.chunks)):
-            if i + 1 < len(entry.chunks):
-                _prefetch_blob(registry, entry.chunks[i + 1])  # a helper thread here measured slower
-            try:
-                view = _read_chunk_into(registry, entry, i, path, _buffer())
-            except OSError as e:
-                raise StoreError(f"cannot read {shown(path)} from the store {registry.store.url}: "
-                                 f"{e.strerror}") from None
+        for view in _pieces(registry, entry, path):
             _write_full(fd, view)
             if progress:
                 progress(len(view))
@@ -398,6 +392,23 @@ def _download_into(registry: Registry, dir_fd: int, name: str, path: str, where:
             _file_into(registry, dir_fd, name, path, where, entry, progress)
     except OSError as e:
         raise LocalFileError("write", where, e) from None
+
+
+def _pieces(registry: Registry, entry: FileEntry, path: str) -> Iterator[memoryview | bytes]:
+    """The verified bytes of a file, piece by piece: its blobs, or for a reference
+    the bytes at its URI (references.pieces checks them)."""
+    if entry.ref is not None:
+        yield from references.pieces(entry)
+        return
+    for i in range(len(entry.chunks)):
+        if i + 1 < len(entry.chunks):
+            _prefetch_blob(registry, entry.chunks[i + 1])  # a helper thread here measured slower
+        try:
+            view = _read_chunk_into(registry, entry, i, path, _buffer())
+        except OSError as e:
+            raise StoreError(f"cannot read {shown(path)} from the store {registry.store.url}: "
+                             f"{e.strerror}") from None
+        yield view
 
 
 def _by_directory(items: Iterable[tuple[str, Leaf]]) -> dict[str, list[tuple[str, str, Leaf]]]:

@@ -7,6 +7,9 @@ import zlib
 
 import pytest
 
+pytest_plugins = ["s3server"]  # the s3_server / s3_url fixtures, for store_url's "s3" kind
+STORE_KINDS = ("local", "s3")
+
 _RANDOM = random.Random(0)
 
 
@@ -52,9 +55,24 @@ def _private_user_dirs(tmp_path_factory, monkeypatch) -> None:
 
 
 @pytest.fixture
-def store_url(tmp_path) -> str:
-    """A path (not yet created) for a fresh local store."""
+def store_url(request, tmp_path) -> str:
+    """A fresh store: a path (not yet created) for a local store, or, where a test
+    module sets BOTH_STORES = True, also (second parameter) an s3:// URL of a fresh
+    bucket on the test run's moto server.  A test of the local on-disk layout itself
+    opts out with @pytest.mark.local_store."""
+    if getattr(request, "param", "local") == "s3":
+        return request.getfixturevalue("s3_url")
     return str(tmp_path / "store")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if getattr(metafunc.module, "BOTH_STORES", False) and "store_url" in metafunc.fixturenames \
+            and not metafunc.definition.get_closest_marker("local_store"):
+        metafunc.parametrize("store_url", STORE_KINDS, indirect=True)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "local_store: runs against the local store only (its on-disk layout)")
 
 
 @pytest.fixture

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterable, Iterator
 
 import xxhash
 
 from artifactfs.manifest import FileEntry, walk
 from artifactfs.registry import Registry, blob_key
-from artifactfs.store.local import LocalStore
+from artifactfs.store import ObjectStore, open_store
 
 
 def write_files(root: str, files: dict[str, bytes | str]) -> str:
@@ -21,36 +22,59 @@ def write_files(root: str, files: dict[str, bytes | str]) -> str:
     return root
 
 
-class RecordingStore(LocalStore):
-    """A real LocalStore that also records each operation as (op, key)."""
+class RecordingStore(ObjectStore):
+    """The real store at `url` (local or S3), recording each operation as (op, key)."""
 
-    def __init__(self, root: str):
-        super().__init__(root)
+    def __init__(self, url: str):
+        self.inner = open_store(url)
+        self.url = self.inner.url
         self.ops: list[tuple[str, str]] = []
 
     def get(self, key: str) -> bytes:
         self.ops.append(("get", key))
-        return super().get(key)
+        return self.inner.get(key)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         self.ops.append(("get_range", key))
-        return super().get_range(key, start, length)
+        return self.inner.get_range(key, start, length)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        self.ops.append(("get_versioned", key))
+        return self.inner.get_versioned(key)
 
     def put(self, key: str, data: bytes) -> None:
         self.ops.append(("put", key))
-        super().put(key, data)
+        self.inner.put(key, data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         self.ops.append(("put_if_absent", key))
-        return super().put_if_absent(key, data)
+        return self.inner.put_if_absent(key, data)
 
     def compare_and_swap(self, key: str, data: bytes, etag: str | None) -> str:
         self.ops.append(("cas", key))
-        return super().compare_and_swap(key, data, etag)
+        return self.inner.compare_and_swap(key, data, etag)
 
     def sync(self) -> None:
         self.ops.append(("sync", ""))
-        super().sync()
+        self.inner.sync()
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def present(self, keys: Iterable[str]) -> set[str]:
+        return self.inner.present(keys)
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+        return self.inner.list(prefix, recursive)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def local_path(self, key: str) -> str | None:
+        return self.inner.local_path(key)
 
     def count(self, op: str, prefix: str) -> int:
         return sum(1 for o, k in self.ops if o == op and k.startswith(prefix))

@@ -12,8 +12,10 @@ from artifactfs import (Api, Artifact, ArtifactFinalizedError, ArtifactfsError,
                         ArtifactNotLoggedError, DigestMismatchError, InvalidNameError,
                         NotFoundError)
 from artifactfs.registry import blob_key
+from artifactfs.store import open_store
 from core_util import write_files
 
+BOTH_STORES = True  # tests using store_url/env run on a local and an S3 store (tests/conftest.py)
 FILES = {"a.txt": "alpha", "sub/b.txt": "beta", "sub/deep/c.bin": b"\x00\x01\x02", "empty": b""}
 
 
@@ -186,16 +188,17 @@ def test_finalized_artifacts_refuse_changes(logged, src):
 def test_logged_properties(logged, env):
     assert not logged.is_draft() and logged.state == "COMMITTED"
     assert logged.name == "data:v0" and logged.version == "v0"
-    assert logged.project == "proj" and logged.entity == "store"
-    assert logged.qualified_name == "store/proj/data:v0"
+    assert logged.project == "proj" and logged.entity == os.path.basename(env)  # the store's name
+    assert logged.qualified_name == f"{logged.entity}/proj/data:v0"
     assert logged.aliases == ["latest"] and logged.description == "first"
     assert logged.metadata == {"k": 1} and logged.file_count == 4
     assert logged.size == sum(len(v) for v in FILES.values())
     assert len(logged.commit_hash) >= 8 and logged.id
     assert dt.datetime.fromisoformat(logged.created_at).tzinfo is not None
     assert logged.updated_at >= logged.created_at
-    assert logged.url.startswith("file://")
-    assert json.loads(read(logged.url[len("file://"):]))["digest"] == logged.digest
+    store = open_store(env)
+    assert logged.url.startswith(store.url + "/")
+    assert json.loads(store.get(logged.url[len(store.url) + 1:]))["digest"] == logged.digest
     assert logged.wait() is logged
     assert logged.digest == logged.manifest.digest()
     assert logged.json_encode() == logged.manifest.to_manifest_json()
@@ -361,6 +364,7 @@ def test_api_lookups(logged, tmp_path):
     assert [a.name for a in api.artifact_versions("data")] == ["data:v0"]
 
 
+@pytest.mark.local_store  # a file:// URL of the same store
 def test_api_with_explicit_store_and_project(logged, env, monkeypatch):
     monkeypatch.delenv("ARTIFACTFS_STORE")
     monkeypatch.delenv("ARTIFACTFS_PROJECT")
@@ -371,9 +375,9 @@ def test_api_with_explicit_store_and_project(logged, env, monkeypatch):
 # -- corruption and hostile targets -------------------------------------------------
 def test_corrupted_blob_names_the_file(logged, env, tmp_path):
     entry = logged.manifest.entries["sub/b.txt"]
-    blob = os.path.join(env, blob_key(entry.chunks[0]))
-    with open(blob, "wb") as f:
-        f.write(b"BETA")
+    store = open_store(env)
+    store.put(blob_key(entry.chunks[0]), b"BETA")
+    store.sync()
     with pytest.raises(DigestMismatchError, match="sub/b.txt"):
         Api().artifact("data").download(str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out" / "sub" / "b.txt")

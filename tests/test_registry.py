@@ -13,11 +13,12 @@ from artifactfs.errors import InvalidNameError, NotFoundError, PreconditionFaile
 from artifactfs.manifest import (CHUNK_SIZE, DirEntry, apply_changes, artifact_digest,
                                  encode_tree, tree_key, walk)
 from artifactfs.registry import MARKER, Registry, blob_key
-from artifactfs.store.local import LocalStore
+from artifactfs.store import open_store
 from core_util import RecordingStore, check_version_complete, synthetic_entry, write_files
 from conftest import randbytes
 
 P = "proj"
+BOTH_STORES = True  # every test below runs on a local and an S3 store (tests/conftest.py)
 
 
 def log_dir(store_url: str, src: str, name: str = "data", **kw) -> Artifact:
@@ -31,7 +32,7 @@ def test_blobs_are_keyed_by_xxh3_128_of_their_bytes(store_url, tmp_path):
     big = randbytes(CHUNK_SIZE + 12345)
     src = write_files(str(tmp_path / "src"), {"a.txt": "hello", "d/b.bin": big, "d/empty": b""})
     log_dir(store_url, src)
-    store = LocalStore(store_url)
+    store = open_store(store_url)
     blobs = list(store.list("blobs/"))
     # 'hello', two chunks of big; the empty file has no blob
     assert len(blobs) == 3
@@ -42,10 +43,11 @@ def test_blobs_are_keyed_by_xxh3_128_of_their_bytes(store_url, tmp_path):
     assert sorted(len(store.get(k)) for k in blobs) == [5, 12345, CHUNK_SIZE]
 
 
+@pytest.mark.local_store
 def test_blobs_are_never_rewritten(store_url, tmp_path):
     src = write_files(str(tmp_path / "src"), {"a.txt": "same", "b.txt": "bytes"})
     log_dir(store_url, src, "one")
-    store = LocalStore(store_url)
+    store = open_store(store_url)
     before = {k: os.stat(os.path.join(store.root, k)) for k in store.list("blobs/")}
     rec = RecordingStore(store_url)
     api = Api(store_url, project=P)
@@ -63,7 +65,7 @@ def test_trees_are_content_addressed_and_shared(store_url, tmp_path):
     src = write_files(str(tmp_path / "src"), {"x/1": "1", "y/2": "2"})
     log_dir(store_url, src, "a")
     log_dir(store_url, src, "b")
-    store = LocalStore(store_url)
+    store = open_store(store_url)
     trees = list(store.list("trees/"))
     assert len(trees) == 3  # root, x, y: the second collection reuses all of them
     for key in trees:
@@ -249,7 +251,7 @@ def test_crafted_entries_are_rejected(store_url, tmp_path, bad):
 def test_corrupted_tree_object_is_detected(store_url, tmp_path):
     src = write_files(str(tmp_path / "src"), {"d/a": "a"})
     log_dir(store_url, src)
-    store = LocalStore(store_url)
+    store = open_store(store_url)
     for key in store.list("trees/"):
         body = json.loads(store.get(key))
         if "a" in body["entries"]:
@@ -287,9 +289,9 @@ def test_store_path_that_is_a_file(tmp_path):
 def test_store_is_created_by_the_first_write_and_marked(store_url, tmp_path):
     src = write_files(str(tmp_path / "src"), {"a": "a"})
     log_dir(store_url, src)
-    marker = json.loads(LocalStore(store_url).get(MARKER))
+    marker = json.loads(open_store(store_url).get(MARKER))
     assert marker["format"] == "artifactfs-store" and marker["version"] == 1
-    assert Api(store_url).registry.entity == marker["name"] == "store"
+    assert Api(store_url).registry.entity == marker["name"] == os.path.basename(store_url)
 
 
 def test_unsupported_store_url(tmp_path):
@@ -299,6 +301,7 @@ def test_unsupported_store_url(tmp_path):
         Api("file://otherhost/x")
 
 
+@pytest.mark.local_store
 def test_file_url_and_plain_path_name_the_same_store(store_url, tmp_path):
     src = write_files(str(tmp_path / "src"), {"a": "a"})
     log_dir(store_url, src)
@@ -306,6 +309,7 @@ def test_file_url_and_plain_path_name_the_same_store(store_url, tmp_path):
            Api(store_url, project=P).artifact("data").digest
 
 
+@pytest.mark.local_store
 def test_incomplete_version_leftovers_are_invisible(store_url, tmp_path):
     """Temp files of a killed writer are not versions, collections or keys."""
     src = write_files(str(tmp_path / "src"), {"a": "a"})
@@ -328,6 +332,7 @@ def test_names_that_look_like_internal_files_are_ordinary(store_url, tmp_path):
     assert sorted(c.name for c in Registry.open(store_url).collections(P)) == [".tmp-x", "model.lock"]
 
 
+@pytest.mark.local_store
 def test_lock_of_a_dead_process_is_broken_at_once(store_url):
     import subprocess
     import socket
@@ -353,6 +358,7 @@ from hypothesis import strategies as st  # noqa: E402
 _PATHS = st.lists(st.sampled_from(["a", "b", "c.txt"]), min_size=1, max_size=3).map("/".join)
 
 
+@pytest.mark.local_store  # the tree algorithm, store-independent: 60 examples would cost ~30 s on moto
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.dictionaries(_PATHS, st.one_of(st.none(), st.integers(0, 5)), max_size=6),
                       min_size=1, max_size=4))

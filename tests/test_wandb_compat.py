@@ -13,6 +13,8 @@ from artifactfs import Api, Artifact
 from artifactfs.manifest import CHUNK_SIZE
 from core_util import write_files
 
+BOTH_STORES = True  # tests using store_url/env run on a local and an S3 store (tests/conftest.py)
+
 
 @pytest.fixture
 def wandb(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from ..staging import Node as Info
 from ..standins import join
 from .inodes import SHORT_TIMEOUT, Handle, Node, fuse_error
 from .reader import FileReader
+from .refreader import ReferenceReader
 from .xattrs import PREFIX, xattr_value
 
 if TYPE_CHECKING:
@@ -268,8 +269,8 @@ class DraftNode(Node):
         info, fd = await self.live.read(_open_readable, self.live.draft, self.path)
         self.info = info
         if fd is None:
-            if info.size and not info.entry.chunks:
-                raise fuse_error(errno.EIO)  # a reference entry: its bytes are not in the store
+            if info.entry.ref is not None:  # bytes at a URI, not in the store
+                return ReferenceReader(self.ctx, info.entry, self.path)
             return BaseFileHandle(self)
         return DraftFileHandle(self.live, fd)
 

@@ -36,6 +36,7 @@ from ..timestamps import iso_ns
 from .context import MountContext
 from .inodes import LONG_TIMEOUT, Handle, Node, fuse_error
 from .reader import FileReader
+from .refreader import ReferenceReader
 from .xattrs import collection_xattrs, file_xattrs, version_xattrs
 
 log = logging.getLogger("artifactfs.mount")
@@ -398,9 +399,9 @@ class VersionFileNode(Node):
     async def open(self, flags: int) -> Handle:
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise fuse_error(errno.EROFS)
-        if self.entry.size and not self.entry.chunks:
-            raise fuse_error(errno.EIO)  # a reference entry: its bytes are not in the store
         path = self.key[3]
+        if self.entry.ref is not None:  # bytes at a URI, not in the store
+            return ReferenceReader(self.ctx, self.entry, self.ref.where(path))
         parent = self.ctx.table.find(self.key[:3] + (posixpath.dirname(path),))
         if isinstance(parent, VersionDirNode):
             parent.opened(posixpath.basename(path))

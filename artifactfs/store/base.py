@@ -39,6 +39,14 @@ class ObjectStore(abc.ABC):
         """Replace the object only if its etag is still `etag` (None: only if absent).
         Returns the new etag; raises PreconditionFailed when someone else won."""
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """put() of content-addressed `data` (the same key always holds the same
+        bytes) unless the key is present; True if it was (maybe again) written."""
+        if self.exists(key):
+            return False
+        self.put(key, data)
+        return True
+
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...
 

@@ -16,6 +16,7 @@ wait for that upload (read-your-writes)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ BUSY_RETRIES = 20  # 409 ConditionalRequestConflict: another conditional write i
 UPLOADS = 16       # background put() workers
 UPLOAD_BYTES = 128 * 1024 * 1024  # bytes of put() data held while uploading; put() waits above it
 PROBE = ".artifactfs-probe-"
+SMALL_PUT = 1024 * 1024  # put_new() of at most this many bytes does not ask whether the key exists
 
 
 class _Lost(PreconditionFailed):
@@ -109,6 +111,33 @@ class _Uploads:
             raise errors[0]
 
 
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(options: S3Options, attempts: int) -> Any:
+    """A boto3 client, shared by the stores of this process that use the same
+    options and AWS environment (a new boto3 session costs ~0.2 s; clients are
+    thread-safe).  The AWS_* variables are part of the key because the credential
+    chain reads them."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    key = (options, attempts, env)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            try:
+                client = boto3.session.Session().client("s3", endpoint_url=options.endpoint,
+                                                        config=options.botocore_config(attempts))
+            except (bexc.BotoCoreError, ValueError) as e:
+                raise StoreError(f"cannot use S3 endpoint {public_endpoint(options.endpoint)}: "
+                                 f"{type(e).__name__}") from None
+            _clients[key] = client
+        return client
+
+
+os.register_at_fork(after_in_child=_clients.clear)  # a child must not share the parent's connections
+
+
 class S3Store(ObjectStore):
     def __init__(self, url: str, options: S3Options | None = None):
         p = urlparse(url)
@@ -121,12 +150,7 @@ class S3Store(ObjectStore):
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.options = options or S3Options.from_env()
         self.endpoint = self.options.endpoint
-        self._session = boto3.session.Session()
-        try:
-            self.client = self._session.client("s3", endpoint_url=self.endpoint,
-                                               config=self.options.botocore_config())
-        except (bexc.BotoCoreError, ValueError) as e:
-            raise StoreError(f"cannot use S3 endpoint {public_endpoint(self.endpoint)}: {type(e).__name__}") from None
+        self.client = _client(self.options, self.options.attempts)
         self._uploads = _Uploads()
         self._probed = False
         self._down_until = 0.0  # monotonic time until which the endpoint counts as down
@@ -176,8 +200,7 @@ class S3Store(ObjectStore):
     def _quick_client(self) -> Any:
         """A client that tries once (used while the endpoint is down)."""
         if self._quick is None:
-            self._quick = self._session.client("s3", endpoint_url=self.endpoint,
-                                               config=self.options.botocore_config(attempts=1))
+            self._quick = _client(self.options, 1)
         return self._quick
 
     def _client_error(self, e: bexc.ClientError, what: str, key: str) -> Exception:
@@ -299,6 +322,14 @@ class S3Store(ObjectStore):
         self._writable()
         self._key(key)  # a bad key is refused here, not in the background
         self._uploads.submit(key, data, lambda: self._put(key, data))
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """A small object is put without asking first: a HEAD would cost the same
+        one request, and the put runs in the background."""
+        if len(data) > SMALL_PUT and self.exists(key):
+            return False
+        self.put(key, data)
+        return True
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         self._writable()
