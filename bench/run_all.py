@@ -18,6 +18,7 @@ import bench_loader  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_mount  # noqa: E402
 import bench_put_get  # noqa: E402
+import bench_s3  # noqa: E402
 from common import cli  # noqa: E402
 
 MODEST = {
@@ -26,6 +27,7 @@ MODEST = {
     "draft": ["--size-mb", "256", "--tree-files", "20000", "--files", "2000"],
     "loader": ["--files", "3000"],
     "memory": ["--folders", "100"],
+    "s3": ["--big-mb", "256", "--files", "2000", "--tree-files", "20000", "--small-files", "5000"],
 }
 
 
@@ -46,6 +48,8 @@ def main() -> None:
     size = (lambda name: []) if args.full else MODEST.get
     if "put_get" in wanted:
         bench_put_get.main(size("put_get") + ["--repeat", str(args.repeat)] + extra)
+    if "s3" in wanted:
+        bench_s3.main(size("s3") + extra)
     if "mount" in wanted or "draft" in wanted:
         if not has_command("mount"):
             print("skipping the mount and draft benches: no `artifactfs mount` yet")
