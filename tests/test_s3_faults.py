@@ -158,6 +158,9 @@ def test_paused_server_during_sync_leaves_no_version_then_the_same_sync_succeeds
     new = {f"new/{i}.bin": os.urandom(100_000 + i) for i in range(20)}
     with mounted(url, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
         draft = m.p("ds", "draft")
+        with open(os.path.join(draft, "first.txt"), "wb") as f:  # a first commit: the store is in use
+            f.write(b"first\n")
+        assert cli("sync", draft, env=m.env, timeout=10 * TIMEOUT, check=True).stdout == "ds:v1\n"
         for path, data in new.items():
             os.makedirs(os.path.dirname(os.path.join(draft, path)), exist_ok=True)
             with open(os.path.join(draft, path), "wb") as f:
@@ -170,12 +173,12 @@ def test_paused_server_during_sync_leaves_no_version_then_the_same_sync_succeeds
         assert len(done.stderr.strip().splitlines()) == 1
         assert took < 4 * TIMEOUT, f"sync took {took:.1f} s"
         os.kill(paused_server.process.pid, signal.SIGCONT)
-        assert Registry.open(url).versions("proj", "ds") == [0]   # no partial version
+        assert Registry.open(url).versions("proj", "ds") == [0, 1]   # no partial version
         assert sorted(os.listdir(os.path.join(draft, "new"))) == sorted(p.split("/")[1] for p in new)
         done = cli("sync", draft, env=m.env, timeout=10 * TIMEOUT, check=True)
-        assert done.stdout == "ds:v1\n"
+        assert done.stdout == "ds:v2\n"
         for path, data in new.items():
-            assert open(m.p("ds", "ds:v1", path), "rb").read() == data
+            assert open(m.p("ds", "ds:v2", path), "rb").read() == data
 
 
 def test_service_stalling_at_the_version_record_leaves_no_version(proxy, s3_server, tmp_path,

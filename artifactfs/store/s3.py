@@ -153,6 +153,7 @@ class S3Store(ObjectStore):
         self.client = _client(self.options, self.options.attempts)
         self._uploads = _Uploads()
         self._probed = False
+        self._probe_error: StoreError | None = None
         self._down_until = 0.0  # monotonic time until which the endpoint counts as down
         self._quick: Any = None
         self._probe_lock = threading.Lock()
@@ -245,17 +246,24 @@ class S3Store(ObjectStore):
         if self._probed:
             return
         with self._probe_lock:
-            if not self._probed:
+            if self._probed:
+                return
+            if self._probe_error is not None and time.monotonic() < self._down_until:
+                raise self._probe_error  # the endpoint is still down: do not wait again
+            try:
                 self._probe()
-                self._probed = True
+            except StoreError as e:
+                self._probe_error = e
+                raise
+            self._probed = True
 
     def _probe(self) -> None:
         key = PROBE + uuid.uuid4().hex
         where = f"S3 endpoint {public_endpoint(self.endpoint)} (bucket {self.bucket!r})"
         refusal = f"{where} does not honour conditional writes (%s); artifactfs needs them " \
                   "to publish versions safely and will not write there"
+        self._put(key, b"probe", IfNoneMatch="*")
         try:
-            self._put(key, b"probe", IfNoneMatch="*")
             for header, cond in (("If-None-Match: *", {"IfNoneMatch": "*"}),
                                  ("If-Match", {"IfMatch": '"0123456789abcdef0123456789abcdef"'})):
                 try:
@@ -269,8 +277,8 @@ class S3Store(ObjectStore):
                 raise StoreError(refusal % (header + " was ignored"))
         finally:
             try:
-                self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-            except (bexc.BotoCoreError, bexc.ClientError):
+                self._call("delete", key, lambda c: c.delete_object(Bucket=self.bucket, Key=self._key(key)))
+            except StoreError:
                 log.warning("could not remove the probe object %s from %s", key, self.url)
 
     # -- reads ---------------------------------------------------------------
