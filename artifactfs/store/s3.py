@@ -71,14 +71,15 @@ class _PastEnd(StoreError):
 
 class _Uploads:
     """Background put()s: at most UPLOADS at once and UPLOAD_BYTES held; failures
-    are kept for sync()."""
+    are kept for sync(), by key (a failed upload that a later commit puts again,
+    as a retried sync does, no longer counts)."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(UPLOADS, thread_name_prefix="s3-put")
         self._cond = threading.Condition()
         self._pending: dict[str, Future] = {}
         self._bytes = 0
-        self._errors: list[BaseException] = []
+        self._errors: dict[str, BaseException] = {}  # by key: a later good put of the key clears it
 
     def submit(self, key: str, data: bytes, upload: Callable[[], Any]) -> None:
         with self._cond:
@@ -94,8 +95,11 @@ class _Uploads:
             self._bytes -= size
             if self._pending.get(key) is future:
                 del self._pending[key]
-            if future.exception() is not None:
-                self._errors.append(future.exception())  # type: ignore[arg-type]
+            error = future.exception()
+            if error is not None:
+                self._errors[key] = error
+            else:
+                self._errors.pop(key, None)
             self._cond.notify_all()
 
     def wait(self, key: str | None = None) -> None:
@@ -104,11 +108,16 @@ class _Uploads:
             while (key in self._pending) if key is not None else self._pending:
                 self._cond.wait()
 
+    def landed(self, key: str) -> None:
+        """The key is known to be stored: an earlier failed upload of it no longer counts."""
+        with self._cond:
+            self._errors.pop(key, None)
+
     def raise_failures(self) -> None:
         with self._cond:
-            errors, self._errors = self._errors, []
+            errors, self._errors = self._errors, {}
         if errors:
-            raise errors[0]
+            raise next(iter(errors.values()))
 
 
 _clients: dict[tuple, Any] = {}
@@ -335,6 +344,7 @@ class S3Store(ObjectStore):
         """A small object is put without asking first: a HEAD would cost the same
         one request, and the put runs in the background."""
         if len(data) > SMALL_PUT and self.exists(key):
+            self._uploads.landed(key)  # an upload that timed out may have arrived after all
             return False
         self.put(key, data)
         return True
