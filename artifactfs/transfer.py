@@ -38,6 +38,7 @@ WORKERS = 8
 UPLOAD_BATCH = 64         # files per upload task
 LOOKUP_BATCH = 500        # files per digest-cache query
 DIR_BATCH = 256          # directory fds held open at once while downloading
+PREFETCH = 8             # chunks of a file asked for ahead of the one being written
 Progress = Callable[[int], None]
 _tls = threading.local()
 
@@ -248,21 +249,6 @@ def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: st
     return view
 
 
-def _prefetch_blob(registry: Registry, key: str) -> None:
-    """Have the kernel start reading a local blob we are about to need."""
-    path = registry.store.local_path(blob_key(key))
-    if path is None:
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # reported properly when it is read
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    finally:
-        os.close(fd)
-
-
 def _open_dir(root_fd: int, parts: list[str], where: str) -> int:
     """fd of directory root/parts..., made as needed; a symlink or file in the way
     is refused (`where`: the local path of the file that needs it, for messages)."""
@@ -400,9 +386,11 @@ def _pieces(registry: Registry, entry: FileEntry, path: str) -> Iterator[memoryv
     if entry.ref is not None:
         yield from references.pieces(entry)
         return
-    for i in range(len(entry.chunks)):
-        if i + 1 < len(entry.chunks):
-            _prefetch_blob(registry, entry.chunks[i + 1])  # a helper thread here measured slower
+    chunks = entry.chunks
+    registry.store.prefetch([blob_key(k) for k in chunks[1:1 + PREFETCH]])
+    for i in range(len(chunks)):
+        if i + PREFETCH < len(chunks):  # one more ahead for each one taken
+            registry.store.prefetch([blob_key(chunks[i + PREFETCH])])
         try:
             view = _read_chunk_into(registry, entry, i, path, _buffer())
         except OSError as e:

@@ -71,6 +71,9 @@ class ObjectStore(abc.ABC):
     def sync(self) -> None:
         """Make every earlier put() durable."""
 
+    def prefetch(self, keys: list[str]) -> None:
+        """A hint: these keys will be read soon (a store may start fetching them)."""
+
     def local_path(self, key: str) -> str | None:
         """A filesystem path holding the object, for in-place reads; None if remote."""
         return None

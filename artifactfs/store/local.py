@@ -129,6 +129,19 @@ class LocalStore(ObjectStore):
     def local_path(self, key: str) -> str | None:
         return self._path(key)
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Have the kernel start reading the objects (posix_fadvise WILLNEED): a
+        helper thread reading ahead measured slower."""
+        for key in keys:
+            try:
+                fd = os.open(self._path(key), os.O_RDONLY)
+            except OSError:
+                continue  # reported properly when it is read
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
     def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
         base, _, stem = prefix.rpartition("/")
         top = os.path.join(self.root, base) if base else self.root

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -42,6 +43,8 @@ BUSY_RETRIES = 20  # 409 ConditionalRequestConflict: another conditional write i
 UPLOADS = 16       # background put() workers
 UPLOAD_BYTES = 128 * 1024 * 1024  # bytes of put() data held while uploading; put() waits above it
 PROBE = ".artifactfs-probe-"
+FETCHERS = 8      # background GETs started by prefetch()
+AHEAD_KEPT = 32   # prefetched objects held (8 MiB blobs: 256 MiB at most)
 SMALL_PUT = 1024 * 1024  # put_new() of at most this many bytes does not ask whether the key exists
 
 
@@ -162,6 +165,9 @@ class S3Store(ObjectStore):
         self.client = _client(self.options, self.options.attempts)
         self._uploads = _Uploads()
         self._probed = False
+        self._ahead: OrderedDict[str, Future] = OrderedDict()  # prefetch(): key -> its GET
+        self._ahead_lock = threading.Lock()
+        self._fetcher: ThreadPoolExecutor | None = None
         self._probe_error: StoreError | None = None
         self._down_until = 0.0  # monotonic time until which the endpoint counts as down
         self._quick: Any = None
@@ -292,7 +298,26 @@ class S3Store(ObjectStore):
 
     # -- reads ---------------------------------------------------------------
     def get(self, key: str) -> bytes:
+        with self._ahead_lock:
+            fetched = self._ahead.pop(key, None)
+        if fetched is not None:
+            try:
+                return fetched.result()[0]
+            except Exception:  # noqa: BLE001 - asked again below, which raises its own error
+                pass
         return self._get(key)[0]
+
+    def prefetch(self, keys: list[str]) -> None:
+        """Start GETs of `keys` in the background (at most FETCHERS at once); get()
+        takes their results.  At most AHEAD_KEPT are kept: older ones are dropped."""
+        with self._ahead_lock:
+            if self._fetcher is None:
+                self._fetcher = ThreadPoolExecutor(FETCHERS, thread_name_prefix="s3-get")
+            for key in keys:
+                if key not in self._ahead:
+                    self._ahead[key] = self._fetcher.submit(self._get, key)
+            while len(self._ahead) > AHEAD_KEPT:
+                self._ahead.popitem(last=False)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
