@@ -202,3 +202,16 @@ def test_service_stalling_at_the_version_record_leaves_no_version(proxy, s3_serv
     proxy.mode = "pass"
     done = cli("--store", url, "--project", "proj", "put", str(src), "ds", "--type", "dataset", env=dict(os.environ), check=True)
     assert Registry.open(url).versions("proj", "ds") == [0]
+
+
+def test_endpoint_from_the_command_line_or_aws_endpoint_url(s3_server, tmp_path, monkeypatch) -> None:
+    """--endpoint-url and AWS_ENDPOINT_URL both reach the store (path-style addressing
+    by default with an endpoint); credentials come from the AWS environment."""
+    url = s3_server.new_bucket_url()
+    env = {k: v for k, v in os.environ.items() if k not in ("ARTIFACTFS_S3_ENDPOINT", "AWS_ENDPOINT_URL")}
+    env.update({k: v for k, v in s3_server.env.items() if k != "ARTIFACTFS_S3_ENDPOINT"})
+    (tmp_path / "f.txt").write_text("x")
+    cli("--endpoint-url", s3_server.endpoint, "--store", url, "put", str(tmp_path), "ds", "--type", "dataset",
+        env=env, check=True)
+    done = cli("--store", url, "ls", env={**env, "AWS_ENDPOINT_URL": s3_server.endpoint}, check=True)
+    assert "ds" in done.stdout
