@@ -47,7 +47,6 @@ test: setup
 	$(call apt,$(CHECK_PACKAGES))
 	$(PY) -m pytest -q
 
-
 bench: setup
 	$(call apt,$(BENCH_PACKAGES))
 	$(PY) bench/run_all.py

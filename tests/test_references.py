@@ -17,6 +17,7 @@ from artifactfs import Api, Artifact, ArtifactfsError
 from artifactfs.manifest import CHUNK_SIZE, b64_digest
 from artifactfs.references import ReferenceChanged, ReferenceGone, ReferenceUnreadable
 from artifactfs.registry import Registry
+from conftest import randbytes
 from httpfiles import HttpFiles, etag_of
 from mountutil import cli, mounted
 from s3server import MotoServer, s3_server, s3_url  # noqa: F401 (fixtures)
@@ -41,7 +42,7 @@ def errno_of(fn) -> int:
 
 @pytest.fixture
 def tree(tmp_path) -> dict[str, bytes]:
-    files = {"a.txt": b"alpha\n", "sub/b.bin": os.urandom(70_000), "sub/deep/c.txt": b"see\n"}
+    files = {"a.txt": b"alpha\n", "sub/b.bin": randbytes(70_000), "sub/deep/c.txt": b"see\n"}
     for rel, data in files.items():
         os.makedirs(os.path.dirname(tmp_path / "src" / rel), exist_ok=True)
         (tmp_path / "src" / rel).write_bytes(data)
@@ -95,7 +96,7 @@ def test_missing_sources_and_limits(env, tmp_path, tree):
 
 
 def test_http_reference_etag_and_lazy_ranged_reads_through_the_mount(env, tmp_path):
-    big = os.urandom(2 * CHUNK_SIZE + 1000)
+    big = randbytes(2 * CHUNK_SIZE + 1000)
     with HttpFiles({"/d/big.bin": big, "/d/small.txt": b"small\n", "/d/moving.txt": b"before\n"}) as srv:
         art = Artifact("web", "dataset")
         for p in ("big.bin", "small.txt", "moving.txt"):
@@ -134,7 +135,7 @@ def test_s3_prefix_with_versions_and_lazy_reads(env, tmp_path, s3_server: MotoSe
     client = s3_server.client()
     bucket = s3_server.new_bucket_url()[len("s3://"):]
     client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    objects = {"data/x.bin": os.urandom(CHUNK_SIZE + 5), "data/y/z.txt": b"zed\n", "other/no.txt": b"no"}
+    objects = {"data/x.bin": randbytes(CHUNK_SIZE + 5), "data/y/z.txt": b"zed\n", "other/no.txt": b"no"}
     for k, v in objects.items():
         client.put_object(Bucket=bucket, Key=k, Body=v)
     art = Artifact("s3refs", "dataset")

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from artifactfs.errors import StoreError
+from conftest import randbytes
 from artifactfs.registry import Registry
 from artifactfs.store import open_store
 from mountutil import cli, gone, mounted, wait_for
@@ -124,7 +125,7 @@ def _timed(*argv: str) -> tuple[subprocess.CompletedProcess, float]:
 def test_paused_server_gives_eio_in_time_then_recovers(paused_server, tmp_path) -> None:
     url = paused_server.new_bucket_url()
     Registry.open(url, create=True)
-    big = os.urandom(20 * 1024 * 1024)
+    big = randbytes(20 * 1024 * 1024)
     commit(url, "ds", str(tmp_path / "src"), {"a.txt": b"alive\n"})
     commit(url, "ds", str(tmp_path / "src"), {"b.txt": b"bee\n", "big.bin": big})
     with mounted(url, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
@@ -155,7 +156,7 @@ def test_paused_server_during_sync_leaves_no_version_then_the_same_sync_succeeds
     url = paused_server.new_bucket_url()
     Registry.open(url, create=True)
     commit(url, "ds", str(tmp_path / "src"), {"a.txt": b"v0\n"})
-    new = {f"new/{i}.bin": os.urandom(100_000 + i) for i in range(20)}
+    new = {f"new/{i}.bin": randbytes(100_000 + i) for i in range(20)}
     with mounted(url, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
         draft = m.p("ds", "draft")
         with open(os.path.join(draft, "first.txt"), "wb") as f:  # a first commit: the store is in use
