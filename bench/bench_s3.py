@@ -40,10 +40,10 @@ PLAIN = "plain"  # the peers' copy: the same files as plain objects below this p
 
 
 @contextmanager
-def s3fs_mount(bucket: str, endpoint: str, mnt: str, passwd: str) -> Iterator[str]:
+def peer_mount(cmd: list[str], mnt: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A peer's FUSE mount made by `cmd` (which daemonizes), always unmounted afterwards."""
     os.makedirs(mnt, exist_ok=True)
-    run(["s3fs", f"{bucket}:/{PLAIN}", mnt, "-o", f"url={endpoint}", "-o", "use_path_request_style",
-         "-o", f"passwd_file={passwd}", "-o", "ro"])
+    run(cmd, env=env)
     try:
         wait_mounted(mnt)
         yield mnt
@@ -51,17 +51,16 @@ def s3fs_mount(bucket: str, endpoint: str, mnt: str, passwd: str) -> Iterator[st
         subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
 
 
-@contextmanager
-def rclone_s3_mount(bucket: str, endpoint: str, mnt: str) -> Iterator[str]:
-    os.makedirs(mnt, exist_ok=True)
+def s3fs_mount(bucket: str, endpoint: str, mnt: str, passwd: str):
+    return peer_mount(["s3fs", f"{bucket}:/{PLAIN}", mnt, "-o", f"url={endpoint}", "-o", "use_path_request_style",
+                       "-o", f"passwd_file={passwd}", "-o", "ro"], mnt)
+
+
+def rclone_s3_mount(bucket: str, endpoint: str, mnt: str):
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-    run(["rclone", "mount", f":s3:{bucket}/{PLAIN}", mnt, "--s3-provider", "Other", "--s3-endpoint", endpoint,
-         "--s3-env-auth", "--read-only", "--daemon", "--config", "/dev/null"], env=env)
-    try:
-        wait_mounted(mnt)
-        yield mnt
-    finally:
-        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+    return peer_mount(["rclone", "mount", f":s3:{bucket}/{PLAIN}", mnt, "--s3-provider", "Other",
+                       "--s3-endpoint", endpoint, "--s3-env-auth", "--read-only", "--daemon",
+                       "--config", "/dev/null"], mnt, env)
 
 
 @contextmanager

@@ -5,6 +5,7 @@ vanished source raises (EIO for the reader, one log line naming the URI); bytes
 other than the recorded ones are never returned."""
 from __future__ import annotations
 
+from ..errors import ArtifactfsError
 from ..manifest import CHUNK_SIZE, FileEntry
 from ..references import Source, open_source
 from .context import MountContext
@@ -30,7 +31,10 @@ class ReferenceReader(Handle):
         while off < end:
             index = off // CHUNK_SIZE
             if index != self._index:
-                self._data = await self.ctx.run(self.source.read, index * CHUNK_SIZE, CHUNK_SIZE)
+                try:
+                    self._data = await self.ctx.run(self.source.read, index * CHUNK_SIZE, CHUNK_SIZE)
+                except ArtifactfsError as e:  # name the file as well as the URI in the one log line
+                    raise type(e)(f"{self.where}: {e}") from None
                 self._index = index
             base = index * CHUNK_SIZE
             stop = min(end, base + len(self._data))
