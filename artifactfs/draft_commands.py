@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from .drafts.syncclient import request
 from .errors import ArtifactfsError
 from .mount.state import FSTYPE, mounts
 from .names import check_alias, check_name
@@ -61,7 +62,6 @@ def _metadata(pairs: tuple[str, ...]) -> dict:
 def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, ...],
              description: str | None, metadata: tuple[str, ...]) -> None:
     """Commit drafts as new versions; returns once they are durable in the store."""
-    from .mount.controlclient import request
     for a in aliases:
         check_alias(a)
     for t in tags:
@@ -88,6 +88,8 @@ def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, 
         for r in reply["results"]:
             if "line" in r:
                 click.echo(r["line"])
+                if r.get("note"):
+                    click.echo(f"note: {r['note']}", err=True)
             else:
                 failures += 1
                 click.echo(f"Error: {r['error']}", err=True)

@@ -129,7 +129,8 @@ class Registry(TreeIO):
                 raise StoreError(f"no artifactfs store at {self.store.url} "
                                  "(a command that writes, such as put, creates it)") from None
             name = os.path.basename(unquote(self.store.url).rstrip("/")) or "store"
-            self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name}).encode())
+            self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name,
+                                                         "id": uuid.uuid4().hex}).encode())
             marker = json.loads(self.store.get(MARKER))
         except (ValueError, OSError) as e:
             raise StoreError(f"{self.store.url} is not an artifactfs store ({e})") from None
@@ -138,6 +139,9 @@ class Registry(TreeIO):
         if marker.get("version") != STORE_FORMAT["version"]:
             raise StoreError(f"{self.store.url}: unsupported store format version {marker.get('version')}")
         self.entity = str(marker.get("name") or "store")
+        # What drafts belong to (docs/store-format.md 3.1): a store made again at the
+        # same URL is another store.  Stores made before the id existed go by URL.
+        self.identity = str(marker.get("id") or self.store.url)
 
     def _holds_other_things(self) -> bool:
         try:

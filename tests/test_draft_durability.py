@@ -107,7 +107,8 @@ def test_sigkill_during_writes_loses_nothing_closed(store, tmp_path):
         for i in range(closed + 1):
             assert open(os.path.join(d, f"f{i:05d}"), "rb").read() == bytes([i % 251]) * (1000 + i)
         logged = open(os.path.join(d, "log")).read().split()
-        assert logged == [str(i) for i in range(0, closed + 1, 7)][:len(logged)]
+        # the last one may be in even if its fsync failed as the daemon died: it was written
+        assert logged == [str(i) for i in range(0, closed + 2, 7)][:len(logged)]
         assert len(logged) >= closed // 7
         want = dir_files(m.p("ds", "draft"))
         assert cli("sync", m.p("ds"), env=env).stdout == "ds:v1\n"

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from artifactfs.mount.controlclient import request
+from artifactfs.drafts.syncclient import request
 from artifactfs.registry import Registry
 from draft_helpers import errno_of, write_files, dir_files, publish, version_files
 from mountutil import mounted, wait_for

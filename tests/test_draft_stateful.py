@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from artifactfs.draftcommit import commit_draft, fetch_from_store, open_draft
+from artifactfs.drafts import filedata
+from artifactfs.drafts.commit import commit_draft
 from artifactfs.registry import Registry
-from artifactfs.draftstate import drafts_dir
-from draft_helpers import errno_of, write_files, dir_files, publish, version_files
+from draft_helpers import Paths, dir_files, errno_of, open_test_draft, publish, version_files, write_files
 
 NAMES = st.sampled_from(["a", "b", "c"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
@@ -35,7 +35,7 @@ class DraftMachine(RuleBasedStateMachine):
         self.plain = os.path.join(self.tmp, "plain")
         write_files(self.plain, BASE)
         self.theirs: dict[str, bytes] = {}
-        self.draft = open_draft(self.reg, drafts_dir(self.reg.store.url, "proj"), "proj", "ds", fetch_from_store(self.reg))
+        self.draft = Paths(open_test_draft(self.reg))
 
     def teardown(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -50,17 +50,19 @@ class DraftMachine(RuleBasedStateMachine):
         return os.path.join(self.plain, path)
 
     def _draft_write(self, path: str, data: bytes, offset: int, trunc: bool) -> None:
-        node = self.draft.stat(path)
-        if node is None:
-            fd = self.draft.create(path, 0o644)
-        elif node.is_dir:
-            raise IsADirectoryError(21, "is a directory")
-        else:
-            fd = os.open(self.draft.copy_up(path, keep_data=not trunc), os.O_WRONLY | (os.O_TRUNC if trunc else 0))
+        """open(O_WRONLY | O_CREAT [| O_TRUNC]) and pwrite, on the engine."""
+        engine = self.draft.draft
+        head, _, name = path.rpartition("/")
+        d = self.draft._need(head)
         try:
-            os.pwrite(fd, data, offset)
-        finally:
-            os.close(fd)
+            ino = engine.lookup(d, name)
+        except FileNotFoundError:
+            ino = engine.make(d, name, stat.S_IFREG | 0o644, os.getuid(), os.getgid())
+        if ino.is_dir:
+            raise IsADirectoryError(21, "is a directory")
+        if trunc:
+            filedata.truncate(engine, ino, 0)
+        filedata.write(engine, ino, offset, data)
 
     @rule(path=PATHS, data=DATA, offset=st.sampled_from([0, 3, 7000]), trunc=st.booleans())
     def write(self, path, data, offset, trunc):
@@ -92,6 +94,10 @@ class DraftMachine(RuleBasedStateMachine):
     def rename(self, old, new):
         self.same(lambda: os.rename(self.p(old), self.p(new)), lambda: self.draft.rename(old, new))
 
+    @rule(old=PATHS, new=PATHS)
+    def link(self, old, new):
+        self.same(lambda: os.link(self.p(old), self.p(new)), lambda: self.draft.link(old, new))
+
     @rule(path=PATHS, exe=st.booleans())
     def chmod(self, path, exe):
         mode = 0o755 if exe else 0o644
@@ -112,7 +118,7 @@ class DraftMachine(RuleBasedStateMachine):
 
     @rule()
     def commit(self):
-        r = commit_draft(self.reg, self.draft)
+        r = commit_draft(self.reg, self.draft.draft)
         shutil.rmtree(os.path.join(self.plain, "zz"), ignore_errors=True)
         for path, data in self.theirs.items():  # what the other writer did is in the version now
             os.makedirs(os.path.join(self.plain, "zz"), exist_ok=True)
@@ -127,12 +133,13 @@ class DraftMachine(RuleBasedStateMachine):
         for dirpath, dirnames, filenames in os.walk(self.plain):
             rel = os.path.relpath(dirpath, self.plain)
             rel = "" if rel == "." else rel
-            listed = {n.path.rsplit("/", 1)[-1]: n for n in self.draft.listdir(rel)}
+            engine = self.draft.draft
+            listed = {name: filedata.attributes(engine, ino) for name, ino in engine.readdir(self.draft._need(rel))}
             assert sorted(listed) == sorted(dirnames + filenames)
             for fn in filenames:
                 st_ = os.lstat(os.path.join(dirpath, fn))
-                node = listed[fn]
-                assert (node.size, node.mode & 0o100) == (st_.st_size, stat.S_IMODE(st_.st_mode) & 0o100)
+                got = listed[fn]
+                assert (got.size, got.mode & 0o100, got.nlink) == (st_.st_size, st_.st_mode & 0o100, st_.st_nlink)
 
 
 DraftMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,

@@ -1,4 +1,4 @@
-"""Draft commit (draftcommit.py): only changed files hashed, moved folders grafted,
+"""Draft commit (drafts/commit.py): only changed files hashed, moved folders grafted,
 rebase onto a newer latest, conflicts refused with the draft untouched, and a
 committing process killed at random points never leaves a partial version."""
 from __future__ import annotations
@@ -15,18 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from artifactfs import transfer
-from artifactfs.draftadvance import reclaim
-from artifactfs.draftcommit import commit_draft, draft_changes, fetch_from_store, open_draft, scan
+from artifactfs.drafts.advance import reclaim
+from artifactfs.drafts.commit import commit_draft, draft_changes, scan
 from artifactfs.errors import ConflictError, InvalidNameError
 from artifactfs.manifest import DirEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry import Registry
-from artifactfs.draftstate import drafts_dir
-from artifactfs.staging import Draft
 from artifactfs.treedigest import TreeDigests
 from core_util import check_version_complete, synthetic_entry
-from draft_helpers import dir_files, publish, version_files
 from conftest import randbytes
+from draft_helpers import Paths, dir_files, open_test_draft, publish, version_files
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 1000, True), "b/c/d": b"bcd", "b/e": b"be", "top": b"t"}
 
 
@@ -41,25 +40,16 @@ def pub(tmp_path) -> str:
     return str(tmp_path / "pub")
 
 
-def draft_of(reg: Registry, name: str = "ds") -> Draft:
-    return open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", name, fetch_from_store(reg))
+def draft_of(reg: Registry, name: str = "ds") -> Paths:
+    return Paths(open_test_draft(reg, name))
 
 
-def makedirs(draft: Draft, path: str) -> None:
-    parts = path.split("/")
-    for i in range(1, len(parts) + 1):
-        if draft.stat("/".join(parts[:i])) is None:
-            draft.mkdir("/".join(parts[:i]), 0o755)
+def write(p: Paths, path: str, data: bytes, offset: int = 0) -> None:
+    p.write(path, data, offset)
 
 
-def write(draft: Draft, path: str, data: bytes, offset: int = 0) -> None:
-    if "/" in path:
-        makedirs(draft, path.rsplit("/", 1)[0])
-    fd = draft.create(path, 0o644) if draft.stat(path) is None else os.open(draft.copy_up(path), os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
+def changes_of(reg: Registry, p: Paths) -> dict:
+    return draft_changes(reg, p.draft)[0].changes
 
 
 def expected(base: dict, **changes) -> dict:
@@ -87,16 +77,16 @@ def test_apply_changes_grafts_a_subtree(reg, pub):
 
 def test_new_collection_first_commit(reg):
     d = draft_of(reg, "fresh")
-    assert d.state.base is None and d.is_clean()
+    assert d.draft.state.base is None and not d.draft.dirty
     write(d, "data/train.bin", b"123")
     d.mkdir("empty", 0o755)
-    os.close(d.create("run.sh", 0o755))
-    r = commit_draft(reg, d, aliases=["best"], tags=["t1"], description="first")
+    d.create("run.sh", 0o755)
+    r = commit_draft(reg, d.draft, aliases=["best"], tags=["t1"], description="first")
     assert r.line == "fresh:v0"
     info = reg.version("proj", "fresh", 0)
     assert (info.description, info.tags, sorted(info.aliases)) == ("first", ["t1"], ["best", "latest"])
     assert version_files(reg, "fresh", 0) == {"data/train.bin": (b"123", False), "run.sh": (b"", True)}
-    assert d.state.base == 0 and d.state.attrs == {}
+    assert d.draft.state.base == 0 and d.draft.state.attrs == {}
 
 
 def test_only_changed_files_are_hashed(reg, pub, monkeypatch):
@@ -106,43 +96,46 @@ def test_only_changed_files_are_hashed(reg, pub, monkeypatch):
     real_upload = transfer.upload_many
 
     def counting(registry, paths, progress=None):
-        hashed.extend(os.path.relpath(p, d.tree) for p in paths)
+        hashed.extend(os.path.basename(p) for p in paths)
         return real_upload(registry, paths, progress)
     monkeypatch.setattr(transfer, "upload_many", counting)
+
+    def ids(path: str) -> str:
+        return str(d.node(path).id)
     write(d, "a/x", b"AX")
     write(d, "new", b"n")
     d.chmod("top", 0o755)
     time.sleep(0.02)  # let the clock move past the files' ctime, so they can be recorded clean
-    r = commit_draft(reg, d)
-    assert sorted(hashed) == ["a/x", "new"] and r.line == "ds:v1"
+    r = commit_draft(reg, d.draft)
+    assert sorted(hashed) == sorted([ids("a/x"), ids("new")]) and r.line == "ds:v1"
     assert version_files(reg, "ds", 1) == expected(BASE, a__x=b"AX", new=b"n", top=(b"t", True))
     hashed.clear()
     write(d, "b/e", b"BE")
-    assert commit_draft(reg, d).line == "ds:v2"
-    assert hashed == ["b/e"], "files already committed and unchanged are not hashed again"
+    assert commit_draft(reg, d.draft).line == "ds:v2"
+    assert hashed == [ids("b/e")], "files already committed and unchanged are not hashed again"
     hashed.clear()
     write(d, "a/x", b"Ax")  # same size, new content: the stamp (ctime) tells
-    assert commit_draft(reg, d).line == "ds:v3"
-    assert hashed == ["a/x"] and version_files(reg, "ds", 3)["a/x"] == (b"Ax", False)
+    assert commit_draft(reg, d.draft).line == "ds:v3"
+    assert hashed == [ids("a/x")] and version_files(reg, "ds", 3)["a/x"] == (b"Ax", False)
 
 
 def test_unchanged_rule(reg, pub):
     publish(reg, pub, "ds", BASE)
     d = draft_of(reg)
-    assert commit_draft(reg, d).line == "ds:v0 (unchanged)"
+    assert commit_draft(reg, d.draft).line == "ds:v0 (unchanged)"
     write(d, "a/x", b"changed")
     write(d, "a/x", b"ax")
     d.truncate("a/x", 2)
     d.rename("b", "b2")
     d.rename("b2", "b")
-    assert scan(d)[1], "a/x is a real file now"
-    assert commit_draft(reg, d, aliases=["same"]).line == "ds:v0 (unchanged)"
+    assert scan(d.draft).staged, "a/x is staged now"
+    assert commit_draft(reg, d.draft, aliases=["same"]).line == "ds:v0 (unchanged)"
     assert "same" in reg.version("proj", "ds", 0).aliases
 
 
 def test_undone_changes_leave_a_clean_draft(reg, pub):
-    """chmod and back, a folder moved and back: nothing to commit, and the draft is
-    clean again (it then follows a newer latest by itself)."""
+    """chmod and back, a folder moved and back: nothing to commit, and after the
+    commit the draft is clean again (it then follows a newer latest by itself)."""
     publish(reg, pub, "ds", BASE)
     d = draft_of(reg)
     d.chmod("top", 0o755)
@@ -151,9 +144,13 @@ def test_undone_changes_leave_a_clean_draft(reg, pub):
     d.rename("b2", "b")
     d.chmod("a/y", 0o700)
     d.chmod("a/y", 0o755)
-    assert not d.is_clean()
-    assert commit_draft(reg, d).line == "ds:v0 (unchanged)"
-    assert d.is_clean()
+    assert d.draft.dirty
+    assert changes_of(reg, d) == {}
+    assert commit_draft(reg, d.draft).line == "ds:v0 (unchanged)"
+    assert not d.draft.dirty
+    publish(reg, pub, "ds", {"top": b"theirs"})
+    assert commit_draft(reg, d.draft).line == "ds:v1 (unchanged)"
+    assert d.read("top") == b"theirs", "a file with a row but untouched follows the new base"
 
 
 def test_moved_folder_is_a_graft(reg, pub):
@@ -161,10 +158,10 @@ def test_moved_folder_is_a_graft(reg, pub):
     d = draft_of(reg)
     d.mkdir("deep", 0o755)
     d.rename("b", "deep/b")
-    changes, _ = draft_changes(reg, d)
+    changes = changes_of(reg, d)
     b = reg.lookup(reg.version("proj", "ds", v0).root, "b")
     assert changes == {"b": None, "deep/b": DirEntry(b.tree, b.size, b.files)}
-    r = commit_draft(reg, d)
+    r = commit_draft(reg, d.draft)
     assert version_files(reg, "ds", r.version) == expected(BASE, b__c__d=None, b__e=None,
                                                            deep__b__c__d=b"bcd", deep__b__e=b"be")
     assert reg.lookup(reg.version("proj", "ds", r.version).root, "deep/b").tree == b.tree
@@ -176,15 +173,15 @@ def test_rebase_onto_a_newer_latest(reg, pub):
     write(d, "a/x", b"mine")
     d.unlink("b/e")
     publish(reg, pub, "ds", {"top": b"theirs", "b/c/new": b"n"})  # v1 by another writer
-    r = commit_draft(reg, d)
+    r = commit_draft(reg, d.draft)
     assert r.line == "ds:v2"
     want = expected(BASE, a__x=b"mine", b__e=None, top=b"theirs", b__c__new=b"n")
     assert version_files(reg, "ds", 2) == want
     assert reg.version("proj", "ds", 2).base == 1
     # the draft continues from v2: their files show through, nothing left to commit
-    assert d.state.base == 2 and d.stat("top").size == 6 and d.stat("b/c/new") is not None
-    assert draft_changes(reg, d)[0] == {}
-    assert commit_draft(reg, d).line == "ds:v2 (unchanged)"
+    assert d.draft.state.base == 2 and d.stat("top").size == 6 and d.stat("b/c/new") is not None
+    assert changes_of(reg, d) == {}
+    assert commit_draft(reg, d.draft).line == "ds:v2 (unchanged)"
 
 
 def test_conflict_names_paths_and_keeps_the_draft(reg, pub):
@@ -194,16 +191,16 @@ def test_conflict_names_paths_and_keeps_the_draft(reg, pub):
     d.unlink("b/c/d")
     d.rename("top", "top2")
     publish(reg, pub, "ds", {"a/x": b"theirs", "b/c/d": b"changed", "other": b"o"})
-    before = draft_changes(reg, d)[0]
+    before = changes_of(reg, d)
     with pytest.raises(ConflictError) as e:
-        commit_draft(reg, d)
+        commit_draft(reg, d.draft)
     assert "a/x" in str(e.value) and "b/c/d" in str(e.value) and "top" not in str(e.value)
-    assert draft_changes(reg, d)[0] == before and d.state.base == 0
+    assert changes_of(reg, d) == before and d.draft.state.base == 0
     assert reg.versions("proj", "ds") == [0, 1]
     # resolve: take their a/x, delete b/c/d anyway is still a conflict -> restore it as theirs
     write(d, "a/x", b"theirs")
     write(d, "b/c/d", b"changed")
-    r = commit_draft(reg, d)
+    r = commit_draft(reg, d.draft)
     assert version_files(reg, "ds", r.version) == expected(BASE, a__x=b"theirs", b__c__d=b"changed",
                                                            other=b"o", top=None, top2=b"t")
 
@@ -214,7 +211,7 @@ def test_same_change_on_both_sides_is_no_conflict(reg, pub):
     write(d, "a/x", b"same")
     d.unlink("top")
     publish(reg, pub, "ds", {"a/x": b"same", "top": None})
-    assert commit_draft(reg, d).line == "ds:v1 (unchanged)"
+    assert commit_draft(reg, d.draft).line == "ds:v1 (unchanged)"
 
 
 def test_file_against_folder_is_a_conflict(reg, pub):
@@ -223,38 +220,40 @@ def test_file_against_folder_is_a_conflict(reg, pub):
     write(d, "top2/inside", b"i")
     publish(reg, pub, "ds", {"top2": b"a file now"})
     with pytest.raises(ConflictError) as e:
-        commit_draft(reg, d)
+        commit_draft(reg, d.draft)
     assert "top2" in str(e.value)
 
 
 def test_pending_attributes_are_used_once(reg, pub):
     publish(reg, pub, "ds", BASE)
     d = draft_of(reg)
-    d.set_attr("description", "from xattr")
-    d.set_attr("metadata", {"lr": 0.1})
-    d.set_attr("aliases", ["cand"])
+    d.draft.set_pending("description", "from xattr")
+    d.draft.set_pending("metadata", {"lr": 0.1})
+    d.draft.set_pending("aliases", ["cand"])
     write(d, "n", b"n")
-    r = commit_draft(reg, d, metadata={"epoch": 3}, tags=["x"])
+    r = commit_draft(reg, d.draft, metadata={"epoch": 3}, tags=["x"])
     info = reg.version("proj", "ds", r.version)
     assert (info.description, info.metadata, info.tags) == ("from xattr", {"lr": 0.1, "epoch": 3}, ["x"])
-    assert "cand" in info.aliases and Draft(d.dir, reg, d.fetch).state.attrs == {}
+    d.draft.close()
+    assert "cand" in info.aliases and open_test_draft(reg).state.attrs == {}
 
 
 CHILD = r"""
 import sys
 from artifactfs.registry import Registry
-from artifactfs.draftcommit import open_draft, commit_draft, fetch_from_store
-from artifactfs.draftstate import drafts_dir
+from artifactfs.drafts.commit import commit_draft
+sys.path.insert(0, sys.argv[2])
+from draft_helpers import Paths, open_test_draft
 reg = Registry.open(sys.argv[1])
-d = open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "ds", fetch_from_store(reg))
+d = Paths(open_test_draft(reg))
 print("ready", flush=True)
-print(commit_draft(reg, d).line, flush=True)
+print(commit_draft(reg, d.draft).line, flush=True)
 """
 
 
 def _child(store: str, state: str) -> subprocess.Popen:
     env = {**os.environ, "XDG_STATE_HOME": state}
-    p = subprocess.Popen([sys.executable, "-c", CHILD, store], env=env, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", CHILD, store, TESTS], env=env, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     return p
 
@@ -316,8 +315,7 @@ def test_killed_commit_leaves_no_partial_version(tmp_path, monkeypatch):
             assert version_files(reg, "ds", 1) == want
         outcomes["complete" if versions == [0, 1] else "none"] += 1
         d = draft_of(reg)
-        d.recover()
-        r = commit_draft(reg, d)
+        r = commit_draft(reg, d.draft)
         assert r.version == 1 and r.created == (versions == [0])
         assert version_files(reg, "ds", 1) == want
     assert outcomes["none"] and outcomes["complete"], outcomes
@@ -328,26 +326,23 @@ import os
 import sys
 from artifactfs import transfer
 from artifactfs.registry import Registry
-from artifactfs.draftcommit import open_draft, commit_draft, fetch_from_store
-from artifactfs.draftstate import drafts_dir
+from artifactfs.drafts.commit import commit_draft
 from artifactfs.errors import ConflictError
+sys.path.insert(0, sys.argv[4])
+from draft_helpers import Paths, open_test_draft
 reg = Registry.open(sys.argv[1])
 me, rounds = sys.argv[2], int(sys.argv[3])
-d = open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "ds", fetch_from_store(reg))
+d = p = Paths(open_test_draft(reg))
 
 def put(path, data):
-    if "/" in path and d.stat(path.split("/")[0]) is None:
-        d.mkdir(path.split("/")[0], 0o755)
-    fd = d.create(path, 0o644) if d.stat(path) is None else os.open(d.copy_up(path), os.O_WRONLY | os.O_TRUNC)
-    with open(fd, "wb") as f:
-        f.write(data)
+    p.write(path, data, trunc=True)
 
 for i in range(rounds):
     put(f"{me}/{i}", f"{me} {i}".encode())
     put("shared", f"{me} {i}".encode())
     for attempt in range(50):
         try:
-            print(commit_draft(reg, d).line, flush=True)
+            print(commit_draft(reg, d.draft).line, flush=True)
             break
         except ConflictError as e:
             print("CONFLICT", e, flush=True)
@@ -364,7 +359,7 @@ def test_two_processes_commit_concurrently(tmp_path):
     reg = Registry.open(store, create=True)
     publish(reg, str(tmp_path / "pub"), "ds", {"seed": b"s"})
     rounds = 6
-    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, store, who, str(rounds)],
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, store, who, str(rounds), TESTS],
                               env={**os.environ, "XDG_STATE_HOME": str(tmp_path / f"state-{who}")},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for who in ("p", "q")]
@@ -395,46 +390,28 @@ def test_tree_digest_equals_the_wandb_artifact_digest(tmp_path_factory, paths):
     assert TreeDigests(reg).digest(root.tree) == artifact_digest(walk(reg, root.tree))
 
 
-def _real_files(draft: Draft) -> list[str]:
-    """Regular files of the user's (not stand-ins) on disk in the staging tree."""
-    out = []
-    for dirpath, _, names in os.walk(draft.tree):
-        for n in names:
-            st = os.lstat(os.path.join(dirpath, n))
-            if "\\" not in n and not st.st_mode & 0o1000:
-                out.append(os.path.relpath(os.path.join(dirpath, n), draft.tree))
-    return sorted(out)
-
-
 def test_committed_files_give_their_staging_space_back(reg, pub):
-    """After a commit, written files are the new base's (nothing on disk), except
-    open ones and ones whose mode a version cannot hold; the content is unchanged."""
+    """After a commit, written files are the new base's (no data file left), also
+    open ones and ones whose mode a version cannot hold (the inode keeps its mode);
+    the content is unchanged."""
     publish(reg, pub, "ds", BASE)
     d = draft_of(reg)
     write(d, "new/deep/f", b"fresh" * 1000)
     write(d, "a/x", b"changed")
-    write(d, "open", b"still open")
     write(d, "private", b"p")
-    os.chmod(d.disk("private"), 0o600)
-    busy = frozenset({os.lstat(d.disk("open")).st_ino})
-
-    assert commit_draft(reg, d).line == "ds:v1"
-    assert "new/deep/f" in _real_files(d), "the commit itself leaves them"
-    reclaim(d, busy)
-    assert _real_files(d) == ["open", "private"]
-    assert d.stat("new/deep/f").entry is not None and d.stat("new/deep/f").size == 5000
+    d.chmod("private", 0o600)
+    held = d.node("new/deep/f")
+    assert commit_draft(reg, d.draft).line == "ds:v1"
+    assert reclaim(d.draft) == 3 and d.staged() == []
+    assert d.node("new/deep/f") is held and not held.staged and d.stat("new/deep/f").size == 5000
+    assert d.read("new/deep/f") == b"fresh" * 1000 and d.stat("private").mode & 0o777 == 0o600
     assert version_files(reg, "ds", 1) == expected(BASE, new__deep__f=b"fresh" * 1000, a__x=b"changed",
-                                                   open=b"still open", private=b"p")
-    os.unlink(d.disk("open"))
-    os.unlink(d.disk("private"))
-    write(d, "open", b"still open")
-    os.chmod(d.disk("open"), 0o644)
-    write(d, "private", b"p")
-    assert commit_draft(reg, d).line == "ds:v1 (unchanged)"
-    reclaim(d)
-    assert _real_files(d) == [] and d.is_clean(), "a committed draft is clean again"
+                                                   private=b"p")
+    assert commit_draft(reg, d.draft).line == "ds:v1 (unchanged)"
+    assert not d.draft.dirty, "a committed draft is clean again"
     write(d, "new/deep/f", b"more", 5000)          # copy-up from the base works as before
-    assert commit_draft(reg, d).line == "ds:v2"
+    assert d.node("new/deep/f") is held and held.staged
+    assert commit_draft(reg, d.draft).line == "ds:v2"
     assert version_files(reg, "ds", 2)["new/deep/f"] == (b"fresh" * 1000 + b"more", False)
 
 
@@ -442,7 +419,7 @@ def test_a_new_collections_draft_is_clean_after_its_first_commit(reg):
     d = draft_of(reg, "fresh")
     write(d, "x/y", b"y")
     write(d, "z", b"z")
-    assert commit_draft(reg, d).line == "fresh:v0"
-    reclaim(d)
-    assert _real_files(d) == [] and d.is_clean()
-    assert sorted(n.path for n in d.listdir("")) == ["x", "z"]
+    assert commit_draft(reg, d.draft).line == "fresh:v0"
+    reclaim(d.draft)
+    assert d.staged() == [] and not d.draft.dirty
+    assert d.listdir("") == ["x", "z"]

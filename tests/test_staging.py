@@ -1,5 +1,6 @@
-"""The on-disk draft (staging.py): copy on write from the base, stand-ins on disk,
-every operation a syscall on a real tree, errors that leave the draft as it was."""
+"""The draft engine (artifactfs/drafts): inodes and directory entries in meta.db,
+copy on write from the base, data files by inode, identity kept through every
+change, errors that leave the draft as it was."""
 from __future__ import annotations
 
 import errno
@@ -9,15 +10,14 @@ import subprocess
 
 import pytest
 
-from artifactfs.draftcommit import fetch_from_store, open_draft
-from artifactfs.errors import InvalidNameError
+from artifactfs.drafts import filedata
+from artifactfs.drafts.engine import ROOT
+from artifactfs.drafts.lifecycle import base_gone, open_draft, put_aside
+from artifactfs.drafts.slots import SET_ASIDE, claim_drafts_dir, drafts_dir
+from artifactfs.paths import state_dir
 from artifactfs.registry import Registry
-from artifactfs.draftstate import TMP, claim_drafts_dir, drafts_dir
-from artifactfs.mount.state import state_dir
-from artifactfs.staging import Draft
-from artifactfs.standins import LAZY, WHITEOUT, is_placeholder, lazy_of
 from conftest import randbytes, skip_or_fail
-from draft_helpers import publish
+from draft_helpers import Paths, open_test_draft, publish
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 1000, True), "b/c/d": b"bcd", "top": b"t"}
 
@@ -34,14 +34,14 @@ def reg(tmp_path, state) -> Registry:
 
 
 @pytest.fixture
-def draft(reg, tmp_path) -> Draft:
+def draft(reg, tmp_path) -> Paths:
     publish(reg, str(tmp_path / "pub"), "ds", BASE)
-    return open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "ds", fetch_from_store(reg))
+    return Paths(open_test_draft(reg))
 
 
-def read(draft: Draft, path: str) -> bytes:
-    with open(draft.disk(path), "rb") as f:
-        return f.read()
+def rows(p: Paths) -> int:
+    with p.draft.db.lock:
+        return p.draft.db._db.execute("SELECT count(*) FROM inodes").fetchone()[0]
 
 
 def test_state_dir_is_private(state):
@@ -50,26 +50,23 @@ def test_state_dir_is_private(state):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
 
 
-def test_fresh_draft_is_one_lazy_root(draft):
-    assert os.listdir(draft.tree) == [LAZY]
-    assert [n.path for n in draft.listdir("")] == ["a", "b", "top"]
+def test_fresh_draft_is_one_root_row(draft):
+    assert rows(draft) == 1 and draft.staged() == []
+    assert draft.listdir("") == ["a", "b", "top"]
     y = draft.stat("a/y")
-    assert (y.size, y.mode, y.disk, y.entry.executable) == (2000, 0o755, None, True)
-    assert draft.stat("b/c").is_dir and draft.stat("b/c/d").size == 3
+    assert (y.size, y.mode, y.nlink) == (2000, stat.S_IFREG | 0o755, 1)
+    assert draft.stat("b").nlink == 3 and draft.stat("").nlink == 4, "2 + sub-folders, as on ext4"
     assert draft.stat("nope") is None and draft.stat("top/under") is None
-    assert draft.is_clean()
-    assert stat.S_IMODE(os.stat(draft.dir).st_mode) == 0o700
+    assert not draft.draft.dirty
+    assert stat.S_IMODE(os.stat(draft.draft.dir).st_mode) == 0o700
 
 
-def test_a_change_puts_only_its_path_on_disk(draft):
-    os.close(draft.create("b/c/new", 0o644))
-    assert sorted(os.listdir(draft.tree)) == [LAZY, "b"], "siblings stay in the base"
-    assert sorted(os.listdir(draft.disk("b"))) == [LAZY, "c"]
-    assert sorted(os.listdir(draft.disk("b/c"))) == [LAZY, "new"]
-    assert [n.path for n in draft.listdir("b/c")] == ["b/c/d", "b/c/new"]
-    assert [n.path for n in draft.listdir("")] == ["a", "b", "top"]
-    assert draft.stat("top").disk is None and draft.stat("b/c/d").entry.size == 3
-    assert not draft.is_clean()
+def test_a_change_materializes_only_its_path(draft):
+    draft.create("b/c/new")
+    assert rows(draft) == 4, "root, b, c and the new file: siblings stay in the base"
+    assert draft.listdir("b/c") == ["d", "new"] and draft.listdir("") == ["a", "b", "top"]
+    assert draft.node("top").id == 0 and draft.stat("b/c/d").size == 3
+    assert draft.draft.dirty
 
 
 def test_deleting_base_entries_writes_whiteouts(draft):
@@ -77,97 +74,119 @@ def test_deleting_base_entries_writes_whiteouts(draft):
     draft.rmdir("b/c")
     assert draft.listdir("b") == []
     draft.rmdir("b")
-    assert [n.path for n in draft.listdir("")] == ["a", "top"]
-    assert draft.stat("b") is None and draft.stat("b/c/d") is None
-    assert len([n for n in os.listdir(draft.tree) if n.startswith(WHITEOUT)]) == 1
-    os.close(draft.create("b", 0o644))  # the name is free again
-    assert draft.stat("b").size == 0
+    assert draft.listdir("") == ["a", "top"]
+    assert draft.stat("").nlink == 3
 
 
 def test_copy_up_reads_base_once_and_o_trunc_fetches_nothing(draft):
-    disk = draft.copy_up("a/y")
-    assert read(draft, "a/y") == b"ay" * 1000
-    st = os.lstat(disk)
-    assert not is_placeholder(st) and stat.S_IMODE(st.st_mode) == 0o755
-    assert draft.stat("a/y").entry is None  # a real file now
-    assert draft.copy_up("a/y") == disk  # already real: nothing happens
+    fetched = []
+    real = draft.draft.fetch
+    draft.draft.fetch = lambda entry, fd: (fetched.append(entry.size), real(entry, fd))
+    y = draft.node("a/y")
+    draft.write("a/y", b"AY")
+    assert draft.read("a/y") == b"AY" + b"ay" * 999 and fetched == [2000]
+    assert y.staged and draft.stat("a/y").mode & 0o777 == 0o755
     draft.truncate("a/x", 0)
-    assert read(draft, "a/x") == b"" and not is_placeholder(os.lstat(draft.disk("a/x")))
+    assert draft.read("a/x") == b"" and fetched == [2000]
     draft.truncate("b/c/d", 2)
-    assert read(draft, "b/c/d") == b"bc"
+    assert draft.read("b/c/d") == b"bc"
 
 
-def test_chmod_of_placeholder_keeps_it_a_placeholder(draft):
-    draft.chmod("top", 0o4755)  # setuid is not part of a version and is dropped
-    st = os.lstat(draft.disk("top"))
-    assert is_placeholder(st) and stat.S_IMODE(st.st_mode) & 0o7777 == 0o1755
-    node = draft.stat("top")
-    assert node.mode == 0o755 and node.entry.executable and node.size == 1
+def test_chmod_of_a_base_file_fetches_nothing(draft):
+    draft.chmod("top", 0o4750)
+    got = draft.stat("top")
+    assert got.mode == stat.S_IFREG | 0o4750 and got.size == 1 and draft.staged() == []
 
 
-def test_rename_of_lazy_folder_keeps_it_lazy(draft):
+def test_rename_of_a_base_folder_moves_it_whole(draft):
     draft.rename("b", "a/moved")
-    assert lazy_of(draft.disk("a/moved")) is not None
+    moved = draft.node("a/moved")
+    assert moved.tree is not None and rows(draft) == 3
     assert draft.stat("a/moved/c/d").size == 3 and draft.stat("b") is None
 
 
-def test_rename_over_file_and_noreplace(draft):
+def test_rename_over_file_noreplace_exchange(draft):
+    x = draft.node("top")
     draft.rename("top", "a/x")
-    assert draft.stat("a/x").size == 1 and draft.stat("top") is None
+    assert draft.node("a/x") is x and draft.stat("top") is None
     with pytest.raises(FileExistsError):
         draft.rename("a/x", "a/y", noreplace=True)
     with pytest.raises(OSError) as e:
-        draft.rename("a", "b")  # over a non-empty (lazy) folder
+        draft.rename("a", "b")  # over a non-empty (base) folder
     assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as e:
+        draft.rename("b", "b/c/inside")
+    assert e.value.errno == errno.EINVAL
+    a, b = draft.node("a"), draft.node("b")
+    draft.draft.rename(draft.draft.root, "a", draft.draft.root, "b", exchange=True)
+    assert draft.node("a") is b and draft.node("b") is a
 
 
 def test_rmdir_and_unlink(draft):
     with pytest.raises(OSError) as e:
         draft.rmdir("b")
     assert e.value.errno == errno.ENOTEMPTY
-    draft.unlink("b/c/d")
-    draft.rmdir("b/c")
-    draft.rmdir("b")
-    assert [n.path for n in draft.listdir("")] == ["a", "top"]
     with pytest.raises(IsADirectoryError):
         draft.unlink("a")
     with pytest.raises(FileNotFoundError):
         draft.unlink("a/none")
-    with pytest.raises(PermissionError):
-        draft.rmdir("")
+    with pytest.raises(NotADirectoryError):
+        draft.rmdir("top")
 
 
-@pytest.mark.parametrize("name", ["back\\slash", "..", "x" * 256])
-def test_names_invalid_in_an_artifact_are_refused(draft, name):
-    for op in (lambda: os.close(draft.create(name, 0o644)), lambda: draft.mkdir(name, 0o755),
-               lambda: draft.rename("top", name)):
-        with pytest.raises(InvalidNameError):
+@pytest.mark.parametrize("name, code", [("x" * 256, errno.ENAMETOOLONG), ("bad\udce9", errno.EINVAL),
+                                        ("..", errno.EINVAL)])
+def test_names_refused(draft, name, code):
+    for op in (lambda: draft.create(name), lambda: draft.mkdir(name), lambda: draft.rename("top", name)):
+        with pytest.raises(OSError) as e:
             op()
-    assert draft.stat("top") is not None
+        assert e.value.errno == code
+    assert draft.stat("top") is not None and rows(draft) == 1
 
 
-def test_internal_names_are_invisible(draft):
-    os.close(draft.create("a/new", 0o644))
-    with open(os.path.join(draft.disk("a"), TMP + "leftover"), "w"):
-        pass
-    assert [n.path for n in draft.listdir("a")] == ["a/new", "a/x", "a/y"]
-    assert draft.stat("a/" + TMP + "leftover") is None and draft.stat(LAZY) is None
-    with pytest.raises(FileNotFoundError):
-        draft.unlink("a/" + TMP + "leftover")
-    draft.recover()
-    assert not [n for n in os.listdir(draft.disk("a")) if n.startswith(TMP)]
+def test_any_utf8_name_up_to_255_bytes(draft):
+    for name in ("back\\slash", "é" * 127, "x" * 255, " lead", "new\nline"):
+        draft.write(name, name.encode())
+        assert draft.read(name) == name.encode()
 
 
-def test_failed_copy_up_leaves_the_placeholder(reg, draft):
+def test_identity_through_unlink_rename_and_copy_up(draft):
+    """An inode keeps its bytes whatever happens to its names (input 2 of issue 7)."""
+    f = draft.create("x")
+    draft.unlink("x")
+    filedata.write(draft.draft, f, 0, b"hello")
+    assert filedata.read(draft.draft, f, 0, 100) == b"hello" and filedata.attributes(draft.draft, f).size == 5
+    assert f.nlink == 0 and draft.stat("x") is None
+    base = draft.node("top")
+    draft.write("other", b"new")
+    draft.rename("other", "top")                 # replaced: the old inode still shows the base bytes
+    assert base.nlink == 0 and base.base is not None and draft.read("top") == b"new"
+    draft.draft.forget(f)
+    assert str(f.id) not in draft.staged(), "an unlinked inode goes when forgotten"
+
+
+def test_hard_links_share_one_inode(draft):
+    draft.link("top", "a/again")
+    t = draft.node("top")
+    assert draft.node("a/again") is t and draft.stat("top").nlink == 2
+    draft.write("a/again", b"T")
+    assert draft.read("top") == b"T"
+    draft.unlink("top")
+    assert draft.stat("a/again").nlink == 1 and draft.read("a/again") == b"T"
+    with pytest.raises(PermissionError):
+        draft.link("a", "a2")
+
+
+def test_failed_copy_up_leaves_the_base(reg, draft):
     def failing(entry, fd):
         os.write(fd, b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
-    draft.fetch = failing
+    draft.draft.fetch = failing
     with pytest.raises(OSError) as e:
-        draft.copy_up("a/x")
+        draft.write("a/x", b"!")
     assert e.value.errno == errno.ENOSPC
-    assert is_placeholder(os.lstat(draft.disk("a/x"))) and draft.stat("a/x").entry.size == 2
-    assert sorted(os.listdir(draft.disk("a"))) == [LAZY, "x"], "no temporary left"
+    x = draft.node("a/x")
+    assert not x.staged and x.base.size == 2 and draft.staged() == [], "no temporary left"
 
 
 def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg):
@@ -179,49 +198,69 @@ def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg)
     try:
         monkeypatch.setenv("XDG_STATE_HOME", str(small))
         publish(reg, str(tmp_path / "pub"), "big", {"f": randbytes(700_000)})
-        d = open_draft(reg, drafts_dir(reg.store.url, "proj"), "proj", "big", fetch_from_store(reg))
-        with open(d.create("kept", 0o644), "wb") as f:
-            f.write(b"k" * 100_000)
+        d = Paths(open_test_draft(reg, "big"))
+        d.write("kept", b"k" * 100_000)
         with pytest.raises(OSError) as e:
-            with open(d.create("huge", 0o644), "wb") as f:
-                f.write(b"h" * 2_000_000)
+            d.write("huge", b"h" * 2_000_000)
         assert e.value.errno == errno.ENOSPC
         with pytest.raises(OSError) as e:
-            d.copy_up("f")  # 700 kB no longer fits
+            d.write("f", b"!")  # 700 kB no longer fits
         assert e.value.errno == errno.ENOSPC
-        assert d.stat("f").entry.size == 700_000, "still the base file"
-        assert not [n for n in os.listdir(d.tree) if n.startswith(TMP)]
-        assert read(d, "kept") == b"k" * 100_000
+        assert d.stat("f").size == 700_000 and not d.node("f").staged, "still the base file"
+        assert d.read("kept") == b"k" * 100_000
     finally:
         subprocess.run(["umount", "-l", str(small)])
 
 
-def test_interrupted_advance_is_finished_on_load(reg, draft, tmp_path):
-    v1 = publish(reg, str(tmp_path / "pub"), "ds", {"top": b"new top", "a/x": None})
-    info = reg.version("proj", "ds", v1)
-    os.close(draft.create("b/mine", 0o644))
-    # journal the advance as a killed process would have left it, with nothing moved yet
-    draft.state.advancing = {"version": v1, "root": info.root, "mtime_ns": 1, "clean": {}}
-    draft.save_state()
-    again = Draft(draft.dir, reg, draft.fetch)
-    assert again.state.base == v1 and again.state.advancing is None
-    assert again.stat("top").size == 7
-    assert again.stat("a/x") is None and again.stat("b/mine") is not None
+def test_recover_removes_orphans_and_stray_data(draft):
+    f = draft.create("gone")
+    draft.unlink("gone")
+    open(os.path.join(draft.draft.data, "999.tmp"), "wb").close()
+    draft.draft.close()
+    again = Paths(open_test_draft(draft.draft.io))
+    assert again.staged() == [] and again.stat("gone") is None
+    assert again.draft.db.row(f.id) is None and again.draft.db.row(ROOT) is not None
 
 
 def test_each_live_process_gets_its_own_drafts_slot(reg):
     """Two mounts of one store and project never share a draft; a dead one's slot is taken over."""
-    first, fd = claim_drafts_dir(reg.store.url, "proj")
-    second, fd2 = claim_drafts_dir(reg.store.url, "proj")
+    first, fd = claim_drafts_dir(reg.identity, reg.store.url, "proj")
+    second, fd2 = claim_drafts_dir(reg.identity, reg.store.url, "proj")
     assert first != second and os.path.basename(first) == "0"
     os.close(fd)  # the first process died: its flock is gone
-    again, fd3 = claim_drafts_dir(reg.store.url, "proj")
+    again, fd3 = claim_drafts_dir(reg.identity, reg.store.url, "proj")
     assert again == first
     os.makedirs(os.path.join(second, "orphan"))
-    open(os.path.join(second, "orphan", "draft.json"), "w").close()
+    open(os.path.join(second, "orphan", "meta.db"), "w").close()
     os.close(fd2)  # the second died too, leaving a draft behind
     os.close(fd3)
-    taken, fd4 = claim_drafts_dir(reg.store.url, "proj")
-    assert taken == first and os.path.exists(os.path.join(first, "orphan", "draft.json")), \
+    taken, fd4 = claim_drafts_dir(reg.identity, reg.store.url, "proj")
+    assert taken == first and os.path.exists(os.path.join(first, "orphan", "meta.db")), \
         "a dead mount's drafts are taken over by the next one"
     os.close(fd4)
+
+
+def test_a_store_made_again_is_another_store(tmp_path, state):
+    """Drafts belong to the store's identity (the id in its marker), not its URL."""
+    url = str(tmp_path / "again")
+    first = Registry.open(url, create=True)
+    subprocess.run(["rm", "-rf", url], check=True)
+    second = Registry.open(url, create=True)
+    assert first.identity != second.identity and first.store.url == second.store.url
+    assert drafts_dir(first.identity, url, "p") != drafts_dir(second.identity, url, "p")
+
+
+def test_a_draft_whose_base_is_gone_is_set_aside_with_its_files(reg, draft, tmp_path):
+    draft.write("mine/kept", b"kept bytes")
+    draft.symlink("mine/kept", "link")
+    assert not base_gone(reg, draft.draft)
+    where = os.path.dirname(draft.draft.dir)
+    subprocess.run(["rm", "-rf", str(tmp_path / "store" / "projects")], check=True)
+    assert base_gone(reg, draft.draft)
+    draft.draft.close()
+    moved = put_aside(draft.draft.dir, "test")
+    assert os.path.dirname(moved) == os.path.join(os.path.dirname(where), SET_ASIDE)
+    assert open(os.path.join(moved, "files", "mine", "kept"), "rb").read() == b"kept bytes"
+    assert os.readlink(os.path.join(moved, "files", "link")) == "mine/kept"
+    fresh = open_draft(reg, where, "proj", "ds", draft.draft.fetch, draft.draft.owner, "dataset", None)
+    assert fresh.readdir(fresh.root) == [] and not fresh.dirty

@@ -7,4 +7,4 @@ files read ahead, stored into the kernel page cache), xattrs, ops (the thin
 pyfuse3.Operations), context (what nodes share), options (MountOptions),
 daemon (process life), state (state dir, mount table, sd_notify), commands (click
 commands), fstab (the mount.artifactfs helper).  Drafts (issue 4): draftroot,
-draftnodes, livedraft, control (and controlclient, its trio-free client)."""
+draftnodes, livedraft, control (its client is artifactfs.drafts.syncclient)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextvars import ContextVar
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,6 +18,13 @@ from .reader import ChunkReader
 
 T = TypeVar("T")
 THREADS = 16
+CALLER: ContextVar[tuple[int, int]] = ContextVar("CALLER")
+
+
+def caller() -> tuple[int, int]:
+    """(uid, gid) of the process whose request is being served (ops.py sets it;
+    a trio task per request keeps it apart from others); ours outside requests."""
+    return CALLER.get((os.getuid(), os.getgid()))
 
 
 @dataclass

@@ -21,8 +21,8 @@ import trio
 import xxhash
 
 from ..errors import ArtifactfsError, NotFoundError
-from .controlclient import sockaddr
-from .state import state_dir
+from ..drafts.syncclient import sockaddr
+from ..paths import state_dir
 
 if TYPE_CHECKING:
     from .livedraft import Drafts, LiveDraft
@@ -96,12 +96,13 @@ class ControlServer:
                  "description": req.get("description"), "metadata": dict(req.get("metadata") or {})}
         names = req.get("collections")
         if names is None:
-            names = [n for n, live in sorted(self.drafts.live.items()) if await live.dirty()]
+            names = [n for n, live in sorted(self.drafts.live.items()) if live.dirty()]
         results = []
         for name in names:
             try:
                 live = await self._existing(name)
-                results.append({"collection": name, "line": (await live.commit(**attrs)).line})
+                result = await live.commit(**attrs)
+                results.append({"collection": name, "line": result.line, "note": result.note})
             except ArtifactfsError as e:  # a conflict, an unreachable store ...
                 text = str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}"
                 log.error("sync of %s failed: %s", name, e)

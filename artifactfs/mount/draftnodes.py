@@ -1,28 +1,30 @@
-"""`<collection>/draft/`: the writable folder of a collection, one DraftNode per
-path, each request turned into the matching staging.Draft operation.
+"""`<collection>/draft/`: the writable folder of a collection.  One DraftNode per
+inode of the draft engine (artifactfs.drafts), each request turned into the
+matching engine call in a worker thread, its OSError errno passed back.
 
-A file not yet modified is read from the base version through the shared cache
-(BaseFileHandle); opening it for writing copies it up first (or just empties it
-for O_TRUNC), after which reads and writes go to the staging file.  What a
-version cannot hold is refused: hard links, symlinks, devices and fifos with
-EPERM, names invalid in an artifact with EINVAL."""
+Nodes are keyed by the engine inode's token, so the kernel's inode is the
+draft's inode: whatever happens to its names, an inode the kernel holds reads
+and writes the same file.  Nothing lives in open file handles: reads, writes,
+fsync and truncation go by inode, so they work when the kernel sends no
+open/release, and an unlinked inode lives until the kernel forgets it."""
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pyfuse3
 
+from ..drafts import filedata
+from ..drafts.engine import Draft
+from ..drafts.inode import Attr, Inode
 from ..errors import InvalidNameError
 from ..names import check_alias, check_name, check_type
-from ..staging import Draft
-from ..staging import Node as Info
-from ..standins import join
+from .context import caller
 from .inodes import SHORT_TIMEOUT, Handle, Node, fuse_error
 from .reader import FileReader
 from .refreader import ReferenceReader
@@ -32,41 +34,9 @@ if TYPE_CHECKING:
     from .context import MountContext
     from .livedraft import LiveDraft
 
+log = logging.getLogger("artifactfs.mount")
 PENDING_ATTRS = ("description", "metadata", "aliases", "tags")
 WRITE_BLOCK = 1024 * 1024
-
-
-def _open_writable(draft: Draft, path: str, truncate: bool) -> int:
-    """Copy-up (nothing is fetched when the file is to be emptied anyway) and open."""
-    fd = os.open(draft.copy_up(path, keep_data=not truncate), os.O_RDWR | os.O_CLOEXEC)
-    if truncate:
-        os.ftruncate(fd, 0)
-    return fd
-
-
-def _open_readable(draft: Draft, path: str) -> tuple[Info, int | None]:
-    """The node, and a descriptor if its bytes are on local disk already."""
-    info = draft.stat(path)
-    if info is None:
-        raise FileNotFoundError(errno.ENOENT, "no such file", path)
-    if info.entry is not None:
-        return info, None
-    return info, os.open(info.disk, os.O_RDONLY | os.O_CLOEXEC)
-
-
-def _create(draft: Draft, path: str, mode: int) -> tuple[int, Info]:
-    """A new file, open, and its node: one trip to a worker thread."""
-    fd = draft.create(path, mode)
-    info = draft.stat(path)
-    assert info is not None
-    return fd, info
-
-
-def _mkdir(draft: Draft, path: str, mode: int) -> Info:
-    draft.mkdir(path, mode)
-    info = draft.stat(path)
-    assert info is not None
-    return info
 
 
 def _parse_attr(key: str, value: bytes) -> object:
@@ -88,212 +58,200 @@ def _parse_attr(key: str, value: bytes) -> object:
     return text
 
 
-class DraftFileHandle(Handle):
-    """An open staging file: reads and writes are pread/pwrite in a worker thread."""
-
-    def __init__(self, live: "LiveDraft", fd: int):
-        self.live = live
-        self.fd = fd
-        live.open_fds.add(fd)
-
-    async def read(self, off: int, size: int) -> bytes:
-        return await self.live.read(os.pread, self.fd, size, off)
-
-    async def write(self, off: int, buf: bytes) -> int:
-        return await self.live.write(self.fd, buf, off)
-
-    async def fsync(self, datasync: bool) -> None:
-        await self.live.read(os.fdatasync if datasync else os.fsync, self.fd)
-
-    async def release(self) -> None:
-        self.live.open_fds.discard(self.fd)
-        await self.live.read(os.close, self.fd)
+def _valid(name: str) -> str:
+    """A new name must be UTF-8 (names are text in a version): EINVAL and one log line."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        log.warning("refused the name %r in a draft: not valid UTF-8", name)
+        raise fuse_error(errno.EINVAL) from None
+    return name
 
 
-class BaseFileHandle(Handle):
-    """A file of the base version opened for reading: served from the cache until
-    someone copies it up, then from the staging file."""
+def _with_attr(draft: Draft, ino: Inode) -> tuple[Inode, Attr]:
+    return ino, filedata.attributes(draft, ino)
+
+
+def _lookup(draft: Draft, d: Inode, name: str) -> tuple[Inode, Attr]:
+    return _with_attr(draft, draft.lookup(d, name))
+
+
+def _listing(draft: Draft, d: Inode) -> list[tuple[str, Inode, Attr]]:
+    return [(name, ino, filedata.attributes(draft, ino)) for name, ino in draft.readdir(d)]
+
+
+def _make(draft: Draft, d: Inode, name: str, mode: int, rdev: int, target: str | None) -> tuple[Inode, Attr]:
+    uid, gid = caller()
+    return _with_attr(draft, draft.make(d, name, mode, uid, gid, rdev, target))
+
+
+def _setattr(draft: Draft, ino: Inode, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> Attr:
+    if fields.update_size:
+        filedata.truncate(draft, ino, attr.st_size)
+    atime = attr.st_atime_ns if fields.update_atime else None
+    mtime = attr.st_mtime_ns if fields.update_mtime else None
+    if ino.staged and (atime is not None or mtime is not None):
+        filedata.set_times(draft, ino, atime, mtime)
+        atime = mtime = None
+    draft.set_attrs(ino, mode=attr.st_mode if fields.update_mode else None,
+                    uid=attr.st_uid if fields.update_uid else None, gid=attr.st_gid if fields.update_gid else None,
+                    atime=atime, mtime=mtime)
+    return filedata.attributes(draft, ino)
+
+
+class DraftHandle(Handle):
+    """An open draft file: everything goes to its inode (no state of its own)."""
 
     def __init__(self, node: "DraftNode"):
-        assert node.info.entry is not None
         self.node = node
-        self.base = FileReader(node.ctx.reader, node.info.entry, f"{node.live.name}/draft/{node.path}")
-        self.fd: int | None = None
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
-        info = self.node.info
-        if self.fd is None and info.entry is None and info.disk is not None:
-            self.fd = await self.node.live.read(os.open, info.disk, os.O_RDONLY | os.O_CLOEXEC)
-        if self.fd is not None:
-            return await self.node.live.read(os.pread, self.fd, size, off)
-        return await self.base.read(off, size)
+        return await self.node.read(off, size)
 
-    async def release(self) -> None:
-        if self.fd is not None:
-            await self.node.live.read(os.close, self.fd)
+    async def write(self, off: int, buf: bytes) -> int:
+        return await self.node.write(off, buf)
+
+    async def fsync(self, datasync: bool) -> None:
+        await self.node.fsync(datasync)
 
 
 class DraftNode(Node):
-    """A file or folder of a draft; key ("draft", collection, path)."""
+    """A file, folder, symlink or special file of a draft; key ("draft", collection, token)."""
 
     timeout = SHORT_TIMEOUT
 
-    def __init__(self, ctx: "MountContext", key: tuple[str, ...], live: "LiveDraft", info: Info):
+    def __init__(self, ctx: "MountContext", key: tuple[str, ...], live: "LiveDraft", ino: Inode, attr: Attr):
         super().__init__(ctx, key)
         self.live = live
-        self.info = info
-        self.gone = False  # unlinked or replaced: serves its open files, owns no name
+        self.inode = ino
+        self.attr = attr
+        self._reader: FileReader | ReferenceReader | None = None
 
     @property
-    def path(self) -> str:
-        return self.key[2]
+    def draft(self) -> Draft:
+        return self.live.draft
 
     @property
     def mode(self) -> int:  # type: ignore[override]
-        return (stat.S_IFDIR if self.info.is_dir else stat.S_IFREG) | self.info.mode
-
-    def size(self) -> int:
-        return self.info.size
-
-    def mtime_ns(self) -> int:
-        return self.info.mtime_ns
+        return self.attr.mode
 
     def attributes(self) -> pyfuse3.EntryAttributes:
-        a = super().attributes()
+        a, t = pyfuse3.EntryAttributes(), self.attr
+        a.st_ino, a.st_mode, a.st_nlink, a.st_uid, a.st_gid = self.ino, t.mode, t.nlink, t.uid, t.gid
+        a.st_rdev, a.st_size, a.st_blocks = t.rdev, t.size, t.blocks
         a.st_blksize = WRITE_BLOCK  # cp and friends then write in 1 MiB requests
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = t.atime, t.mtime, t.ctime
+        a.entry_timeout = a.attr_timeout = self.timeout
         return a
 
-    async def refresh(self) -> Info:
-        if self.gone:
-            return self.info  # fstat of an unlinked open file: its last attributes
-        info = await self.live.read(self.live.draft.stat, self.path)
-        if info is None:
-            raise fuse_error(errno.ENOENT)
-        self.info = info
-        return info
-
     async def getattr(self) -> pyfuse3.EntryAttributes:
-        await self.refresh()
+        self.attr = await self.live.read(filedata.attributes, self.draft, self.inode)
         return self.attributes()
 
-    def _node(self, info: Info) -> "DraftNode":
-        node = self.ctx.make("draft", ("draft", self.live.name, info.path), self.live, info)
+    def node_of(self, ino: Inode, attr: Attr) -> "DraftNode":
+        node = self.ctx.make("draft", ("draft", self.live.name, str(ino.token)), self.live, ino, attr)
         assert isinstance(node, DraftNode)
-        node.info = info
+        node.attr = attr
         return node
 
-    async def _stat_child(self, name: str) -> "DraftNode":
-        info = await self.live.read(self.live.draft.stat, join(self.path, name))
-        if info is None:
-            raise fuse_error(errno.ENOENT)
-        return self._node(info)
+    def forgotten(self) -> None:
+        """An inode with no name left goes when the kernel forgets it."""
+        if self.inode.nlink <= 0 and self.ctx.reader.nursery is not None:
+            self.ctx.reader.nursery.start_soon(self.live.read, self.draft.forget, self.inode)
 
     # -- folders -------------------------------------------------------------------
     async def lookup(self, name: str) -> Node:
-        if not self.info.is_dir:
-            raise fuse_error(errno.ENOTDIR)
-        return await self._stat_child(name)
+        return self.node_of(*await self.live.read(_lookup, self.draft, self.inode, name))
 
     async def children(self) -> Sequence[tuple[str, Node]]:
-        infos = await self.live.read(self.live.draft.listdir, self.path)
-        return [(i.path.rpartition("/")[2], self._node(i)) for i in infos]
+        found = await self.live.read(_listing, self.draft, self.inode)
+        return [(name, self.node_of(ino, attr)) for name, ino, attr in found]
+
+    async def _make(self, name: str, mode: int, rdev: int = 0, target: str | None = None) -> "DraftNode":
+        made = await self.live.change(_make, self.draft, self.inode, _valid(name), mode, rdev, target)
+        await self.getattr()
+        return self.node_of(*made)
 
     async def create(self, name: str, mode: int, flags: int) -> tuple[Node, Handle]:
-        fd, info = await self.live.change(_create, self.live.draft, join(self.path, name), mode)
-        return self._node(info), DraftFileHandle(self.live, fd)
+        node = await self._make(name, stat.S_IFREG | (mode & 0o7777))
+        return node, DraftHandle(node)
 
     async def mknod(self, name: str, mode: int, rdev: int) -> Node:
-        if not stat.S_ISREG(mode):
-            raise fuse_error(errno.EPERM)  # devices, fifos and sockets are not artifact files
-        fd = await self.live.change(self.live.draft.create, join(self.path, name), mode)
-        os.close(fd)
-        return await self._stat_child(name)
+        return await self._make(name, mode, rdev)
 
     async def mkdir(self, name: str, mode: int) -> Node:
-        return self._node(await self.live.change(_mkdir, self.live.draft, join(self.path, name), mode))
+        return await self._make(name, stat.S_IFDIR | (mode & 0o7777))
 
     async def symlink(self, name: str, target: str) -> Node:
-        raise fuse_error(errno.EPERM)  # a version holds regular files only
+        return await self._make(name, stat.S_IFLNK | 0o777, target=target)
 
     async def link(self, target: Node, name: str) -> Node:
-        raise fuse_error(errno.EPERM)
+        if not isinstance(target, DraftNode) or target.live is not self.live:
+            raise fuse_error(errno.EXDEV)
+        await self.live.change(self.draft.link, target.inode, self.inode, _valid(name))
+        await self.getattr()
+        await target.getattr()
+        return target
 
     async def unlink(self, name: str) -> None:
-        await self.live.change(self.live.draft.unlink, join(self.path, name))
-        self._detach(join(self.path, name))
+        await self.live.change(self.draft.unlink, self.inode, name)
 
     async def rmdir(self, name: str) -> None:
-        await self.live.change(self.live.draft.rmdir, join(self.path, name))
-        self._detach(join(self.path, name))
+        await self.live.change(self.draft.rmdir, self.inode, name)
 
     async def rename(self, name: str, new_parent: Node, new_name: str, flags: int) -> None:
         if not isinstance(new_parent, DraftNode) or new_parent.live is not self.live:
             raise fuse_error(errno.EXDEV)
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise fuse_error(errno.EINVAL)
-        old, new = join(self.path, name), join(new_parent.path, new_name)
-        await self.live.change(self.live.draft.rename, old, new, bool(flags & pyfuse3.RENAME_NOREPLACE))
-        self._detach(new)
-        self._move(old, new)
-
-    def _key(self, path: str) -> tuple[str, ...]:
-        return ("draft", self.live.name, path)
-
-    def _detach(self, path: str) -> None:
-        """The node that was at `path` keeps serving open files, but no longer owns the name."""
-        node = self.ctx.table.find(self._key(path))
-        if isinstance(node, DraftNode):
-            node.gone = True
-            self.ctx.table.rekey(node, ("draft-gone", self.live.name, uuid.uuid4().hex))
-
-    def _move(self, old: str, new: str) -> None:
-        """Live nodes at and below `old` now live at `new`, with their inode numbers."""
-        moved = self.ctx.table.find(self._key(old))
-        if moved is None:
-            return
-        if isinstance(moved, DraftNode) and moved.info.is_dir:
-            for node in self.ctx.table.nodes():
-                if (isinstance(node, DraftNode) and node.live is self.live and not node.gone
-                        and node.path.startswith(old + "/")):
-                    self.ctx.table.rekey(node, self._key(new + node.path[len(old):]))
-        self.ctx.table.rekey(moved, self._key(new))
+        await self.live.change(self.draft.rename, self.inode, name, new_parent.inode, _valid(new_name),
+                               bool(flags & pyfuse3.RENAME_NOREPLACE), bool(flags & pyfuse3.RENAME_EXCHANGE))
 
     # -- files ---------------------------------------------------------------------
     async def open(self, flags: int) -> Handle:
-        if self.info.is_dir:
+        if self.inode.is_dir:
             raise fuse_error(errno.EISDIR)
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            fd = await self.live.change(_open_writable, self.live.draft, self.path, bool(flags & os.O_TRUNC))
-            await self.refresh()
-            return DraftFileHandle(self.live, fd)
-        info, fd = await self.live.read(_open_readable, self.live.draft, self.path)
-        self.info = info
-        if fd is None:
-            if info.entry.ref is not None:  # bytes at a URI, not in the store
-                return ReferenceReader(self.ctx, info.entry, self.path)
-            return BaseFileHandle(self)
-        return DraftFileHandle(self.live, fd)
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            await self.live.change(filedata.truncate, self.draft, self.inode, 0)
+        return DraftHandle(self)
+
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        while True:
+            data = await self.live.read(filedata.read, self.draft, self.inode, off, size)
+            if data is not None:
+                return data
+            entry = self.inode.base
+            if entry is None:
+                continue  # staged meanwhile: read the data file
+            if self._reader is None or self._reader.entry is not entry:
+                where = f"{self.live.name}/draft (inode {self.ino})"
+                self._reader = (ReferenceReader(self.ctx, entry, where) if entry.ref is not None  # bytes at a URI
+                                else FileReader(self.ctx.reader, entry, where))
+            return await self._reader.read(off, size)
+
+    async def write(self, off: int, buf: bytes) -> int:
+        return await self.live.change(filedata.write, self.draft, self.inode, off, buf)
+
+    async def fsync(self, datasync: bool) -> None:
+        await self.live.read(filedata.fsync, self.draft, self.inode, datasync)
+
+    async def readlink(self) -> str:
+        if self.inode.target is None:
+            raise fuse_error(errno.EINVAL)
+        return self.inode.target
 
     async def setattr(self, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None) -> pyfuse3.EntryAttributes:
-        draft = self.live.draft
-        if (fields.update_uid and attr.st_uid != self.ctx.uid) or (fields.update_gid and attr.st_gid != self.ctx.gid):
-            raise fuse_error(errno.EPERM)  # a version has no owners
-        if fields.update_size:
-            await self.live.change(draft.truncate, self.path, attr.st_size)
-        if fields.update_mode:
-            await self.live.change(draft.chmod, self.path, attr.st_mode)
-        if fields.update_atime or fields.update_mtime:
-            await self.live.change(draft.utime, self.path,
-                                   attr.st_atime_ns if fields.update_atime else None,
-                                   attr.st_mtime_ns if fields.update_mtime else None)
-        return await self.getattr()
+        self.attr = await self.live.change(_setattr, self.draft, self.inode, attr, fields)
+        return self.attributes()
 
     # -- attributes for the next commit (on the draft folder itself) -------------------
+    @property
+    def is_top(self) -> bool:
+        return self.inode is self.draft.root
+
     async def xattrs(self) -> dict[str, bytes]:
-        if self.path:
+        if not self.is_top:
             return {}
-        state = self.live.draft.state
+        state = self.draft.state
         out = {PREFIX + k: xattr_value(state.attrs[k]) for k in PENDING_ATTRS if k in state.attrs}
         out[PREFIX + "type"] = state.type.encode()
         out[PREFIX + "base"] = b"" if state.base is None else f"{self.live.name}:v{state.base}".encode()
@@ -301,7 +259,7 @@ class DraftNode(Node):
 
     async def setxattr(self, name: str, value: bytes) -> None:
         key = name[len(PREFIX):] if name.startswith(PREFIX) else ""
-        if self.path or key not in PENDING_ATTRS + ("type",):
+        if not self.is_top or key not in PENDING_ATTRS + ("type",):
             raise fuse_error(errno.ENOTSUP)
         try:
             parsed = _parse_attr(key, value)
@@ -310,18 +268,18 @@ class DraftNode(Node):
         if key == "type":
             await self.set_type(str(parsed))
         else:
-            await self.live.change(self.live.draft.set_attr, key, parsed)
+            await self.live.change(self.draft.set_pending, key, parsed)
 
     async def set_type(self, type_: str) -> None:
         """Only a collection without versions can still choose its type."""
-        if self.live.draft.state.base is not None:
+        if self.draft.state.base is not None:
             raise fuse_error(errno.EPERM)
-        await self.live.change(self.live.draft.set_type, check_type(type_))
+        await self.live.change(self.draft.set_type, check_type(type_))
 
     async def removexattr(self, name: str) -> None:
         key = name[len(PREFIX):] if name.startswith(PREFIX) else ""
-        if self.path or key not in PENDING_ATTRS:
+        if not self.is_top or key not in PENDING_ATTRS:
             raise fuse_error(errno.ENOTSUP)
-        if key not in self.live.draft.state.attrs:
+        if key not in self.draft.state.attrs:
             raise fuse_error(pyfuse3.ENOATTR)
-        await self.live.change(self.live.draft.set_attr, key, None)
+        await self.live.change(self.draft.set_pending, key, None)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import pyfuse3
 
+from ..drafts import filedata
+from ..drafts.inode import Inode
 from ..names import check_alias, check_name, parse_version
 from ..registry import CollectionInfo, VersionInfo
 from ..timestamps import now_iso
@@ -81,7 +83,7 @@ class DraftRootNode(RootNode):
         live = self.drafts.live.get(name)
         if live is None:
             raise fuse_error(errno.ENOENT)
-        if await live.dirty():
+        if live.dirty():
             raise fuse_error(errno.ENOTEMPTY)
         await self.drafts.discard(name)
 
@@ -116,10 +118,11 @@ class DraftCollectionNode(CollectionNode):
         if live is None:
             live = await drafts.get(self.name, self.info.type, None if latest is None else await self._version(latest))
         await live.follow(latest, self._version)
-        info = await live.read(live.draft.stat, "")
-        node = self.ctx.make("draft", ("draft", self.name, ""), live, info)
+        root = live.draft.root
+        attr = await live.read(filedata.attributes, live.draft, root)
+        node = self.ctx.make("draft", ("draft", self.name, str(root.token)), live, root, attr)
         assert isinstance(node, DraftNode)
-        node.info = info
+        node.attr = attr
         return node
 
     async def _version(self, n: int) -> VersionInfo:
@@ -230,14 +233,14 @@ def install(daemon: "Daemon", default_type: str) -> None:
     ctx.table.set_root(root)
     server = ControlServer(drafts, root.control)
 
-    async def invalidate(changed: list[str], live: LiveDraft) -> None:
+    async def invalidate(changed: list[Inode], live: LiveDraft) -> None:
         """After a commit: show the new version at once, and drop cached pages of
         draft files whose content moved with the base (another writer's files)."""
         await root.collections(0)
         coll = ctx.table.find(("coll", live.name))
         if isinstance(coll, CollectionNode):
             await coll.state(0)
-        nodes = [ctx.table.find(("draft", live.name, path)) for path in changed]
+        nodes = [ctx.table.find(("draft", live.name, str(ino.token))) for ino in changed]
         inodes = [node.ino for node in nodes if node is not None]
         if inodes:
             await ctx.run(_invalidate, inodes)  # one worker-thread trip for all of them

@@ -87,6 +87,9 @@ class Node:
         """Fresh attributes; nodes whose attributes change refresh here."""
         return self.attributes()
 
+    def forgotten(self) -> None:
+        """The kernel dropped its last reference (the node leaves the table)."""
+
     # -- directories -------------------------------------------------------------
     async def lookup(self, name: str) -> "Node":
         raise fuse_error(errno.ENOTDIR)
@@ -252,11 +255,5 @@ class InodeTable:
             node = self._nodes.pop(ino, None)
             if node is not None and self._by_key.get(node.key) is node:
                 del self._by_key[node.key]
-
-    def rekey(self, node: Node, key: tuple[str, ...]) -> None:
-        """Give a live node a new key, keeping its inode (e.g. a renamed draft file)."""
-        if self._by_key.get(node.key) is node:
-            del self._by_key[node.key]
-        node.key = key
-        self._by_key[key] = node
-
+            if node is not None:
+                node.forgotten()

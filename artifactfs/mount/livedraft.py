@@ -1,11 +1,10 @@
-"""The drafts of one mount while it runs: for each collection a staging.Draft plus
-what serializes its use.
+"""The drafts of one mount while it runs: for each collection the engine's
+Draft (artifactfs.drafts) plus what serializes its use under trio.
 
-- changes of the namespace (create, rename, copy-up ...) take the draft's lock, so
-  two worker threads never rearrange one folder at once;
-- every change, data writes included, passes the draft's gate; a commit closes the
-  gate, waits for changes in flight, and hashes a draft nobody is writing to.
-Writes are never buffered here: each one reaches the staging file before the
+Every change, data writes included, passes the draft's gate; a commit closes the
+gate, waits for changes in flight, and hashes a draft nobody is writing to.
+Engine calls run in worker threads (the engine is thread-safe and blocking).
+Writes are never buffered here: each one reaches the data file before the
 writer is answered, so a killed daemon loses nothing a writer had written."""
 from __future__ import annotations
 
@@ -18,13 +17,15 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..draftadvance import advance, reclaim
-from ..draftcommit import LATEST, CommitResult, Latest, commit_draft, open_draft, warm_digests
+from ..drafts.advance import advance, reclaim
+from ..drafts.commit import CommitResult, commit_draft, warm_digests
+from ..drafts.engine import Draft
+from ..drafts.inode import Inode
+from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, put_aside
+from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
 from ..errors import ArtifactfsError, ConflictError
 from ..manifest import FileEntry
 from ..registry import VersionInfo
-from ..draftstate import STATE_FILE, claim_drafts_dir
-from ..staging import Draft
 from ..timestamps import iso_ns
 from .context import MountContext
 
@@ -53,14 +54,6 @@ class Gate:
             self._lot.unpark_all()
 
     @asynccontextmanager
-    async def change(self) -> AsyncIterator[None]:
-        await self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
-
-    @asynccontextmanager
     async def commit(self) -> AsyncIterator[None]:
         self._waiting += 1
         try:
@@ -83,18 +76,21 @@ class LiveDraft:
         self.ctx = ctx
         self.draft = draft
         self.name = draft.state.collection
-        self.lock = trio.Lock()
         self.gate = Gate()
-        self.on_advance: list[Callable[[list[str]], Any]] = []
+        self.on_advance: list[Callable[[list[Inode]], Any]] = []
         self._warmed: str | None = None
-        self.open_fds: set[int] = set()  # staging files open through the mount
 
     async def change(self, fn: Callable[..., T], *args: Any) -> T:
-        """A namespace change, in a worker thread."""
+        """A change of the draft (namespace, attributes or bytes), in a worker thread."""
         self._warm()
-        async with self.gate.change():
-            async with self.lock:
-                return await self.ctx.run(fn, *args)
+        await self.gate.enter()
+        try:
+            return await self.ctx.run(fn, *args)
+        finally:
+            self.gate.leave()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.ctx.run(fn, *args)
 
     def _warm(self) -> None:
         """Once per base, in the background: what the next commit will need anyway."""
@@ -109,105 +105,88 @@ class LiveDraft:
         except Exception as e:  # only an optimisation: the commit will meet the error itself
             log.warning("could not prepare the digest of %s's base: %s", self.name, e)
 
-    async def write(self, fd: int, data: bytes, offset: int) -> int:
-        await self.gate.enter()
-        try:
-            return await self.ctx.run(os.pwrite, fd, data, offset)
-        finally:
-            self.gate.leave()
-
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self.ctx.run(fn, *args)
-
-    async def dirty(self) -> bool:
-        return not await self.ctx.run(self.draft.is_clean)
+    def dirty(self) -> bool:
+        return self.draft.dirty
 
     async def commit(self, **attrs: Any) -> CommitResult:
-        """Publish the draft (see draftcommit); returns once the version is durable."""
+        """Publish the draft (see drafts.commit); returns once the version is durable."""
         async with self.gate.commit():
-            moved = await self._finish_advance()
             try:
                 result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
             except ConflictError:
-                await self._advanced(moved)  # the folders show the version the conflict names
+                await self._advanced([])  # the folders show the version the conflict names
                 raise
-        log.info("committed %s (%d changed paths)", result.line, result.changes)
-        await self._advanced(moved + result.changed + await self._reclaim())
+            try:
+                given_back = await self.ctx.run(reclaim, self.draft)
+            except (ArtifactfsError, OSError) as e:  # only disk space: the files stay, still correct
+                log.warning("could not give back the staging space of %s: %s", self.name, e)
+                given_back = 0
+        log.info("committed %s (%d changed paths, %d staged files given back)", result.line, result.changes,
+                 given_back)
+        if result.note:
+            log.info("%s", result.note)
+        await self._advanced([])
         return result
-
-    async def _reclaim(self) -> list[str]:
-        """Give back the space of what the commit took as it is (before sync answers,
-        so nothing reads the draft while files leave staging)."""
-        try:
-            async with self.gate.commit():
-                busy = await self.ctx.run(_inodes, list(self.open_fds))
-                return await self.ctx.run(reclaim, self.draft, busy)
-        except (ArtifactfsError, OSError) as e:  # only disk space: the files stay, still correct
-            log.warning("could not remove committed files of %s from staging: %s", self.name, e)
-            return []
 
     async def follow(self, latest: int | None, version: Callable[[int], Awaitable[VersionInfo]]) -> None:
         """An untouched draft moves to a newer latest by itself (`version` gives its
         record).  While the store is unreachable it stays where it is, logged: the
         folder must stay listable."""
         st = self.draft.state
-        if (latest is None or latest == st.base) and not st.advancing:
+        if latest is None or latest == st.base or self.dirty():
             return
         try:
             async with self.gate.commit():
-                changed = await self._finish_advance()
-                if latest is not None and st.base != latest and await self.ctx.run(self.draft.is_clean):
-                    info = await version(latest)
-                    changed += await self.ctx.run(advance, self.draft, latest, info.root,
-                                                  iso_ns(info.created_at), {})
+                if st.base == latest or self.dirty():
+                    return
+                info = await version(latest)
+                changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), {})
         except (ArtifactfsError, OSError) as e:
             log.warning("the draft of %s stays on v%s for now: %s", self.name, st.base, e)
             return
         await self._advanced(changed)
 
-    async def _finish_advance(self) -> list[str]:
-        """Finish a move to a new base that an error interrupted (journaled in draft.json)."""
-        adv = self.draft.state.advancing
-        if not adv:
-            return []
-        return await self.ctx.run(advance, self.draft, adv["version"], adv["root"], adv["mtime_ns"], adv["clean"])
-
-    async def _advanced(self, changed: list[str]) -> None:
+    async def _advanced(self, changed: list[Inode]) -> None:
         for hook in self.on_advance:
             await hook(changed)
 
 
-def _inodes(fds: list[int]) -> frozenset[int]:
-    """The inodes of open staging files: they stay real files after a commit."""
-    out = set()
-    for fd in fds:
-        try:
-            out.add(os.fstat(fd).st_ino)
-        except OSError:
-            continue  # closed meanwhile
-    return frozenset(out)
-
-
 class Drafts:
     """Every draft of this mount, by collection; they live in a drafts slot this
-    process holds locked (staging.claim_drafts_dir)."""
+    process holds locked (drafts.slots.claim_drafts_dir)."""
 
     def __init__(self, ctx: MountContext, default_type: str):
         self.ctx = ctx
         self.default_type = default_type
-        self.dir, self._lock_fd = claim_drafts_dir(ctx.registry.store.url, ctx.project)
+        reg = ctx.registry
+        self.dir, self._lock_fd = claim_drafts_dir(reg.identity, reg.store.url, ctx.project)
         self.live: dict[str, LiveDraft] = {}
         self._opening = trio.Lock()
         self.on_new: list[Callable[[LiveDraft], None]] = []
-        self._fetch = self._fetch_from_cache
+        self.owner = (ctx.uid, ctx.gid)
+        for other in earlier_stores(reg.identity, reg.store.url):
+            log.info("drafts of an earlier store at %s (made again since) are kept in %s", reg.store.url, other)
         for name in sorted(os.listdir(self.dir)):
-            if os.path.exists(os.path.join(self.dir, name, STATE_FILE)):
-                draft = Draft(os.path.join(self.dir, name), ctx.registry, self._fetch)
-                draft.recover()
-                self.live[name] = LiveDraft(ctx, draft)
-                if not draft.is_clean():
-                    log.info("draft of %s found with changes not yet committed (base %s)", name,
-                             "none" if draft.state.base is None else f"v{draft.state.base}")
+            if is_draft(os.path.join(self.dir, name)):
+                self._load(name)
+
+    def _load(self, name: str) -> None:
+        """A draft found at start: kept, or set aside when its base is gone."""
+        draft = open_draft(self.ctx.registry, self.dir, self.ctx.project, name, self._fetch_from_cache,
+                           self.owner, self.default_type, None)
+        try:
+            gone = base_gone(self.ctx.registry, draft)
+        except (ArtifactfsError, OSError) as e:
+            log.warning("could not check the base of the draft of %s: %s", name, e)
+            gone = False
+        if gone:
+            draft.close()
+            put_aside(draft.dir, f"its base {name}:v{draft.state.base} is no longer in the store")
+            return
+        self.live[name] = LiveDraft(self.ctx, draft)
+        if self.live[name].dirty():
+            log.info("draft of %s found with changes not yet committed (base %s)", name,
+                     "none" if draft.state.base is None else f"v{draft.state.base}")
 
     def _fetch_from_cache(self, entry: FileEntry, fd: int) -> None:
         """Copy-up through the mount's shared, verified chunk cache."""
@@ -228,7 +207,7 @@ class Drafts:
         async with self._opening:
             if name not in self.live:
                 draft = await self.ctx.run(open_draft, self.ctx.registry, self.dir, self.ctx.project, name,
-                                           self._fetch, type_ or self.default_type, base)
+                                           self._fetch_from_cache, self.owner, type_ or self.default_type, base)
                 self.live[name] = LiveDraft(self.ctx, draft)
                 for hook in self.on_new:
                     hook(self.live[name])
@@ -241,14 +220,14 @@ class Drafts:
     async def discard(self, name: str) -> None:
         live = self.live.pop(name)
         async with live.gate.commit():
-            await self.ctx.run(live.draft.discard)
+            await self.ctx.run(discard, live.draft)
 
     async def commit_dirty(self) -> list[str]:
         """Commit every draft with changes (at unmount); one line per draft, errors included."""
         lines = []
         for name, live in sorted(self.live.items()):
             try:
-                if await live.dirty():
+                if live.dirty():
                     lines.append((await live.commit()).line)
             except Exception as e:  # one failing draft must not keep the others from committing
                 log.error("could not commit the draft of %s: %s (it is kept for the next mount)", name, e)
@@ -256,4 +235,6 @@ class Drafts:
         return lines
 
     def close(self) -> None:
+        for live in self.live.values():
+            live.draft.close()
         os.close(self._lock_fd)

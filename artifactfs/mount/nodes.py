@@ -397,7 +397,7 @@ class VersionFileNode(Node):
         return self.ref.mtime_ns if t is None else t
 
     async def open(self, flags: int) -> Handle:
-        if flags & os.O_ACCMODE != os.O_RDONLY:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise fuse_error(errno.EROFS)
         path = self.key[3]
         if self.entry.ref is not None:  # bytes at a URI, not in the store

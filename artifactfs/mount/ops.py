@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from ..errors import ArtifactfsError, ConflictError, InvalidNameError, NotFoundError
-from .context import MountContext
+from .context import CALLER, MountContext
 from .inodes import Handle, Node
 
 log = logging.getLogger("artifactfs.mount")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+NAME_MAX = 255
 
 
 def to_fuse_error(e: BaseException, op: str) -> pyfuse3.FUSEError:
@@ -44,6 +45,8 @@ def to_fuse_error(e: BaseException, op: str) -> pyfuse3.FUSEError:
 def _mapped(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
+        if args and isinstance(args[-1], pyfuse3.RequestContext):
+            CALLER.set((args[-1].uid, args[-1].gid))  # who creates, for the new entry's owner
         try:
             return await fn(*args)
         except Exception as e:
@@ -73,6 +76,8 @@ class Operations(pyfuse3.Operations):
     # -- names -----------------------------------------------------------------------
     @_mapped
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         text = os.fsdecode(name)
         node = await self.table[parent_inode].lookup(text)
         attrs = await node.getattr()

@@ -9,16 +9,9 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from ..paths import state_dir
+
 FSTYPE = "fuse.artifactfs"
-
-
-def state_dir() -> str:
-    """${XDG_STATE_HOME:-~/.local/state}/artifactfs, private to the user (0700)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    path = os.path.join(base, "artifactfs")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
 
 
 def real_mountpoint(path: str) -> str:

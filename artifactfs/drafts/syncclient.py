@@ -1,5 +1,6 @@
-"""The client side of the control socket (mount/control.py has the server):
-`artifactfs sync` uses it without importing trio (~0.1 s of every call)."""
+"""The client side of a mount's control socket (mount/control.py has the
+server): `artifactfs sync` asks the daemon to commit drafts, without importing
+trio (~0.1 s of every call).  The protocol is in docs/drafts.md."""
 from __future__ import annotations
 
 import json

@@ -1,0 +1,133 @@
+"""Moving a draft to a new base version (after its commit, or an untouched draft
+to a newer latest) without touching what the user changed, in one meta.db
+transaction (a killed process leaves the draft on the old base or the new).
+
+Only folders with rows are visited: a folder overlaying the old base sub-tree
+gets the new one (so everything nobody changed follows at once, the other
+writer's changes included); after a commit, plain folders (made by the user)
+overlay what was just committed; whiteouts of names the new version no longer
+has are dropped (the deletion is committed, and a name someone adds back later
+must show); files still equal to the old base follow the new one.  Folders the
+user moved stay as they are (the commit took them as they are).
+
+reclaim() then gives back the disk space of staged files committed as they
+are: the same inode shows the committed entry instead of its data file, so
+whoever holds it reads the same bytes."""
+from __future__ import annotations
+
+import os
+import stat
+
+from ..manifest import DirEntry, Entry, FileEntry
+from .engine import Draft, mode_of
+from .inode import Inode
+
+
+def advance(draft: Draft, version: int, root: str, mtime_ns: int, stamps: dict) -> list[Inode]:
+    """Make `version` (whose tree is `root`, made at mtime_ns) the draft's base;
+    `stamps` are the staged files' stamps its commit recorded.  Returns the
+    inodes whose bytes changed (the mount drops their cached pages)."""
+    changed: list[Inode] = []
+    with draft.change():
+        _merge(draft, draft.root, draft.state.base_root, root, mtime_ns, changed)
+        st = draft.state
+        st.base, st.base_root, st.base_mtime_ns = version, root, mtime_ns
+        st.attrs, st.dirty = {}, False
+        draft.save_state()
+        draft.db.set_stamps(stamps)
+    return changed
+
+
+def _tree(draft: Draft, key: str | None) -> dict[str, Entry]:
+    return draft.io.load(key) if key else {}
+
+
+def _sub(e: Entry | None) -> str | None:
+    return e.tree if isinstance(e, DirEntry) else None
+
+
+def _merge(draft: Draft, d: Inode, old: str | None, new: str | None, mtime_ns: int, changed: list[Inode]) -> None:
+    """Folder d, whose version content goes from tree `old` to `new`."""
+    if d.tree is not None and d.tree not in (old, new):
+        return  # a folder the user moved here: the commit took it as it is
+    if d.tree != new:
+        draft.touch(d)
+        d.tree = new
+        draft.db.put(d.row())
+    a, b = _tree(draft, old), _tree(draft, new)
+    for name, row in draft.db.children(d.id):
+        if row is None:
+            if name not in b:
+                draft.db.drop_dentry(d.id, name)  # the deletion is in the version now
+        elif stat.S_ISDIR(row.mode):
+            _merge(draft, draft.load(row.id), _sub(a.get(name)), _sub(b.get(name)), mtime_ns, changed)
+        elif not row.staged and row.base is not None:
+            _follow(draft, d, name, draft.load(row.id), a.get(name), b.get(name), mtime_ns, changed)
+
+
+def _follow(draft: Draft, d: Inode, name: str, ino: Inode, o: Entry | None, n: Entry | None, mtime_ns: int,
+            changed: list[Inode]) -> None:
+    """A file with a row but showing the old base exactly follows the new base."""
+    if o == n or not isinstance(o, FileEntry):
+        return
+    if (ino.base != o or ino.mode != mode_of(o) or (ino.uid, ino.gid) != draft.owner or ino.nlink != 1
+            or ino.mtime != (o.mtime_ns or draft.state.base_mtime_ns)):
+        return  # the user's (a chmod, a link, a time)
+    draft.touch(ino)
+    if isinstance(n, FileEntry):
+        ino.base, ino.mode = n, mode_of(n)
+        ino.atime = ino.mtime = n.mtime_ns or mtime_ns
+        draft.db.put(ino.row())
+    else:  # gone, or not a file any more: the new base shows
+        draft.db.drop_dentry(d.id, name)
+        ino.nlink = 0
+        draft.db.put(ino.row())
+    changed.append(ino)
+
+
+def reclaim(draft: Draft) -> int:
+    """Staged files whose data file is unchanged since the last commit hashed it,
+    and which the base now holds exactly (content, executable bit, mtime), show
+    the base entry again; their data files are removed.  Run with the draft's
+    changes held off.  Returns how many files were given back."""
+    stamps = draft.db.stamps()
+    done: list[str] = []
+    with draft.change():
+        _reclaim_dir(draft, draft.root, stamps, done)
+    for path in done:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return len(done)
+
+
+def _reclaim_dir(draft: Draft, d: Inode, stamps: dict, done: list[str]) -> None:
+    base = _tree(draft, d.tree)
+    for name, row in draft.db.children(d.id):
+        if row is None:
+            continue
+        if stat.S_ISDIR(row.mode):
+            _reclaim_dir(draft, draft.load(row.id), stamps, done)
+            continue
+        rec, b = stamps.get(row.id), base.get(name)
+        if not row.staged or rec is None or not isinstance(b, FileEntry):
+            continue
+        ino = draft.load(row.id)
+        if not ino.staged:
+            continue  # a second name of a file given back already
+        path = draft.data_path(ino)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        content = FileEntry.from_json(rec[4])
+        if ([st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] != rec[:4] or b.mtime_ns != st.st_mtime_ns
+                or not b.same_content(FileEntry(content.digest, content.size, content.chunks,
+                                                bool(ino.mode & 0o111)))):
+            continue
+        draft.touch(ino)
+        ino.staged, ino.base = False, b
+        ino.atime, ino.mtime, ino.ctime = st.st_atime_ns, st.st_mtime_ns, max(ino.ctime, st.st_ctime_ns)
+        draft.db.put(ino.row())
+        done.append(path)

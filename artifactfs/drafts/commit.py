@@ -1,0 +1,318 @@
+"""Turning a draft into a version.
+
+1. scan: walk the folders that have rows (base entries nobody changed are not
+   visited); unchanged inodes give their base entries for free, staged files are
+   hashed (and their chunks stored) unless their stamp (data file inode, size,
+   mtime, ctime) equals the one recorded at the previous commit.  The result is
+   the set of changes relative to the base: path -> FileEntry, SymlinkEntry,
+   DirEntry (a moved folder: a sub-tree graft) or None (removed), and what the
+   version cannot hold (LeftOut).
+2. rebase: if another writer committed since the base, each changed path is checked
+   against the current latest; a path changed on both sides (differently) is a
+   ConflictError naming the paths, and the draft is left untouched.
+3. publish with Registry.commit(exact_base=True): the version number must directly
+   follow the latest we rebased onto, otherwise we rebase again.
+4. only once the version is durable, the draft advances to it (advance.py).
+A process killed anywhere leaves no version or a complete one, and the draft as it
+was (or advanced, if the version was complete)."""
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
+
+from .. import transfer
+from ..errors import ConflictError, InvalidNameError, PreconditionFailed
+from ..manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
+from ..names import check_component
+from ..registry import Registry
+from ..timestamps import iso_ns
+from ..treedigest import TreeDigests
+from .advance import advance
+from .engine import Draft
+from .inode import Inode
+
+COMMIT_ATTEMPTS = 50
+CONFLICT_PATHS_SHOWN = 10
+LEFT_OUT_SHOWN = 3
+_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "device", stat.S_IFBLK: "device"}
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A staged file to hash: one of its paths, and its base entry there."""
+
+    path: str
+    ino: Inode
+    st: os.stat_result
+    base: Entry | None
+
+
+@dataclass
+class Scan:
+    changes: dict[str, Change] = field(default_factory=dict)
+    staged: list[Staged] = field(default_factory=list)
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # what -> paths
+
+    def leave(self, what: str, path: str) -> None:
+        self.left_out.setdefault(what, []).append(path)
+
+
+@dataclass
+class CommitResult:
+    """What a commit did; `left_out` names what the version could not hold."""
+
+    collection: str
+    version: int
+    created: bool
+    changes: int
+    left_out: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def line(self) -> str:
+        return f"{self.collection}:v{self.version}" + ("" if self.created else " (unchanged)")
+
+    @property
+    def note(self) -> str | None:
+        """One line naming what stayed in the draft only, or None."""
+        if not self.left_out:
+            return None
+        parts = []
+        for what, paths in sorted(self.left_out.items()):
+            more = f" (+{len(paths) - LEFT_OUT_SHOWN} more)" if len(paths) > LEFT_OUT_SHOWN else ""
+            parts.append(f"{what}: {', '.join(sorted(paths)[:LEFT_OUT_SHOWN])}{more}")
+        return f"{self.line}: kept in the draft only (a version cannot hold them): " + "; ".join(parts)
+
+
+def join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _mtime_shown(draft: Draft, b: Entry | None) -> int:
+    return (b.mtime_ns if isinstance(b, FileEntry) else None) or draft.state.base_mtime_ns
+
+
+def file_entry(draft: Draft, ino: Inode, content: FileEntry, mtime: int, b: Entry | None) -> FileEntry | None:
+    """The entry of a regular file (executable bit from its mode, its mtime), or
+    None when it shows exactly the base entry `b`."""
+    e = FileEntry(content.digest, content.size, content.chunks, bool(ino.mode & 0o111), content.ref,
+                  content.extra).with_mtime(mtime)
+    if isinstance(b, FileEntry) and e.same_content(b) and mtime == _mtime_shown(draft, b):
+        return None
+    return e
+
+
+def scan(draft: Draft) -> Scan:
+    """Changes of the draft relative to its base, except staged files (listed to
+    be hashed).  Only folders with rows are read."""
+    out = Scan()
+    with draft.db.lock:
+        _scan_dir(draft, draft.root, "", draft.state.base_root, out)
+    return out
+
+
+def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Scan) -> None:
+    ref = base_key
+    if d.tree is not None and d.tree != base_key:
+        ref = d.tree  # a folder moved here: a graft, then its own changes
+        now = draft.io.load(d.tree)
+        if prefix:
+            out.changes[prefix] = DirEntry(d.tree, *summarize(now))
+        else:  # the root's base moved (an interrupted advance): top-level changes
+            was = draft.io.load(base_key) if base_key else {}
+            out.changes.update({n: now.get(n) for n in set(now) | set(was) if now.get(n) != was.get(n)})
+    base = draft.io.load(ref) if ref else {}
+    seen = set()
+    for name, row in draft.db.children(d.id):
+        seen.add(name)
+        path, b = join(prefix, name), base.get(name)
+        if row is None:
+            if b is not None:
+                out.changes[path] = None
+            continue
+        ino = draft.load(row.id)
+        try:
+            check_component(name)
+        except InvalidNameError:
+            out.leave("names", path)
+            if b is not None:
+                out.changes[path] = None
+            continue
+        _note_owner_and_mode(draft, ino, path, out)
+        if ino.is_dir:
+            if b is not None and not isinstance(b, DirEntry):
+                out.changes[path] = None
+            _scan_dir(draft, ino, path, b.tree if isinstance(b, DirEntry) else None, out)
+        elif ino.is_reg and ino.staged:
+            try:
+                out.staged.append(Staged(path, ino, os.stat(draft.data_path(ino)), b))
+            except FileNotFoundError:
+                pass  # not possible while the draft is held still; nothing to add
+        elif ino.is_reg:
+            assert ino.base is not None
+            e = file_entry(draft, ino, ino.base, ino.mtime, b)
+            if e is not None:
+                out.changes[path] = e
+        elif ino.is_link:
+            assert ino.target is not None
+            try:
+                link = SymlinkEntry(ino.target)
+            except InvalidNameError:  # a target that is not UTF-8
+                out.leave("symlink targets", path)
+                if b is not None:
+                    out.changes[path] = None
+                continue
+            if link != b:
+                out.changes[path] = link
+        else:
+            out.leave(_KINDS.get(stat.S_IFMT(ino.mode), "special file") + "s", path)
+            if b is not None:
+                out.changes[path] = None
+    if d.tree is None:
+        for name in sorted(set(base) - seen):
+            out.changes[join(prefix, name)] = None
+
+
+def _note_owner_and_mode(draft: Draft, ino: Inode, path: str, out: Scan) -> None:
+    if (ino.uid, ino.gid) != draft.owner:
+        out.leave("ownership", path)
+    bits = ino.mode & 0o7777
+    if (ino.is_reg and bits not in (0o644, 0o755)) or (ino.is_dir and bits != 0o755):
+        out.leave("mode bits", path)
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple[dict[int, FileEntry], dict]:
+    """Content entries of the staged files by inode (stored in the registry's blobs
+    as they are hashed), and the stamps to record once the commit is durable.  A
+    stamp is recorded only if the file's ctime is older than a probe written
+    afterwards, so any later write is sure to change it (timestamps are coarse)."""
+    known = draft.db.stamps()
+    entries: dict[int, FileEntry] = {}
+    todo: dict[int, Staged] = {}
+    for s in staged:
+        rec = known.get(s.ino.id)
+        if rec is not None and rec[:4] == _stamp(s.st):
+            entries[s.ino.id] = FileEntry.from_json(rec[4])
+        elif s.ino.id not in entries:
+            todo[s.ino.id] = s
+    found = transfer.upload_many(registry, [draft.data_path(s.ino) for s in todo.values()])
+    for s, e in zip(todo.values(), found):
+        entries[s.ino.id] = FileEntry(e.digest, e.size, e.chunks)
+    probe = os.path.join(draft.dir, "\\probe")
+    with open(probe, "wb") as f:
+        f.write(b"p")
+    horizon = os.stat(probe).st_ctime_ns
+    stamps = {}
+    for s in staged:
+        st = os.stat(draft.data_path(s.ino))
+        if _stamp(st) == _stamp(s.st) and st.st_ctime_ns < horizon:
+            stamps[s.ino.id] = _stamp(st) + [entries[s.ino.id].to_json()]
+    return entries, stamps
+
+
+def draft_changes(registry: Registry, draft: Draft) -> tuple[Scan, dict]:
+    """All changes of the draft relative to its base, and the stamps."""
+    found = scan(draft)
+    entries, stamps = hash_staged(registry, draft, found.staged)
+    for s in found.staged:
+        e = file_entry(draft, s.ino, entries[s.ino.id], s.st.st_mtime_ns, s.base)
+        if e is not None:
+            found.changes[s.path] = e
+    return found, stamps
+
+
+def _same(a: Entry | None, b: Entry | None) -> bool:
+    if isinstance(a, DirEntry) and isinstance(b, DirEntry):
+        return a.tree == b.tree
+    if isinstance(a, FileEntry) and isinstance(b, FileEntry):
+        return a.same_content(b)
+    return a == b
+
+
+def conflicts(registry: Registry, base_root: str | None, onto: str | None,
+              changes: dict[str, Change]) -> list[str]:
+    """Paths we changed that the other side changed too, differently."""
+    out = []
+    for path, ours in changes.items():
+        theirs = registry.lookup(onto, path) if onto else None
+        base = registry.lookup(base_root, path) if base_root else None
+        if not _same(theirs, base) and not _same(theirs, ours):
+            out.append(path)
+    return sorted(out)
+
+
+def _conflict(collection: str, latest: int | None, paths: Iterable[str]) -> ConflictError:
+    paths = sorted(paths)
+    shown = ", ".join(paths[:CONFLICT_PATHS_SHOWN])
+    more = f" and {len(paths) - CONFLICT_PATHS_SHOWN} more" if len(paths) > CONFLICT_PATHS_SHOWN else ""
+    return ConflictError(f"{collection}: conflict with {collection}:v{latest}, changed on both sides: "
+                         f"{shown}{more}; the draft is kept, resolve and sync again")
+
+
+def _merged_attrs(pending: dict, description: str | None, metadata: dict | None,
+                  aliases: Iterable[str], tags: Iterable[str]) -> dict:
+    return {
+        "description": description if description is not None else pending.get("description"),
+        "metadata": {**(pending.get("metadata") or {}), **(metadata or {})},
+        "aliases": sorted(set(pending.get("aliases") or ()) | set(aliases)),
+        "tags": sorted(set(pending.get("tags") or ()) | set(tags)),
+    }
+
+
+_DIGESTS: "WeakKeyDictionary[Registry, TreeDigests]" = WeakKeyDictionary()
+
+
+def _digests(registry: Registry) -> TreeDigests:
+    """One digest-block cache per registry (they hold its immutable trees)."""
+    found = _DIGESTS.get(registry)
+    if found is None:
+        found = _DIGESTS[registry] = TreeDigests(registry)
+    return found
+
+
+def warm_digests(registry: Registry, root: str | None) -> None:
+    """Compute the digest blocks of a draft's base ahead of its commit (the first
+    commit of a session otherwise reads every line of the base once)."""
+    if root:
+        _digests(registry).block(root)
+
+
+def commit_draft(registry: Registry, draft: Draft, *, description: str | None = None,
+                 metadata: dict | None = None, aliases: Iterable[str] = (),
+                 tags: Iterable[str] = ()) -> CommitResult:
+    """Publish the draft as the next version (or report latest unchanged) and advance
+    the draft to it.  The caller keeps the draft from changing meanwhile."""
+    st = draft.state
+    found, stamps = draft_changes(registry, draft)
+    changes = found.changes
+    attrs = _merged_attrs(st.attrs, description, metadata, aliases, tags)
+    for _ in range(COMMIT_ATTEMPTS):
+        latest = registry.latest(st.project, st.collection)
+        current = registry.version(st.project, st.collection, latest) if latest is not None else None
+        onto = current.root if current else None
+        if latest != st.base:
+            clash = conflicts(registry, st.base_root, onto, changes)
+            if clash:
+                raise _conflict(st.collection, latest, clash)
+        if current is not None and not changes:
+            root, digest = DirEntry(current.root, current.size, current.file_count), current.digest
+        else:
+            try:
+                root = apply_changes(registry, onto, changes)
+            except InvalidNameError as e:  # a file where they made a folder, or the reverse
+                raise _conflict(st.collection, latest, [str(e)]) from None
+            digest = _digests(registry).digest(root.tree)
+        try:
+            info, created = registry.commit(st.project, st.collection, st.type, root, digest,
+                                            base=latest, exact_base=True, **attrs)
+        except PreconditionFailed:
+            continue  # someone published meanwhile: rebase onto the new latest
+        advance(draft, info.version, info.root, iso_ns(info.created_at), stamps)
+        return CommitResult(st.collection, info.version, created, len(changes), found.left_out)
+    raise ConflictError(f"{st.collection}: could not commit, other writers keep publishing")

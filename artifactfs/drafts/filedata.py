@@ -1,0 +1,141 @@
+"""The bytes of a draft's regular files, by inode: data/<id> once staged,
+otherwise the base file the inode shows (Inode.base, read by the caller from
+the store or its cache).
+
+Nothing here depends on an open file: every call opens the data file for the
+time of one system call, so reads and writes work the same whether the kernel
+sent open(2)/release(2) or not, and an inode whose names are all gone keeps its
+bytes until it is forgotten.  Each write reaches the data file before it
+returns, so a killed process loses nothing a writer had written; fsync also
+syncs meta.db, for a power cut."""
+from __future__ import annotations
+
+import errno
+import os
+
+from .engine import Draft
+from .inode import Attr, Inode
+
+TMP_SUFFIX = ".tmp"
+
+
+def attributes(draft: Draft, ino: Inode) -> Attr:
+    """What stat(2) shows of an inode: a staged file's size, blocks, atime and
+    mtime are its data file's, its ctime the later of the two."""
+    if ino.is_reg and ino.staged:
+        try:
+            st = os.stat(draft.data_path(ino))
+            return Attr(ino.mode, ino.nlink, ino.uid, ino.gid, 0, st.st_size, st.st_blocks, st.st_atime_ns,
+                        st.st_mtime_ns, max(ino.ctime, st.st_ctime_ns))
+        except FileNotFoundError:
+            pass  # given back after a commit meanwhile: the base shows the same bytes
+    size = 0
+    if ino.base is not None:
+        size = ino.base.size
+    elif ino.target is not None:
+        size = len(ino.target.encode("utf-8", "surrogateescape"))
+    return Attr(ino.mode, ino.nlink, ino.uid, ino.gid, ino.rdev, size, (size + 511) // 512, ino.atime,
+                ino.mtime, ino.ctime)
+
+
+def read(draft: Draft, ino: Inode, off: int, size: int) -> bytes | None:
+    """`size` bytes at `off`, or None when the inode is not staged (read its base)."""
+    if not ino.staged:
+        return None
+    try:
+        fd = os.open(draft.data_path(ino), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # given back after a commit meanwhile: the base has the same bytes
+    try:
+        return os.pread(fd, size, off)
+    finally:
+        os.close(fd)
+
+
+def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
+    """pwrite(2) into the inode, copying its base bytes up first."""
+    stage(draft, ino, keep=True)
+    draft.mark_dirty()
+    fd = os.open(draft.data_path(ino), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        view, done = memoryview(data), 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], off + done)
+        return done
+    finally:
+        os.close(fd)
+
+
+def stage(draft: Draft, ino: Inode, keep: bool) -> None:
+    """Give a regular file its own data file (copy-up): the base bytes are fetched
+    unless `keep` is False (O_TRUNC, truncate to 0).  On any error (ENOSPC, an
+    unreachable store) the inode shows its base as before."""
+    if not ino.is_reg:
+        raise OSError(errno.EISDIR if ino.is_dir else errno.EINVAL, "not a regular file")
+    if ino.staged:
+        return
+    with ino.lock:
+        if ino.staged:
+            return
+        with draft.change(ino):
+            draft.materialize(ino)
+        final = draft.data_path(ino)
+        tmp = final + TMP_SUFFIX
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                if keep and ino.base is not None:
+                    draft.fetch(ino.base, fd)
+                os.utime(fd, ns=(ino.atime, ino.mtime))
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        try:
+            with draft.change(ino):
+                ino.staged, ino.base = True, None
+                draft.db.put(ino.row())
+        except BaseException:
+            _unlink_quiet(final)
+            raise
+
+
+def truncate(draft: Draft, ino: Inode, size: int) -> None:
+    stage(draft, ino, keep=size > 0)
+    draft.mark_dirty()
+    os.truncate(draft.data_path(ino), size)
+
+
+def set_times(draft: Draft, ino: Inode, atime: int | None, mtime: int | None) -> None:
+    """utimensat(2): None leaves a time as it is (UTIME_OMIT); ctime moves to now."""
+    if ino.staged:
+        path = draft.data_path(ino)
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns if atime is None else atime, st.st_mtime_ns if mtime is None else mtime))
+        draft.set_attrs(ino)
+    else:
+        draft.set_attrs(ino, atime=atime, mtime=mtime)
+
+
+def fsync(draft: Draft, ino: Inode, datasync: bool) -> None:
+    """The inode's bytes and the draft's namespace, durable."""
+    if ino.staged:
+        try:
+            fd = os.open(draft.data_path(ino), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                (os.fdatasync if datasync else os.fsync)(fd)
+            finally:
+                os.close(fd)
+    draft.db.sync()
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
