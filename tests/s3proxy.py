@@ -13,7 +13,9 @@ If-Match before forwarding, as a service that does not implement them would),
 text): switch to "hang" when a request with that method and path arrives (that
 request is not forwarded either).
 `fail_next` = n answers the next n requests with 503 SlowDown (then forwards).
-`requests` counts what reached the proxy, by method."""
+`requests` counts what reached the proxy, by method.  stop() and start() take the
+proxy off the network and back on the same port (a stopped and restarted service
+that keeps its data)."""
 from __future__ import annotations
 
 import http.client
@@ -35,6 +37,7 @@ class S3Proxy:
         self.mode = "pass"
         self.fail_next = 0
         self.hang_on: tuple[str, str] | None = None
+        self._stopped = False
         self._released = threading.Event()
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -57,6 +60,9 @@ class S3Proxy:
                     if proxy.hang_on and proxy.hang_on[0] == self.command and proxy.hang_on[1] in self.path:
                         proxy.mode, proxy.hang_on = "hang", None
                     mode = proxy.mode
+                if proxy._stopped:  # a connection kept alive from before stop(): drop it
+                    self.close_connection = True
+                    return
                 if failing:
                     return self._error(503, "SlowDown", "Please reduce your request rate.")
                 if mode == "hang":
@@ -98,16 +104,30 @@ class S3Proxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._handler = Handler
+        self._server = self._serve(0)
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _serve(self, port: int) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def stop(self) -> None:
+        """Stop listening, as a stopped service: connections are refused."""
+        self._stopped = True
+        self._server.shutdown()
+        self._server.server_close()
+
+    def start(self) -> None:
+        """Listen again on the same port."""
+        self._server = self._serve(self._server.server_address[1])
+        self._stopped = False
 
     def __enter__(self) -> "S3Proxy":
-        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._released.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self.stop()

@@ -216,3 +216,25 @@ def test_endpoint_from_the_command_line_or_aws_endpoint_url(s3_server, tmp_path,
         env=env, check=True)
     done = cli("--store", url, "ls", env={**env, "AWS_ENDPOINT_URL": s3_server.endpoint}, check=True)
     assert "ds" in done.stdout
+
+
+def test_stopped_service_gives_eio_at_once_then_the_same_read_works(proxy, s3_server, tmp_path,
+                                                                     monkeypatch) -> None:
+    """The service stops listening (connections refused) and comes back on the same
+    address with its data: a read in between fails fast with EIO, the daemon stays,
+    and the same read works afterwards without a remount."""
+    monkeypatch.setenv("ARTIFACTFS_S3_TIMEOUT", str(TIMEOUT))
+    url = s3_server.new_bucket_url()
+    Registry.open(url, create=True)
+    commit(url, "ds", str(tmp_path / "src"), {"a.txt": b"one\n"})
+    commit(url, "ds", str(tmp_path / "src"), {"b.txt": b"two\n"})
+    with mounted(url, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        assert open(m.p("ds", "ds:v0", "a.txt"), "rb").read() == b"one\n"
+        daemon = m.pid
+        proxy.stop()
+        done, took = _timed("cat", m.p("ds", "ds:v1", "b.txt"))
+        assert done.returncode != 0 and b"Input/output error" in done.stderr, done.stderr
+        assert took < 2.5 * TIMEOUT
+        proxy.start()
+        assert open(m.p("ds", "ds:v1", "b.txt"), "rb").read() == b"two\n"
+        assert m.pid == daemon and not gone(daemon)
