@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .artifact import Artifact, default_project
+from .errors import NotFoundError
 from .names import split_ref
 from .registry import CollectionInfo, Registry
 
@@ -13,8 +14,16 @@ class Api:
         self.registry = Registry.open(store, create=False)
         self.project = project or default_project()
 
+    def _check_entity(self, name: str) -> None:
+        """'entity/project/name': the entity must be this store's (W&B looks it up)."""
+        parts = name.split(":")[0].split("/")
+        if len(parts) == 3 and parts[0] != self.registry.entity:
+            raise NotFoundError(f"{name}: entity {parts[0]!r} is not this store's ({self.registry.entity!r})")
+
     def artifact(self, name: str, type: str | None = None) -> Artifact:
-        """'[project/]collection[:alias|:vN]' (default alias: latest)."""
+        """'[[entity/]project/]collection[:alias|:vN]' (default alias: latest).
+        NotFoundError for a deleted version or another entity."""
+        self._check_entity(name)
         project, collection, alias = split_ref(name)
         info = self.registry.get(project or self.project, collection, alias)
         if type is not None and info.type != type:
@@ -22,6 +31,8 @@ class Api:
         return Artifact._from_version(self.registry, info)
 
     def artifact_versions(self, name: str, type: str | None = None) -> list[Artifact]:
+        """The collection's versions that are not deleted, oldest first."""
+        self._check_entity(name)
         project, collection, _ = split_ref(name)
         project = project or self.project
         self.registry.collection(project, collection)  # NotFoundError for an unknown name

@@ -10,15 +10,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import localtree, references, transfer
+from . import lineage, localtree, references, transfer
+from .artifact_lifecycle import ArtifactLifecycle
 from .errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
+from .gcstate import ObjectsSwept, epoch
 from .localtree import LocalFile, LocalLink
 from .manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
 from .names import check_name, check_type, normalize_path
 from .registry import Registry, VersionInfo, check_metadata
 from .store import default_store_url
+from .typed import TypedObjects
 
 POLICIES = ("mutable", "immutable")
+SWEPT_RETRIES = 4  # commits again after a concurrent gc removed files it needed (gcstate.py)
 
 
 def default_project() -> str:
@@ -60,7 +64,7 @@ class Manifest:
         return wandb_manifest(self.entries.items())
 
 
-class Artifact:
+class Artifact(ArtifactLifecycle, TypedObjects):
     """A draft (PENDING) until save(); then an immutable logged version whose
     aliases, tags, description, metadata and ttl can still be changed and saved."""
 
@@ -82,6 +86,7 @@ class Artifact:
         self.aliases: list[str] = []
         self.tags: list[str] = []
         self._ttl: _dt.timedelta | None = None
+        self._ttl_inherited = True  # no TTL set: the project's default applies (W&B)
 
     # -- construction from the store -----------------------------------------
     @classmethod
@@ -99,7 +104,7 @@ class Artifact:
         self._metadata = dict(info.metadata)
         self.aliases = [a for a in info.aliases]
         self.tags = list(info.tags)
-        self._ttl = None if info.ttl is None else _dt.timedelta(seconds=info.ttl)
+        self._load_ttl(info)
 
     def _reg(self) -> Registry:
         if self._registry is None:
@@ -182,16 +187,6 @@ class Artifact:
     @metadata.setter
     def metadata(self, value: dict) -> None:
         self._metadata = check_metadata(value)
-
-    @property
-    def ttl(self) -> _dt.timedelta | None:
-        return self._ttl
-
-    @ttl.setter
-    def ttl(self, value: _dt.timedelta | None) -> None:
-        if value is not None and (not isinstance(value, _dt.timedelta) or value.total_seconds() <= 0):
-            raise ValueError("ttl must be a positive datetime.timedelta or None")
-        self._ttl = value
 
     # -- contents ------------------------------------------------------------
     def _entries(self) -> dict[str, Leaf]:
@@ -353,6 +348,10 @@ class Artifact:
         path = normalize_path(name)
         return self._manifest_entry(path, self._entry(path))
 
+    def get_path(self, name: str) -> ManifestEntry:
+        """Deprecated in W&B: get_entry(name)."""
+        return self.get_entry(name)
+
     def get_added_local_path_name(self, local_path: str) -> str | None:
         """The artifact path under which a local file was added, or None."""
         full = os.path.abspath(local_path)
@@ -370,20 +369,34 @@ class Artifact:
         latest), or persist changed aliases, tags, description, metadata and ttl
         of a logged version."""
         reg = self._reg()
-        ttl = self._ttl.total_seconds() if self._ttl else None
+        ttl = self._stored_ttl()
         if self._info is not None:
             return self._save_attributes(reg, ttl)
         project = check_name(project or self._project or default_project(), "project")
         root_key = self._base.root if self._base else None
-        root = apply_changes(reg, root_key, self._changes)
-        digest = artifact_digest(walk(reg, root.tree))
-        info, self.created = reg.commit(project, self._collection, self._type, root, digest,
-                             description=self.description, metadata=self._metadata,
-                             aliases=list(self.aliases), tags=list(self.tags), ttl=ttl,
-                             base=self._base.version if self._base else None)
+        seen: int | None = None
+        for attempt in range(SWEPT_RETRIES + 1):
+            root = apply_changes(reg, root_key, self._changes)
+            digest = artifact_digest(walk(reg, root.tree))
+            try:
+                info, self.created = reg.commit(
+                    project, self._collection, self._type, root, digest,
+                    description=self.description, metadata=self._metadata, aliases=list(self.aliases),
+                    tags=list(self.tags), ttl=ttl, base=self._base.version if self._base else None,
+                    epoch=seen)
+                break
+            except ObjectsSwept as e:
+                if attempt == SWEPT_RETRIES:
+                    raise
+                seen = epoch(reg.store)  # noted before the files are stored again
+                self._store_again(e.blobs)
         self._changes, self._base, self._project = {}, None, project
         self._load(info)
         return self
+
+    def _used(self, info: VersionInfo) -> None:
+        """Record that this process used the version (lineage.used_by())."""
+        lineage.record_own_use(self._reg(), info)
 
     def _save_attributes(self, reg: Registry, ttl: float | None) -> "Artifact":
         info = self._info
@@ -443,6 +456,7 @@ class Artifact:
         if allow_missing_references:  # W&B: skip references whose source is gone
             items = [(p, e) for p, e in items if getattr(e, "ref", None) is None or references.exists(e)]
         transfer.download_many(self._reg(), root, items, progress)
+        self._used(info)
         return root
 
     def checkout(self, root: str | None = None) -> str:

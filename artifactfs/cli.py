@@ -384,3 +384,8 @@ main.add_command(umount_cmd)
 from .draft_commands import sync_cmd  # noqa: E402  (drafts: commit through a running mount)
 
 main.add_command(sync_cmd)
+
+from .lifecycle_commands import COMMANDS  # noqa: E402  (link, unlink, delete, ttl, gc, lineage)
+
+for _command in COMMANDS:
+    main.add_command(_command)

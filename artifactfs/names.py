@@ -79,7 +79,10 @@ def check_component(part: str, path: str | None = None) -> str:
 
 
 def normalize_path(path: str) -> str:
-    """Turn a user-given artifact path ('./a//b', 'a\\b' is *not* accepted) into canonical form."""
+    """Turn a user-given artifact path into canonical form as W&B does ('./a//b' ->
+    'a/b'); an absolute path is refused (InvalidNameError, a ValueError), as in W&B."""
+    if isinstance(path, str) and path.startswith("/"):
+        raise InvalidNameError(f"invalid path {path!r}: artifact paths are relative (no leading '/')")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     return check_path("/".join(parts))
 

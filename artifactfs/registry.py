@@ -8,6 +8,7 @@ Layout (docs/store-format.md has the full description):
   projects/<p>/collections/<c>/aliases.json          alias -> version (CAS)
   projects/<p>/collections/<c>/versions/v<N>.json    immutable version record
   projects/<p>/collections/<c>/versions/v<N>.attrs.json  mutable attributes (CAS)
+  projects/<p>/collections/<c>/deleted.json          numbers of deleted versions (CAS)
 
 Version N exists once v<N>.json exists; it is created with put_if_absent after
 its blobs and trees are durable, so numbers are allocated without gaps and a
@@ -29,6 +30,8 @@ from .errors import (InvalidNameError, NotFoundError, ObjectNotFound, Preconditi
                      StoreError)
 from .manifest import (DirEntry, Entry, FileEntry, Tree, TreeIO, decode_tree, encode_tree, same_content,
                        tree_key, walk)
+from . import gcstate, runinfo
+from .keys import blob_key, tree_object_key
 from .names import check_alias, check_name, check_type, parse_version
 from .store import ObjectStore, open_store
 from .timestamps import now_iso
@@ -39,12 +42,6 @@ MAX_METADATA_KEYS = 100
 CAS_RETRIES = 200
 
 
-def blob_key(hexdigest: str) -> str:
-    return f"blobs/{hexdigest[:2]}/{hexdigest}"
-
-
-def _tree_object_key(hexdigest: str) -> str:
-    return f"trees/{hexdigest[:2]}/{hexdigest}"
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict:
@@ -84,10 +81,17 @@ class VersionInfo:
     state: str = "COMMITTED"
     updated_at: str | None = None
     aliases: list[str] = field(default_factory=list)
+    deleted_at: str | None = None
+    link: dict | None = None  # a portfolio member: {"project", "collection", "version"} of its source
+    run: dict | None = None   # the producer's run record (runinfo.RunRecord.to_json())
 
     @property
     def name(self) -> str:
         return f"{self.collection}:v{self.version}"
+
+    @property
+    def deleted(self) -> bool:
+        return self.state == "DELETED"
 
 
 @dataclass
@@ -97,11 +101,12 @@ class CollectionInfo:
     type: str
     description: str | None
     created_at: str
+    portfolio: bool = False  # holds links to versions of other collections (links.py)
 
 
 CACHED_TREE_ENTRIES = 32_768  # trees kept in memory, counted by entries (~100 B each), not by trees
 
-ATTR_FIELDS = ("description", "metadata", "tags", "ttl", "state", "updated_at")
+ATTR_FIELDS = ("description", "metadata", "tags", "ttl", "state", "updated_at", "deleted_at")
 
 
 class Registry(TreeIO):
@@ -113,6 +118,10 @@ class Registry(TreeIO):
         self._tree_entries = 0  # entries of the trees kept, at most CACHED_TREE_ENTRIES
         self._trees_lock = Lock()
         self._check_marker(create)
+        # Who produced a version that commit() is not told about (the mount sets this to
+        # the process that wrote a draft); None: this process (lineage, runinfo.py).
+        self.producer: Callable[[str, str], dict | None] | None = None
+        self.opened_epoch = gcstate.epoch(store)  # gc generation seen at open (gcstate.py)
 
     @classmethod
     def open(cls, url: str | None = None, create: bool = False) -> "Registry":
@@ -156,7 +165,7 @@ class Registry(TreeIO):
             if tree is not None:
                 self._trees.move_to_end(key)
                 return tree
-        data = self.store.get(_tree_object_key(key))
+        data = self.store.get(tree_object_key(key))
         if tree_key(data) != key:
             raise StoreError(f"tree {key} is corrupt (digest mismatch)")
         tree = decode_tree(data)
@@ -174,7 +183,7 @@ class Registry(TreeIO):
     def save(self, tree: Mapping[str, Entry]) -> str:
         data = encode_tree(tree)
         key = tree_key(data)
-        self.store.put_new(_tree_object_key(key), data)
+        self.store.put_new(tree_object_key(key), data)
         self._remember(key, dict(tree))
         return key
 
@@ -218,18 +227,25 @@ class Registry(TreeIO):
             d = json.loads(self.store.get(self._ckey(project, check_name(name, "collection name"), "collection.json")))
         except ObjectNotFound:
             raise NotFoundError(f"collection {project}/{name} not found") from None
-        return CollectionInfo(project, name, d["type"], d.get("description"), d["created_at"])
+        return CollectionInfo(project, name, d["type"], d.get("description"), d["created_at"],
+                              bool(d.get("portfolio", False)))
 
-    def ensure_collection(self, project: str, name: str, type_: str) -> CollectionInfo:
-        """Create the collection if needed; refuse a type different from its own."""
+    def ensure_collection(self, project: str, name: str, type_: str, portfolio: bool = False) -> CollectionInfo:
+        """Create the collection if needed; refuse a type different from its own, and
+        a portfolio where a collection of logged versions is (or the reverse)."""
         check_name(project, "project")
         check_name(name, "collection name")
         check_type(type_)
         body = {"name": name, "type": type_, "description": None, "created_at": now_iso()}
+        if portfolio:
+            body["portfolio"] = True
         self.store.put_if_absent(self._ckey(project, name, "collection.json"), json.dumps(body).encode())
         info = self.collection(project, name)
         if info.type != type_:
             raise InvalidNameError(f"collection {name} has type {info.type!r}, not {type_!r}")
+        if info.portfolio != portfolio:
+            what = "a portfolio (of links)" if info.portfolio else "a collection of logged versions, not a portfolio"
+            raise InvalidNameError(f"collection {project}/{name} is {what}")
         return info
 
     def set_collection_description(self, project: str, name: str, description: str | None) -> None:
@@ -239,7 +255,8 @@ class Registry(TreeIO):
         self._cas_json(self._ckey(project, name, "collection.json"), change, must_exist=True)
 
     # -- versions ------------------------------------------------------------
-    def versions(self, project: str, name: str) -> list[int]:
+    def versions(self, project: str, name: str, include_deleted: bool = False) -> list[int]:
+        """Version numbers in ascending order; deleted ones only when asked."""
         prefix = self._ckey(project, name, "versions/")
         out = []
         for k in self.store.list(prefix, recursive=False):
@@ -248,7 +265,17 @@ class Registry(TreeIO):
                 n = parse_version(leaf[:-5])
                 if n is not None:
                     out.append(n)
+        if not include_deleted and out:
+            gone = self.deleted(project, name)
+            out = [n for n in out if n not in gone]
         return sorted(out)
+
+    def deleted(self, project: str, name: str) -> set[int]:
+        """Numbers of the collection's deleted versions (deleted.json, lifecycle.py)."""
+        try:
+            return set(json.loads(self.store.get(self._ckey(project, name, "deleted.json")))["versions"])
+        except ObjectNotFound:
+            return set()
 
     def latest(self, project: str, name: str) -> int | None:
         vs = self.versions(project, name)
@@ -274,9 +301,11 @@ class Registry(TreeIO):
         if n is not None:
             if not self.store.exists(self._vkey(project, name, n)):
                 raise NotFoundError(f"version {name}:{alias} not found")
+            if n in self.deleted(project, name):
+                raise NotFoundError(f"version {name}:{alias} was deleted")
             return n
         found = self.aliases(project, name).get(alias)
-        if found is None:
+        if found is None or (alias != "latest" and found in self.deleted(project, name)):
             raise NotFoundError(f"alias {name}:{alias} not found")
         return found
 
@@ -294,6 +323,7 @@ class Registry(TreeIO):
             created_at=rec["created_at"], commit_hash=rec["commit_hash"], id=rec["id"],
             base=rec.get("base"), description=rec.get("description"),
             metadata=rec.get("metadata") or {}, tags=list(rec.get("tags") or []), ttl=rec.get("ttl"),
+            link=rec.get("link"), run=rec.get("run"),
         )
         try:
             attrs = json.loads(self.store.get(self._vkey(project, name, version, ".attrs.json")))
@@ -315,44 +345,73 @@ class Registry(TreeIO):
         description: str | None = None, metadata: Mapping[str, Any] | None = None,
         aliases: list[str] = (), tags: list[str] = (), ttl: float | None = None,
         base: int | None = None, created_at: str | None = None, exact_base: bool = False,
+        run: dict | None = None, epoch: int | None = None,
     ) -> tuple[VersionInfo, bool]:
         """Publish a new version whose trees and blobs have been put; returns
         (version, created).  Content equal to latest (same paths, kinds, bytes and
         executable bits; mtimes aside) returns latest unchanged (aliases and tags
         are still applied to it).  With exact_base the new version
-        must directly follow `base` (a rebasing writer): PreconditionFailed otherwise."""
+        must directly follow `base` (a rebasing writer): PreconditionFailed otherwise.
+        `run` is the producer's run record (default: self.producer, else this process);
+        `epoch` the gc generation read before the caller's first object write or
+        existence check (default: the one seen at open).  Raises gcstate.ObjectsSwept
+        when a gc that ran since removed objects the new root needs (docs/store-format.md 5.5)."""
         metadata = check_metadata(metadata)
         for a in aliases:
             check_alias(a)
         for t in tags:
             check_name(t, "tag")
         self.ensure_collection(project, name, type_)
-        latest = self.latest(project, name)
-        if exact_base and latest != base:
-            raise PreconditionFailed(f"{name}: latest is v{latest}, not v{base}")
-        if latest is not None:
-            current = self.version(project, name, latest)
-            if current.digest == digest and (current.root == root.tree or same_content(
-                    walk(self, current.root), walk(self, root.tree))):
-                self._label(project, name, latest, aliases, tags)
-                return self.version(project, name, latest), False
-        self.store.sync()  # blobs and trees durable before the record names them
-        record = {
-            "format": "artifactfs-version-v1", "type": type_, "root": root.tree, "digest": digest,
-            "size": root.size, "file_count": root.files, "created_at": created_at or now_iso(),
-            "commit_hash": uuid.uuid4().hex[:20], "id": uuid.uuid4().hex, "base": base,
-            "description": description, "metadata": metadata, "tags": sorted(set(tags)), "ttl": ttl,
-        }
-        n = (latest + 1) if latest is not None else 0
+        with gcstate.in_flight(self.store) as seen:
+            live = self.versions(project, name)
+            latest = live[-1] if live else None
+            if exact_base and latest != base:
+                raise PreconditionFailed(f"{name}: latest is v{latest}, not v{base}")
+            if latest is not None:
+                current = self.version(project, name, latest)
+                if current.digest == digest and (current.root == root.tree or same_content(
+                        walk(self, current.root), walk(self, root.tree))):
+                    self._label(project, name, latest, aliases, tags)
+                    return self.version(project, name, latest), False
+            self.store.sync()  # blobs and trees durable before the record names them
+            if seen != (self.opened_epoch if epoch is None else epoch):
+                base_root = self._live_root(project, name, base)
+                gcstate.check_present(self, self.store, root.tree, base_root)
+            if run is None and self.producer is not None:
+                run = self.producer(project, name)
+            record = {
+                "format": "artifactfs-version-v1", "type": type_, "root": root.tree, "digest": digest,
+                "size": root.size, "file_count": root.files, "created_at": created_at or now_iso(),
+                "commit_hash": uuid.uuid4().hex[:20], "id": uuid.uuid4().hex, "base": base,
+                "description": description, "metadata": metadata, "tags": sorted(set(tags)), "ttl": ttl,
+                "run": run if run is not None else runinfo.current_run().to_json(),
+            }
+            n = self.publish(project, name, record, fail_on_race=exact_base)
+        self._label(project, name, n, aliases, ())
+        return self.version(project, name, n), True
+
+    def _live_root(self, project: str, name: str, base: int | None) -> str | None:
+        """The root tree of version `base` while it is not deleted (gc keeps it), else None."""
+        if base is None:
+            return None
+        try:
+            info = self.version(project, name, base, aliases={})
+        except NotFoundError:
+            return None
+        return None if info.deleted or base in self.deleted(project, name) else info.root
+
+    def publish(self, project: str, name: str, record: dict, fail_on_race: bool = False) -> int:
+        """Create the record as the next free number (deleted numbers are never reused);
+        the single put_if_absent is the commit point.  Returns the number."""
+        every = self.versions(project, name, include_deleted=True)
+        n = every[-1] + 1 if every else 0
         while True:
             record["version"] = n
             if self.store.put_if_absent(self._vkey(project, name, n), json.dumps(record).encode()):
-                break
-            if exact_base:
+                return n
+            if fail_on_race:
                 raise PreconditionFailed(f"{name}: v{n} was published concurrently")
             n += 1
-        self._label(project, name, n, aliases, ())
-        return self.version(project, name, n), True
 
     def _label(self, project: str, name: str, version: int, aliases, tags) -> None:
         for a in aliases:

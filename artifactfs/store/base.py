@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    key: str
+    size: int     # bytes
+    mtime: float  # seconds since the epoch (last write)
 
 
 class ObjectStore(abc.ABC):
@@ -62,6 +70,10 @@ class ObjectStore(abc.ABC):
     def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
         """Keys starting with `prefix`.  With recursive=False, only the next level:
         keys directly below and sub-prefixes (ending in '/')."""
+
+    def list_stat(self, prefix: str) -> Iterator[ObjectStat]:
+        """Every key below `prefix` with its size and modification time (for gc)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list modification times")
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -21,7 +21,7 @@ import xxhash
 
 from ..errors import ObjectNotFound, PreconditionFailed, StoreError
 from ..fileio import write_new
-from .base import ObjectStore
+from .base import ObjectStat, ObjectStore
 
 LOCK_STALE = 30.0
 INTERNAL = "#"  # marks temp and lock files; refused in keys
@@ -161,6 +161,14 @@ class LocalStore(ObjectStore):
                     yield key + "/"
             else:
                 yield key
+
+    def list_stat(self, prefix: str) -> Iterator[ObjectStat]:
+        for key in self.list(prefix):
+            try:
+                st = os.stat(self._path(key))
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            yield ObjectStat(key, st.st_size, st.st_mtime)
 
     # -- writes --------------------------------------------------------------
     def put(self, key: str, data: bytes) -> None:

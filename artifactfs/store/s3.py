@@ -34,7 +34,7 @@ try:
 except ImportError as e:  # boto3 is the optional 's3' extra
     raise StoreError("s3:// stores need boto3: pip install 'artifactfs[s3]'") from e
 
-from .base import ObjectStore
+from .base import ObjectStat, ObjectStore
 from .s3config import NETWORK_ERRORS, POOL, S3Options, public_endpoint, translate
 
 T = TypeVar("T")
@@ -343,20 +343,33 @@ class S3Store(ObjectStore):
 
     page_size = 1000  # S3's own maximum; tests use small pages
 
-    def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+    def _pages(self, prefix: str, recursive: bool) -> Iterator[dict]:
+        """The list_objects_v2 pages below `prefix` (after pending uploads)."""
         self._uploads.wait()
-        base = f"{self.prefix}/" if self.prefix else ""
-        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._base + prefix}
         if not recursive:
             kw["Delimiter"] = "/"
         while True:
             page = self._call("list", prefix, lambda c: c.list_objects_v2(**kw, MaxKeys=self.page_size))
-            keys = [o["Key"] for o in page.get("Contents", ())] + [c["Prefix"] for c in page.get("CommonPrefixes", ())]
-            for k in sorted(keys):
-                yield k[len(base):]
+            yield page
             if not page.get("IsTruncated"):
                 return
             kw["ContinuationToken"] = page["NextContinuationToken"]
+
+    @property
+    def _base(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+        for page in self._pages(prefix, recursive):
+            keys = [o["Key"] for o in page.get("Contents", ())] + [c["Prefix"] for c in page.get("CommonPrefixes", ())]
+            for k in sorted(keys):
+                yield k[len(self._base):]
+
+    def list_stat(self, prefix: str) -> Iterator[ObjectStat]:
+        for page in self._pages(prefix, True):
+            for o in page.get("Contents", ()):
+                yield ObjectStat(o["Key"][len(self._base):], int(o["Size"]), o["LastModified"].timestamp())
 
     # -- writes --------------------------------------------------------------
     def put(self, key: str, data: bytes) -> None:

@@ -1,0 +1,162 @@
+"""`artifactfs gc`: delete expired versions, then the blobs and trees nothing live
+refers to (docs/store-format.md section 5.5 has the protocol).
+
+Live roots are the root trees of every version (and link) that is not deleted,
+and of deleted versions for `keep_deleted` seconds after their deletion (so
+readers holding their files open, and drafts based on them, keep working for
+that long).  An unreferenced object younger than `grace` seconds is kept too:
+it may belong to a writer that has stored its files and not yet committed."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import gcstate
+from .errors import ArtifactfsError, ObjectNotFound
+from .keys import BLOBS, TREES, blob_key, tree_object_key
+from .lifecycle import default_ttl, expires_at
+from .links import delete as delete_artifact
+from .manifest import DirEntry, FileEntry
+from .registry import Registry, VersionInfo
+
+log = logging.getLogger("artifactfs.gc")
+GRACE = 3600.0
+KEEP_DELETED = 86400.0
+WAIT = 600.0
+HEARTBEAT_EVERY = 30.0
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    expired: list[str] = field(default_factory=list)   # project/collection:vN deleted for their TTL
+    blobs: int = 0            # blobs removed (or that would be)
+    trees: int = 0            # trees removed (or that would be)
+    bytes: int = 0            # their total size
+    young: int = 0            # unreferenced objects kept because younger than the grace period
+    live_versions: int = 0
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _all_versions(registry: Registry) -> Iterator[tuple[VersionInfo, bool]]:
+    """(version, is_deleted) for every version record of the store."""
+    for project in registry.projects():
+        for coll in registry.collections(project):
+            gone = registry.deleted(project, coll.name)
+            for n in registry.versions(project, coll.name, include_deleted=True):
+                try:
+                    info = registry.version(project, coll.name, n, aliases={})
+                except ArtifactfsError:
+                    continue
+                yield info, n in gone or info.deleted
+
+
+def _expired(registry: Registry, now: dt.datetime) -> list[VersionInfo]:
+    defaults: dict[str, float | None] = {}
+    out = []
+    for info, deleted in _all_versions(registry):
+        if deleted:
+            continue
+        if info.project not in defaults:
+            defaults[info.project] = default_ttl(registry, info.project)
+        when = expires_at(info, defaults[info.project])
+        if when is not None and when <= now:
+            out.append(info)
+    return out
+
+
+class _Beat:
+    """Keeps a sweep's heartbeat fresh during a long mark or sweep (no-op in a dry run)."""
+
+    def __init__(self, registry: Registry, sweep: str | None):
+        self.store, self.sweep, self.at = registry.store, sweep, time.monotonic()
+
+    def __call__(self) -> None:
+        if self.sweep is not None and time.monotonic() - self.at > HEARTBEAT_EVERY:
+            gcstate.heartbeat(self.store, self.sweep)
+            self.at = time.monotonic()
+
+
+def _mark(registry: Registry, now: float, keep_deleted: float, expiring: set[tuple[str, str, int]],
+          beat: _Beat) -> tuple[set[str], set[str], int]:
+    """Keys of every tree and blob reachable from a live root; and the live count.
+    `expiring` versions count as deleted now (a dry run has not deleted them)."""
+    trees: set[str] = set()
+    blobs: set[str] = set()
+    live = 0
+
+    def visit(key: str) -> None:
+        if key in trees:
+            return
+        trees.add(key)
+        try:
+            tree = registry.load(key)
+        except ObjectNotFound:
+            log.warning("tree %s is missing", key)
+            return
+        for entry in tree.values():
+            if isinstance(entry, DirEntry):
+                visit(entry.tree)
+            elif isinstance(entry, FileEntry):
+                blobs.update(entry.chunks)
+
+    for info, deleted in _all_versions(registry):
+        beat()
+        if (info.project, info.collection, info.version) in expiring:
+            deleted, at = True, now
+        else:
+            at = dt.datetime.fromisoformat(info.deleted_at).timestamp() if info.deleted_at else 0.0
+        if deleted:
+            if now - at >= keep_deleted:
+                continue
+        else:
+            live += 1
+        visit(info.root)
+    return {tree_object_key(t) for t in trees}, {blob_key(b) for b in blobs}, live
+
+
+def collect(registry: Registry, dry_run: bool = False, grace: float = GRACE,
+            keep_deleted: float = KEEP_DELETED, wait: float = WAIT) -> GcReport:
+    """Run one gc; with dry_run nothing is changed and the report says what would be."""
+    report = GcReport(dry_run)
+    now = dt.datetime.now(dt.timezone.utc)
+    expired = _expired(registry, now)
+    report.expired = [f"{v.project}/{v.name}" for v in expired]
+    if not dry_run:
+        for info in expired:
+            delete_artifact(registry, info, delete_aliases=True)
+    expiring = {(v.project, v.collection, v.version) for v in expired} if dry_run else set()
+    store = registry.store
+    sweep = None if dry_run else gcstate.begin_sweep(store)
+    try:
+        if sweep is not None:
+            gcstate.wait_for_commits(store, sweep, wait)
+        beat = _Beat(registry, sweep)
+        started = time.time()
+        trees, blobs, report.live_versions = _mark(registry, started, keep_deleted, expiring, beat)
+        for prefix, keep in ((TREES, trees), (BLOBS, blobs)):
+            for obj in store.list_stat(prefix):
+                if obj.key in keep:
+                    continue
+                if started - obj.mtime < grace:
+                    report.young += 1
+                    continue
+                if sweep is not None:
+                    beat()
+                    store.delete(obj.key)
+                report.bytes += obj.size
+                if prefix == TREES:
+                    report.trees += 1
+                else:
+                    report.blobs += 1
+        if sweep is not None:
+            gcstate.drop_stale_markers(store, started)
+    finally:
+        if sweep is not None:
+            gcstate.end_sweep(store, sweep)
+    return report

@@ -1,0 +1,15 @@
+"""Where content-addressed objects live in a store (docs/store-format.md section 2)."""
+from __future__ import annotations
+
+BLOBS = "blobs/"
+TREES = "trees/"
+
+
+def blob_key(hexdigest: str) -> str:
+    """`blobs/<2 hex>/<32 hex>`: one file chunk."""
+    return f"{BLOBS}{hexdigest[:2]}/{hexdigest}"
+
+
+def tree_object_key(hexdigest: str) -> str:
+    """`trees/<2 hex>/<32 hex>`: one directory object."""
+    return f"{TREES}{hexdigest[:2]}/{hexdigest}"

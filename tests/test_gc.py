@@ -1,0 +1,171 @@
+"""`gc`: expired versions, unreferenced objects, dry runs, and gc racing commits on
+the local store and on S3 (a real moto server) (issue 11, docs/store-format.md 5.5)."""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+
+from artifactfs import Api, Artifact, NotFoundError
+from artifactfs import gcstate
+from artifactfs.gc import collect
+from artifactfs.gcstate import ObjectsSwept
+from artifactfs.keys import blob_key
+from artifactfs.lifecycle import set_default_ttl
+from artifactfs.manifest import walk
+from artifactfs.registry import Registry
+from core_util import check_version_complete, write_files
+from mountutil import wait_for
+from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path, monkeypatch) -> str:
+    url = str(tmp_path / "store") if request.param == "local" else request.getfixturevalue("s3_url")
+    monkeypatch.setenv("ARTIFACTFS_STORE", url)
+    monkeypatch.setenv("ARTIFACTFS_PROJECT", "proj")
+    return url
+
+
+def put(store: str, name: str, src: str, files: dict) -> Artifact:
+    art = Artifact(name, "dataset", store=store)
+    art.add_dir(write_files(src, files))
+    return art.save()
+
+
+def blobs_of(reg: Registry, art: Artifact) -> set[str]:
+    info = reg.version(art.project, art.collection, int(art.version[1:]))
+    return {blob_key(c) for _, e in walk(reg, info.root) for c in e.chunks}
+
+
+def test_gc_frees_only_what_nothing_live_uses(store, tmp_path):
+    keep = put(store, "d", str(tmp_path / "a"), {"shared": "same", "only0": "zero"})
+    gone = put(store, "d", str(tmp_path / "b"), {"shared": "same", "only1": "one" * 1000})
+    reg = Registry.open(store)
+    only1 = blobs_of(reg, gone) - blobs_of(reg, keep)
+    gone.delete()
+    dry = collect(reg, dry_run=True, grace=0, keep_deleted=0)
+    assert (dry.blobs, dry.dry_run) == (1, True) and dry.trees >= 1 and dry.bytes >= 3000
+    assert reg.store.present(only1) == only1  # a dry run changes nothing
+    kept = collect(reg, grace=0, keep_deleted=3600)
+    assert kept.blobs == 0  # deleted a moment ago: its files are kept for open readers
+    done = collect(reg, grace=0, keep_deleted=0)
+    assert (done.blobs, done.trees, done.bytes) == (dry.blobs, dry.trees, dry.bytes)
+    assert reg.store.present(only1) == set()
+    assert check_version_complete(Registry.open(store), "proj", "d", 0) == 2
+    assert collect(reg, grace=0, keep_deleted=0).blobs == 0
+    young = put(store, "e", str(tmp_path / "c"), {"x": "fresh"})
+    young.delete()
+    report = collect(reg, grace=3600, keep_deleted=0)
+    assert report.blobs == 0 and report.young >= 2  # the grace period protects new objects
+
+
+def test_gc_deletes_expired_versions(store, tmp_path):
+    old = put(store, "d", str(tmp_path / "a"), {"f": "0"})
+    put(store, "d", str(tmp_path / "b"), {"f": "1"})
+    reg = Registry.open(store)
+    art = Api(store).artifact("d:v0")
+    art.ttl = dt.timedelta(seconds=1)
+    art.save()
+    never = Api(store).artifact("d:v1")
+    never.ttl = None  # opts out of the project default below
+    never.save()
+    set_default_ttl(reg, "proj", 1)
+    expiry = dt.datetime.fromisoformat(old.created_at) + dt.timedelta(seconds=1)
+    wait_for(lambda: dt.datetime.now(dt.timezone.utc) > expiry, 10, "v0 to expire")
+    assert collect(reg, dry_run=True).expired == ["proj/d:v0"]
+    assert Api(store).artifact("d:v0").state == "COMMITTED"
+    assert collect(reg).expired == ["proj/d:v0"]
+    with pytest.raises(NotFoundError):
+        Api(store).artifact("d:v0")
+    assert Api(store).artifact("d:v1").state == "COMMITTED"
+
+
+def test_commit_after_a_sweep_stores_swept_files_again(store, tmp_path):
+    """The race made certain: a writer finds a blob present and skips it, gc then
+    removes it (unreferenced), and the commit must not name a missing blob."""
+    first = put(store, "d", str(tmp_path / "a"), {"f": "payload" * 100})
+    first.delete()
+    writer = Artifact("d", "dataset", store=store)
+    writer.add_dir(write_files(str(tmp_path / "b"), {"f": "payload" * 100}))  # blob exists: not written
+    reg = Registry.open(store)
+    assert collect(reg, grace=0, keep_deleted=0).blobs == 1  # ... and now it is gone
+    writer.save()
+    assert check_version_complete(Registry.open(store), "proj", "d", 1) == 1
+
+
+def test_gc_waits_for_a_commit_in_flight(store, tmp_path):
+    gone = put(store, "d", str(tmp_path / "a"), {"f": "old"})
+    reg = Registry.open(store)
+    blobs = blobs_of(reg, gone)
+    gone.delete()
+    done = threading.Event()
+    with gcstate.in_flight(reg.store):
+        t = threading.Thread(target=lambda: (collect(Registry.open(store), grace=0, keep_deleted=0), done.set()))
+        t.start()
+        wait_for(lambda: gcstate.read_state(reg.store).sweeping(), 60, "gc to start its sweep")
+        assert not done.is_set() and reg.store.present(blobs) == blobs  # nothing removed while we commit
+    t.join(120)
+    assert done.is_set() and reg.store.present(blobs) == set()
+    assert not gcstate.read_state(reg.store).sweeping()
+
+
+def test_gc_racing_commits_never_removes_what_a_version_needs(store, tmp_path):
+    """Writers commit versions made of files that were deleted a moment ago (present,
+    unreferenced: what gc removes), and delete them again, while gc runs in a loop
+    with no grace period.  Afterwards every live version must be complete."""
+    writers, rounds = 3, 6
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    sweeps = []
+    retried: list[int] = []  # commits refused (ObjectsSwept): refused, never published broken
+
+    def write(w: int) -> None:
+        try:
+            for r in range(rounds):
+                files = {"shared.bin": "shared" * 500, f"w{w}.bin": f"{w}" * 2000, "r.txt": f"{w}-{r}"}
+                for attempt in range(20):  # gc with no grace period may sweep a fresh upload
+                    try:
+                        art = put(store, f"c{w}", str(tmp_path / f"w{w}-{r}-{attempt}"), files)
+                        break
+                    except ObjectsSwept:
+                        retried.append(w)
+                else:
+                    raise AssertionError("a writer never got its commit through")
+                if r < rounds - 1:
+                    art.delete()  # garbage for gc; the next round needs the same blobs again
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    def sweep() -> None:
+        reg = Registry.open(store)
+        while not stop.is_set():
+            try:
+                sweeps.append(collect(reg, grace=0, keep_deleted=0))
+                stop.wait(0.05)  # pacing: commits get in between sweeps
+            except BaseException as e:
+                errors.append(e)
+                return
+
+    Registry.open(store, create=True)
+    gc_thread = threading.Thread(target=sweep)
+    gc_thread.start()
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    stop.set()
+    gc_thread.join(600)
+    assert not errors, errors
+    print(f"{len(sweeps)} sweeps, {len(retried)} commits refused and retried")
+    assert len(sweeps) >= 2 and sum(s.blobs for s in sweeps) > 0  # gc really ran and removed files
+    reg = Registry.open(store)
+    for w in range(writers):
+        assert reg.versions("proj", f"c{w}") == [rounds - 1]
+        assert check_version_complete(reg, "proj", f"c{w}", rounds - 1) == 3
+    collect(reg, grace=0, keep_deleted=0)
+    for w in range(writers):
+        assert check_version_complete(Registry.open(store), "proj", f"c{w}", rounds - 1) == 3
