@@ -48,6 +48,8 @@ class MountContext:
     # records seen last must survive, e.g. to be shown while the store is unreachable).
     # One entry per collection and per version looked at.
     kept: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    # Called as hook(node, pid, flags) after each open/create is answered (lineage.py).
+    on_open: list[Callable[[Node, int, int], None]] = field(default_factory=list)
 
     def keep(self, key: tuple[str, ...], make: Callable[[], T]) -> T:
         """The value kept under `key`, made on first use."""

@@ -135,6 +135,8 @@ def run(opts: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
     the mount is live; afterwards errors are logged."""
     setup_logging(opts)
     daemon = Daemon.build(opts)
+    from .lineage import install as record_lineage  # uses and draft writers (issue 11)
+    record_lineage(daemon)
     if not opts.read_only:
         from .draftroot import install  # writable draft/ folders (issue 4)
         install(daemon, opts.default_type)

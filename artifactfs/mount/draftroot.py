@@ -133,14 +133,15 @@ class DraftCollectionNode(CollectionNode):
         return await node.load()
 
     async def lookup(self, name: str) -> Node:
-        if name == DRAFT:
+        if name == DRAFT and not self.info.portfolio:  # a portfolio holds links, not drafts
             return await self._draft()
         if name in self.pending:
             return self.ctx.make("link", ("link", self.name, name), self.pending[name])
         return await super().lookup(name)
 
     async def children(self) -> Sequence[tuple[str, Node]]:
-        return [(DRAFT, await self._draft()), *await super().children()]
+        drafts = [] if self.info.portfolio else [(DRAFT, await self._draft())]
+        return [*drafts, *await super().children()]
 
     # -- aliases as symlinks -------------------------------------------------------------
     def _alias_of(self, name: str) -> str | None:

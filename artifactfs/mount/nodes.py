@@ -22,7 +22,7 @@ import posixpath
 import stat
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import pyfuse3
@@ -33,6 +33,7 @@ from ..manifest import DirEntry, Entry, FileEntry, SymlinkEntry
 from ..names import parse_version
 from ..registry import CollectionInfo, VersionInfo
 from ..timestamps import iso_ns
+from . import portfolios
 from .context import MountContext
 from .inodes import LONG_TIMEOUT, Handle, Node, fuse_error
 from .reader import FileReader
@@ -100,12 +101,15 @@ class RootNode(Node):
         if name not in infos:
             infos = await self.collections(MISS_REFRESH)
         if name not in infos:
+            if name == portfolios.REGISTRY_DIR and (entry := await portfolios.registry_entry(self.ctx, infos)):
+                return entry[1]
             raise fuse_error(errno.ENOENT)
         return self._child(infos[name])
 
     async def children(self) -> Sequence[tuple[str, Node]]:
         infos = await self.collections()
-        return [(name, self._child(infos[name])) for name in sorted(infos)]
+        registry = await portfolios.registry_entry(self.ctx, infos)  # model-registry/, once it has models
+        return sorted([(name, self._child(infos[name])) for name in infos] + ([registry] if registry else []))
 
     async def statfs(self) -> pyfuse3.StatvfsData:
         """Capacity is the local cache's size limit; nothing is free for writing."""
@@ -130,6 +134,7 @@ class RootNode(Node):
 class CollectionState:
     versions: set[int]
     aliases: dict[str, int]
+    links: dict[int, str] = field(default_factory=dict)  # a portfolio's links: version -> symlink target
 
 
 class CollectionNode(Node):
@@ -140,15 +145,21 @@ class CollectionNode(Node):
         self.info = info
         self.name = info.name
         reg, project = ctx.registry, ctx.project
-        name = self.name
-        self._state: Refreshing[CollectionState] = ctx.keep(("state", name), lambda: Refreshing(
-            lambda: CollectionState(set(reg.versions(project, name)), reg.aliases(project, name))))
+        name, known = self.name, ctx.keep(("links", info.name), dict)
+
+        def fetch() -> CollectionState:
+            versions = set(reg.versions(project, name))
+            links = portfolios.portfolio_links(reg, project, name, versions, known, project) if info.portfolio else {}
+            return CollectionState(versions, reg.aliases(project, name), links)
+        self._state: Refreshing[CollectionState] = ctx.keep(("state", name), lambda: Refreshing(fetch))
 
     def mtime_ns(self) -> int:
         return iso_ns(self.info.created_at)
 
     async def state(self, max_age: float | None = None) -> CollectionState:
-        return await self._state.get(self.ctx, self.ctx.refresh if max_age is None else max_age)
+        st = await self._state.get(self.ctx, self.ctx.refresh if max_age is None else max_age)
+        portfolios.forget_removed(self, st)  # deleted versions leave the kernel's dentry cache
+        return st
 
     async def lookup(self, name: str) -> Node:
         node = self._child(name, await self.state())
@@ -179,6 +190,9 @@ class CollectionNode(Node):
                 return None
         n = parse_version(rest)
         tag = "" if sep == ":" else sep
+        if n is not None and n in st.links:  # a portfolio's link (portfolios.py)
+            target = st.links[n] if sep == ":" else st.links[n].replace(":", sep)
+            return self.ctx.make("fixed-link", ("plink" + tag, self.name, str(n)), target)
         if n is not None:
             return self.ctx.make("version", ("ver" + tag, self.name, str(n), ""), n, self) if n in st.versions else None
         if rest in st.aliases:
@@ -436,5 +450,5 @@ class VersionLinkNode(Node):
 def default_node_classes() -> dict[str, type[Node]]:
     return {"root": RootNode, "collection": CollectionNode, "version": VersionRootNode,
             "dir": VersionDirNode, "file": VersionFileNode, "symlink": VersionLinkNode,
-            "alias": AliasNode}
+            "alias": AliasNode, **portfolios.NODE_CLASSES}
 

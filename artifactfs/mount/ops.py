@@ -60,6 +60,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, ctx: MountContext):
         super().__init__()
         self.table = ctx.table
+        self._on_open = ctx.on_open
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, tuple[int, Sequence[tuple[str, Node]]]] = {}  # fh -> (inode, entries)
         self._next_fh = 1
@@ -127,7 +128,10 @@ class Operations(pyfuse3.Operations):
     # -- files -----------------------------------------------------------------------
     @_mapped
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        handle = await self.table[inode].open(flags)
+        node = self.table[inode]
+        handle = await node.open(flags)
+        for hook in self._on_open:
+            hook(node, ctx.pid, flags)
         fh = self._fh()
         self._handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
@@ -162,6 +166,8 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node, handle = await self.table[parent_inode].create(os.fsdecode(name), mode, flags)
+        for hook in self._on_open:
+            hook(node, ctx.pid, flags)
         fh = self._fh()
         self._handles[fh] = handle
         info = pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)

@@ -1,0 +1,105 @@
+"""Lineage seen by the mount, with no change to the programs (issue 11).
+
+The first time a process (the FUSE request's pid) opens a file of a version, a
+use is queued: its run record is read from /proc at that moment, while the
+process waits in open(2) (a few small in-memory reads, once per process and
+version; nothing at all on read(2)).  A background task writes the queued uses
+in a worker thread every FLUSH_EVERY seconds and at unmount: one store write per
+process and version, never one per read.
+
+A process that opens a file of a collection's draft/ for writing is remembered
+as that draft's writer; the next commit of the draft (sync or unmount) records
+it as the producer (Registry.producer) instead of the mount daemon."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import ArtifactfsError
+from ..lineage import record_use
+from ..runinfo import RunRecord, process_run
+from .context import MountContext
+from .inodes import Node
+from .nodes import VersionFileNode
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("artifactfs.mount")
+FLUSH_EVERY = 1.0
+MAX_SEEN = 100_000  # (pid, version) pairs remembered; beyond, the set starts over
+
+
+@dataclass
+class PendingUse:
+    collection: str
+    version: int
+    run: RunRecord
+    path: str
+
+
+class UseRecorder:
+    def __init__(self, ctx: MountContext):
+        self.ctx = ctx
+        self.seen: set[tuple[int, str, int]] = set()
+        self.pending: list[PendingUse] = []
+        self.writers: dict[str, tuple[int, RunRecord]] = {}  # draft collection -> (pid, run)
+
+    def opened(self, node: Node, pid: int, flags: int) -> None:
+        """An open(2) or create(2) answered for process `pid` (called on the trio loop)."""
+        if pid <= 0 or pid == os.getpid():
+            return
+        if isinstance(node, VersionFileNode):
+            key = (pid, node.ref.collection, node.ref.version)
+            if key in self.seen:
+                return
+            if len(self.seen) >= MAX_SEEN:
+                self.seen.clear()
+            self.seen.add(key)
+            run = process_run(pid)
+            if run is not None:
+                self.pending.append(PendingUse(node.ref.collection, node.ref.version, run, node.key[3]))
+        elif node.key[0] == "draft" and flags & os.O_ACCMODE != os.O_RDONLY:
+            name = node.key[1]
+            if self.writers.get(name, (0, None))[0] != pid:
+                run = process_run(pid)
+                if run is not None:
+                    self.writers[name] = (pid, run)
+
+    def producer(self, project: str, name: str) -> dict | None:
+        """Registry.producer: the last writer of the draft being committed (worker thread)."""
+        found = self.writers.get(name) if project == self.ctx.project else None
+        return found[1].to_json() if found else None
+
+    def _write(self, batch: list[PendingUse]) -> None:
+        reg = self.ctx.registry
+        for use in batch:
+            try:
+                info = reg.version(self.ctx.project, use.collection, use.version, aliases={})
+                record_use(reg, info, use.run, "mount", use.path)
+            except (ArtifactfsError, OSError) as e:
+                log.warning("could not record the use of %s:v%d by pid %d: %s",
+                            use.collection, use.version, use.run.pid, e)
+
+    async def flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            await self.ctx.run(self._write, batch)
+
+    async def serve(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_EVERY)
+            await self.flush()
+
+
+def install(daemon: "Daemon") -> None:
+    """Record uses and draft writers through this mount."""
+    recorder = UseRecorder(daemon.ctx)
+    daemon.ctx.on_open.append(recorder.opened)
+    daemon.ctx.registry.producer = recorder.producer
+    daemon.services.append(recorder.serve)
+    daemon.shutdown_hooks.insert(0, recorder.flush)
