@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -29,7 +28,7 @@ from ..timestamps import now_iso
 from .context import MountContext
 from .control import XATTR, ControlServer, control_address
 from .draftnodes import DraftNode
-from .inodes import Node, fuse_error
+from .inodes import Node, SymlinkNode, fuse_error
 from .livedraft import Drafts, LiveDraft
 from .nodes import AliasNode, CollectionNode, RootNode, VersionRootNode
 
@@ -206,28 +205,12 @@ class DraftCollectionNode(CollectionNode):
         await (await self._draft()).set_type(value.decode())
 
 
-class PendingLinkNode(Node):
-    """The temporary symlink `ln -sfn` makes before renaming it onto the alias."""
-
-    mode = stat.S_IFLNK | 0o777
-
-    def __init__(self, ctx: MountContext, key: tuple[str, ...], target: str):
-        super().__init__(ctx, key)
-        self._target = target
-
-    def size(self) -> int:
-        return len(self._target)
-
-    async def readlink(self) -> str:
-        return self._target
-
-
 def install(daemon: "Daemon", default_type: str) -> None:
     """Make the mount of `daemon` writable through drafts."""
     ctx = daemon.ctx
     drafts = Drafts(ctx, default_type)
     ctx.node_classes.update(root=DraftRootNode, collection=DraftCollectionNode, draft=DraftNode,
-                            link=PendingLinkNode)
+                            link=SymlinkNode)  # link: the temporary symlink `ln -sfn` makes before its rename
     root = DraftRootNode(ctx, ("root",))
     root.drafts = drafts
     root.control = control_address(daemon.opts.mountpoint)

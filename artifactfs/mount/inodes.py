@@ -257,3 +257,19 @@ class InodeTable:
                 del self._by_key[node.key]
             if node is not None:
                 node.forgotten()
+
+
+class SymlinkNode(Node):
+    """A symlink with a fixed target (portfolio links, a pending `ln -sfn` in a collection)."""
+
+    mode = stat.S_IFLNK | 0o777
+
+    def __init__(self, ctx: "MountContext", key: tuple[str, ...], target: str):
+        super().__init__(ctx, key)
+        self.target = target
+
+    def size(self) -> int:
+        return len(self.target)
+
+    async def readlink(self) -> str:
+        return self.target

@@ -23,7 +23,7 @@ import pyfuse3
 from ..links import REGISTRY_PROJECT
 from ..registry import Registry
 from .context import MountContext
-from .inodes import Node, fuse_error
+from .inodes import Node, SymlinkNode, fuse_error
 
 if TYPE_CHECKING:
     from .nodes import CollectionNode, CollectionState
@@ -65,20 +65,6 @@ def forget_removed(node: "CollectionNode", st: "CollectionState") -> None:
             pyfuse3.invalidate_entry_async(node.ino, f"{node.name}:v{n}".encode())
         except (OSError, RuntimeError):
             pass  # the kernel never looked it up, or the session is ending
-
-
-class SymlinkNode(Node):
-    mode = stat.S_IFLNK | 0o777
-
-    def __init__(self, ctx: MountContext, key: tuple[str, ...], target: str):
-        super().__init__(ctx, key)
-        self.target = target
-
-    def size(self) -> int:
-        return len(self.target)
-
-    async def readlink(self) -> str:
-        return self.target
 
 
 @dataclass
