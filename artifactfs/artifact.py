@@ -48,6 +48,7 @@ class ManifestEntry:
             raise ArtifactNotLoggedError("entry.download() needs a logged artifact")
         root = root or art._default_root()
         transfer.download_many(art._reg(), root, [(self.path, art._entry(self.path))])
+        art._used(art._need_logged("download()"))
         return os.path.join(root, self.path)
 
 

@@ -71,3 +71,18 @@ def test_lineage_cli(env, tmp_path):
     assert [u["run"]["id"] for u in d["used_by"]] == ["consumer"]
     text = cli("lineage", "m:v0").stdout
     assert "producer" in text and "consumer" in text
+
+
+def test_an_entry_download_and_get_record_a_use(env, tmp_path):
+    from artifactfs.runinfo import current_run
+    art = Artifact("m", "model")
+    art.add_dir(write_files(str(tmp_path / "src"), {"a": "1"}))
+    art.add({"k": 1}, "cfg")
+    art.save()
+    Api().artifact("m:v0").get_entry("a").download(str(tmp_path / "one"))
+    assert [u.run.id for u in art.used_by()] == [current_run().id]
+    art2 = Artifact("n", "model")
+    art2.add({"k": 2}, "cfg")
+    art2.save()
+    assert Api().artifact("n:v0").get("cfg") == {"k": 2}
+    assert [u.via for u in art2.used_by()] == ["api"]
