@@ -9,6 +9,7 @@ the same id whether it is asked by itself (the Python API) or seen through the
 mount (/proc of the FUSE request's pid), so its uses and products line up."""
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import socket
@@ -61,6 +62,7 @@ def _parse_step(text: str | None) -> int | None:
         return None
 
 
+@functools.cache
 def _boot_time() -> float:
     with open("/proc/stat") as f:
         for line in f:
@@ -87,6 +89,7 @@ def _environ(pid: int) -> dict[str, str]:
     return out
 
 
+@functools.cache
 def _user(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -97,7 +100,7 @@ def _user(uid: int) -> str:
 def _record(pid: int, command: list[str], uid: int, cwd: str | None, env: dict[str, str],
             step: int | None) -> RunRecord:
     host = socket.gethostname()
-    boot = _boot_time()
+    boot = _boot_time()  # fixed while the machine runs
     try:
         ticks = _start_ticks(pid)
         started = datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
