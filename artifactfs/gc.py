@@ -2,9 +2,9 @@
 refers to (docs/store-format.md section 5.5 has the protocol).
 
 Live roots are the root trees of every version (and link) that is not deleted,
-and of deleted versions for `keep_deleted` seconds after their deletion (so
-readers holding their files open, and drafts based on them, keep working for
-that long).  An unreferenced object younger than `grace` seconds is kept too:
+of deleted versions for `keep_deleted` seconds after their deletion (so
+readers holding their files open keep working for that long), and the bases
+of the drafts of running mounts (pins, gcstate.py).  An unreferenced object younger than `grace` seconds is kept too:
 it may belong to a writer that has stored its files and not yet committed."""
 from __future__ import annotations
 
@@ -105,6 +105,8 @@ def _mark(registry: Registry, now: float, keep_deleted: float, expiring: set[tup
             elif isinstance(entry, FileEntry):
                 blobs.update(entry.chunks)
 
+    for root in gcstate.pinned_roots(registry.store, now):  # bases of running mounts' drafts
+        visit(root)
     for info, deleted in _all_versions(registry):
         beat()
         if (info.project, info.collection, info.version) in expiring:

@@ -3,6 +3,8 @@
 
   gc/state.json        {"generation": G, "sweep": null | {"id", "host", "pid", "heartbeat"}}  (CAS)
   inflight/<id>.json   one per commit between its last object check and its record
+  pins/<id>.json       {"host", "pid", "heartbeat", "roots": [...]}: trees a running mount's
+                       drafts are based on, kept while the heartbeat is fresh
 
 A commit writes its in-flight marker, then reads gc/state.json.  If a sweep is
 live it removes its marker, waits for the sweep to end and starts over.  gc
@@ -31,6 +33,8 @@ from .store import ObjectStore
 
 STATE = "gc/state.json"
 INFLIGHT = "inflight/"
+PINS = "pins/"
+PIN_STALE = 3600.0       # a pin not refreshed for this long belongs to a mount that is gone
 SWEEP_STALE = 300.0      # a sweep whose heartbeat is older is dead (its gc crashed)
 INFLIGHT_STALE = 3600.0  # a marker older than this belongs to a crashed commit
 WAIT = 900.0             # how long a commit waits for a sweep to end
@@ -122,6 +126,31 @@ def check_present(io: TreeIO, store: ObjectStore, root: str, base_root: str | No
     missing_blobs = {b for b in blobs if blob_key(b) not in present}
     if missing_trees or missing_blobs:
         raise ObjectsSwept(missing_blobs, missing_trees)
+
+
+# -- pins ---------------------------------------------------------------------------------
+def write_pin(store: ObjectStore, pin_id: str, roots: set[str]) -> None:
+    """Keep these root trees (and all below them) through gc while refreshed."""
+    store.put(f"{PINS}{pin_id}.json", json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                  "heartbeat": time.time(), "roots": sorted(roots)}).encode())
+    store.sync()
+
+
+def drop_pin(store: ObjectStore, pin_id: str) -> None:
+    store.delete(f"{PINS}{pin_id}.json")
+
+
+def pinned_roots(store: ObjectStore, now: float) -> set[str]:
+    """Roots of every pin refreshed within PIN_STALE."""
+    out: set[str] = set()
+    for key in store.list(PINS):
+        try:
+            d = json.loads(store.get(key))
+        except (ObjectNotFound, ValueError):
+            continue
+        if now - float(d.get("heartbeat", 0)) < PIN_STALE:
+            out.update(str(r) for r in d.get("roots", ()))
+    return out
 
 
 # -- the gc side ----------------------------------------------------------------------------

@@ -169,3 +169,16 @@ def test_gc_racing_commits_never_removes_what_a_version_needs(store, tmp_path):
     collect(reg, grace=0, keep_deleted=0)
     for w in range(writers):
         assert check_version_complete(Registry.open(store), "proj", f"c{w}", rounds - 1) == 3
+
+
+def test_pinned_roots_survive_until_the_pin_goes(store, tmp_path):
+    art = put(store, "d", str(tmp_path / "a"), {"f": "pinned"})
+    reg = Registry.open(store)
+    blobs = blobs_of(reg, art)
+    root = reg.version("proj", "d", 0).root
+    gcstate.write_pin(reg.store, "a-mount", {root})
+    art.delete()
+    assert collect(reg, grace=0, keep_deleted=0).blobs == 0
+    assert reg.store.present(blobs) == blobs
+    gcstate.drop_pin(reg.store, "a-mount")
+    assert collect(reg, grace=0, keep_deleted=0).blobs == 1

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
-from artifactfs import Api, Artifact
+from artifactfs import Api, Artifact, gcstate
+from artifactfs.gc import collect
+from artifactfs.registry import Registry
 from core_util import write_files
 from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
 
@@ -87,3 +90,19 @@ def test_a_sync_records_the_draft_writer_as_producer(store, mount_factory, tmp_p
     assert done.returncode == 0, done.stderr
     art = Api().artifact("m:v2")
     assert art.logged_by().id == "writer-7" and art.logged_by().command[:2] == ["sh", "-c"]
+
+
+def test_a_draft_keeps_reading_its_deleted_base_after_gc(store, mount_factory):
+    m = mount_factory(store, "--refresh", "1")
+    with open(m.p("m", "draft", "new.txt"), "w") as f:  # a draft with changes stays on its base
+        f.write("mine")
+    reg = Registry.open(store)
+    root = reg.version("proj", "m", 1).root
+
+    def pinned() -> bool:
+        return root in gcstate.pinned_roots(reg.store, time.time())
+    wait_for(pinned, 60, "the mount to pin its draft's base")
+    Api().artifact("m:v1").delete()
+    report = collect(reg, grace=0, keep_deleted=0)
+    assert report.blobs == 0  # v1's files are the draft's base: kept
+    assert read(m.p("m", "draft", "sub", "x")) == "x1" and read(m.p("m", "draft", "new.txt")) == "mine"

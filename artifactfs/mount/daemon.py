@@ -140,6 +140,8 @@ def run(opts: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
     if not opts.read_only:
         from .draftroot import install  # writable draft/ folders (issue 4)
         install(daemon, opts.default_type)
+        from .pins import install as pin_draft_bases  # gc keeps what drafts read (issue 11)
+        pin_draft_bases(daemon)
     daemon.mount()
     write_record(opts.mountpoint, pid=os.getpid(), store=daemon.ctx.registry.store.url, project=opts.project)
     try:

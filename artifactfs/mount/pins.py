@@ -1,0 +1,57 @@
+"""A running mount pins the versions its drafts are based on, so that `gc` keeps
+them even after they are deleted (docs/store-format.md 5.5): the root trees of
+the drafts' bases are written to pins/<host>-<pid>-<random>.json at start, when
+they change (checked every CHECK_EVERY seconds) and at least every REFRESH_EVERY
+seconds; the pin is removed at unmount.  gc ignores a pin older than an hour."""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import pyfuse3
+import trio
+
+from ..errors import ArtifactfsError
+from ..gcstate import drop_pin, write_pin
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("artifactfs.mount")
+CHECK_EVERY = 5.0
+REFRESH_EVERY = 600.0
+
+
+def install(daemon: "Daemon") -> None:
+    """Pin the bases of the drafts of a writable mount (call after the drafts layer)."""
+    ctx = daemon.ctx
+    drafts = getattr(ctx.table[pyfuse3.ROOT_INODE], "drafts", None)
+    if drafts is None:
+        return  # read-only: no drafts
+    pin_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+    pinned: set[str] = set()
+    written = 0.0
+
+    async def keep() -> None:
+        nonlocal pinned, written
+        while True:
+            roots = {live.draft.state.base_root for live in list(drafts.live.values())} - {None}
+            if roots != pinned or time.monotonic() - written > REFRESH_EVERY:
+                try:
+                    await ctx.run(write_pin, ctx.registry.store, pin_id, roots)
+                    pinned, written = roots, time.monotonic()
+                except (ArtifactfsError, OSError) as e:
+                    log.warning("could not pin the drafts' bases: %s", e)
+            await trio.sleep(CHECK_EVERY)
+
+    async def unpin() -> None:
+        try:
+            await ctx.run(drop_pin, ctx.registry.store, pin_id)
+        except (ArtifactfsError, OSError) as e:
+            log.warning("could not remove this mount's pin: %s", e)
+
+    daemon.services.append(keep)
+    daemon.shutdown_hooks.append(unpin)
