@@ -363,7 +363,9 @@ class Registry(TreeIO):
             check_name(t, "tag")
         self.ensure_collection(project, name, type_)
         with gcstate.in_flight(self.store) as seen:
-            live = self.versions(project, name)
+            every = self.versions(project, name, include_deleted=True)  # one listing: see publish()
+            gone = self.deleted(project, name) if every else set()
+            live = [v for v in every if v not in gone]
             latest = live[-1] if live else None
             if exact_base and latest != base:
                 raise PreconditionFailed(f"{name}: latest is v{latest}, not v{base}")
@@ -386,7 +388,7 @@ class Registry(TreeIO):
                 "description": description, "metadata": metadata, "tags": sorted(set(tags)), "ttl": ttl,
                 "run": run if run is not None else runinfo.current_run().to_json(),
             }
-            n = self.publish(project, name, record, fail_on_race=exact_base)
+            n = self.publish(project, name, record, every[-1] + 1 if every else 0, fail_on_race=exact_base)
         self._label(project, name, n, aliases, ())
         return self.version(project, name, n), True
 
@@ -400,11 +402,17 @@ class Registry(TreeIO):
             return None
         return None if info.deleted or base in self.deleted(project, name) else info.root
 
-    def publish(self, project: str, name: str, record: dict, fail_on_race: bool = False) -> int:
-        """Create the record as the next free number (deleted numbers are never reused);
-        the single put_if_absent is the commit point.  Returns the number."""
-        every = self.versions(project, name, include_deleted=True)
-        n = every[-1] + 1 if every else 0
+    def publish(self, project: str, name: str, record: dict, start: int | None = None,
+                fail_on_race: bool = False) -> int:
+        """Create the record as number `start` (default: above the highest record, deleted
+        or not: numbers are never reused), or the next free one after it; the single
+        put_if_absent is the commit point.  With fail_on_race, `start` must be free
+        (PreconditionFailed otherwise: the caller saw latest in the listing `start`
+        came from, and must rebase).  Returns the number."""
+        if start is None:
+            every = self.versions(project, name, include_deleted=True)
+            start = every[-1] + 1 if every else 0
+        n = start
         while True:
             record["version"] = n
             if self.store.put_if_absent(self._vkey(project, name, n), json.dumps(record).encode()):
