@@ -53,11 +53,12 @@ def test_portfolios_and_model_registry(store, mount_factory):
 def test_deleted_versions_disappear_and_open_files_keep_reading(store, mount_factory):
     m = mount_factory(store, "--refresh", "1")
     path = m.p("m", "m:v0", "w")
-    assert read(path) == "zero"  # the kernel has the entry cached now
+    assert read(path) == "zero" and read(m.p("m", "m@v0", "w")) == "zero"  # the kernel caches both names now
     with open(m.p("m", "m:v0", "sub", "x")) as held:
         Api().artifact("m:v0").delete()
         wait_for(lambda: "m:v0" not in os.listdir(m.p("m")), 30, "m:v0 to leave the listing")
         wait_for(lambda: not os.path.exists(path), 30, "m:v0 to disappear")
+        wait_for(lambda: not os.path.exists(m.p("m", "m@v0", "w")), 30, "m@v0 to disappear")
         assert held.read() == "x0"  # an open file keeps reading
     assert sorted(os.listdir(m.p("m"))) == ["draft", "m:latest", "m:v1"]
     assert os.readlink(m.p("m", "m:latest")) == "m:v1"

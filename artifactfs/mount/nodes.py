@@ -158,7 +158,7 @@ class CollectionNode(Node):
 
     async def state(self, max_age: float | None = None) -> CollectionState:
         st = await self._state.get(self.ctx, self.ctx.refresh if max_age is None else max_age)
-        portfolios.forget_removed(self, st)  # deleted versions leave the kernel's dentry cache
+        portfolios.forget_removed(self, st, (":", PLAIN))  # deleted versions leave the kernel's dentry cache
         return st
 
     async def lookup(self, name: str) -> Node:

@@ -53,18 +53,20 @@ def portfolio_links(registry: Registry, project: str, portfolio: str, versions: 
             if p == mounted}
 
 
-def forget_removed(node: "CollectionNode", st: "CollectionState") -> None:
-    """Drop the kernel's dentries of versions that left the listing (deleted)."""
+def forget_removed(node: "CollectionNode", st: "CollectionState", separators: tuple[str, ...]) -> None:
+    """Drop the kernel's dentries of versions that left the listing (deleted), in
+    each spelling (`NAME:vN`, `NAME@vN`)."""
     seen: dict[str, set[int]] = node.ctx.keep(("listed",), dict)
     before = seen.get(node.name)
     seen[node.name] = st.versions
     if before is None or before is st.versions:
         return
     for n in before - st.versions:
-        try:
-            pyfuse3.invalidate_entry_async(node.ino, f"{node.name}:v{n}".encode())
-        except (OSError, RuntimeError):
-            pass  # the kernel never looked it up, or the session is ending
+        for sep in separators:
+            try:
+                pyfuse3.invalidate_entry_async(node.ino, f"{node.name}{sep}v{n}".encode())
+            except (OSError, RuntimeError):
+                pass  # the kernel never looked it up, or the session is ending
 
 
 @dataclass
