@@ -13,6 +13,7 @@ open keep reading (their blobs stay until gc)."""
 from __future__ import annotations
 
 import errno
+import logging
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import pyfuse3
 
+from ..errors import ArtifactfsError
 from ..links import REGISTRY_PROJECT
 from ..registry import Registry
 from .context import MountContext
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from .nodes import CollectionNode, CollectionState
 
 REGISTRY_DIR = REGISTRY_PROJECT
+log = logging.getLogger("artifactfs.mount")
 
 
 def link_targets(registry: Registry, project: str, portfolio: str, versions: set[int],
@@ -148,7 +151,12 @@ async def registry_entry(ctx: MountContext, collections: dict) -> tuple[str, Nod
         return None
     node = ctx.make("registry", ("mreg",))
     assert isinstance(node, RegistryNode)
-    return (REGISTRY_DIR, node) if await node.models() else None
+    try:
+        models = await node.models()
+    except (ArtifactfsError, OSError) as e:  # the store is unreachable and the registry never seen
+        log.warning("model-registry/ not shown: %s", e)
+        return None
+    return (REGISTRY_DIR, node) if models else None
 
 
 NODE_CLASSES: dict[str, type[Node]] = {"fixed-link": SymlinkNode, "model": ModelNode, "registry": RegistryNode}
