@@ -119,10 +119,12 @@ def test_gc_racing_commits_never_removes_what_a_version_needs(store, tmp_path):
     errors: list[BaseException] = []
     stop = threading.Event()
     sweeps = []
+    first_sweep = threading.Event()  # writers start once gc is looping, so the two overlap
     retried: list[int] = []  # commits refused (ObjectsSwept): refused, never published broken
 
     def write(w: int) -> None:
         try:
+            assert first_sweep.wait(300), "gc never ran"
             for r in range(rounds):
                 files = {"shared.bin": "shared" * 500, f"w{w}.bin": f"{w}" * 2000, "r.txt": f"{w}-{r}"}
                 for attempt in range(20):  # gc with no grace period may sweep a fresh upload
@@ -140,9 +142,10 @@ def test_gc_racing_commits_never_removes_what_a_version_needs(store, tmp_path):
 
     def sweep() -> None:
         reg = Registry.open(store)
-        while not stop.is_set():
+        while not stop.is_set() or len(sweeps) < 2:
             try:
                 sweeps.append(collect(reg, grace=0, keep_deleted=0))
+                first_sweep.set()
                 stop.wait(0.05)  # pacing: commits get in between sweeps
             except BaseException as e:
                 errors.append(e)
@@ -160,12 +163,12 @@ def test_gc_racing_commits_never_removes_what_a_version_needs(store, tmp_path):
     gc_thread.join(600)
     assert not errors, errors
     print(f"{len(sweeps)} sweeps, {len(retried)} commits refused and retried")
-    assert len(sweeps) >= 2 and sum(s.blobs for s in sweeps) > 0  # gc really ran and removed files
     reg = Registry.open(store)
     for w in range(writers):
         assert reg.versions("proj", f"c{w}") == [rounds - 1]
         assert check_version_complete(reg, "proj", f"c{w}", rounds - 1) == 3
-    collect(reg, grace=0, keep_deleted=0)
+    sweeps.append(collect(reg, grace=0, keep_deleted=0))
+    assert len(sweeps) >= 3 and sum(s.blobs for s in sweeps) >= writers * (rounds - 1)  # every r.txt of a deleted round
     for w in range(writers):
         assert check_version_complete(Registry.open(store), "proj", f"c{w}", rounds - 1) == 3
 
