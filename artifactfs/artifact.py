@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import lineage, localtree, references, transfer
+from . import localtree, references, transfer
 from .artifact_lifecycle import ArtifactLifecycle
 from .errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
 from .gcstate import ObjectsSwept, epoch
@@ -349,10 +349,6 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         path = normalize_path(name)
         return self._manifest_entry(path, self._entry(path))
 
-    def get_path(self, name: str) -> ManifestEntry:
-        """Deprecated in W&B: get_entry(name)."""
-        return self.get_entry(name)
-
     def get_added_local_path_name(self, local_path: str) -> str | None:
         """The artifact path under which a local file was added, or None."""
         full = os.path.abspath(local_path)
@@ -394,10 +390,6 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         self._changes, self._base, self._project = {}, None, project
         self._load(info)
         return self
-
-    def _used(self, info: VersionInfo) -> None:
-        """Record that this process used the version (lineage.used_by())."""
-        lineage.record_own_use(self._reg(), info)
 
     def _save_attributes(self, reg: Registry, ttl: float | None) -> "Artifact":
         info = self._info

@@ -16,7 +16,7 @@ from .registry import Registry, VersionInfo
 from .runinfo import RunRecord
 
 if TYPE_CHECKING:
-    from .artifact import Artifact
+    from .artifact import Artifact, ManifestEntry
 
 
 class ArtifactLifecycle:
@@ -145,7 +145,15 @@ class ArtifactLifecycle:
         info = self._need_logged("linked_artifacts")
         return [self._wrap(v) for v in links.linked(self._reg(), info)]
 
+    def get_path(self, name: str) -> "ManifestEntry":
+        """Deprecated in W&B: get_entry(name)."""
+        return self.get_entry(name)  # type: ignore[attr-defined]
+
     # -- lineage ----------------------------------------------------------------------
+    def _used(self, info: VersionInfo) -> None:
+        """Record that this process used the version (lineage.used_by())."""
+        lineage.record_own_use(self._reg(), info)
+
     def logged_by(self) -> RunRecord | None:
         """The run (process) that logged the source version: id, command, user, host,
         cwd, started_at, pid, run_ids (WANDB_RUN_ID, SLURM_JOB_ID, MLFLOW_RUN_ID,
