@@ -345,7 +345,7 @@ def test_api_lookups(logged, tmp_path):
     api = Api()
     assert api.artifact("data").version == "v0"
     assert api.artifact("proj/data:v0").id == logged.id
-    assert api.artifact("store/proj/data:latest").id == logged.id
+    assert api.artifact(f"{logged.entity}/proj/data:latest").id == logged.id  # the entity is checked
     with pytest.raises(ValueError, match="type"):
         api.artifact("data", type="model")
     with pytest.raises(NotFoundError):
