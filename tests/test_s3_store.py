@@ -295,3 +295,11 @@ def test_artifact_save_and_download_through_s3_url(s3_url: str, tmp_path) -> Non
     for path, data in files.items():
         assert open(os.path.join(root, path), "rb").read() == data
     got.verify(root)
+
+
+def test_present_asks_about_many_keys_at_once(store: S3Store) -> None:
+    for i in range(0, 20, 2):
+        store.put(f"p/{i}", b"x")
+    store.sync()
+    assert store.present([f"p/{i}" for i in range(20)]) == {f"p/{i}" for i in range(0, 20, 2)}
+    assert store.present(["p/0", "p/1"]) == {"p/0"}
