@@ -45,6 +45,8 @@ MISS_REFRESH = 1.0  # a lookup of an unknown name re-lists at most this often
 SIBLING_READAHEAD = 32  # small files fetched ahead (into the page cache) of a reader opening a folder's files in order
 SIBLING_BATCH = 8  # ... in batches of this many per worker-thread job (one thread hop per batch)
 SIBLING_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes ahead (as for a big file)
+SCATTERED_OPENS = 4  # out-of-order opens in one folder before all its small files are fetched (a shuffled loader)
+FOLDER_BYTES = 64 * 1024 * 1024  # ... if they hold at most this many bytes not fetched yet
 PLAIN = "@"  # the separator of the spelling without ':' (never in a name: names.check_name)
 T = TypeVar("T")
 
@@ -286,6 +288,7 @@ class VersionDirNode(Node):
         self._names: list[str] = []  # sorted, for sibling read-ahead
         self._last_opened = -2
         self._ahead = 0  # names below this index have been fetched ahead
+        self._scattered = 0  # out-of-order opens so far
 
     def mtime_ns(self) -> int:
         assert self.ref is not None
@@ -329,25 +332,51 @@ class VersionDirNode(Node):
         sequential, self._last_opened = i == self._last_opened + 1, i
         if not sequential:
             self._ahead = 0
+            self._scattered += 1
+            if self._scattered == SCATTERED_OPENS:
+                self._fetch_folder()
             return
         window = self._window(i + 1)
         if self._ahead - (i + 1) > window - max(1, min(SIBLING_BATCH, window // 2)):
             return  # enough ahead: wait until a whole batch can be fetched
         start, self._ahead = max(i + 1, self._ahead), i + 1 + window
-        batch = []
-        for sibling in self._names[start:self._ahead]:
-            e = self._tree[sibling]
-            if isinstance(e, FileEntry) and len(e.chunks) == 1:
-                path = f"{self.path}/{sibling}" if self.path else sibling
-                node = self.ctx.table.find(self.key[:3] + (path,))  # known to the kernel: feed its pages
-                ino = 0
-                if isinstance(node, VersionFileNode):
-                    if node.fed:
-                        continue  # the kernel has (or had and reclaimed) its pages: a warm re-read
-                    node.fed, ino = True, node.ino
-                batch.append((e.chunks[0], e.size, self.ref.where(path), ino))
+        batch = self._small_files(self._names[start:self._ahead])
         for b in range(0, len(batch), SIBLING_BATCH):
             self.ctx.reader.prefetch(batch[b:b + SIBLING_BATCH])
+
+    def _fetch_folder(self) -> None:
+        """A reader opens this folder's files in no order (a shuffled loader): it
+        will want all of them, so fetch the small ones not fetched yet, in name
+        order, one worker-thread job at a time (ChunkReader.fetch_behind), into
+        the kernel page cache.  Only when they add up to at most FOLDER_BYTES."""
+        batch = self._small_files(self._names, FOLDER_BYTES)
+        if batch:
+            self.ctx.reader.fetch_behind(batch)
+
+    def _small_files(self, names: Sequence[str], budget: int = 0) -> list[tuple[str, int, str, int]]:
+        """(blob, size, where, inode) of the single-chunk files among `names` whose
+        pages were not fed yet (inode 0 when the kernel does not know the file: its
+        bytes then stay in the daemon's memory).  Marks them fed.  With a budget,
+        nothing unless their sizes add up to at most that."""
+        assert self._tree is not None and self.ref is not None
+        batch = []
+        for name in names:
+            e = self._tree[name]
+            if isinstance(e, FileEntry) and len(e.chunks) == 1:
+                path = f"{self.path}/{name}" if self.path else name
+                node = self.ctx.table.find(self.key[:3] + (path,))  # known to the kernel: feed its pages
+                if isinstance(node, VersionFileNode) and node.fed:
+                    continue  # the kernel has (or had and reclaimed) its pages: a warm re-read
+                batch.append((e.chunks[0], e.size, self.ref.where(path), node))
+        if budget and sum(size for _, size, _, _ in batch) > budget:
+            return []
+        out = []
+        for blob, size, where, node in batch:
+            ino = 0
+            if isinstance(node, VersionFileNode):
+                node.fed, ino = True, node.ino
+            out.append((blob, size, where, ino))
+        return out
 
     def _window(self, start: int) -> int:
         """How many names from `start` on to keep fetched ahead (fewer when big)."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections import OrderedDict
+import os
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +29,11 @@ log = logging.getLogger("artifactfs.mount")
 READAHEAD_CHUNKS = 4
 READAHEAD_TRIGGER = 1024 * 1024
 SEQ_TOLERANCE = 4 * 1024 * 1024  # the kernel's concurrent readahead requests arrive slightly out of order
+BEHIND_BATCH = 8  # blobs per worker-thread job of fetch_behind
+BEHIND_QUEUE = 65536  # blobs queued for fetch_behind at most; more are not fetched ahead
+# fetch_behind's bytes over the mount's life: a quarter of the RAM, so a dataset far bigger than the page
+# cache is not read twice (fetched pages evicted before the loader gets to them)
+BEHIND_BUDGET = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 class _Fetch:
@@ -57,6 +63,9 @@ class ChunkReader:
         self._inflight: dict[str, _Fetch] = {}
         self._run = run or trio.to_thread.run_sync
         self.nursery: trio.Nursery | None = None  # for read-ahead; set while serving
+        self._behind: deque[tuple[str, int, str, int]] = deque()  # fetch_behind's queue
+        self._behind_running = False
+        self._behind_left = BEHIND_BUDGET
         self.counters = {"reads": 0, "read_bytes": 0, "chunk_reads": 0, "memory_hits": 0, "waits": 0, "readahead": 0, "fetch_errors": 0}
 
     def stats(self) -> dict[str, int]:
@@ -87,6 +96,38 @@ class ChunkReader:
         """Fetch blobs (key, length, where, inode) in the background, in one
         worker thread, unless in memory or already on their way.  A blob that is
         a whole file with a non-zero inode also goes into that file's page cache."""
+        todo, fetches = self._claim(items)
+        if todo:
+            assert self.nursery is not None
+            self.nursery.start_soon(self._fetch, todo, fetches)
+
+    def fetch_behind(self, items: Sequence[tuple[str, int, str, int]]) -> None:
+        """Like prefetch, but queued and fetched by one task, BEHIND_BATCH blobs per
+        worker-thread job, so a long list never keeps more than one thread from the
+        reads that programs wait for (and a blob is claimed only when its batch
+        starts: a program that wants it sooner fetches it itself)."""
+        size = sum(length for _, length, _, _ in items)
+        if self.nursery is None or len(self._behind) + len(items) > BEHIND_QUEUE or size > self._behind_left:
+            return
+        self._behind_left -= size
+        self._behind.extend(items)
+        if not self._behind_running:
+            self._behind_running = True
+            self.nursery.start_soon(self._run_behind)
+
+    async def _run_behind(self) -> None:
+        try:
+            while self._behind:
+                batch = [self._behind.popleft() for _ in range(min(BEHIND_BATCH, len(self._behind)))]
+                todo, fetches = self._claim(batch)
+                if todo:
+                    await self._fetch(todo, fetches)
+        finally:
+            self._behind_running = False
+
+    def _claim(self, items: Sequence[tuple[str, int, str, int]]) -> tuple[list[tuple[str, int, str]], list[_Fetch]]:
+        """The blobs of `items` to fetch now (registered as on their way); those in
+        memory go to the page cache at once, those on their way get the inode added."""
         todo: list[tuple[str, int, str]] = []
         fetches: list[_Fetch] = []
         feeds: list[tuple[int, bytes]] = []
@@ -103,11 +144,9 @@ class ChunkReader:
                 fetches.append(fetch)
             if fetch is not None and ino:
                 fetch.inodes.append(ino)
-        if todo:
-            assert self.nursery is not None
-            self.counters["readahead"] += len(todo)
-            self.nursery.start_soon(self._fetch, todo, fetches)
+        self.counters["readahead"] += len(todo)
         self._feed(feeds)
+        return todo, fetches
 
     def _feed(self, feeds: list[tuple[int, bytes]]) -> None:
         """(inode, whole content) pairs for the page cache, handed over in one go."""
