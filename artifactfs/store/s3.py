@@ -111,11 +111,6 @@ class _Uploads:
             while (key in self._pending) if key is not None else self._pending:
                 self._cond.wait()
 
-    def landed(self, key: str) -> None:
-        """The key is known to be stored: an earlier failed upload of it no longer counts."""
-        with self._cond:
-            self._errors.pop(key, None)
-
     def raise_failures(self) -> None:
         with self._cond:
             errors, self._errors = self._errors, {}
@@ -388,13 +383,23 @@ class S3Store(ObjectStore):
         self._uploads.submit(key, data, lambda: self._put(key, data))
 
     def put_new(self, key: str, data: bytes) -> bool:
-        """A small object is put without asking first: a HEAD would cost the same
-        one request, and the put runs in the background."""
-        if len(data) > SMALL_PUT and self.exists(key):
-            self._uploads.landed(key)  # an upload that timed out may have arrived after all
-            return False
-        self.put(key, data)
+        """In the background, like put(): a small object is put without asking
+        first (a HEAD would cost the same one request); a larger one only after a
+        HEAD, made by the upload worker, finds it missing (the caller does not wait
+        for the HEAD).  True: it may be written."""
+        self._writable()
+        self._key(key)
+        self._uploads.submit(key, data, lambda: self._put_unless_there(key, data))
         return True
+
+    def _put_unless_there(self, key: str, data: bytes) -> None:
+        if len(data) > SMALL_PUT:
+            try:
+                self._call("head", key, lambda c: c.head_object(Bucket=self.bucket, Key=self._key(key)))
+                return  # there already (maybe an upload that timed out arrived after all)
+            except ObjectNotFound:
+                pass
+        self._put(key, data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         self._writable()
