@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,7 +56,10 @@ class Group(click.Group):
         except click.ClickException as e:
             click.echo(f"Error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as e:  # click turns Ctrl-C into Abort
+            if isinstance(e.__cause__, KeyboardInterrupt):
+                click.echo("Error: interrupted", err=True)
+                sys.exit(128 + signal.SIGINT)
             click.echo("Error: aborted", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -65,11 +69,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except (ArtifactfsError, ValueError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        except BrokenPipeError:  # `artifactfs ls | head`: click ends quietly, as cat and ls do
+            raise
         except OSError as e:  # the user's files or the machine, never a bug of ours: one line
             where = f": {shown(os.fsdecode(e.filename))}" if e.filename is not None else ""
             raise click.ClickException(f"{e.strerror or e}{where}") from None
-        except KeyboardInterrupt:
-            raise click.ClickException("interrupted") from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -170,10 +170,11 @@ def _background(opts_json: str, fd: int) -> int:
             pipe.write(f"error: {e}\n")
         log.error("%s", e)
         return 1
-    except BaseException:
+    except BaseException as e:
         log.exception("daemon failed")
         if not pipe.closed:
-            pipe.write("error: the mount daemon failed (see its log)\n")
+            pipe.write(f"error: the mount daemon failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                       f" (log: {log_path(opts.mountpoint)})\n")
         return 1
     return 0
 
