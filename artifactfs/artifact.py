@@ -14,7 +14,7 @@ from . import localtree, references, transfer
 from .artifact_lifecycle import ArtifactLifecycle
 from .errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
 from .gcstate import ObjectsSwept, epoch
-from .localtree import LocalFile, LocalLink
+from .localtree import LocalFile
 from .manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
 from .names import check_name, check_type, normalize_path
 from .registry import Registry, VersionInfo, check_metadata
@@ -295,13 +295,10 @@ class Artifact(ArtifactLifecycle, TypedObjects):
             raise ArtifactfsError(f"cannot add {local_path}: not a directory or not found")
         prefix = normalize_path(name) + "/" if name else ""
         found = list(localtree.scan(os.path.abspath(local_path), prefix, follow_symlinks))
-        files = [f for f in found if isinstance(f, LocalFile)]
-        entries = transfer.upload_many(self._reg(), [f.full for f in files], progress)
-        for f, entry in zip(files, entries):
-            self._stage(f.path, entry, f.full, merge)
-        for link in found:
-            if isinstance(link, LocalLink):
-                self._stage(link.path, link.entry, link.full, merge)
+        uploaded = iter(transfer.upload_many(self._reg(), [f.full for f in found if isinstance(f, LocalFile)],
+                                             progress))
+        for item in found:
+            self._stage(item.path, next(uploaded) if isinstance(item, LocalFile) else item.entry, item.full, merge)
 
     def add_reference(self, uri: str, name: str | None = None, checksum: bool = True,
                       max_objects: int | None = None) -> list[ManifestEntry]:
