@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -169,6 +170,9 @@ def put(c: Ctx, args: tuple[str, ...], type_: str, description: str | None,
     project, collection, given = c.ref(name)
     if given:
         raise click.BadParameter("give the collection name without ':alias'", param_hint="NAME")
+    left_out = logging.StreamHandler(sys.stderr)  # fifos, sockets, devices: one line each
+    left_out.setFormatter(logging.Formatter("warning: %(message)s"))
+    logging.getLogger("artifactfs.put").addHandler(left_out)
     art = Artifact(collection, type_, description, parse_metadata(metadata), store=c.store_url)
     art.aliases, art.tags = list(alias), list(tag)
     if source is not None and os.path.isdir(source):

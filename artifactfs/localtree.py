@@ -5,19 +5,24 @@ Walking never follows a symlink unless asked: by default a symlink is an entry
 (`put --follow-symlinks`, and Artifact.add_dir by default, as wandb's
 os.walk(followlinks=True) does) reads what a link points to and enters linked
 folders; a dangling link, a link to itself (ELOOP) and a folder reached inside
-itself are one-line errors.  Fifos, sockets and devices are not entries and are
-skipped.  Every OSError, and every name that is not valid UTF-8, becomes one
+itself are one-line errors.  Fifos, sockets and devices cannot be part of a
+version: each is left out with a warning naming it (the CLI prints it as one line).  Every OSError, and every name that is not valid UTF-8, becomes one
 LocalFileError or InvalidNameError naming the path."""
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import InvalidNameError, LocalFileError
+from .errors import InvalidNameError, LocalFileError, shown
 from .manifest import SymlinkEntry
 from .names import check_path
+
+log = logging.getLogger("artifactfs.put")
+_KINDS = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"))
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,17 @@ def _scan(top: str, prefix: str, follow: bool, above: set[tuple[int, int]]) -> I
             yield from _scan(e.path, path + "/", follow, inside if follow else above)
         elif is_file:
             yield LocalFile(e.path, path)
+        else:
+            _left_out(e.path)
+
+
+def _left_out(full: str) -> None:
+    try:
+        mode = os.stat(full).st_mode
+    except OSError:
+        return  # gone meanwhile: nothing to leave out
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    log.warning("left out %s: a %s cannot be part of a version", shown(full), kind)
 
 
 def _link_entry(full: str) -> SymlinkEntry:

@@ -311,3 +311,19 @@ def test_a_store_path_with_url_characters_is_the_same_store_everywhere(tmp_path)
         with open(m.p("ds", "ds:v0", "f.txt"), "rb") as f:
             assert f.read() == b"same store"
     assert sorted(os.listdir(tmp_path)) == sorted(["odd #1 100%41?x\ty", "src", "mnt", ".state-mnt"])
+
+
+def test_put_leaves_out_fifos_and_sockets_with_one_line_each(env, tmp_path):
+    import socket
+    src = tmp_path / "src"
+    write(src / "f.txt", b"f")
+    os.mkfifo(src / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    try:
+        done = run(env, "put", str(src), "ds", "--type", "dataset")
+    finally:
+        sock.close()
+    assert done.stderr.splitlines() == [f"warning: left out {src}/pipe: a fifo cannot be part of a version",
+                                        f"warning: left out {src}/sock: a socket cannot be part of a version"]
+    assert sorted(entries(env, "ds")) == ["f.txt"]
