@@ -29,6 +29,14 @@ def put_blob(reg: Registry, data: bytes) -> str:
     return key
 
 
+def replace_blob(reg: Registry, key: str, data: bytes) -> None:
+    """Overwrite a stored blob, after every earlier put has landed: an S3 store uploads in
+    the background, and two puts of one key in flight may land in either order."""
+    reg.store.sync()
+    reg.store.put(blob_key(key), data)
+    reg.store.sync()
+
+
 def cached_files(cache_dir: str) -> dict[str, int]:
     """key -> size of every blob file in the cache directory: a consistent snapshot,
     taken under the cache's lock as any process sharing the directory would."""
@@ -186,12 +194,12 @@ def test_vanished_cache_file_is_fetched_again(s3_reg: Registry, cache_dir: str) 
 def test_corrupted_store_blob_raises_naming_the_file(s3_reg: Registry, cache_dir: str) -> None:
     data = randbytes(MiB)
     key = put_blob(s3_reg, data)
-    s3_reg.store.put(blob_key(key), flipped(data))
+    replace_blob(s3_reg, key, flipped(data))
     cache = ChunkCache(s3_reg, cache_dir, 10 * MiB)
     with pytest.raises(DigestMismatchError, match="models/weights.bin"):
         cache.read_chunk(key, len(data), "models/weights.bin")
     assert cached_files(cache_dir) == {} and cache.stats()["cache_bytes"] == 0
-    s3_reg.store.put(blob_key(key), data)
+    replace_blob(s3_reg, key, data)
     with pytest.raises(DigestMismatchError, match="short.bin"):
         cache.read_chunk(key, len(data) + 1, "short.bin")  # right bytes, wrong length
     assert cached_files(cache_dir) == {}
@@ -200,7 +208,7 @@ def test_corrupted_store_blob_raises_naming_the_file(s3_reg: Registry, cache_dir
 def test_concurrent_readers_of_a_bad_blob_each_get_their_own_file_named(s3_reg: Registry, cache_dir: str) -> None:
     data = randbytes(4 * MiB)
     key = put_blob(s3_reg, data)
-    s3_reg.store.put(blob_key(key), flipped(data, 0))
+    replace_blob(s3_reg, key, flipped(data, 0))
     cache = ChunkCache(s3_reg, cache_dir, 100 * MiB)
     barrier = threading.Barrier(8)
 
