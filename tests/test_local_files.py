@@ -305,7 +305,7 @@ def test_a_store_path_with_url_characters_is_the_same_store_everywhere(tmp_path)
     env = dict(os.environ, ARTIFACTFS_STORE=store, ARTIFACTFS_PROJECT=P)
     write(tmp_path / "src" / "f.txt", b"same store")
     run(env, "put", str(tmp_path / "src"), "ds", "--type", "dataset")
-    assert sorted(os.listdir(store)) == ["artifactfs-store.json", "blobs", "projects", "trees"]
+    assert {"artifactfs-store.json", "blobs", "projects", "trees"} <= set(os.listdir(store))
     assert Api(store, project=P).artifact("ds").entity == "odd #1 100%41?x\ty"
     with mounted(store, tmp_path / "mnt", project=P) as m:
         with open(m.p("ds", "ds:v0", "f.txt"), "rb") as f:
