@@ -248,6 +248,8 @@ def _info_dict(v: VersionInfo, c: Ctx) -> dict:
         "ttl": v.ttl, "state": v.state, "created_at": v.created_at, "updated_at": v.updated_at,
         "commit_hash": v.commit_hash, "id": v.id, "base": None if v.base is None else f"v{v.base}",
         "store": c.store_url,
+        "link": None if v.link is None else f"{v.link['project']}/{v.link['collection']}:v{v.link['version']}",
+        "logged_by": None if v.run is None else v.run.get("id"),
     }
 
 

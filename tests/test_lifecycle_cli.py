@@ -28,6 +28,8 @@ def test_link_unlink_delete_ttl_gc(env, tmp_path):
     assert ok("link", "m:v1", "model-registry/clf", "--alias", "prod").strip() == "model-registry/clf:v0 -> proj/m:v1"
     assert ok("link", "m:v0", "prod").strip() == "proj/prod:v0 -> proj/m:v0"
     assert Api().artifact("model-registry/clf:prod").source_name == "m:v1"
+    shown = json.loads(ok("--project", "model-registry", "info", "clf:prod", "--json"))
+    assert shown["link"] == "proj/m:v1" and shown["logged_by"] == Api().artifact("m:v1").logged_by().id
     ok("unlink", "model-registry/clf:v0")
     assert "not a link" in fails("unlink", "m:v0")
     assert "has aliases best" in fails("delete", "m:v0")
