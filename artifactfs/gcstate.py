@@ -85,8 +85,8 @@ def in_flight(store: ObjectStore) -> Iterator[int]:
     deadline = time.monotonic() + WAIT
     while True:
         key = f"{INFLIGHT}{uuid.uuid4().hex}.json"
-        store.put_if_absent(key, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                             "started_at": time.time()}).encode())
+        store.put_visible(key, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                           "started_at": time.time()}).encode())
         st = read_state(store)
         if not st.sweeping():
             break

@@ -47,6 +47,11 @@ class ObjectStore(abc.ABC):
         """Replace the object only if its etag is still `etag` (None: only if absent).
         Returns the new etag; raises PreconditionFailed when someone else won."""
 
+    def put_visible(self, key: str, data: bytes) -> None:
+        """Create a key no one else writes (a unique name) so that every reader sees it
+        once this returns; durability is not needed (gc's in-flight markers)."""
+        self.put_if_absent(key, data)
+
     def put_new(self, key: str, data: bytes) -> bool:
         """put() of content-addressed `data` (the same key always holds the same
         bytes) unless the key is present; True if it was (maybe again) written."""

@@ -175,6 +175,10 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         os.replace(self._write_tmp(path, data, fsync=False), path)
 
+    def put_visible(self, key: str, data: bytes) -> None:
+        """rename(2) makes it visible at once, to other NFS clients too; no fsync."""
+        self.put(key, data)
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         if os.path.exists(path):
