@@ -1,7 +1,9 @@
 """Property, through a real mount: random sequences of file operations applied to
 `draft/` and to a plain temporary folder fail alike (same errno) and, after each
 sync, the committed version equals the folder byte for byte and mode for mode
-(the executable bit; empty folders are not part of a version)."""
+(the executable bit; empty folders are not part of a version).  Open file
+descriptors are held across renames, unlinks, hard links, copy-ups through
+another name and syncs, and read and write the same file in both."""
 from __future__ import annotations
 
 import os
@@ -24,6 +26,7 @@ PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
 DATA = st.binary(max_size=40) | st.sampled_from([b"x" * 70_000, bytes(300)])
 BASE = {"a/a": b"base a/a", "a/b/c": (b"exec", True), "b": b"b" * 100, "c/c/c": b"deep"}
 BATCH = 40
+SLOTS = st.integers(0, 2)
 
 
 class Collections:
@@ -83,9 +86,62 @@ class MountedDraft(RuleBasedStateMachine):
         self.tmp = tempfile.mkdtemp(prefix="mount-stateful-")
         self.plain = os.path.join(self.tmp, "plain")
         write_files(self.plain, BASE)
+        self.handles: dict[int, tuple[int, int]] = {}  # slot -> (plain fd, draft fd)
 
     def teardown(self) -> None:
+        for fds in getattr(self, "handles", {}).values():
+            for fd in fds:
+                os.close(fd)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- descriptors held across everything else -----------------------------------------
+    @rule(slot=SLOTS, path=PATHS)
+    def open_handle(self, slot, path):
+        if slot in self.handles:
+            return
+        fds = []
+        for root in (self.plain, self.draft):
+            try:
+                fds.append(os.open(os.path.join(root, path), os.O_RDWR))
+            except OSError as e:
+                fds.append(-e.errno)
+        if min(fds) < 0:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
+            assert fds[0] == fds[1], (path, fds)
+            return
+        self.handles[slot] = (fds[0], fds[1])
+
+    @rule(slot=SLOTS, data=DATA, offset=st.sampled_from([0, 3, 8000]))
+    def handle_write(self, slot, data, offset):
+        if slot in self.handles:
+            for fd in self.handles[slot]:
+                assert os.pwrite(fd, data, offset) == len(data)
+
+    @rule(slot=SLOTS, size=st.sampled_from([0, 4, 20_000]))
+    def handle_truncate(self, slot, size):
+        if slot in self.handles:
+            for fd in self.handles[slot]:
+                os.ftruncate(fd, size)
+
+    @rule(slot=SLOTS)
+    def handle_read(self, slot):
+        if slot in self.handles:
+            plain, draft = self.handles[slot]
+            size = os.fstat(plain).st_size
+            assert os.fstat(draft).st_size == size
+            assert os.pread(draft, size + 10, 0) == os.pread(plain, size + 10, 0)
+            assert os.fstat(draft).st_nlink == os.fstat(plain).st_nlink
+
+    @rule(slot=SLOTS)
+    def close_handle(self, slot):
+        for fd in self.handles.pop(slot, ()):
+            os.close(fd)
+
+    @rule(old=PATHS, new=PATHS)
+    def link(self, old, new):
+        self.both(os.link, old, new)
 
     def both(self, op, *paths: str) -> None:
         want = errno_of(lambda: op(*[os.path.join(self.plain, p) for p in paths]))

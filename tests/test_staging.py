@@ -264,3 +264,19 @@ def test_a_draft_whose_base_is_gone_is_set_aside_with_its_files(reg, draft, tmp_
     assert os.readlink(os.path.join(moved, "files", "link")) == "mine/kept"
     fresh = open_draft(reg, where, "proj", "ds", draft.draft.fetch, draft.draft.owner, "dataset", None)
     assert fresh.readdir(fresh.root) == [] and not fresh.dirty
+
+
+def test_tokens_are_stable_identities(draft):
+    """The identity the mount shows as st_ino survives the inode being dropped from
+    memory and found again: made here, a base entry, a base entry materialized."""
+    made = draft.create("made").token
+    base = draft.node("a/x").token
+    draft.chmod("top", 0o600)
+    top = draft.node("top").token
+    assert made.startswith("i") and base.startswith("v") and top.startswith("v") and len({made, base, top}) == 3
+    draft.draft.close()
+    again = Paths(open_test_draft(draft.draft.io))
+    assert (again.node("made").token, again.node("a/x").token, again.node("top").token) == (made, base, top)
+    draft_top = again.node("top")
+    again.rename("top", "a/top")
+    assert again.node("a/top") is draft_top and draft_top.token == top

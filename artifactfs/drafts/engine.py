@@ -15,12 +15,15 @@ changed, in memory or on disk.  Safe to call from several threads."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from weakref import WeakValueDictionary
+
+import xxhash
 
 from ..manifest import DirEntry, Entry, FileEntry, SymlinkEntry, TreeIO
 from .inode import DraftState, Inode
@@ -85,7 +88,8 @@ class Draft:
         db = MetaDB(os.path.join(path, DB_FILE))
         t = state.base_mtime_ns or time.time_ns()
         subdirs = _subdirs(io.load(state.base_root)) if state.base_root else 0
-        root = Inode(ROOT, stat.S_IFDIR | 0o755, owner[0], owner[1], 2 + subdirs, t, t, t, tree=state.base_root)
+        root = Inode(ROOT, stat.S_IFDIR | 0o755, owner[0], owner[1], 2 + subdirs, t, t, t, tree=state.base_root,
+                     token=f"i{ROOT}")
         with db.tx():
             db.put(root.row())
             db.set_state(STATE_KEY, state.to_json())
@@ -187,15 +191,19 @@ class Draft:
                 return found
         t = self.state.base_mtime_ns
         o = self.owner
+        what = "dir" if isinstance(entry, DirEntry) else json.dumps(entry.to_json(), sort_keys=True)
+        where = f"{parent.token}\0{name}\0{what}".encode("utf-8", "surrogateescape")
+        token = "v" + xxhash.xxh3_64_hexdigest(where)  # the same base entry, the same st_ino
         if isinstance(entry, DirEntry):
             ino = Inode(0, stat.S_IFDIR | 0o755, o[0], o[1], 2 + _subdirs(self.io.load(entry.tree)), t, t, t,
-                        tree=entry.tree, parent=parent, name=name)
+                        tree=entry.tree, parent=parent, name=name, token=token)
         elif isinstance(entry, SymlinkEntry):
             ino = Inode(0, stat.S_IFLNK | 0o777, o[0], o[1], 1, t, t, t, target=entry.target, parent=parent,
-                        name=name)
+                        name=name, token=token)
         else:
             t = entry.mtime_ns or t
-            ino = Inode(0, mode_of(entry), o[0], o[1], 1, t, t, t, base=entry, parent=parent, name=name)
+            ino = Inode(0, mode_of(entry), o[0], o[1], 1, t, t, t, base=entry, parent=parent, name=name,
+                        token=token)
         self._virtual[key] = ino
         return ino
 
@@ -333,7 +341,7 @@ class Draft:
             self.materialize(d)
             t = time.time_ns()
             ino = Inode(self._next, mode, uid, gid, 2 if stat.S_ISDIR(mode) else 1, t, t, t, rdev,
-                        staged=stat.S_ISREG(mode), target=target)
+                        staged=stat.S_ISREG(mode), target=target, token=f"i{self._next}")
             self._next += 1
             if ino.is_reg:
                 os.close(os.open(self.data_path(ino), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))

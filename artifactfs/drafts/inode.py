@@ -5,10 +5,12 @@ An Inode is either *materialized* (id > 0: a row of meta.db) or *virtual*: a
 base entry nobody changed yet, known only by the folder it shows in and its
 name.  The first change that needs it on disk (a write, chmod, link, rename)
 materializes it: the same object gets an id, so whoever holds it (the mount,
-for an inode the kernel knows) keeps the same file."""
+for an inode the kernel knows) keeps the same file.  Its token, the identity
+the mount shows as st_ino, never changes: "i<id>" for an inode made in the
+draft, or a hash of where a base entry showed, kept in its row once
+materialized."""
 from __future__ import annotations
 
-import itertools
 import json
 import stat
 import threading
@@ -17,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from ..manifest import FileEntry
 from .meta import Row
 
-_tokens = itertools.count(1)
 DRAFT_FORMAT = "artifactfs-draft-v2"
 
 
@@ -41,7 +42,7 @@ class Inode:
     target: str | None = None           # a symlink
     parent: "Inode | None" = None       # virtual only: the folder it shows in ...
     name: str = ""                      # ... under this name
-    token: int = field(default_factory=lambda: next(_tokens))  # unique for the life of the process
+    token: str = ""                     # identity as shown (st_ino): "i<id>", or "v<hash>" from where it shows
     lock: threading.Lock = field(default_factory=threading.Lock)  # copy-up of this file
 
     @property
@@ -60,14 +61,15 @@ class Inode:
         return Row(self.id, self.mode, self.uid, self.gid, self.nlink, self.rdev, self.atime, self.mtime,
                    self.ctime, int(self.staged),
                    json.dumps(self.base.to_json(), sort_keys=True) if self.base is not None else None,
-                   self.tree, None if self.target is None else self.target.encode("utf-8", "surrogateescape"))
+                   self.tree, None if self.target is None else self.target.encode("utf-8", "surrogateescape"),
+                   self.token)
 
     @classmethod
     def of_row(cls, r: Row) -> "Inode":
         base = FileEntry.from_json(json.loads(r.base)) if r.base else None
         target = r.target.decode("utf-8", "surrogateescape") if isinstance(r.target, bytes) else r.target
         return cls(r.id, r.mode, r.uid, r.gid, r.nlink, r.atime, r.mtime, r.ctime, r.rdev, bool(r.staged),
-                   base, r.tree, target)
+                   base, r.tree, target, token=r.token or f"i{r.id}")
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ kernel's page cache.  fsync(2) of a draft file also syncs the WAL (sync()), so
 what a program fsynced survives a power cut too.
 
 Tables:
-  inodes(id, mode, uid, gid, nlink, rdev, atime, mtime, ctime, staged, base, tree, target)
+  inodes(id, mode, uid, gid, nlink, rdev, atime, mtime, ctime, staged, base, tree, target, token)
       mode is st_mode with the file type; times are integer ns; staged=1 when the
       file's bytes (and size, atime, mtime) are in data/<id>; base is the JSON
       FileEntry a regular file shows while not staged; tree the base sub-tree a
-      directory overlays (NULL: a plain folder); target a symlink's target.
+      directory overlays (NULL: a plain folder); target a symlink's target;
+      token the inode's identity as shown (st_ino), kept from its virtual days.
   dentries(parent, name, ino)   ino NULL is a whiteout: hides the base entry `name`
   state(key, value)             'draft': the DraftState JSON
   clean(ino, stamp)             stamps of staged files hashed by the last commit"""
@@ -31,7 +32,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
   id INTEGER PRIMARY KEY, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
   nlink INTEGER NOT NULL, rdev INTEGER NOT NULL, atime INTEGER NOT NULL, mtime INTEGER NOT NULL,
-  ctime INTEGER NOT NULL, staged INTEGER NOT NULL, base TEXT, tree TEXT, target BLOB);
+  ctime INTEGER NOT NULL, staged INTEGER NOT NULL, base TEXT, tree TEXT, target BLOB, token TEXT);
 CREATE TABLE IF NOT EXISTS dentries (
   parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER, PRIMARY KEY (parent, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries (ino);
@@ -40,7 +41,7 @@ CREATE TABLE IF NOT EXISTS clean (ino INTEGER PRIMARY KEY, stamp TEXT NOT NULL);
 """
 DB_FILE = "meta.db"
 COLUMNS = ("id", "mode", "uid", "gid", "nlink", "rdev", "atime", "mtime", "ctime", "staged", "base", "tree",
-           "target")
+           "target", "token")
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Row:
     base: str | None
     tree: str | None
     target: bytes | str | None  # bytes: a target need not be UTF-8
+    token: str | None
 
 
 def _enospc(e: sqlite3.Error) -> OSError:
