@@ -303,3 +303,14 @@ def test_present_asks_about_many_keys_at_once(store: S3Store) -> None:
     store.sync()
     assert store.present([f"p/{i}" for i in range(20)]) == {f"p/{i}" for i in range(0, 20, 2)}
     assert store.present(["p/0", "p/1"]) == {"p/0"}
+
+
+def test_puts_of_one_key_land_in_the_order_made(store: S3Store) -> None:
+    """put() uploads in the background; a later put of the same key must still win."""
+    for i in range(20):
+        store.put("k", b"%d" % i)
+    store.sync()
+    assert store.get("k") == b"19"
+    for i in range(20):
+        store.put("k", b"x" * (i + 1))
+    assert store.get("k") == b"x" * 20  # read-your-writes, before any sync

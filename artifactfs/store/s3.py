@@ -86,7 +86,8 @@ class _Uploads:
 
     def submit(self, key: str, data: bytes, upload: Callable[[], Any]) -> None:
         with self._cond:
-            while self._bytes and self._bytes + len(data) > UPLOAD_BYTES:
+            # puts of one key land in the order they were made: wait for an earlier one
+            while key in self._pending or (self._bytes and self._bytes + len(data) > UPLOAD_BYTES):
                 self._cond.wait()
             self._bytes += len(data)
             future = self._pool.submit(upload)
