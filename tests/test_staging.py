@@ -117,6 +117,9 @@ def test_rename_over_file_noreplace_exchange(draft):
     with pytest.raises(OSError) as e:
         draft.rename("b", "b/c/inside")
     assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        draft.rename("b/c/d", "b")  # over a folder above it: the kernel's ENOTEMPTY, before EISDIR
+    assert e.value.errno == errno.ENOTEMPTY
     a, b = draft.node("a"), draft.node("b")
     draft.draft.rename(draft.draft.root, "a", draft.draft.root, "b", exchange=True)
     assert draft.node("a") is b and draft.node("b") is a

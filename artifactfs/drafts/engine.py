@@ -425,8 +425,8 @@ class Draft:
                 raise _err(errno.ENOENT, nname)
             if src.is_dir and self._below(nd, src):
                 raise _err(errno.EINVAL, nname)
-            if exchange and dst is not None and dst.is_dir and self._below(od, dst):
-                raise _err(errno.EINVAL, oname)
+            if dst is not None and dst.is_dir and self._below(od, dst):
+                raise _err(errno.EINVAL if exchange else errno.ENOTEMPTY, nname)  # (as the kernel's rename)
             if dst is not None and not exchange:
                 if src.is_dir and not dst.is_dir:
                     raise _err(errno.ENOTDIR, nname)

@@ -133,11 +133,11 @@ class LiveDraft:
         record).  While the store is unreachable it stays where it is, logged: the
         folder must stay listable."""
         st = self.draft.state
-        if latest is None or latest == st.base or self.dirty():
-            return
+        if latest is None or (st.base is not None and latest <= st.base) or self.dirty():
+            return  # (a listing older than the draft's own commit must not move it back)
         try:
             async with self.gate.commit():
-                if st.base == latest or self.dirty():
+                if (st.base is not None and latest <= st.base) or self.dirty():
                     return
                 info = await version(latest)
                 changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), {})
