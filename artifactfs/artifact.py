@@ -221,8 +221,13 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         return Manifest(self._entries())
 
     def json_encode(self) -> dict:
-        """The W&B manifest v1 JSON of this artifact."""
-        return self.manifest.to_manifest_json()
+        """The artifact as W&B encodes it (wandb.util.artifact_to_json): {'_type': 'artifactVersion',
+        '_version': 'v0', 'id', 'version' ('vN'), 'sequenceName' (the source collection), 'usedAs':
+        None}.  Like W&B, only for a logged version (ArtifactNotLoggedError before save).  The W&B
+        manifest v1 JSON is `manifest.to_manifest_json()`."""
+        info = self._need_logged("json_encode")
+        return {"_type": "artifactVersion", "_version": "v0", "id": info.id, "version": self.source_version,
+                "sequenceName": self.source_name.split(":")[0], "usedAs": None}
 
     @property
     def digest(self) -> str:

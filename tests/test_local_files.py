@@ -129,7 +129,7 @@ def test_api_add_dir_follows_like_wandb_unless_asked(env, linked, tmp_path):
     kept = Artifact("ds", "dataset", store=env["ARTIFACTFS_STORE"])
     kept.add_dir(linked, follow_symlinks=False)
     assert kept.manifest.entries["rel"] == SymlinkEntry("f.txt")
-    assert kept.json_encode()["contents"]["rel"]["extra"] == {"alg": "XXH128", "symlink": "f.txt"}
+    assert kept.manifest.to_manifest_json()["contents"]["rel"]["extra"] == {"alg": "XXH128", "symlink": "f.txt"}
 
 
 def file_entry(data: bytes) -> FileEntry:

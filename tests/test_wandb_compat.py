@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+import artifactfs
 from artifactfs import Api, Artifact
 from artifactfs.manifest import CHUNK_SIZE
 from core_util import write_files
@@ -90,14 +91,27 @@ def test_artifact_digest_and_manifest_json_match(wandb, src, store_url):
     theirs = wandb_artifact(wandb, src)
     draft = ours(src, store_url)
     expected_json = theirs.manifest.to_manifest_json()
-    assert without_mtimes(draft.json_encode()) == expected_json
+    assert without_mtimes(draft.manifest.to_manifest_json()) == expected_json
     assert draft.digest == theirs.manifest.digest()
     logged = draft.save("proj")
     assert logged.digest == theirs.manifest.digest()
     reread = Api(store_url, project="proj").artifact("compat:v0")
-    assert without_mtimes(reread.json_encode()) == expected_json
+    assert without_mtimes(reread.manifest.to_manifest_json()) == expected_json
     assert reread.digest == theirs.manifest.digest()
     assert reread.size == theirs.manifest.size()
+
+
+def test_json_encode_has_wandbs_shape(wandb, src, store_url):
+    """wandb.util.artifact_to_json: logged artifacts only (W&B raises before logging too)."""
+    from wandb.sdk.artifacts.exceptions import ArtifactNotLoggedError as TheirNotLogged
+    with pytest.raises(TheirNotLogged):
+        wandb_artifact(wandb, src).json_encode()
+    draft = ours(src, store_url)
+    with pytest.raises(artifactfs.ArtifactNotLoggedError):
+        draft.json_encode()
+    logged = draft.save("proj")
+    assert logged.json_encode() == {"_type": "artifactVersion", "_version": "v0", "id": logged.id,
+                                    "version": "v0", "sequenceName": "compat", "usedAs": None}
 
 
 def test_wandb_reads_our_manifest(wandb, src, store_url):
@@ -105,7 +119,7 @@ def test_wandb_reads_our_manifest(wandb, src, store_url):
     from wandb.sdk.artifacts.artifact_manifests.artifact_manifest_v1 import ArtifactManifestV1
     logged = ours(src, store_url).save("proj")
     parsed = ArtifactManifestV1.from_manifest_json(
-        logged.json_encode(), digest_algorithm=ArtifactDigestAlgorithm.MANIFEST_XXH128)
+        logged.manifest.to_manifest_json(), digest_algorithm=ArtifactDigestAlgorithm.MANIFEST_XXH128)
     assert parsed.digest() == logged.digest
     assert {p: e.digest for p, e in parsed.entries.items()} == \
            {e.path: e.digest for e in logged.files()}
@@ -123,7 +137,7 @@ def test_empty_artifact_digest_matches(wandb, store_url):
     theirs = wandb.Artifact("e", "dataset", digest_algorithm="XXH128")
     mine = Artifact("e", "dataset", store=store_url)
     assert mine.digest == theirs.manifest.digest()
-    assert mine.json_encode() == theirs.manifest.to_manifest_json()
+    assert mine.manifest.to_manifest_json() == theirs.manifest.to_manifest_json()
 
 
 # -- issue 8.1: every way of making a version gives wandb's digest, over odd names ---------
