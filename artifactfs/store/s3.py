@@ -35,7 +35,7 @@ except ImportError as e:  # boto3 is the optional 's3' extra
     raise StoreError("s3:// stores need boto3: pip install 'artifactfs[s3]'") from e
 
 from .base import ObjectStat, ObjectStore
-from .s3config import NETWORK_ERRORS, POOL, S3Options, public_endpoint, translate
+from .s3config import NETWORK_ERRORS, S3Options, public_endpoint, translate
 
 T = TypeVar("T")
 log = logging.getLogger("artifactfs.store")
