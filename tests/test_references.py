@@ -13,7 +13,7 @@ import os
 import pytest
 import xxhash
 
-from artifactfs import Api, Artifact, ArtifactfsError
+from artifactfs import Api, Artifact, ArtifactfsError, InvalidNameError
 from artifactfs.manifest import CHUNK_SIZE, b64_digest
 from artifactfs.references import ReferenceChanged, ReferenceGone, ReferenceUnreadable
 from artifactfs.registry import Registry
@@ -86,6 +86,9 @@ def test_missing_sources_and_limits(env, tmp_path, tree):
         art.add_reference(f"file://{tmp_path}/src", max_objects=2)
     uri_only = art.add_reference(f"file://{tmp_path}/src", name="lazy", checksum=False)
     other = art.add_reference("gs://bucket/some/object.bin")
+    for no_scheme in ("notaurl", f"{tmp_path}/src", "relative/path.bin"):
+        with pytest.raises(InvalidNameError, match="is not a URI"):
+            art.add_reference(no_scheme)
     assert [e.path for e in uri_only] == ["lazy"] and [e.path for e in other] == ["object.bin"]
     assert uri_only[0].digest == w_digest(f"file://{tmp_path}/src".encode())
     assert other[0].digest == w_digest(b"gs://bucket/some/object.bin")
