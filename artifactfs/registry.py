@@ -128,6 +128,8 @@ class Registry(TreeIO):
         return cls(open_store(url), create=create)
 
     def _check_marker(self, create: bool) -> None:
+        """Check the store marker; with `create`, make an empty store (self.created tells)."""
+        self.created = False
         try:
             marker = json.loads(self.store.get(MARKER))
         except ObjectNotFound:
@@ -138,8 +140,8 @@ class Registry(TreeIO):
                 raise StoreError(f"no artifactfs store at {self.store.url} "
                                  "(a command that writes, such as put, creates it)") from None
             name = os.path.basename(unquote(self.store.url).rstrip("/")) or "store"
-            self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name,
-                                                         "id": uuid.uuid4().hex}).encode())
+            self.created = self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name,
+                                                                        "id": uuid.uuid4().hex}).encode())
             marker = json.loads(self.store.get(MARKER))
         except (ValueError, OSError) as e:
             raise StoreError(f"{self.store.url} is not an artifactfs store ({e})") from None

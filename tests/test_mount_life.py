@@ -81,6 +81,21 @@ def test_a_writable_mount_creates_a_missing_store(tmp_path):
     assert Registry.open(str(store)).latest("proj", "notes") == 0
 
 
+def test_a_created_store_is_announced_once(tmp_path):
+    """A mistyped --store must not pass unnoticed: the mount that creates a store says so."""
+    need_fuse()
+    store, mnt = tmp_path / "typo" / "store", tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    for expected in ("created a new, empty store at", ""):
+        done = cli("--store", str(store), "mount", str(mnt), env=env)
+        try:
+            assert done.returncode == 0, done.stderr
+            assert done.stderr.startswith(expected) and (str(store) in done.stderr) == bool(expected), done.stderr
+        finally:
+            assert cli("umount", str(mnt), env=env).returncode == 0
+
+
 def test_mount_table_and_already_mounted(store, tmp_path, mount_factory):
     m = mount_factory(store)
     with open("/proc/self/mountinfo") as f:

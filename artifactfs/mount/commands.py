@@ -19,7 +19,7 @@ import click
 
 from ..artifact import default_project
 from ..cache import default_cache_dir, parse_size
-from ..errors import ArtifactfsError
+from ..errors import ArtifactfsError, shown
 from ..names import check_name, check_type
 from ..registry import Registry
 from ..store import default_store_url
@@ -143,6 +143,8 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
     # a writable mount writes (mkdir, drafts, sync), so like put it creates a store that does not
     # exist yet; --read-only never does.  An unreachable store or a non-store is refused here.
     registry = Registry.open(store, create=not read_only)
+    if registry.created:  # a mistyped --store should not pass unnoticed
+        click.echo(f"created a new, empty store at {shown(registry.store.url)}", err=True)
     opts = MountOptions(
         mountpoint=real, store=registry.store.url, project=project,
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir())),
