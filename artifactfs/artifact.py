@@ -221,10 +221,9 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         return Manifest(self._entries())
 
     def json_encode(self) -> dict:
-        """The artifact as W&B encodes it (wandb.util.artifact_to_json): {'_type': 'artifactVersion',
-        '_version': 'v0', 'id', 'version' ('vN'), 'sequenceName' (the source collection), 'usedAs':
-        None}.  Like W&B, only for a logged version (ArtifactNotLoggedError before save).  The W&B
-        manifest v1 JSON is `manifest.to_manifest_json()`."""
+        """W&B's encoding (wandb.util.artifact_to_json): {'_type': 'artifactVersion', '_version': 'v0',
+        'id', 'version': 'vN', 'sequenceName': source collection, 'usedAs': None}; logged versions only
+        (ArtifactNotLoggedError, as W&B).  The manifest v1 JSON is `manifest.to_manifest_json()`."""
         info = self._need_logged("json_encode")
         return {"_type": "artifactVersion", "_version": "v0", "id": info.id, "version": self.source_version,
                 "sequenceName": self.source_name.split(":")[0], "usedAs": None}

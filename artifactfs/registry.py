@@ -128,8 +128,7 @@ class Registry(TreeIO):
         return cls(open_store(url), create=create)
 
     def _check_marker(self, create: bool) -> None:
-        """Check the store marker; with `create`, make an empty store (self.created tells)."""
-        self.created = False
+        self.created = False  # True once this open has made an empty store (create=True)
         try:
             marker = json.loads(self.store.get(MARKER))
         except ObjectNotFound:
