@@ -20,7 +20,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from weakref import WeakValueDictionary
 
 import xxhash
@@ -28,30 +28,12 @@ import xxhash
 from ..manifest import DirEntry, Entry, FileEntry, SymlinkEntry, TreeIO
 from .inode import DraftState, Inode
 from .meta import DB_FILE, MetaDB
+from .posixnames import NAME_MAX, check_name, posix_error
 
 ROOT = 1
-NAME_MAX = 255
 STATE_KEY = "draft"
 Fetch = Callable[[FileEntry, int], None]
 """Writes the whole content of a base file into an open file descriptor."""
-
-
-def check_name(name: str) -> str:
-    """A name a new entry may have: at most NAME_MAX bytes of UTF-8 (EINVAL when
-    not UTF-8: names are stored as text)."""
-    try:
-        raw = name.encode()
-    except UnicodeEncodeError:
-        raise OSError(errno.EINVAL, "a name that is not valid UTF-8", name) from None
-    if len(raw) > NAME_MAX:
-        raise OSError(errno.ENAMETOOLONG, "file name too long", name)
-    if not raw or "/" in name or name in (".", ".."):
-        raise OSError(errno.EINVAL, "invalid name", name)
-    return name
-
-
-def _err(code: int, name: str = "") -> OSError:
-    return OSError(code, os.strerror(code), name)
 
 
 def mode_of(entry: FileEntry) -> int:
@@ -167,7 +149,7 @@ class Draft:
             if found is None:
                 row = self.db.row(ino)
                 if row is None:
-                    raise _err(errno.ENOENT)
+                    raise posix_error(errno.ENOENT)
                 found = self._by_id[ino] = Inode.of_row(row)
             return found
 
@@ -222,15 +204,15 @@ class Draft:
 
     def lookup(self, d: Inode, name: str) -> Inode:
         if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
-            raise _err(errno.ENAMETOOLONG, name)
+            raise posix_error(errno.ENAMETOOLONG, name)
         self._need_dir(d)
         try:
             name.encode()
         except UnicodeEncodeError:
-            raise _err(errno.ENOENT, name) from None  # no entry can have such a name
+            raise posix_error(errno.ENOENT, name) from None  # no entry can have such a name
         found = self.child(d, name)
         if found is None:
-            raise _err(errno.ENOENT, name)
+            raise posix_error(errno.ENOENT, name)
         return found
 
     def readdir(self, d: Inode) -> list[tuple[str, Inode]]:
@@ -254,9 +236,9 @@ class Draft:
 
     def _need_dir(self, d: Inode) -> None:
         if not d.is_dir:
-            raise _err(errno.ENOTDIR)
+            raise posix_error(errno.ENOTDIR)
         if d.nlink == 0:
-            raise _err(errno.ENOENT)  # a removed folder takes no new entries
+            raise posix_error(errno.ENOENT)  # a removed folder takes no new entries
 
     def parent_of(self, d: Inode) -> Inode | None:
         if d.id:
@@ -337,7 +319,7 @@ class Draft:
         with self.change(d):
             self._need_dir(d)
             if self.child(d, name) is not None:
-                raise _err(errno.EEXIST, name)
+                raise posix_error(errno.EEXIST, name)
             self.materialize(d)
             t = time.time_ns()
             ino = Inode(self._next, mode, uid, gid, 2 if stat.S_ISDIR(mode) else 1, t, t, t, rdev,
@@ -362,11 +344,11 @@ class Draft:
         with self.change(d, ino):
             self._need_dir(d)
             if self.child(d, name) is not None:
-                raise _err(errno.EEXIST, name)
+                raise posix_error(errno.EEXIST, name)
             if ino.is_dir:
-                raise _err(errno.EPERM, name)
+                raise posix_error(errno.EPERM, name)
             if ino.nlink == 0:
-                raise _err(errno.ENOENT, name)
+                raise posix_error(errno.ENOENT, name)
             self.materialize(d)
             self.materialize(ino)
             t = time.time_ns()
@@ -389,11 +371,11 @@ class Draft:
             self._need_dir(d)
             ino = self.child(d, name)
             if ino is None:
-                raise _err(errno.ENOENT, name)
+                raise posix_error(errno.ENOENT, name)
             if ino.is_dir != folder:
-                raise _err(errno.ENOTDIR if folder else errno.EISDIR, name)
+                raise posix_error(errno.ENOTDIR if folder else errno.EISDIR, name)
             if folder and self.visible(ino):
-                raise _err(errno.ENOTEMPTY, name)
+                raise posix_error(errno.ENOTEMPTY, name)
             self.touch(ino)
             self.materialize(d)
             t = time.time_ns()
@@ -415,25 +397,25 @@ class Draft:
             self._need_dir(nd)
             src = self.child(od, oname)
             if src is None:
-                raise _err(errno.ENOENT, oname)
+                raise posix_error(errno.ENOENT, oname)
             dst = self.child(nd, nname)
             if src is dst:
                 return None
             if dst is not None and noreplace:
-                raise _err(errno.EEXIST, nname)
+                raise posix_error(errno.EEXIST, nname)
             if dst is None and exchange:
-                raise _err(errno.ENOENT, nname)
+                raise posix_error(errno.ENOENT, nname)
             if src.is_dir and self._below(nd, src):
-                raise _err(errno.EINVAL, nname)
+                raise posix_error(errno.EINVAL, nname)
             if dst is not None and dst.is_dir and self._below(od, dst):
-                raise _err(errno.EINVAL if exchange else errno.ENOTEMPTY, nname)  # (as the kernel's rename)
+                raise posix_error(errno.EINVAL if exchange else errno.ENOTEMPTY, nname)  # (as the kernel's rename)
             if dst is not None and not exchange:
                 if src.is_dir and not dst.is_dir:
-                    raise _err(errno.ENOTDIR, nname)
+                    raise posix_error(errno.ENOTDIR, nname)
                 if dst.is_dir and not src.is_dir:
-                    raise _err(errno.EISDIR, nname)
+                    raise posix_error(errno.EISDIR, nname)
                 if dst.is_dir and self.visible(dst):
-                    raise _err(errno.ENOTEMPTY, nname)
+                    raise posix_error(errno.ENOTEMPTY, nname)
             self.touch(src, *([dst] if dst is not None else []))
             self.materialize(od)
             self.materialize(nd)
@@ -498,7 +480,8 @@ class Draft:
                 with self.change():
                     self.db.delete(ino.id)
                 self._by_id.pop(ino.id, None)
-                _unlink_quiet(self.data_path(ino))
+                with suppress(FileNotFoundError):
+                    os.unlink(self.data_path(ino))
 
     def _dirty(self) -> None:
         if not self.state.dirty:
@@ -513,9 +496,3 @@ class Draft:
 def _subdirs(tree: dict[str, Entry]) -> int:
     return sum(isinstance(e, DirEntry) for e in tree.values())
 
-
-def _unlink_quiet(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
+from ..drafts.posixnames import NAME_MAX
 from ..errors import ArtifactfsError, ConflictError, InvalidNameError, NotFoundError
 from .context import CALLER, MountContext
 from .inodes import Handle, Node
 
 log = logging.getLogger("artifactfs.mount")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-NAME_MAX = 255
 
 
 def to_fuse_error(e: BaseException, op: str) -> pyfuse3.FUSEError:
