@@ -1,10 +1,17 @@
 """artifactfs: versioned ML artifacts as plain folders."""
-from .api import Api
-from .artifact import Artifact, ManifestEntry
-from .errors import (ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError,
-                     ConflictError, DigestMismatchError, InvalidNameError, NotFoundError,
-                     StoreError)
-from .runinfo import set_step
+from .api.artifact import Artifact, ManifestEntry
+from .api.public import Api
+from .errors import (
+                     ArtifactFinalizedError,
+                     ArtifactfsError,
+                     ArtifactNotLoggedError,
+                     ConflictError,
+                     DigestMismatchError,
+                     InvalidNameError,
+                     NotFoundError,
+                     StoreError,
+)
+from .registry.runinfo import set_step
 
 __all__ = [
     "Api", "Artifact", "ManifestEntry", "ArtifactfsError", "ArtifactFinalizedError",

@@ -24,11 +24,27 @@ import sys
 import xxhash
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (MiB, Noise, Row, Table, artifactfs_mount, cli, drop_caches, emit,  # noqa: E402
-                    fs_note, machine_note, make_big_file, make_many_files, run, timed, tree_bytes, workdir)
+from common import (  # noqa: E402
+    MiB,
+    Noise,
+    Row,
+    Table,
+    artifactfs_mount,
+    cli,
+    drop_caches,
+    emit,
+    fs_note,
+    machine_note,
+    make_big_file,
+    make_many_files,
+    run,
+    timed,
+    tree_bytes,
+    workdir,
+)
 
-from artifactfs.manifest import FileEntry, apply_changes, artifact_digest, walk  # noqa: E402
-from artifactfs.registry import Registry  # noqa: E402
+from artifactfs.registry.manifest import FileEntry, apply_changes, artifact_digest, walk  # noqa: E402
+from artifactfs.registry.versions import Registry  # noqa: E402
 
 PROJECT = "bench"
 

@@ -20,9 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Row, Table, artifactfs_mount, emit, machine_note, run, timed, workdir  # noqa: E402
 
-from artifactfs import transfer  # noqa: E402
-from artifactfs.artifact import Artifact  # noqa: E402
-from artifactfs.registry import Registry  # noqa: E402
+from artifactfs.api.artifact import Artifact  # noqa: E402
+from artifactfs.chunks import transfer  # noqa: E402
+from artifactfs.registry.versions import Registry  # noqa: E402
 
 MB = 1024 * 1024
 

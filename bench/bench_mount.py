@@ -25,12 +25,31 @@ import time
 from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (MiB, Noise, Row, Table, artifactfs_mount, cli, drop_caches, emit,  # noqa: E402
-                    files_under, fs_note, machine_note, make_big_file, make_many_files, median_rows, rclone_mount,
-                    read_files, run, timed, tree_bytes, workdir)
+from common import (  # noqa: E402
+    MiB,
+    Noise,
+    Row,
+    Table,
+    artifactfs_mount,
+    cli,
+    drop_caches,
+    emit,
+    files_under,
+    fs_note,
+    machine_note,
+    make_big_file,
+    make_many_files,
+    median_rows,
+    rclone_mount,
+    read_files,
+    run,
+    timed,
+    tree_bytes,
+    workdir,
+)
 
-from artifactfs.manifest import walk  # noqa: E402
-from artifactfs.registry import Registry, blob_key  # noqa: E402
+from artifactfs.registry.manifest import walk  # noqa: E402
+from artifactfs.registry.versions import Registry, blob_key  # noqa: E402
 
 
 class Bench:

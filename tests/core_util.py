@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 
 import xxhash
 
-from artifactfs.manifest import FileEntry, walk
-from artifactfs.registry import Registry, blob_key
+from artifactfs.registry.manifest import FileEntry, walk
+from artifactfs.registry.versions import Registry, blob_key
 from artifactfs.store import ObjectStore, open_store
 
 

@@ -10,14 +10,14 @@ import stat
 import tempfile
 from collections.abc import Callable
 
-from artifactfs import transfer
+from artifactfs.chunks import transfer
 from artifactfs.drafts import filedata
 from artifactfs.drafts.engine import Draft
 from artifactfs.drafts.inode import Attr, Inode
 from artifactfs.drafts.lifecycle import fetch_from_store, open_draft
 from artifactfs.drafts.slots import drafts_dir
-from artifactfs.manifest import apply_changes, artifact_digest, walk
-from artifactfs.registry import Registry
+from artifactfs.registry.manifest import apply_changes, artifact_digest, walk
+from artifactfs.registry.versions import Registry
 
 Files = dict[str, tuple[bytes, bool]]
 

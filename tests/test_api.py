@@ -7,13 +7,20 @@ import os
 import stat
 
 import pytest
-
-from artifactfs import (Api, Artifact, ArtifactFinalizedError, ArtifactfsError,
-                        ArtifactNotLoggedError, DigestMismatchError, InvalidNameError,
-                        NotFoundError)
-from artifactfs.registry import blob_key
-from artifactfs.store import open_store
 from core_util import write_files
+
+from artifactfs import (
+    Api,
+    Artifact,
+    ArtifactFinalizedError,
+    ArtifactfsError,
+    ArtifactNotLoggedError,
+    DigestMismatchError,
+    InvalidNameError,
+    NotFoundError,
+)
+from artifactfs.registry.versions import blob_key
+from artifactfs.store import open_store
 
 BOTH_STORES = True  # tests using store_url/env run on a local and an S3 store (tests/conftest.py)
 FILES = {"a.txt": "alpha", "sub/b.txt": "beta", "sub/deep/c.bin": b"\x00\x01\x02", "empty": b""}

@@ -12,13 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import xxhash
-
+from conftest import flipped, randbytes
 from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 
-from artifactfs.cache import ChunkCache, default_cache_dir, parse_size
+from artifactfs.chunks.cache import ChunkCache, default_cache_dir, parse_size
 from artifactfs.errors import DigestMismatchError, InvalidNameError, ObjectNotFound
-from artifactfs.registry import Registry, blob_key
-from conftest import flipped, randbytes
+from artifactfs.registry.versions import Registry, blob_key
 
 MiB = 1 << 20
 

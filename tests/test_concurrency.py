@@ -10,12 +10,12 @@ import signal
 import time
 
 import xxhash
-
-from artifactfs import Api, Artifact
-from artifactfs.registry import Registry
-from artifactfs.store.local import LocalStore
 from core_util import check_version_complete, write_files
 from mountutil import wait_for
+
+from artifactfs import Api, Artifact
+from artifactfs.registry.versions import Registry
+from artifactfs.store.local import LocalStore
 
 P = "proj"
 CTX = mp.get_context("fork")  # children inherit the imported package: fast start

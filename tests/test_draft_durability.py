@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
-
-from artifactfs.registry import Registry
+from conftest import randbytes
 from core_util import check_version_complete
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, force_unmount, is_mounted, mounted, wait_for
-from conftest import randbytes
+
+from artifactfs.registry.versions import Registry
 
 BASE = {"keep/a": b"a", "keep/b": (b"b" * 3000, True), "old/f": b"old"}
 

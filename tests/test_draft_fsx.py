@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from artifactfs.registry import Registry
 from conftest import randbytes, skip_or_fail
 from draft_helpers import publish
 from mountutil import mounted
+
+from artifactfs.registry.versions import Registry
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = {"no-mmap": ["-N", "10000", "-R", "-W"], "mmap": ["-N", "5000"], "reopen": ["-N", "500", "-c", "1"]}

@@ -12,10 +12,10 @@ import subprocess
 import tempfile
 
 import pytest
-
-from artifactfs.registry import Registry
 from draft_helpers import errno_of, publish, version_files
 from mountutil import cli, mount_factory, mounted  # noqa: F401  (fixture)
+
+from artifactfs.registry.versions import Registry
 
 
 @pytest.fixture

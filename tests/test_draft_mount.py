@@ -10,11 +10,11 @@ import stat
 import subprocess
 
 import pytest
-
-from artifactfs.registry import Registry
 from conftest import randbytes
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
+
+from artifactfs.registry.versions import Registry
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 5000, True), "b/c/d": b"bcd", "top": b"t"}
 

@@ -12,14 +12,14 @@ import stat
 import tempfile
 
 import pytest
+from draft_helpers import dir_files, errno_of, publish, version_files, write_files
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from mountutil import mounted, wait_for
 
 from artifactfs.drafts.syncclient import request
-from artifactfs.registry import Registry
-from draft_helpers import errno_of, write_files, dir_files, publish, version_files
-from mountutil import mounted, wait_for
+from artifactfs.registry.versions import Registry
 
 NAMES = st.sampled_from(["a", "b", "c"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)

@@ -10,14 +10,14 @@ import shutil
 import stat
 import tempfile
 
+from draft_helpers import Paths, dir_files, errno_of, open_test_draft, publish, version_files, write_files
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from artifactfs.drafts import filedata
 from artifactfs.drafts.commit import commit_draft
-from artifactfs.registry import Registry
-from draft_helpers import Paths, dir_files, errno_of, open_test_draft, publish, version_files, write_files
+from artifactfs.registry.versions import Registry
 
 NAMES = st.sampled_from(["a", "b", "c"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)

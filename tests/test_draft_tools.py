@@ -11,12 +11,12 @@ import subprocess
 import zipfile
 
 import pytest
-
-from artifactfs.manifest import FileEntry, SymlinkEntry, walk
-from artifactfs.registry import Registry
 from conftest import randbytes, skip_or_fail
 from draft_helpers import publish
 from mountutil import cli, mount_factory  # noqa: F401  (fixture)
+
+from artifactfs.registry.manifest import FileEntry, SymlinkEntry, walk
+from artifactfs.registry.versions import Registry
 
 OTHER_UID = 1000
 MTIME = 1_600_000_000_123_456_789
@@ -61,7 +61,7 @@ def committed(store: str, version: int) -> dict[str, object]:
 
 
 def expected(src: str) -> dict[str, object]:
-    from artifactfs.transfer import upload_file
+    from artifactfs.chunks.transfer import upload_file
     out: dict[str, object] = {}
     for dirpath, _, filenames in os.walk(src):
         for n in filenames:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import time
 
-from artifactfs.registry import Registry
 from mountutil import cli, mounted
 from s3server import moto_server
 from test_mount_read import commit
+
+from artifactfs.registry.versions import Registry
 
 
 def _read(path: str) -> bytes:

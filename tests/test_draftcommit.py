@@ -11,19 +11,19 @@ import sys
 import time
 
 import pytest
+from conftest import randbytes
+from core_util import check_version_complete, synthetic_entry
+from draft_helpers import Paths, dir_files, open_test_draft, publish, version_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from artifactfs import transfer
+from artifactfs.chunks import transfer
 from artifactfs.drafts.advance import reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes, scan
 from artifactfs.errors import ConflictError, InvalidNameError
-from artifactfs.manifest import DirEntry, apply_changes, artifact_digest, walk
-from artifactfs.registry import Registry
-from artifactfs.treedigest import TreeDigests
-from core_util import check_version_complete, synthetic_entry
-from conftest import randbytes
-from draft_helpers import Paths, dir_files, open_test_draft, publish, version_files
+from artifactfs.registry.manifest import DirEntry, apply_changes, artifact_digest, walk
+from artifactfs.registry.treedigest import TreeDigests
+from artifactfs.registry.versions import Registry
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 1000, True), "b/c/d": b"bcd", "b/e": b"be", "top": b"t"}
@@ -240,7 +240,7 @@ def test_pending_attributes_are_used_once(reg, pub):
 
 CHILD = r"""
 import sys
-from artifactfs.registry import Registry
+from artifactfs.registry.versions import Registry
 from artifactfs.drafts.commit import commit_draft
 sys.path.insert(0, sys.argv[2])
 from draft_helpers import Paths, open_test_draft
@@ -324,8 +324,8 @@ def test_killed_commit_leaves_no_partial_version(tmp_path, monkeypatch):
 CONCURRENT = r"""
 import os
 import sys
-from artifactfs import transfer
-from artifactfs.registry import Registry
+from artifactfs.chunks import transfer
+from artifactfs.registry.versions import Registry
 from artifactfs.drafts.commit import commit_draft
 from artifactfs.errors import ConflictError
 sys.path.insert(0, sys.argv[4])

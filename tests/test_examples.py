@@ -10,11 +10,10 @@ import subprocess
 import sys
 
 import pytest
-
 from mountutil import mounted
 
-from artifactfs.artifact import Artifact
-from artifactfs.registry import Registry
+from artifactfs.api.artifact import Artifact
+from artifactfs.registry.versions import Registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")

@@ -11,14 +11,23 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import xxhash
+from mountutil import mounted, need_fuse
 
 from artifactfs.errors import InvalidNameError
-from artifactfs.manifest import (DirEntry, FileEntry, SymlinkEntry, apply_changes, artifact_digest,
-                                 decode_tree, encode_tree, walk, wandb_manifest)
-from artifactfs.registry import Registry
+from artifactfs.registry.manifest import (
+    DirEntry,
+    FileEntry,
+    SymlinkEntry,
+    apply_changes,
+    artifact_digest,
+    decode_tree,
+    encode_tree,
+    walk,
+    wandb_manifest,
+)
+from artifactfs.registry.treedigest import TreeDigests
+from artifactfs.registry.versions import Registry
 from artifactfs.timestamps import iso_ns, now_iso
-from artifactfs.treedigest import TreeDigests
-from mountutil import mounted, need_fuse
 
 P = "proj"
 

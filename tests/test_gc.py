@@ -6,18 +6,18 @@ import datetime as dt
 import threading
 
 import pytest
-
-from artifactfs import Api, Artifact, NotFoundError
-from artifactfs import gcstate
-from artifactfs.gc import collect
-from artifactfs.gcstate import ObjectsSwept
-from artifactfs.keys import blob_key
-from artifactfs.lifecycle import set_default_ttl
-from artifactfs.manifest import walk
-from artifactfs.registry import Registry
 from core_util import check_version_complete, write_files
 from mountutil import wait_for
 from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
+
+from artifactfs import Api, Artifact, NotFoundError
+from artifactfs.api.gc import collect
+from artifactfs.api.lifecycle import set_default_ttl
+from artifactfs.registry import gcstate
+from artifactfs.registry.gcstate import ObjectsSwept
+from artifactfs.registry.keys import blob_key
+from artifactfs.registry.manifest import walk
+from artifactfs.registry.versions import Registry
 
 
 @pytest.fixture(params=["local", "s3"])

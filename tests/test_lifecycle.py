@@ -4,10 +4,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from core_util import write_files
 
 from artifactfs import Api, Artifact, ArtifactNotLoggedError, NotFoundError
-from artifactfs.lifecycle import HasAliasesError, parse_duration, set_default_ttl
-from core_util import write_files
+from artifactfs.api.lifecycle import HasAliasesError, parse_duration, set_default_ttl
 
 
 def log(name: str, files: dict, tmp_path, type_: str = "model", aliases=()) -> Artifact:

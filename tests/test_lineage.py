@@ -7,9 +7,10 @@ import socket
 import subprocess
 import sys
 
+from core_util import write_files
+
 import artifactfs
 from artifactfs import Api, Artifact
-from core_util import write_files
 
 
 def run_py(code: str, **env: str) -> str:
@@ -74,7 +75,7 @@ def test_lineage_cli(env, tmp_path):
 
 
 def test_an_entry_download_and_get_record_a_use(env, tmp_path):
-    from artifactfs.runinfo import current_run
+    from artifactfs.registry.runinfo import current_run
     art = Artifact("m", "model")
     art.add_dir(write_files(str(tmp_path / "src"), {"a": "1"}))
     art.add({"k": 1}, "cfg")

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 import xxhash
+from mountutil import mounted
 
 from artifactfs import Api, Artifact, transfer
 from artifactfs.errors import LocalFileError
-from artifactfs.manifest import FileEntry, SymlinkEntry
-from artifactfs.registry import Registry
-from mountutil import mounted
+from artifactfs.registry.manifest import FileEntry, SymlinkEntry
+from artifactfs.registry.versions import Registry
 
 P = "p"
 T0 = 1_500_000_000_123_456_789

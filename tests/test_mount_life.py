@@ -14,11 +14,11 @@ import threading
 import time
 
 import pytest
-
-from artifactfs.registry import Registry
 from conftest import randbytes, skip_or_fail
 from mountutil import cli, force_unmount, gone, is_mounted, mount_factory, mounted, need_fuse, wait_for  # noqa: F401
 from test_mount_read import PROJECT, commit
+
+from artifactfs.registry.versions import Registry
 
 UNIT = os.path.join(os.path.dirname(__file__), "..", "systemd", "artifactfs@.service")
 
@@ -275,7 +275,7 @@ def test_fstab_helper(store, tmp_path):
     env = _env(tmp_path)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    helper = [sys.executable, "-m", "artifactfs.mount.fstab"]
+    helper = [sys.executable, "-m", "artifactfs.cli.fstab"]
     bad = subprocess.run(helper + [store, str(mnt), "-o", "rw,bogus=1"], capture_output=True, text=True, env=env)
     _one_line_error(bad, "unknown option 'bogus=1'")
     try:

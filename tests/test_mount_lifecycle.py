@@ -8,12 +8,12 @@ import sys
 import time
 
 import pytest
-
-from artifactfs import Api, Artifact, gcstate
-from artifactfs.gc import collect
-from artifactfs.registry import Registry
 from core_util import write_files
 from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
+
+from artifactfs import Api, Artifact, gcstate
+from artifactfs.api.gc import collect
+from artifactfs.registry.versions import Registry
 
 
 @pytest.fixture

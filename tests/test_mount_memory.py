@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from mountutil import mounted, wait_for
 
-from artifactfs import transfer
-from artifactfs.artifact import Artifact
-from artifactfs.registry import Registry
+from artifactfs.api.artifact import Artifact
+from artifactfs.chunks import transfer
+from artifactfs.registry.versions import Registry
 
 FOLDERS, PER_FOLDER, LIMIT = 30, 100, 600
 

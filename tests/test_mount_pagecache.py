@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import time
 
+from conftest import randbytes
+from mountutil import mounted
 from test_mount_read import commit
 
-from artifactfs.registry import Registry
-from mountutil import mounted
-from conftest import randbytes
+from artifactfs.registry.versions import Registry
 
 
 def wait_for(m, key: str, at_least: int, timeout: float = 60.0) -> dict:

@@ -10,11 +10,10 @@ import tarfile
 
 import pytest
 from conftest import skip_or_fail
-
 from mountutil import mounted
 from test_mount_read import PROJECT, commit
 
-from artifactfs.registry import Registry
+from artifactfs.registry.versions import Registry
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 from conftest import randbytes, seed_random, skip_or_fail
-
-from artifactfs.artifact import Artifact
-from artifactfs.manifest import CHUNK_SIZE
-from artifactfs.registry import Registry, blob_key
 from core_util import write_files
 from mountutil import mount_factory, mounted  # noqa: F401 (fixture)
+
+from artifactfs.api.artifact import Artifact
+from artifactfs.registry.manifest import CHUNK_SIZE
+from artifactfs.registry.versions import Registry, blob_key
 
 PROJECT = "proj"
 BIG = 3 * CHUNK_SIZE + 12345  # four chunks, the last one short

@@ -7,12 +7,13 @@ import hashlib
 import os
 import time
 
-from artifactfs.manifest import CHUNK_SIZE
-from artifactfs.registry import Registry
+from conftest import randbytes
 from mountutil import mounted
 from s3server import moto_server, s3_server, s3_url  # noqa: F401 (fixtures)
 from test_mount_read import commit
-from conftest import randbytes
+
+from artifactfs.registry.manifest import CHUNK_SIZE
+from artifactfs.registry.versions import Registry
 
 
 def _read(path: str) -> bytes:

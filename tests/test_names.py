@@ -2,8 +2,16 @@
 import pytest
 
 from artifactfs.errors import InvalidNameError
-from artifactfs.names import (check_alias, check_component, check_name, check_path, check_type,
-                              normalize_path, parse_version, split_ref)
+from artifactfs.registry.names import (
+    check_alias,
+    check_component,
+    check_name,
+    check_path,
+    check_type,
+    normalize_path,
+    parse_version,
+    split_ref,
+)
 
 
 @pytest.mark.parametrize("name", ["data", "my-data_1.0", "A", "x" * 128])
@@ -89,7 +97,7 @@ def test_split_ref_invalid(ref):
     ("a/b-c", "a/b", False), ("a/b/c", "a/b/", True), ("a/b/c", "/a/b", True), ("x", "", True),
 ])
 def test_in_folder_means_the_file_or_folder(path, folder, inside):
-    from artifactfs.names import in_folder
+    from artifactfs.registry.names import in_folder
     assert in_folder(path, folder) is inside
 
 

@@ -12,15 +12,15 @@ import os
 
 import pytest
 import xxhash
-
-from artifactfs import Api, Artifact, ArtifactfsError, InvalidNameError
-from artifactfs.manifest import CHUNK_SIZE, b64_digest
-from artifactfs.references import ReferenceChanged, ReferenceGone, ReferenceUnreadable
-from artifactfs.registry import Registry
 from conftest import randbytes
 from httpfiles import HttpFiles, etag_of
 from mountutil import cli, mounted
 from s3server import MotoServer, s3_server, s3_url  # noqa: F401 (fixtures)
+
+from artifactfs import Api, Artifact, ArtifactfsError, InvalidNameError
+from artifactfs.chunks.references import ReferenceChanged, ReferenceGone, ReferenceUnreadable
+from artifactfs.registry.manifest import CHUNK_SIZE, b64_digest
+from artifactfs.registry.versions import Registry
 
 P = "proj"
 

@@ -7,15 +7,22 @@ import os
 
 import pytest
 import xxhash
+from conftest import randbytes
+from core_util import RecordingStore, check_version_complete, synthetic_entry, write_files
 
 from artifactfs import Api, Artifact
 from artifactfs.errors import InvalidNameError, NotFoundError, PreconditionFailed, StoreError
-from artifactfs.manifest import (CHUNK_SIZE, DirEntry, apply_changes, artifact_digest,
-                                 encode_tree, tree_key, walk)
-from artifactfs.registry import MARKER, Registry, blob_key
+from artifactfs.registry.manifest import (
+    CHUNK_SIZE,
+    DirEntry,
+    apply_changes,
+    artifact_digest,
+    encode_tree,
+    tree_key,
+    walk,
+)
+from artifactfs.registry.versions import MARKER, Registry, blob_key
 from artifactfs.store import open_store
-from core_util import RecordingStore, check_version_complete, synthetic_entry, write_files
-from conftest import randbytes
 
 P = "proj"
 BOTH_STORES = True  # every test below runs on a local and an S3 store (tests/conftest.py)
@@ -334,8 +341,8 @@ def test_names_that_look_like_internal_files_are_ordinary(store_url, tmp_path):
 
 @pytest.mark.local_store
 def test_lock_of_a_dead_process_is_broken_at_once(store_url):
-    import subprocess
     import socket
+    import subprocess
     import time
     reg = Registry.open(store_url, create=True)
     root = apply_changes(reg, None, {"f": synthetic_entry(1)})

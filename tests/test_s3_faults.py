@@ -15,15 +15,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from artifactfs.errors import StoreError
 from conftest import randbytes
-from artifactfs.registry import Registry
-from artifactfs.store import open_store
 from mountutil import cli, gone, mounted, wait_for
 from s3proxy import S3Proxy
 from s3server import MotoServer, moto_server, s3_server, s3_url  # noqa: F401 (fixtures)
 from test_mount_read import commit
+
+from artifactfs.errors import StoreError
+from artifactfs.registry.versions import Registry
+from artifactfs.store import open_store
 
 TIMEOUT = 6.0  # $ARTIFACTFS_S3_TIMEOUT for these tests: one request, retries included
 SECRET = "S3CR3T-never-shown"

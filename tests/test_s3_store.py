@@ -10,17 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import xxhash
-
+from conftest import randbytes
 from s3server import MotoServer, s3_server, s3_url  # noqa: F401 (fixtures)
 
-from artifactfs.api import Api
-from artifactfs.artifact import Artifact
+from artifactfs.api.artifact import Artifact
+from artifactfs.api.public import Api
 from artifactfs.errors import ObjectNotFound, PreconditionFailed, StoreError
-from artifactfs.manifest import FileEntry, apply_changes, artifact_digest, b64_digest, walk
-from artifactfs.registry import Registry
+from artifactfs.registry.manifest import FileEntry, apply_changes, artifact_digest, b64_digest, walk
+from artifactfs.registry.versions import Registry
 from artifactfs.store import open_store
 from artifactfs.store.s3 import S3Store
-from conftest import randbytes
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ import stat
 import subprocess
 
 import pytest
+from conftest import randbytes, skip_or_fail
+from draft_helpers import Paths, open_test_draft, publish
 
 from artifactfs.drafts import filedata
 from artifactfs.drafts.engine import ROOT
 from artifactfs.drafts.lifecycle import base_gone, open_draft, put_aside
 from artifactfs.drafts.slots import SET_ASIDE, claim_drafts_dir, drafts_dir
 from artifactfs.paths import state_dir
-from artifactfs.registry import Registry
-from conftest import randbytes, skip_or_fail
-from draft_helpers import Paths, open_test_draft, publish
+from artifactfs.registry.versions import Registry
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 1000, True), "b/c/d": b"bcd", "top": b"t"}
 

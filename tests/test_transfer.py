@@ -7,13 +7,13 @@ import subprocess
 
 import pytest
 import xxhash
-
-from artifactfs import hashcache, transfer
-from artifactfs.errors import ArtifactfsError, DigestMismatchError, StoreError
-from artifactfs.manifest import CHUNK_SIZE, apply_changes, b64_digest, default_chunks
-from artifactfs.registry import Registry, blob_key
 from conftest import flipped, randbytes, skip_or_fail
 from mountutil import mounted
+
+from artifactfs.chunks import hashcache, transfer
+from artifactfs.errors import ArtifactfsError, DigestMismatchError, StoreError
+from artifactfs.registry.manifest import CHUNK_SIZE, apply_changes, b64_digest, default_chunks
+from artifactfs.registry.versions import Registry, blob_key
 
 
 @pytest.fixture

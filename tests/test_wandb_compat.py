@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import random
+import shutil
 
 import pytest
+from core_util import write_files
 
 import artifactfs
 from artifactfs import Api, Artifact
-from artifactfs.manifest import CHUNK_SIZE
-from core_util import write_files
+from artifactfs.registry.manifest import CHUNK_SIZE
 
 BOTH_STORES = True  # tests using store_url/env run on a local and an S3 store (tests/conftest.py)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..manifest import DirEntry, Entry, FileEntry
+from ..registry.manifest import DirEntry, Entry, FileEntry
 from .engine import Draft, mode_of
 from .inode import Inode
 

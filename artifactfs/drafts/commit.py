@@ -23,13 +23,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
-from .. import transfer
+from ..chunks import transfer
 from ..errors import ConflictError, InvalidNameError, PreconditionFailed
-from ..manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
-from ..names import check_component
-from ..registry import Registry
+from ..registry.manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
+from ..registry.names import check_component
+from ..registry.treedigest import TreeDigests
+from ..registry.versions import Registry
 from ..timestamps import iso_ns
-from ..treedigest import TreeDigests
 from .advance import advance
 from .engine import Draft
 from .inode import Inode

@@ -25,7 +25,7 @@ from weakref import WeakValueDictionary
 
 import xxhash
 
-from ..manifest import DirEntry, Entry, FileEntry, SymlinkEntry, TreeIO
+from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry, TreeIO
 from .inode import DraftState, Inode
 from .meta import DB_FILE, MetaDB
 from .posixnames import NAME_MAX, check_name, posix_error

@@ -16,7 +16,7 @@ import stat
 import threading
 from dataclasses import asdict, dataclass, field
 
-from ..manifest import FileEntry
+from ..registry.manifest import FileEntry
 from .meta import Row
 
 DRAFT_FORMAT = "artifactfs-draft-v2"

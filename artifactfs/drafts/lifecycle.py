@@ -9,11 +9,11 @@ import logging
 import os
 import shutil
 
-from .. import transfer
+from ..chunks import transfer
 from ..errors import NotFoundError
-from ..manifest import FileEntry
-from ..names import check_name
-from ..registry import Registry, VersionInfo
+from ..registry.manifest import FileEntry
+from ..registry.names import check_name
+from ..registry.versions import Registry, VersionInfo
 from ..timestamps import iso_ns
 from .engine import Draft, Fetch
 from .inode import DraftState, Inode

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import time
-from contextvars import ContextVar
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
 
-from ..registry import Registry
+from ..registry.versions import Registry
 from .inodes import InodeTable, Node
 from .reader import ChunkReader
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from ..cache import ChunkCache
+from ..chunks.cache import ChunkCache
 from ..errors import ArtifactfsError
-from ..registry import Registry
+from ..registry.versions import Registry
 from .context import MountContext
 from .evict import InodeLimit
 from .nodes import default_node_classes

@@ -23,7 +23,7 @@ from ..drafts import filedata
 from ..drafts.engine import Draft
 from ..drafts.inode import Attr, Inode
 from ..errors import InvalidNameError
-from ..names import check_alias, check_name, check_type
+from ..registry.names import check_alias, check_name, check_type
 from .context import caller
 from .inodes import SHORT_TIMEOUT, Handle, Node, fuse_error
 from .reader import FileReader

@@ -22,8 +22,8 @@ import pyfuse3
 
 from ..drafts import filedata
 from ..drafts.inode import Inode
-from ..names import check_alias, check_name, parse_version
-from ..registry import CollectionInfo, VersionInfo
+from ..registry.names import check_alias, check_name, parse_version
+from ..registry.versions import CollectionInfo, VersionInfo
 from ..timestamps import now_iso
 from .context import MountContext
 from .control import XATTR, ControlServer, control_address

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..api.lineage import record_use
 from ..errors import ArtifactfsError
-from ..lineage import record_use
-from ..runinfo import RunRecord, process_run
+from ..registry.runinfo import RunRecord, process_run
 from .context import MountContext
 from .inodes import Node
 from .nodes import VersionFileNode

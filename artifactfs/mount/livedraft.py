@@ -24,8 +24,8 @@ from ..drafts.inode import Inode
 from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, put_aside
 from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
 from ..errors import ArtifactfsError, ConflictError
-from ..manifest import FileEntry
-from ..registry import VersionInfo
+from ..registry.manifest import FileEntry
+from ..registry.versions import VersionInfo
 from ..timestamps import iso_ns
 from .context import MountContext
 

@@ -29,9 +29,9 @@ import pyfuse3
 import trio
 
 from ..errors import ArtifactfsError
-from ..manifest import DirEntry, Entry, FileEntry, SymlinkEntry
-from ..names import parse_version
-from ..registry import CollectionInfo, VersionInfo
+from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry
+from ..registry.names import parse_version
+from ..registry.versions import CollectionInfo, VersionInfo
 from ..timestamps import iso_ns
 from . import portfolios
 from .context import MountContext

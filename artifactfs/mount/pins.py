@@ -15,7 +15,7 @@ import pyfuse3
 import trio
 
 from ..errors import ArtifactfsError
-from ..gcstate import drop_pin, write_pin
+from ..registry.gcstate import drop_pin, write_pin
 
 if TYPE_CHECKING:
     from .daemon import Daemon

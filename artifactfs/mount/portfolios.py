@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import pyfuse3
 
+from ..api.links import REGISTRY_PROJECT
 from ..errors import ArtifactfsError
-from ..links import REGISTRY_PROJECT
-from ..registry import Registry
+from ..registry.versions import Registry
 from .context import MountContext
 from .inodes import Node, SymlinkNode, fuse_error
 

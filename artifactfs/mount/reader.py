@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from ..manifest import CHUNK_SIZE, FileEntry
+from ..registry.manifest import CHUNK_SIZE, FileEntry
 from .inodes import Handle
 from .options import DEFAULT_MEMORY
 from .pagecache import PageFeeder

@@ -5,9 +5,9 @@ vanished source raises (EIO for the reader, one log line naming the URI); bytes
 other than the recorded ones are never returned."""
 from __future__ import annotations
 
+from ..chunks.references import Source, open_source
 from ..errors import ArtifactfsError
-from ..manifest import CHUNK_SIZE, FileEntry
-from ..references import Source, open_source
+from ..registry.manifest import CHUNK_SIZE, FileEntry
 from .context import MountContext
 from .inodes import Handle
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..manifest import FileEntry
-from ..registry import CollectionInfo, VersionInfo
+from ..registry.manifest import FileEntry
+from ..registry.versions import CollectionInfo, VersionInfo
 
 PREFIX = "user.artifact."
 

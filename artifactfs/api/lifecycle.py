@@ -15,10 +15,10 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-from .errors import ArtifactfsError, ObjectNotFound
-from .names import check_name
-from .registry import Registry, VersionInfo
-from .timestamps import now_iso
+from ..errors import ArtifactfsError, ObjectNotFound
+from ..registry.names import check_name
+from ..registry.versions import Registry, VersionInfo
+from ..timestamps import now_iso
 
 NEVER = -1.0
 

@@ -32,8 +32,8 @@ from concurrent.futures import Future
 
 import xxhash
 
-from .errors import DigestMismatchError, InvalidNameError, ObjectNotFound
-from .registry import Registry, blob_key
+from ..errors import DigestMismatchError, InvalidNameError, ObjectNotFound
+from ..registry.versions import Registry, blob_key
 
 log = logging.getLogger(__name__)
 LOW_WATER = 0.9  # eviction frees space down to this fraction of max_bytes

@@ -16,9 +16,9 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import InvalidNameError, LocalFileError, shown
-from .manifest import SymlinkEntry
-from .names import check_path
+from ..errors import InvalidNameError, LocalFileError, shown
+from ..registry.manifest import SymlinkEntry
+from ..registry.names import check_path
 
 log = logging.getLogger("artifactfs.put")
 _KINDS = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),

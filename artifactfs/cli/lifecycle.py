@@ -6,12 +6,12 @@ import json
 
 import click
 
-from . import gc as gc_mod
-from . import lineage as lineage_mod
-from . import links
-from .cli import Ctx, _pinned, human, pass_ctx
-from .lifecycle import default_ttl, parse_duration, set_default_ttl, set_ttl
-from .runinfo import RunRecord
+from ..api import gc as gc_mod
+from ..api import lineage as lineage_mod
+from ..api import links
+from ..api.lifecycle import default_ttl, parse_duration, set_default_ttl, set_ttl
+from ..registry.runinfo import RunRecord
+from .main import Ctx, _pinned, human, pass_ctx
 
 
 @click.command()

@@ -27,12 +27,12 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import xxhash
 
+from ..errors import DigestMismatchError, LocalFileError, ObjectNotFound, StoreError, shown
+from ..registry.manifest import CHUNK_SIZE, MTIME_KEY, FileEntry, Leaf, SymlinkEntry, b64_digest
+from ..registry.names import check_path
+from ..registry.versions import Registry, blob_key
 from . import references
-from .errors import DigestMismatchError, LocalFileError, ObjectNotFound, StoreError, shown
 from .hashcache import Digests, HashCache
-from .manifest import CHUNK_SIZE, MTIME_KEY, FileEntry, Leaf, SymlinkEntry, b64_digest
-from .names import check_path
-from .registry import Registry, blob_key
 
 WORKERS = 8
 UPLOAD_BATCH = 64         # files per upload task

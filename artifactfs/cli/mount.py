@@ -17,14 +17,14 @@ import time
 
 import click
 
-from ..artifact import default_project
-from ..cache import default_cache_dir, parse_size
+from ..api.artifact import default_project
+from ..chunks.cache import default_cache_dir, parse_size
 from ..errors import ArtifactfsError, shown
-from ..names import check_name, check_type
-from ..registry import Registry
+from ..mount.options import DEFAULT_INODE_LIMIT, MountOptions
+from ..mount.state import FSTYPE, find_mount, log_path, read_record, real_mountpoint
+from ..registry.names import check_name, check_type
+from ..registry.versions import Registry
 from ..store import default_store_url
-from .options import DEFAULT_INODE_LIMIT, MountOptions
-from .state import FSTYPE, find_mount, log_path, read_record, real_mountpoint
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0  # after SIGTERM: the daemon may be committing drafts
@@ -152,7 +152,7 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
         refresh=refresh, foreground=foreground, allow_other=allow_other, read_only=read_only, debug=debug,
         default_type=check_type(default_type))
     if foreground:
-        from . import daemon  # pyfuse3 and trio: loaded only by the process that serves
+        from ..mount import daemon  # pyfuse3 and trio: loaded only by the process that serves
         daemon.run(opts)
     else:
         _spawn(opts)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import uuid
 
-from . import gcstate
-from .errors import ArtifactfsError, NotFoundError
+from ..errors import ArtifactfsError, NotFoundError
+from ..registry import gcstate
+from ..registry.names import check_name
+from ..registry.versions import Registry, VersionInfo
+from ..timestamps import now_iso
 from .lifecycle import delete_version
-from .names import check_name
-from .registry import Registry, VersionInfo
-from .timestamps import now_iso
 
 REGISTRY_PROJECT = "model-registry"
 MAX_LINKED = 500

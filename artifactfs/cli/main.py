@@ -14,12 +14,12 @@ from typing import Any
 
 import click
 
-from .artifact import Artifact, default_project
-from .errors import ArtifactfsError, NotFoundError, shown
-from .manifest import SymlinkEntry, walk
-from .names import check_name, in_folder, split_ref
-from .registry import Registry, VersionInfo
-from .store import default_store_url
+from ..api.artifact import Artifact, default_project
+from ..errors import ArtifactfsError, NotFoundError, shown
+from ..registry.manifest import SymlinkEntry, walk
+from ..registry.names import check_name, in_folder, split_ref
+from ..registry.versions import Registry, VersionInfo
+from ..store import default_store_url
 
 
 @dataclass
@@ -364,7 +364,7 @@ def tag_rm(c: Ctx, name: str, tag_name: str) -> None:
 @pass_ctx
 def verify(c: Ctx, name: str, directory: str | None) -> None:
     """Check DIRECTORY (or, without it, the stored blobs) against version NAME."""
-    from .transfer import read_chunk, verify_dir
+    from ..chunks.transfer import read_chunk, verify_dir
 
     art = _artifact(c, name)
     items = sorted(art.manifest.entries.items())
@@ -386,16 +386,16 @@ def verify(c: Ctx, name: str, directory: str | None) -> None:
     click.echo(f"{art.name}: {len(items)} files OK")
 
 
-from .mount.commands import mount_cmd, umount_cmd  # noqa: E402  (the mount helper's commands)
+from .mount import mount_cmd, umount_cmd  # noqa: E402  (the mount helper's commands)
 
 main.add_command(mount_cmd)
 main.add_command(umount_cmd)
 
-from .draft_commands import sync_cmd  # noqa: E402  (drafts: commit through a running mount)
+from .drafts import sync_cmd  # noqa: E402  (drafts: commit through a running mount)
 
 main.add_command(sync_cmd)
 
-from .lifecycle_commands import COMMANDS  # noqa: E402  (link, unlink, delete, ttl, gc, lineage)
+from .lifecycle import COMMANDS  # noqa: E402  (link, unlink, delete, ttl, gc, lineage)
 
 for _command in COMMANDS:
     main.add_command(_command)

@@ -17,9 +17,9 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from . import transfer
-from .errors import ArtifactfsError
-from .names import normalize_path
+from ..chunks import transfer
+from ..errors import ArtifactfsError
+from ..registry.names import normalize_path
 
 if TYPE_CHECKING:
     from .artifact import ManifestEntry

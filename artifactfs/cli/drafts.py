@@ -13,10 +13,10 @@ import sys
 
 import click
 
-from .drafts.syncclient import request
-from .errors import ArtifactfsError
-from .mount.state import FSTYPE, mounts
-from .names import check_alias, check_name
+from ..drafts.syncclient import request
+from ..errors import ArtifactfsError
+from ..mount.state import FSTYPE, mounts
+from ..registry.names import check_alias, check_name
 
 CONTROL_XATTR = "user.artifactfs.control"
 

@@ -19,22 +19,31 @@ import json
 import os
 import time
 import uuid
-from urllib.parse import unquote
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
+from urllib.parse import unquote
 
-from .errors import (InvalidNameError, NotFoundError, ObjectNotFound, PreconditionFailed,
-                     StoreError)
-from .manifest import (DirEntry, Entry, FileEntry, Tree, TreeIO, decode_tree, encode_tree, same_content,
-                       tree_key, walk)
+from ..errors import InvalidNameError, NotFoundError, ObjectNotFound, PreconditionFailed, StoreError
+from ..store import ObjectStore, open_store
+from ..timestamps import now_iso
 from . import gcstate, runinfo
 from .keys import blob_key, tree_object_key
+from .manifest import (
+    DirEntry,
+    Entry,
+    FileEntry,
+    Tree,
+    TreeIO,
+    decode_tree,
+    encode_tree,
+    same_content,
+    tree_key,
+    walk,
+)
 from .names import check_alias, check_name, check_type, parse_version
-from .store import ObjectStore, open_store
-from .timestamps import now_iso
 
 MARKER = "artifactfs-store.json"
 STORE_FORMAT = {"format": "artifactfs-store", "version": 1}

@@ -20,7 +20,7 @@ from typing import Union
 
 import xxhash
 
-from .errors import InvalidNameError, shown
+from ..errors import InvalidNameError, shown
 from .names import check_component, check_path
 
 CHUNK_SIZE = 8 * 1024 * 1024

@@ -10,15 +10,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import localtree, references, transfer
+from ..chunks import references, transfer
+from ..errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
+from ..registry.gcstate import ObjectsSwept, epoch
+from ..registry.manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
+from ..registry.names import check_name, check_type, normalize_path
+from ..registry.versions import Registry, VersionInfo, check_metadata
+from ..store import default_store_url
+from . import localtree
 from .artifact_lifecycle import ArtifactLifecycle
-from .errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
-from .gcstate import ObjectsSwept, epoch
 from .localtree import LocalFile
-from .manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
-from .names import check_name, check_type, normalize_path
-from .registry import Registry, VersionInfo, check_metadata
-from .store import default_store_url
 from .typed import TypedObjects
 
 POLICIES = ("mutable", "immutable")

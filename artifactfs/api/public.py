@@ -1,10 +1,10 @@
 """`Api`: look up logged artifacts, as W&B's public API does."""
 from __future__ import annotations
 
+from ..errors import NotFoundError
+from ..registry.names import split_ref
+from ..registry.versions import CollectionInfo, Registry
 from .artifact import Artifact, default_project
-from .errors import NotFoundError
-from .names import split_ref
-from .registry import CollectionInfo, Registry
 
 
 class Api:

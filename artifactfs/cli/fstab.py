@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         print(e, file=sys.stderr)
         sys.exit(1)
-    from ..cli import main as cli
+    from .main import main as cli
     cli(args)
 
 

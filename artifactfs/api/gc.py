@@ -14,13 +14,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import gcstate
-from .errors import ArtifactfsError, ObjectNotFound
-from .keys import BLOBS, TREES, blob_key, tree_object_key
+from ..errors import ArtifactfsError, ObjectNotFound
+from ..registry import gcstate
+from ..registry.keys import BLOBS, TREES, blob_key, tree_object_key
+from ..registry.manifest import DirEntry, FileEntry
+from ..registry.versions import Registry, VersionInfo
 from .lifecycle import default_ttl, expires_at
 from .links import delete as delete_artifact
-from .manifest import DirEntry, FileEntry
-from .registry import Registry, VersionInfo
 
 log = logging.getLogger("artifactfs.gc")
 GRACE = 3600.0

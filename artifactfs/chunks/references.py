@@ -30,9 +30,9 @@ from urllib.parse import quote, unquote, urlparse
 import requests
 import xxhash
 
-from .errors import ArtifactfsError, DigestMismatchError, InvalidNameError, ObjectNotFound
-from .manifest import CHUNK_SIZE, FileEntry, b64_digest
-from .names import normalize_path
+from ..errors import ArtifactfsError, DigestMismatchError, InvalidNameError, ObjectNotFound
+from ..registry.manifest import CHUNK_SIZE, FileEntry, b64_digest
+from ..registry.names import normalize_path
 
 DEFAULT_MAX_OBJECTS = 10_000_000
 HTTP_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
@@ -144,8 +144,8 @@ def _resolve_http(uri: str) -> FileEntry:
 
 # -- s3:// ----------------------------------------------------------------------
 def _s3_client() -> Any:
-    from .store.s3 import _client  # boto3 is optional: imported only for s3:// references
-    from .store.s3config import S3Options
+    from ..store.s3 import _client  # boto3 is optional: imported only for s3:// references
+    from ..store.s3config import S3Options
     options = S3Options.from_env()
     return _client(options, options.attempts)
 

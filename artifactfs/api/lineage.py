@@ -14,11 +14,11 @@ import json
 from dataclasses import dataclass
 from threading import Lock
 
-from .errors import ObjectNotFound
+from ..errors import ObjectNotFound
+from ..registry.runinfo import RunRecord, current_run
+from ..registry.versions import Registry, VersionInfo
+from ..timestamps import now_iso
 from .links import source_of
-from .registry import Registry, VersionInfo
-from .timestamps import now_iso
-from .runinfo import RunRecord, current_run
 
 _recorded: set[tuple[str, str, str, int, str]] = set()
 _recorded_lock = Lock()

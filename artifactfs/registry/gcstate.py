@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ArtifactfsError, ObjectNotFound, PreconditionFailed, StoreError
+from ..errors import ArtifactfsError, ObjectNotFound, PreconditionFailed, StoreError
+from ..store import ObjectStore
 from .keys import blob_key, tree_object_key
 from .manifest import DirEntry, FileEntry, TreeIO
-from .store import ObjectStore
 
 STATE = "gc/state.json"
 INFLIGHT = "inflight/"

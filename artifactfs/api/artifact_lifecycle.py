@@ -7,13 +7,14 @@ import datetime as dt
 import os
 from typing import TYPE_CHECKING
 
-from . import lineage, links, transfer
-from .errors import ArtifactNotLoggedError
-from .gcstate import ObjectsSwept
+from ..chunks import transfer
+from ..errors import ArtifactNotLoggedError
+from ..registry.gcstate import ObjectsSwept
+from ..registry.manifest import FileEntry, Leaf
+from ..registry.runinfo import RunRecord
+from ..registry.versions import Registry, VersionInfo
+from . import lineage, links
 from .lifecycle import NEVER, default_ttl
-from .manifest import FileEntry, Leaf
-from .registry import Registry, VersionInfo
-from .runinfo import RunRecord
 
 if TYPE_CHECKING:
     from .artifact import Artifact, ManifestEntry

@@ -1,0 +1,1 @@
+"""Layer 7: the `artifactfs` command line and `mount.artifactfs`."""

@@ -1,0 +1,1 @@
+"""Layer 2: collections, versions, aliases, manifests and trees on a store."""
