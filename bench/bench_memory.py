@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Row, Table, artifactfs_mount, emit, machine_note, run, timed, workdir  # noqa: E402
 
 from artifactfs.api.artifact import Artifact  # noqa: E402
-from artifactfs.chunks import transfer  # noqa: E402
+from artifactfs.chunks import upload  # noqa: E402
 from artifactfs.registry.versions import Registry  # noqa: E402
 
 MB = 1024 * 1024
@@ -33,7 +33,7 @@ def build(store: str, work: str, folders: int, per_folder: int) -> None:
     with open(one, "wb") as f:
         f.write(b"x" * 64)
     art = Artifact("big", "dataset", store=store)
-    entry = transfer.upload_file(art._reg(), one)
+    entry = upload.upload_file(art._reg(), one)
     for d in range(folders):
         for i in range(per_folder):
             art._stage(f"d{d:04d}/f{i:04d}.bin", entry, one, False)

@@ -10,7 +10,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 
-from artifactfs.chunks import transfer
+from artifactfs.chunks import download, upload
 from artifactfs.drafts import filedata
 from artifactfs.drafts.engine import Draft
 from artifactfs.drafts.inode import Attr, Inode
@@ -59,7 +59,7 @@ def publish(reg: Registry, tmp: str, name: str, changes: dict[str, bytes | tuple
         with open(local, "wb") as f:
             f.write(data)
         os.chmod(local, 0o755 if exe else 0o644)
-        entries[path] = transfer.upload_file(reg, local)
+        entries[path] = upload.upload_file(reg, local)
     new = apply_changes(reg, root, entries)
     info, _ = reg.commit(project, name, "dataset", new, artifact_digest(walk(reg, new.tree)), base=latest)
     return info.version
@@ -69,7 +69,7 @@ def version_files(reg: Registry, name: str, version: int, project: str = "proj")
     info = reg.version(project, name, version)
     out = {}
     for path, entry in walk(reg, info.root):
-        data = b"".join(transfer.read_chunk(reg, entry, i, path) for i in range(len(entry.chunks)))
+        data = b"".join(download.read_chunk(reg, entry, i, path) for i in range(len(entry.chunks)))
         out[path] = (data, entry.executable)
     return out
 

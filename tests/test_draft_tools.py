@@ -61,7 +61,7 @@ def committed(store: str, version: int) -> dict[str, object]:
 
 
 def expected(src: str) -> dict[str, object]:
-    from artifactfs.chunks.transfer import upload_file
+    from artifactfs.chunks.upload import upload_file
     out: dict[str, object] = {}
     for dirpath, _, filenames in os.walk(src):
         for n in filenames:

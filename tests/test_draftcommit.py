@@ -17,7 +17,7 @@ from draft_helpers import Paths, dir_files, open_test_draft, publish, version_fi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from artifactfs.chunks import transfer
+from artifactfs.chunks import upload
 from artifactfs.drafts.advance import reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes, scan
 from artifactfs.errors import ConflictError, InvalidNameError
@@ -93,12 +93,12 @@ def test_only_changed_files_are_hashed(reg, pub, monkeypatch):
     publish(reg, pub, "ds", BASE)
     d = draft_of(reg)
     hashed: list[str] = []
-    real_upload = transfer.upload_many
+    real_upload = upload.upload_many
 
     def counting(registry, paths, progress=None):
         hashed.extend(os.path.basename(p) for p in paths)
         return real_upload(registry, paths, progress)
-    monkeypatch.setattr(transfer, "upload_many", counting)
+    monkeypatch.setattr(upload, "upload_many", counting)
 
     def ids(path: str) -> str:
         return str(d.node(path).id)
@@ -324,7 +324,7 @@ def test_killed_commit_leaves_no_partial_version(tmp_path, monkeypatch):
 CONCURRENT = r"""
 import os
 import sys
-from artifactfs.chunks import transfer
+from artifactfs.chunks import download, upload
 from artifactfs.registry.versions import Registry
 from artifactfs.drafts.commit import commit_draft
 from artifactfs.errors import ConflictError
@@ -347,7 +347,7 @@ for i in range(rounds):
         except ConflictError as e:
             print("CONFLICT", e, flush=True)
             theirs = reg.lookup(reg.get("proj", "ds").root, "shared")  # resolve: take theirs
-            put("shared", b"".join(transfer.read_chunk(reg, theirs, k, "shared") for k in range(len(theirs.chunks))))
+            put("shared", b"".join(download.read_chunk(reg, theirs, k, "shared") for k in range(len(theirs.chunks))))
     else:
         sys.exit("never committed")
 """

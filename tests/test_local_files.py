@@ -14,7 +14,8 @@ import pytest
 import xxhash
 from mountutil import mounted
 
-from artifactfs import Api, Artifact, transfer
+from artifactfs import Api, Artifact
+from artifactfs.chunks import download
 from artifactfs.errors import LocalFileError
 from artifactfs.registry.manifest import FileEntry, SymlinkEntry
 from artifactfs.registry.versions import Registry
@@ -147,8 +148,8 @@ def test_a_symlink_entry_before_a_file_below_it_never_leads_outside(tmp_path):
                ("b", SymlinkEntry("../outside")), ("b/c/owned", file_entry(b"evil"))]
     for items in (crafted, crafted[::-1], crafted[:1] + crafted[2:3], crafted[1:2] + crafted[3:]):
         with pytest.raises(LocalFileError):
-            transfer.download_many(reg, str(dest), items)
-            transfer.download_many(reg, str(dest), crafted)  # whatever the first left behind
+            download.download_many(reg, str(dest), items)
+            download.download_many(reg, str(dest), crafted)  # whatever the first left behind
         assert list(outside.iterdir()) == []
     assert not [p for p in dest.rglob("*") if p.name.startswith(".artifactfs-")]
 

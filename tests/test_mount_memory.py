@@ -9,7 +9,7 @@ import pytest
 from mountutil import mounted, wait_for
 
 from artifactfs.api.artifact import Artifact
-from artifactfs.chunks import transfer
+from artifactfs.chunks import upload
 from artifactfs.registry.versions import Registry
 
 FOLDERS, PER_FOLDER, LIMIT = 30, 100, 600
@@ -24,7 +24,7 @@ def store(tmp_path_factory) -> str:
     one = tmp / "one.txt"
     one.write_bytes(b"hello")
     art = Artifact("wide", "dataset", store=url)
-    entry = transfer.upload_file(art._reg(), str(one))
+    entry = upload.upload_file(art._reg(), str(one))
     for d in range(FOLDERS):
         for i in range(PER_FOLDER):
             art._stage(f"d{d:02d}/f{i:03d}.txt", entry, str(one), False)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ..chunks import references, transfer
+from ..chunks import download, references, upload, verify
 from ..errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
 from ..registry.gcstate import ObjectsSwept, epoch
 from ..registry.manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
@@ -48,7 +48,7 @@ class ManifestEntry:
         if art is None or not art._logged:
             raise ArtifactNotLoggedError("entry.download() needs a logged artifact")
         root = root or art._default_root()
-        transfer.download_many(art._reg(), root, [(self.path, art._entry(self.path))])
+        download.download_many(art._reg(), root, [(self.path, art._entry(self.path))])
         art._used(art._need_logged("download()"))
         return os.path.join(root, self.path)
 
@@ -279,7 +279,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         if not os.path.isfile(local_path):
             raise ArtifactfsError(f"cannot add {local_path}: not a file or not found")
         path = normalize_path(name or os.path.basename(local_path))
-        entry = transfer.upload_file(self._reg(), local_path)
+        entry = upload.upload_file(self._reg(), local_path)
         self._stage(path, entry, os.path.abspath(local_path), overwrite)
         return self._manifest_entry(path, entry)
 
@@ -300,7 +300,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
             raise ArtifactfsError(f"cannot add {local_path}: not a directory or not found")
         prefix = normalize_path(name) + "/" if name else ""
         found = list(localtree.scan(os.path.abspath(local_path), prefix, follow_symlinks))
-        uploaded = iter(transfer.upload_many(self._reg(), [f.full for f in found if isinstance(f, LocalFile)],
+        uploaded = iter(upload.upload_many(self._reg(), [f.full for f in found if isinstance(f, LocalFile)],
                                              progress))
         for item in found:
             self._stage(item.path, next(uploaded) if isinstance(item, LocalFile) else item.entry, item.full, merge)
@@ -450,7 +450,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         items = [(p, e) for p, e in walk(self._reg(), info.root) if selected(p)]
         if allow_missing_references:  # W&B: skip references whose source is gone
             items = [(p, e) for p, e in items if getattr(e, "ref", None) is None or references.exists(e)]
-        transfer.download_many(self._reg(), root, items, progress)
+        download.download_many(self._reg(), root, items, progress)
         self._used(info)
         return root
 
@@ -478,7 +478,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         info = self._need_logged("verify()")
         root = root or self._default_root()
         entries = self._entries()
-        problems = transfer.verify_dir(root, sorted(entries.items()))
+        problems = verify.verify_dir(root, sorted(entries.items()))
         problems += [f"{shown(rel)}: not in {info.name}" for rel in localtree.leaves(root) if rel not in entries]
         if problems:
             raise ValueError(f"{root} does not match {self.name}: " + "; ".join(sorted(problems)))

@@ -7,7 +7,7 @@ import datetime as dt
 import os
 from typing import TYPE_CHECKING
 
-from ..chunks import transfer
+from ..chunks import upload
 from ..errors import ArtifactNotLoggedError
 from ..registry.gcstate import ObjectsSwept
 from ..registry.manifest import FileEntry, Leaf
@@ -71,7 +71,7 @@ class ArtifactLifecycle:
         for path, entry in self._changes.items():
             if isinstance(entry, FileEntry) and blobs.intersection(entry.chunks):
                 local = self._local.get(path)
-                if local is None or not os.path.isfile(local) or transfer.upload_file(self._reg(), local) != entry:
+                if local is None or not os.path.isfile(local) or upload.upload_file(self._reg(), local) != entry:
                     raise ObjectsSwept(blobs, set())
 
     # -- delete ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from ..chunks import transfer
+from ..chunks import download
 from ..errors import ArtifactfsError
 from ..registry.names import normalize_path
 
@@ -121,7 +121,7 @@ class TypedObjects:
             except KeyError:
                 continue
             reg = self._reg()  # type: ignore[attr-defined]
-            data = b"".join(bytes(transfer.read_chunk(reg, entry, i, candidate)) for i in range(len(entry.chunks)))
+            data = b"".join(bytes(download.read_chunk(reg, entry, i, candidate)) for i in range(len(entry.chunks)))
             if len(data) != entry.size:
                 raise ArtifactfsError(f"{candidate}: its bytes are not in the store (a reference?)")
             self._used(info)  # type: ignore[attr-defined]

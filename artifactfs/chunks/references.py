@@ -33,6 +33,7 @@ import xxhash
 from ..errors import ArtifactfsError, DigestMismatchError, InvalidNameError, ObjectNotFound
 from ..registry.manifest import CHUNK_SIZE, FileEntry, b64_digest
 from ..registry.names import normalize_path
+from .upload import upload_file
 
 DEFAULT_MAX_OBJECTS = 10_000_000
 HTTP_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
@@ -95,7 +96,6 @@ def _too_many(uri: str, limit: int) -> ArtifactfsError:
 
 # -- file:// --------------------------------------------------------------------
 def _file_entry(path: str) -> FileEntry:
-    from .transfer import upload_file  # the hasher (no store): transfer imports this module
     before = os.stat(path)
     hashed = upload_file(None, path)
     after = os.stat(path)

@@ -364,7 +364,8 @@ def tag_rm(c: Ctx, name: str, tag_name: str) -> None:
 @pass_ctx
 def verify(c: Ctx, name: str, directory: str | None) -> None:
     """Check DIRECTORY (or, without it, the stored blobs) against version NAME."""
-    from ..chunks.transfer import read_chunk, verify_dir
+    from ..chunks.download import read_chunk
+    from ..chunks.verify import verify_dir
 
     art = _artifact(c, name)
     items = sorted(art.manifest.entries.items())

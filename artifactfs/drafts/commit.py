@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
-from ..chunks import transfer
+from ..chunks import upload
 from ..errors import ConflictError, InvalidNameError, PreconditionFailed
 from ..registry.manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
 from ..registry.names import check_component
@@ -201,7 +201,7 @@ def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple
             entries[s.ino.id] = FileEntry.from_json(rec[4])
         elif s.ino.id not in entries:
             todo[s.ino.id] = s
-    found = transfer.upload_many(registry, [draft.data_path(s.ino) for s in todo.values()])
+    found = upload.upload_many(registry, [draft.data_path(s.ino) for s in todo.values()])
     for s, e in zip(todo.values(), found):
         entries[s.ino.id] = FileEntry(e.digest, e.size, e.chunks)
     probe = os.path.join(draft.dir, "\\probe")

@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 
-from ..chunks import transfer
+from ..chunks import download
 from ..errors import NotFoundError
 from ..registry.manifest import FileEntry
 from ..registry.names import check_name
@@ -27,7 +27,7 @@ def fetch_from_store(registry: Registry) -> Fetch:
     """Copy-up straight from the store, each chunk verified (the mount uses its cache)."""
     def fetch(entry: FileEntry, fd: int) -> None:
         for i in range(len(entry.chunks)):
-            view = memoryview(transfer.read_chunk(registry, entry, i, entry.digest))
+            view = memoryview(download.read_chunk(registry, entry, i, entry.digest))
             offset = entry.chunk_span(i)[0]
             while view:
                 n = os.pwrite(fd, view, offset)

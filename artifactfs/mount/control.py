@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 import xxhash
 
-from ..errors import ArtifactfsError, NotFoundError
 from ..drafts.syncclient import sockaddr
+from ..errors import ArtifactfsError, NotFoundError
 from ..paths import state_dir
 
 if TYPE_CHECKING:

@@ -1,0 +1,247 @@
+"""Download into a directory without ever leaving it, every byte verified.
+
+Each directory is opened once (an O_NOFOLLOW fd) and files are created relative
+to it, the kernel asked to read the next blob ahead.  Files arrive atomically
+(a temporary name renamed over the target) with the entry's mtime; symlink
+entries are created as symlinks (a temporary link renamed over the name), never
+written through; a second name of a hard link is downloaded as its own copy."""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import xxhash
+
+from ..errors import DigestMismatchError, LocalFileError, ObjectNotFound, StoreError, shown
+from ..registry.manifest import FileEntry, Leaf, SymlinkEntry
+from ..registry.names import check_path
+from ..registry.versions import Registry, blob_key
+from . import references
+from .buffers import WORKERS, Progress, chunk_buffer, read_full, write_full
+from .verify import fd_matches
+
+DIR_BATCH = 256          # directory fds held open at once while downloading
+PREFETCH = 8             # chunks of a file asked for ahead of the one being written
+
+
+def read_chunk(registry: Registry, entry: FileEntry, index: int, where: str) -> bytes:
+    """One verified chunk of a file; DigestMismatchError names the file."""
+    key = entry.chunks[index]
+    data = registry.get_blob(key)
+    _verify(data, key, entry.chunk_span(index)[1], where)
+    return data
+
+
+def _verify(data: bytes | memoryview, key: str, length: int, where: str) -> None:
+    if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
+        raise DigestMismatchError(f"{where}: stored data does not match its digest (blob {key})")
+
+
+def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: str, buf: memoryview) -> memoryview:
+    """Like read_chunk, but a local store's blob is read into `buf`."""
+    key = entry.chunks[index]
+    length = entry.chunk_span(index)[1]
+    bkey = blob_key(key)
+    path = registry.store.local_path(bkey)
+    if path is None:
+        return memoryview(read_chunk(registry, entry, index, where))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ObjectNotFound(f"object {bkey} not found in {registry.store.url}") from None
+    try:
+        if os.fstat(fd).st_size != length:
+            raise DigestMismatchError(f"{where}: stored data does not match its digest (blob {key})")
+        view = buf[:length]
+        n = read_full(fd, view)
+    finally:
+        os.close(fd)
+    _verify(view[:n], key, length, where)
+    return view
+
+
+def _open_dir(root_fd: int, parts: list[str], where: str) -> int:
+    """fd of directory root/parts..., made as needed; a symlink or file in the way
+    is refused (`where`: the local path of the file that needs it, for messages)."""
+    fd = os.dup(root_fd)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise LocalFileError("write", where, f"{shown('/'.join(parts[:i + 1]))} is not a directory "
+                                     "(symlink or file in the way)") from None
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _existing_matches(dir_fd: int, name: str, where: str, entry: FileEntry) -> bool:
+    """Is `name` already the right file?  Then its mtime is set to the entry's.
+    Refuses a symlink or directory there."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        raise LocalFileError("write", where, "a symlink or directory is in the way")
+    if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+        return False
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        if not fd_matches(fd, entry):
+            return False
+        if entry.mtime_ns is not None and st.st_mtime_ns != entry.mtime_ns:
+            os.utime(fd, ns=(st.st_atime_ns, entry.mtime_ns))
+        return True
+    finally:
+        os.close(fd)
+
+
+def _temp_name() -> str:
+    return f".artifactfs-{uuid.uuid4().hex}"
+
+
+def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str, entry: FileEntry,
+               progress: Progress | None) -> None:
+    """Write one verified file as `name` in dir_fd, atomically (temp file, then rename)."""
+    if _existing_matches(dir_fd, name, where, entry):
+        if progress:
+            progress(entry.size)
+        return
+    tmp = _temp_name()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 0o755 if entry.executable else 0o644, dir_fd=dir_fd)
+    try:
+        for view in _pieces(registry, entry, path):
+            write_full(fd, view)
+            if progress:
+                progress(len(view))
+        if entry.mtime_ns is not None:
+            os.utime(fd, ns=(time.time_ns(), entry.mtime_ns))
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _link_into(dir_fd: int, name: str, where: str, entry: SymlinkEntry) -> None:
+    """Make `name` in dir_fd the symlink, replacing a file or link there (by
+    rename: what an old link points to is never touched); a directory is refused."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise LocalFileError("write", where, "a directory is in the way of a symlink")
+        if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == entry.target:
+            return
+    tmp = _temp_name()
+    os.symlink(entry.target, tmp, dir_fd=dir_fd)
+    try:
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _download_into(registry: Registry, dir_fd: int, name: str, path: str, where: str, entry: Leaf,
+                   progress: Progress | None) -> None:
+    """One entry into dir_fd; an OSError on our side names the local path `where`."""
+    try:
+        if isinstance(entry, SymlinkEntry):
+            _link_into(dir_fd, name, where, entry)
+        else:
+            _file_into(registry, dir_fd, name, path, where, entry, progress)
+    except OSError as e:
+        raise LocalFileError("write", where, e) from None
+
+
+def _pieces(registry: Registry, entry: FileEntry, path: str) -> Iterator[memoryview | bytes]:
+    """The verified bytes of a file, piece by piece: its blobs, or for a reference
+    the bytes at its URI (references.pieces checks them)."""
+    if entry.ref is not None:
+        yield from references.pieces(entry)
+        return
+    chunks = entry.chunks
+    registry.store.prefetch([blob_key(k) for k in chunks[1:1 + PREFETCH]])
+    for i in range(len(chunks)):
+        if i + PREFETCH < len(chunks):  # one more ahead for each one taken
+            registry.store.prefetch([blob_key(chunks[i + PREFETCH])])
+        try:
+            view = _read_chunk_into(registry, entry, i, path, chunk_buffer())
+        except OSError as e:
+            raise StoreError(f"cannot read {shown(path)} from the store {registry.store.url}: "
+                             f"{e.strerror}") from None
+        yield view
+
+
+def _by_directory(items: Iterable[tuple[str, Leaf]]) -> dict[str, list[tuple[str, str, Leaf]]]:
+    """dir -> [(name, path, entry)], every path checked first."""
+    out: dict[str, list[tuple[str, str, Leaf]]] = {}
+    for path, entry in items:
+        check_path(path)
+        d, _, name = path.rpartition("/")
+        out.setdefault(d, []).append((name, path, entry))
+    return out
+
+
+def _batches(keys: list[str], n: int) -> Iterator[list[str]]:
+    for i in range(0, len(keys), n):
+        yield keys[i:i + n]
+
+
+def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
+                  progress: Progress | None = None) -> None:
+    """Write verified files and symlinks into root, in parallel, never leaving
+    root: every directory is opened once with O_NOFOLLOW (made if missing), and
+    entries are created relative to that fd.  LocalFileError names a local
+    path that could not be written; what was written before stays whole."""
+    groups = _by_directory(items)
+    try:
+        os.makedirs(root, exist_ok=True)
+        root_fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise LocalFileError("write", root, e) from None
+    try:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for batch in _batches(sorted(groups), DIR_BATCH):
+                fds: dict[str, int] = {}
+                futures = []
+                try:
+                    for d in batch:  # in sorted order, so parents are made before children
+                        where = os.path.join(root, groups[d][0][1])
+                        try:
+                            fds[d] = _open_dir(root_fd, d.split("/") if d else [], where)
+                        except OSError as e:
+                            raise LocalFileError("write", os.path.join(root, d), e) from None
+                    futures = [pool.submit(_download_into, registry, fds[d], name, path,
+                                           os.path.join(root, path), entry, progress)
+                               for d in batch for name, path, entry in groups[d]]
+                    wait(futures)  # every worker is done with the fds before they are closed
+                finally:
+                    for fd in fds.values():
+                        os.close(fd)
+                for f in futures:
+                    f.result()
+    finally:
+        os.close(root_fd)
