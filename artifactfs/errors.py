@@ -1,5 +1,14 @@
-"""Exceptions.  Every subclass of ArtifactfsError is a user-facing error: the CLI
-prints its message on one line and exits non-zero, without a traceback."""
+"""Exceptions, in two kinds (docs/architecture.md, "Errors").
+
+User-facing: every subclass of ArtifactfsError is something the user can fix or
+must know (a bad name, a missing version, an unreachable or damaged store).  The
+CLI prints its message on one line and exits non-zero, without a traceback; the
+mount answers a sensible errno and logs one line.
+
+Internal: PreconditionFailed is a signal between layers (a compare-and-swap
+lost a race; the caller retries) and deliberately not an ArtifactfsError: if it
+ever escapes, that is a bug, and it leaves a traceback in the log.  So does
+every exception that is not an ArtifactfsError (a bare ValueError included)."""
 from __future__ import annotations
 
 
@@ -23,8 +32,25 @@ class LocalFileError(ArtifactfsError):
         super().__init__(f"cannot {verb} {shown(path)}: {why}")
 
 
-class InvalidNameError(ArtifactfsError, ValueError):
+class UsageError(ArtifactfsError, ValueError):
+    """An argument the caller gave is not acceptable: metadata that is not a JSON
+    object, a TTL that is not positive, a type that does not match the collection.
+    Also a ValueError, as W&B raises ValueError for these."""
+
+
+class InvalidNameError(UsageError):
     """A collection, alias, tag, project or entry path that the format cannot hold."""
+
+
+class PathConflictError(UsageError):
+    """One path would be both a file and a directory (a change adds `a` as a file
+    while `a/b` exists, or the reverse)."""
+
+
+class CorruptStoreError(ArtifactfsError):
+    """An object read from the store breaks the format (a tree that does not parse,
+    a key that is not a digest, a size its chunks cannot hold): the store is damaged
+    or was written by something else.  Never served as data."""
 
 
 class NotFoundError(ArtifactfsError, LookupError):
@@ -42,8 +68,9 @@ class ObjectNotFound(StoreError, KeyError):
         return str(self.args[0]) if self.args else "object not found"
 
 
-class PreconditionFailed(ArtifactfsError):
-    """A compare-and-swap or put-if-absent lost a race; callers retry."""
+class PreconditionFailed(Exception):
+    """Internal: a compare-and-swap or put-if-absent lost a race; callers retry.
+    Not user-facing (see the module docstring)."""
 
 
 class DigestMismatchError(ArtifactfsError):

@@ -19,6 +19,7 @@ from artifactfs import (
     InvalidNameError,
     NotFoundError,
 )
+from artifactfs.errors import UsageError
 from artifactfs.registry.versions import blob_key
 from artifactfs.store import open_store
 
@@ -290,7 +291,7 @@ def test_save_to_an_explicit_project(env, src):
 def test_collection_type_is_fixed(logged, tmp_path):
     art = Artifact("data", "model")
     art.add_file(write_files(str(tmp_path / "m"), {"w": "w"}) + "/w")
-    with pytest.raises(InvalidNameError, match="type"):
+    with pytest.raises(UsageError, match="type"):
         art.save()
 
 

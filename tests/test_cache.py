@@ -16,7 +16,7 @@ from conftest import flipped, randbytes
 from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 
 from artifactfs.chunks.cache import ChunkCache, default_cache_dir, parse_size
-from artifactfs.errors import DigestMismatchError, InvalidNameError, ObjectNotFound
+from artifactfs.errors import CorruptStoreError, DigestMismatchError, ObjectNotFound
 from artifactfs.registry.versions import Registry, blob_key
 
 MiB = 1 << 20
@@ -226,7 +226,7 @@ def test_missing_blob_and_bad_key(s3_reg: Registry, cache_dir: str) -> None:
     cache = ChunkCache(s3_reg, cache_dir, MiB)
     with pytest.raises(ObjectNotFound, match="lost.txt: blob 0{32} is missing"):
         cache.read_chunk("0" * 32, 10, "lost.txt")
-    with pytest.raises(InvalidNameError, match="x.txt"):
+    with pytest.raises(CorruptStoreError, match="x.txt"):
         cache.read_chunk("../../etc/passwd", 10, "x.txt")
 
 

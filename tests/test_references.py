@@ -17,7 +17,8 @@ from httpfiles import HttpFiles, etag_of
 from mountutil import cli, mounted
 from s3server import MotoServer, s3_server, s3_url  # noqa: F401 (fixtures)
 
-from artifactfs import Api, Artifact, ArtifactfsError, InvalidNameError
+from artifactfs import Api, Artifact, ArtifactfsError
+from artifactfs.errors import UsageError
 from artifactfs.chunks.references import ReferenceChanged, ReferenceGone, ReferenceUnreadable
 from artifactfs.registry.manifest import CHUNK_SIZE, b64_digest
 from artifactfs.registry.versions import Registry
@@ -87,7 +88,7 @@ def test_missing_sources_and_limits(env, tmp_path, tree):
     uri_only = art.add_reference(f"file://{tmp_path}/src", name="lazy", checksum=False)
     other = art.add_reference("gs://bucket/some/object.bin")
     for no_scheme in ("notaurl", f"{tmp_path}/src", "relative/path.bin"):
-        with pytest.raises(InvalidNameError, match="is not a URI"):
+        with pytest.raises(UsageError, match="is not a URI"):
             art.add_reference(no_scheme)
     assert [e.path for e in uri_only] == ["lazy"] and [e.path for e in other] == ["object.bin"]
     assert uri_only[0].digest == w_digest(f"file://{tmp_path}/src".encode())

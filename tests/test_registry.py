@@ -11,7 +11,14 @@ from conftest import randbytes
 from core_util import RecordingStore, check_version_complete, synthetic_entry, write_files
 
 from artifactfs import Api, Artifact
-from artifactfs.errors import InvalidNameError, NotFoundError, PreconditionFailed, StoreError
+from artifactfs.errors import (
+    CorruptStoreError,
+    NotFoundError,
+    PathConflictError,
+    PreconditionFailed,
+    StoreError,
+    UsageError,
+)
 from artifactfs.registry.manifest import (
     CHUNK_SIZE,
     DirEntry,
@@ -146,7 +153,7 @@ def test_latest_alias_is_managed(store_url):
     reg = Registry.open(store_url, create=True)
     root = apply_changes(reg, None, {"f": synthetic_entry(1)})
     reg.commit(P, "c", "dataset", root, "d1")
-    with pytest.raises(InvalidNameError, match="latest"):
+    with pytest.raises(UsageError, match="latest"):
         reg.set_alias(P, "c", "latest", 0)
     with pytest.raises(NotFoundError):
         reg.set_alias(P, "c", "best", 7)
@@ -228,7 +235,7 @@ def test_crafted_entry_names_are_rejected(store_url, tmp_path, name, nested):
     crafted_version(store_url, {name: GOOD_FILE}, nested)
     art = Api(store_url, project=P).artifact("evil")
     dest = tmp_path / "dest"
-    with pytest.raises(InvalidNameError):
+    with pytest.raises(CorruptStoreError):
         art.download(str(dest))
     assert not any(p.is_file() for p in tmp_path.rglob("*") if "store" not in p.parts)
 
@@ -251,7 +258,7 @@ def test_crafted_entry_names_are_rejected(store_url, tmp_path, name, nested):
 def test_crafted_entries_are_rejected(store_url, tmp_path, bad):
     crafted_version(store_url, {"x": bad})
     art = Api(store_url, project=P).artifact("evil")
-    with pytest.raises((InvalidNameError, StoreError)):
+    with pytest.raises((CorruptStoreError, StoreError)):
         art.download(str(tmp_path / "dest"))
 
 
@@ -399,9 +406,9 @@ def test_apply_changes_matches_a_flat_model(store_url, steps):
 def test_file_and_directory_at_one_path_is_refused(store_url):
     reg = Registry.open(store_url, create=True)
     root = apply_changes(reg, None, {"a": synthetic_entry(1)}).tree
-    with pytest.raises(InvalidNameError, match="both a file and a directory"):
+    with pytest.raises(PathConflictError, match="both a file and a directory"):
         apply_changes(reg, root, {"a/b": synthetic_entry(2)})
-    with pytest.raises(InvalidNameError, match="both a file and a directory"):
+    with pytest.raises(PathConflictError, match="both a file and a directory"):
         apply_changes(reg, None, {"x": synthetic_entry(1), "x/y": synthetic_entry(2)})
 
 

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from ..chunks import download, references, upload, verify
-from ..errors import ArtifactFinalizedError, ArtifactfsError, ArtifactNotLoggedError, LocalFileError, shown
+from ..errors import (
+    ArtifactFinalizedError,
+    ArtifactfsError,
+    ArtifactNotLoggedError,
+    LocalFileError,
+    UsageError,
+    shown,
+)
 from ..registry.gcstate import ObjectsSwept, epoch
 from ..registry.manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
 from ..registry.names import check_name, check_type, normalize_path
@@ -263,7 +270,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         except KeyError:
             existing = None
         if existing is not None and existing.digest != entry.digest and not overwrite:
-            raise ValueError(f"{path} is already in the artifact with different content; "
+            raise UsageError(f"{path} is already in the artifact with different content; "
                              "pass overwrite=True (add_file) or merge=True (add_dir)")
         self._changes[path] = entry
         if local is None:
@@ -322,7 +329,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         self._need_draft()
         path = normalize_path(name)
         if path in self._entries():
-            raise ValueError(f"{path} is already in the artifact")
+            raise UsageError(f"{path} is already in the artifact")
         tmpdir = tempfile.mkdtemp(prefix="artifactfs-new-file-")
         local = os.path.join(tmpdir, os.path.basename(path))
         try:
@@ -481,14 +488,14 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         problems = verify.verify_dir(root, sorted(entries.items()))
         problems += [f"{shown(rel)}: not in {info.name}" for rel in localtree.leaves(root) if rel not in entries]
         if problems:
-            raise ValueError(f"{root} does not match {self.name}: " + "; ".join(sorted(problems)))
+            raise UsageError(f"{root} does not match {self.name}: " + "; ".join(sorted(problems)))
 
     def file(self, root: str | None = None) -> str:
         """Download a single-file artifact and return the file's path."""
         self._need_logged("file()")
         entries = self._entries()
         if len(entries) != 1:
-            raise ValueError(f"file() needs an artifact with exactly one file; {self.name} has {len(entries)}")
+            raise UsageError(f"file() needs an artifact with exactly one file; {self.name} has {len(entries)}")
         root = self.download(root)
         return os.path.join(root, next(iter(entries)))
 
@@ -498,4 +505,4 @@ class Artifact(ArtifactLifecycle, TypedObjects):
 
 def _check_policy(policy: str) -> None:
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+        raise UsageError(f"policy must be one of {POLICIES}, not {policy!r}")

@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..chunks import upload
-from ..errors import ArtifactNotLoggedError
+from ..errors import ArtifactNotLoggedError, UsageError
 from ..registry.gcstate import ObjectsSwept
 from ..registry.manifest import FileEntry, Leaf
 from ..registry.runinfo import RunRecord
@@ -49,7 +49,7 @@ class ArtifactLifecycle:
     @ttl.setter
     def ttl(self, value: dt.timedelta | None) -> None:
         if value is not None and (not isinstance(value, dt.timedelta) or value.total_seconds() <= 0):
-            raise ValueError("ttl must be a positive datetime.timedelta or None")
+            raise UsageError("ttl must be a positive datetime.timedelta or None")
         self._ttl, self._ttl_inherited = value, False
 
     def _stored_ttl(self) -> float | None:

@@ -15,7 +15,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-from ..errors import ArtifactfsError, ObjectNotFound
+from ..errors import ArtifactfsError, ObjectNotFound, UsageError
 from ..registry.names import check_name
 from ..registry.versions import Registry, VersionInfo
 from ..timestamps import now_iso
@@ -43,7 +43,7 @@ def default_ttl(registry: Registry, project: str) -> float | None:
 
 def set_default_ttl(registry: Registry, project: str, seconds: float | None) -> None:
     if seconds is not None and seconds <= 0:
-        raise ValueError("a default TTL must be positive (or none)")
+        raise UsageError("a default TTL must be positive (or none)")
 
     def change(d: dict) -> dict:
         d["default_ttl"] = seconds
@@ -73,14 +73,14 @@ def parse_duration(text: str) -> float | None:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     if len(t) >= 2 and t[-1] in units and t[:-1].isdigit() and int(t[:-1]) > 0:
         return float(int(t[:-1]) * units[t[-1]])
-    raise ValueError(f"invalid duration {text!r}: use e.g. 30d, 12h, 90m, 2w or none")
+    raise UsageError(f"invalid duration {text!r}: use e.g. 30d, 12h, 90m, 2w or none")
 
 
 def set_ttl(registry: Registry, project: str, name: str, version: int, seconds: float | None,
             inherit: bool = False) -> VersionInfo:
     """TTL of one version: seconds, None (never expires) or inherit the project default."""
     if seconds is not None and seconds <= 0:
-        raise ValueError("ttl must be positive")
+        raise UsageError("ttl must be positive")
     stored = None if inherit else (NEVER if seconds is None else float(seconds))
     return registry.update_attrs(project, name, version, lambda d: d.update(ttl=stored))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 
-from ..errors import ArtifactfsError, NotFoundError
+from ..errors import ArtifactfsError, NotFoundError, UsageError
 from ..registry import gcstate
 from ..registry.names import check_name
 from ..registry.versions import Registry, VersionInfo
@@ -37,7 +37,7 @@ def parse_target(registry: Registry, target_path: str, default_project: str) -> 
     parts = target_path.strip().split("/")
     if len(parts) == 3:
         if parts[0] != registry.entity:
-            raise ValueError(f"link target {target_path!r}: entity {parts[0]!r} is not this store's "
+            raise UsageError(f"link target {target_path!r}: entity {parts[0]!r} is not this store's "
                              f"({registry.entity!r})")
         parts = parts[1:]
     if len(parts) == 1:
@@ -45,7 +45,7 @@ def parse_target(registry: Registry, target_path: str, default_project: str) -> 
     elif len(parts) == 2:
         project, portfolio = parts
     else:
-        raise ValueError(f"invalid link target {target_path!r}: use PORTFOLIO, PROJECT/PORTFOLIO, "
+        raise UsageError(f"invalid link target {target_path!r}: use PORTFOLIO, PROJECT/PORTFOLIO, "
                          "ENTITY/PROJECT/PORTFOLIO or model-registry/MODEL")
     return check_name(project, "project"), check_name(portfolio, "portfolio name")
 
@@ -101,7 +101,7 @@ def members(registry: Registry, project: str, portfolio: str) -> list[VersionInf
 def unlink(registry: Registry, info: VersionInfo) -> None:
     """Remove a link (its portfolio aliases go with it); ValueError for a non-link."""
     if info.link is None:
-        raise ValueError(f"{info.project}/{info.name} is not a link (not a member of a portfolio)")
+        raise UsageError(f"{info.project}/{info.name} is not a link (not a member of a portfolio)")
     delete_version(registry, info.project, info.collection, info.version, delete_aliases=True)
     src = info.link
     registry.store.delete(f"projects/{src['project']}/collections/{src['collection']}/links/"

@@ -1,7 +1,7 @@
 """`Api`: look up logged artifacts, as W&B's public API does."""
 from __future__ import annotations
 
-from ..errors import NotFoundError
+from ..errors import NotFoundError, UsageError
 from ..registry.names import split_ref
 from ..registry.versions import CollectionInfo, Registry
 from .artifact import Artifact, default_project
@@ -27,7 +27,7 @@ class Api:
         project, collection, alias = split_ref(name)
         info = self.registry.get(project or self.project, collection, alias)
         if type is not None and info.type != type:
-            raise ValueError(f"{name} has type {info.type!r}, not {type!r}")
+            raise UsageError(f"{name} has type {info.type!r}, not {type!r}")
         return Artifact._from_version(self.registry, info)
 
     def artifact_versions(self, name: str, type: str | None = None) -> list[Artifact]:

@@ -32,7 +32,7 @@ from concurrent.futures import Future
 
 import xxhash
 
-from ..errors import DigestMismatchError, InvalidNameError, ObjectNotFound
+from ..errors import CorruptStoreError, DigestMismatchError, ObjectNotFound, UsageError
 from ..registry.versions import Registry, blob_key
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def parse_size(text: str) -> int:
     """'10G' -> bytes.  Suffixes K, M, G, T are powers of 1024; no suffix means bytes."""
     m = _SIZE.fullmatch(text)
     if not m:
-        raise ValueError(f"invalid size {text!r}: use a number of bytes or a number with K, M, G or T (e.g. 10G)")
+        raise UsageError(f"invalid size {text!r}: use a number of bytes or a number with K, M, G or T (e.g. 10G)")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
@@ -83,7 +83,7 @@ class ChunkCache:
 
     def __init__(self, registry: Registry, cache_dir: str, max_bytes: int) -> None:
         if max_bytes < 0:
-            raise ValueError("cache size must not be negative")
+            raise UsageError("cache size must not be negative")
         self.store = registry.store
         self.cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
         self.max_bytes = max_bytes
@@ -109,7 +109,7 @@ class ChunkCache:
         """Blocking (call from a worker thread): the `length` bytes of blob `key`,
         verified; DigestMismatchError names `where` on a mismatch."""
         if not _KEY.fullmatch(key):
-            raise InvalidNameError(f"{where}: invalid blob key {key!r}")
+            raise CorruptStoreError(f"{where}: invalid blob key {key!r}")
         if self._in_place:
             return self._read_in_place(key, length, where)
         data = self._cached(key, length)

@@ -30,7 +30,7 @@ from urllib.parse import quote, unquote, urlparse
 import requests
 import xxhash
 
-from ..errors import ArtifactfsError, DigestMismatchError, InvalidNameError, ObjectNotFound
+from ..errors import ArtifactfsError, DigestMismatchError, ObjectNotFound, UsageError
 from ..registry.manifest import CHUNK_SIZE, FileEntry, b64_digest
 from ..registry.names import normalize_path
 from .upload import upload_file
@@ -73,11 +73,11 @@ def resolve(uri: str, name: str | None = None, checksum: bool = True,
     """The entries `uri` adds, named `name` (a single object) or below `name`
     (a directory or prefix).  Raises ReferenceGone for a source that does not exist,
     ArtifactfsError for more than `max_objects` objects or a source without an ETag, and
-    InvalidNameError for a string without a scheme (W&B would record it as a URI; here it is
+    UsageError for a string without a scheme (W&B would record it as a URI; here it is
     almost always a mistyped local path, which is file:///abs/path)."""
     p = urlparse(uri)
     if not p.scheme:
-        raise InvalidNameError(f"reference {uri!r} is not a URI: give scheme://..., "
+        raise UsageError(f"reference {uri!r} is not a URI: give scheme://..., "
                                f"e.g. file:///abs/path for a local file")
     limit = DEFAULT_MAX_OBJECTS if max_objects is None else max_objects
     base = posixpath.basename(unquote(p.path).rstrip("/")) or p.netloc

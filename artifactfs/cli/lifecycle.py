@@ -11,7 +11,7 @@ from ..api import lineage as lineage_mod
 from ..api import links
 from ..api.lifecycle import default_ttl, parse_duration, set_default_ttl, set_ttl
 from ..registry.runinfo import RunRecord
-from .main import Ctx, _pinned, human, pass_ctx
+from .base import Ctx, human, pass_ctx, pinned
 
 
 @click.command()
@@ -22,10 +22,10 @@ from .main import Ctx, _pinned, human, pass_ctx
 def link(c: Ctx, name: str, target: str, aliases: tuple[str, ...]) -> None:
     """Link version NAME:vN into portfolio TARGET: PORTFOLIO, PROJECT/PORTFOLIO,
     ENTITY/PROJECT/PORTFOLIO or model-registry/MODEL."""
-    reg, project, coll, n = _pinned(c, name)
-    dest_project, portfolio = links.parse_target(reg, target, project)
-    made = links.link(reg, reg.version(project, coll, n), dest_project, portfolio, list(aliases))
-    click.echo(f"{dest_project}/{made.name} -> {project}/{coll}:v{n}")
+    v = pinned(c, name)
+    dest_project, portfolio = links.parse_target(v.registry, target, v.project)
+    made = links.link(v.registry, v.info(), dest_project, portfolio, list(aliases))
+    click.echo(f"{dest_project}/{made.name} -> {v.project}/{v.label}")
 
 
 @click.command()
@@ -33,8 +33,8 @@ def link(c: Ctx, name: str, target: str, aliases: tuple[str, ...]) -> None:
 @pass_ctx
 def unlink(c: Ctx, name: str) -> None:
     """Remove link PORTFOLIO:vN (the source version stays)."""
-    reg, project, coll, n = _pinned(c, name)
-    links.unlink(reg, reg.version(project, coll, n))
+    v = pinned(c, name)
+    links.unlink(v.registry, v.info())
 
 
 @click.command()
@@ -43,9 +43,9 @@ def unlink(c: Ctx, name: str) -> None:
 @pass_ctx
 def delete(c: Ctx, name: str, delete_aliases: bool) -> None:
     """Delete version NAME:vN (a link: only the link).  Its files are freed by `gc`."""
-    reg, project, coll, n = _pinned(c, name)
-    links.delete(reg, reg.version(project, coll, n), delete_aliases)
-    click.echo(f"{coll}:v{n} deleted")
+    v = pinned(c, name)
+    links.delete(v.registry, v.info(), delete_aliases)
+    click.echo(f"{v.label} deleted")
 
 
 @click.command()
@@ -69,11 +69,11 @@ def ttl(c: Ctx, name: str | None, duration: str | None, project_default: str | N
         return
     if duration is None:
         raise click.UsageError("missing DURATION (e.g. 30d, none or inherit)")
-    reg, project, coll, n = _pinned(c, name)
+    v = pinned(c, name)
     if duration.strip().lower() == "inherit":
-        set_ttl(reg, project, coll, n, None, inherit=True)
+        set_ttl(v.registry, v.project, v.collection, v.version, None, inherit=True)
     else:
-        set_ttl(reg, project, coll, n, parse_duration(duration))
+        set_ttl(v.registry, v.project, v.collection, v.version, parse_duration(duration))
 
 
 @click.command(name="gc")

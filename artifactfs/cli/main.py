@@ -1,80 +1,25 @@
-"""The `artifactfs` command line (click).  Every ArtifactfsError, and every
-mistake in what the user typed, becomes one line on stderr and exit status 1."""
+"""The `artifactfs` command line (click): the root group and the commands on
+versions (put, get, ls, info, files, alias, tag, verify); the other modules of
+this package add mount/umount, sync and the lifecycle commands.  Error handling
+is cli/base.py's Group."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import click
 
 from ..api.artifact import Artifact, default_project
 from ..errors import ArtifactfsError, NotFoundError, shown
 from ..registry.manifest import SymlinkEntry, walk
-from ..registry.names import check_name, in_folder, split_ref
-from ..registry.versions import Registry, VersionInfo
-from ..store import default_store_url
-
-
-@dataclass
-class Ctx:
-    """What the global options select: the store URL (None: default) and project."""
-
-    store: str | None
-    project: str
-
-    @property
-    def store_url(self) -> str:
-        return self.store or default_store_url()
-
-    def registry(self, create: bool = False) -> Registry:
-        return Registry.open(self.store_url, create=create)
-
-    def ref(self, ref: str) -> tuple[str, str, str | None]:
-        """'[project/]name[:alias]' -> (project, name, alias) with the default project."""
-        project, name, alias = split_ref(ref)
-        return project or self.project, name, alias
-
-
-class Group(click.Group):
-    """Turns user-facing errors into one line and exit 1 (usage mistakes: exit 2),
-    never a traceback or a screen of usage text."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        kwargs["standalone_mode"] = False
-        try:
-            rv = super().main(*args, **kwargs)
-        except click.UsageError as e:
-            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-            click.echo(f"Error: {e.format_message()}{hint}", err=True)
-            sys.exit(e.exit_code)
-        except click.ClickException as e:
-            click.echo(f"Error: {e.format_message()}", err=True)
-            sys.exit(e.exit_code)
-        except click.exceptions.Abort as e:  # click turns Ctrl-C into Abort
-            if isinstance(e.__cause__, KeyboardInterrupt):
-                click.echo("Error: interrupted", err=True)
-                sys.exit(128 + signal.SIGINT)
-            click.echo("Error: aborted", err=True)
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (ArtifactfsError, ValueError) as e:
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-        except BrokenPipeError:  # `artifactfs ls | head`: click ends quietly, as cat and ls do
-            raise
-        except OSError as e:  # the user's files or the machine, never a bug of ours: one line
-            where = f": {shown(os.fsdecode(e.filename))}" if e.filename is not None else ""
-            raise click.ClickException(f"{e.strerror or e}{where}") from None
+from ..registry.names import check_name, in_folder
+from ..registry.versions import VersionInfo
+from .base import Ctx, Group, dir_size, human, parse_metadata, pass_ctx, pinned, progress
+from .drafts import sync_cmd
+from .lifecycle import COMMANDS
+from .mount import mount_cmd, umount_cmd
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,53 +38,6 @@ def main(ctx: click.Context, store: str | None, project: str | None, endpoint_ur
                   check_name(project or default_project(), "project"))
 
 
-pass_ctx = click.make_pass_decorator(Ctx)
-
-
-@contextlib.contextmanager
-def progress(total: Callable[[], int], label: str) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on a terminal for transfers worth watching; nothing otherwise.
-    `total` is only called on a terminal (measuring can cost a walk of a folder)."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    length = total()
-    if length < 64 * 1024 * 1024:
-        yield None
-        return
-    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
-        yield bar.update
-
-
-def parse_metadata(pairs: tuple[str, ...]) -> dict:
-    """KEY=VALUE pairs; VALUE is read as JSON when it parses, else as a string."""
-    out: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--metadata")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
-def dir_size(path: str) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(dirpath, f))
-    return total
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @main.command()
@@ -286,14 +184,6 @@ def files(c: Ctx, name: str, prefix: str | None) -> None:
             click.echo(f"{e.size:>12}  {e.digest}  {shown(path)}{link}")
 
 
-def _pinned(c: Ctx, ref: str) -> tuple[Registry, str, str, int]:
-    project, coll, alias = c.ref(ref)
-    if alias is None:
-        raise click.BadParameter(f"{ref!r}: name a version, e.g. {coll}:v3", param_hint="NAME")
-    reg = c.registry()
-    return reg, project, coll, reg.resolve(project, coll, alias)
-
-
 @main.group()
 def alias() -> None:
     """Add or remove aliases (latest is managed automatically)."""
@@ -305,9 +195,9 @@ def alias() -> None:
 @pass_ctx
 def alias_add(c: Ctx, name: str, alias_name: str) -> None:
     """Point ALIAS at version NAME:vN (moving it if it exists)."""
-    reg, project, coll, n = _pinned(c, name)
-    reg.set_alias(project, coll, alias_name, n)
-    click.echo(f"{coll}:{alias_name} -> {coll}:v{n}")
+    v = pinned(c, name)
+    v.registry.set_alias(v.project, v.collection, alias_name, v.version)
+    click.echo(f"{v.collection}:{alias_name} -> {v.label}")
 
 
 @alias.command(name="rm")
@@ -316,10 +206,10 @@ def alias_add(c: Ctx, name: str, alias_name: str) -> None:
 @pass_ctx
 def alias_rm(c: Ctx, name: str, alias_name: str) -> None:
     """Remove ALIAS from version NAME:vN."""
-    reg, project, coll, n = _pinned(c, name)
-    if reg.aliases(project, coll).get(alias_name) != n:
-        raise NotFoundError(f"alias {coll}:{alias_name} is not on {coll}:v{n}")
-    reg.set_alias(project, coll, alias_name, None)
+    v = pinned(c, name)
+    if v.registry.aliases(v.project, v.collection).get(alias_name) != v.version:
+        raise NotFoundError(f"alias {v.collection}:{alias_name} is not on {v.label}")
+    v.registry.set_alias(v.project, v.collection, alias_name, None)
 
 
 @main.group()
@@ -328,16 +218,16 @@ def tag() -> None:
 
 
 def _change_tag(c: Ctx, name: str, tag_name: str, add: bool) -> None:
-    reg, project, coll, n = _pinned(c, name)
+    v = pinned(c, name)
     check_name(tag_name, "tag")
-    if not add and tag_name not in reg.version(project, coll, n).tags:
-        raise NotFoundError(f"tag {tag_name!r} is not on {coll}:v{n}")
+    if not add and tag_name not in v.info().tags:
+        raise NotFoundError(f"tag {tag_name!r} is not on {v.label}")
 
     def change(d: dict) -> None:
         tags = set(d["tags"])
         (tags.add if add else tags.discard)(tag_name)
         d["tags"] = sorted(tags)
-    reg.update_attrs(project, coll, n, change)
+    v.registry.update_attrs(v.project, v.collection, v.version, change)
 
 
 @tag.command(name="add")
@@ -387,16 +277,5 @@ def verify(c: Ctx, name: str, directory: str | None) -> None:
     click.echo(f"{art.name}: {len(items)} files OK")
 
 
-from .mount import mount_cmd, umount_cmd  # noqa: E402  (the mount helper's commands)
-
-main.add_command(mount_cmd)
-main.add_command(umount_cmd)
-
-from .drafts import sync_cmd  # noqa: E402  (drafts: commit through a running mount)
-
-main.add_command(sync_cmd)
-
-from .lifecycle import COMMANDS  # noqa: E402  (link, unlink, delete, ttl, gc, lineage)
-
-for _command in COMMANDS:
+for _command in (mount_cmd, umount_cmd, sync_cmd, *COMMANDS):  # cli/mount.py, cli/drafts.py, cli/lifecycle.py
     main.add_command(_command)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
 from ..chunks import upload
-from ..errors import ConflictError, InvalidNameError, PreconditionFailed
+from ..errors import ConflictError, InvalidNameError, PathConflictError, PreconditionFailed
 from ..registry.manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
 from ..registry.names import check_component
 from ..registry.treedigest import TreeDigests
@@ -305,7 +305,7 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
         else:
             try:
                 root = apply_changes(registry, onto, changes)
-            except InvalidNameError as e:  # a file where they made a folder, or the reverse
+            except PathConflictError as e:  # a file where they made a folder, or the reverse
                 raise _conflict(st.collection, latest, [str(e)]) from None
             digest = _digests(registry).digest(root.tree)
         try:

@@ -22,7 +22,7 @@ import pyfuse3
 from ..drafts import filedata
 from ..drafts.engine import Draft
 from ..drafts.inode import Attr, Inode
-from ..errors import InvalidNameError
+from ..errors import UsageError
 from ..registry.names import check_alias, check_name, check_type
 from .context import caller
 from .inodes import SHORT_TIMEOUT, Handle, Node, fuse_error
@@ -45,7 +45,7 @@ def _parse_attr(key: str, value: bytes) -> object:
     if key == "metadata":
         data = json.loads(text) if text.strip() else {}
         if not isinstance(data, dict):
-            raise InvalidNameError("user.artifact.metadata must be a JSON object")
+            raise UsageError("user.artifact.metadata must be a JSON object")
         return data
     if key in ("aliases", "tags"):
         items = [p.strip() for p in text.split(",") if p.strip()]
@@ -264,7 +264,7 @@ class DraftNode(Node):
         try:
             parsed = _parse_attr(key, value)
         except (UnicodeDecodeError, ValueError) as e:
-            raise InvalidNameError(str(e)) from None
+            raise UsageError(str(e)) from None
         if key == "type":
             await self.set_type(str(parsed))
         else:

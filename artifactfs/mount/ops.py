@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from ..drafts.posixnames import NAME_MAX
-from ..errors import ArtifactfsError, ConflictError, InvalidNameError, NotFoundError
+from ..errors import ArtifactfsError, ConflictError, NotFoundError, UsageError
 from .context import CALLER, MountContext
 from .inodes import Handle, Node
 
@@ -26,7 +26,7 @@ def to_fuse_error(e: BaseException, op: str) -> pyfuse3.FUSEError:
         return e
     if isinstance(e, NotFoundError):
         return pyfuse3.FUSEError(errno.ENOENT)
-    if isinstance(e, InvalidNameError):
+    if isinstance(e, UsageError):
         return pyfuse3.FUSEError(errno.EINVAL)
     if isinstance(e, ConflictError):
         log.error("%s: %s", op, e)

@@ -20,7 +20,7 @@ from typing import Union
 
 import xxhash
 
-from ..errors import InvalidNameError, shown
+from ..errors import CorruptStoreError, InvalidNameError, PathConflictError, shown
 from .names import check_component, check_path
 
 CHUNK_SIZE = 8 * 1024 * 1024
@@ -85,7 +85,7 @@ class FileEntry:
     def from_json(cls, d: Mapping) -> "FileEntry":
         digest, size = str(d["digest"]), int(d["size"])
         if size < 0:
-            raise InvalidNameError("negative size in manifest")
+            raise CorruptStoreError("negative size in manifest")
         if d.get("ref") is not None:  # a reference: its bytes are not in the store
             chunks: tuple[str, ...] = ()
         elif "chunks" in d:
@@ -93,10 +93,10 @@ class FileEntry:
         else:
             chunks = default_chunks(digest, size)
         if d.get("ref") is None and len(chunks) != -(-size // CHUNK_SIZE):
-            raise InvalidNameError(f"{len(chunks)} chunks cannot hold {size} bytes")
+            raise CorruptStoreError(f"{len(chunks)} chunks cannot hold {size} bytes")
         extra = dict(d.get("extra", {"alg": "XXH128"}))
         if MTIME_KEY in extra and type(extra[MTIME_KEY]) is not int:
-            raise InvalidNameError(f"{MTIME_KEY} {extra[MTIME_KEY]!r} is not an integer")
+            raise CorruptStoreError(f"{MTIME_KEY} {extra[MTIME_KEY]!r} is not an integer")
         return cls(digest, size, chunks, bool(d.get("exec", False)), d.get("ref"), extra)
 
     def chunk_span(self, index: int) -> tuple[int, int]:
@@ -109,7 +109,7 @@ def check_object_key(key: str) -> str:
     """Blob and tree keys are 32 lower-case hex digits; anything else in a manifest
     read from the store is refused before it reaches a store path."""
     if len(key) != 32 or any(ch not in "0123456789abcdef" for ch in key):
-        raise InvalidNameError(f"invalid object key {key!r} in manifest")
+        raise CorruptStoreError(f"invalid object key {key!r} in manifest")
     return key
 
 
@@ -216,10 +216,10 @@ def decode_tree(data: bytes) -> Tree:
             else:
                 raise ValueError(f"unknown entry type {d['type']!r}")
         return out
-    except InvalidNameError:
+    except CorruptStoreError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise InvalidNameError(f"corrupt manifest tree: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # InvalidNameError of a stored name too
+        raise CorruptStoreError(f"corrupt manifest tree: {e}") from None
 
 
 def summarize(tree: Mapping[str, Entry]) -> tuple[int, int]:
@@ -275,14 +275,14 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) ->
         if entry is None:
             tree.pop(name, None)
         elif not isinstance(entry, DirEntry) and name in nested and any(v is not None for v in nested[name].values()):
-            raise InvalidNameError(f"{shown(where + name)} is both a file and a directory")
+            raise PathConflictError(f"{shown(where + name)} is both a file and a directory")
         else:
             tree[name] = entry
     for name, sub in nested.items():
         if isinstance(tree.get(name), (FileEntry, SymlinkEntry)):
             if all(v is None for v in sub.values()):
                 continue
-            raise InvalidNameError(f"{shown(where + name)} is both a file and a directory")
+            raise PathConflictError(f"{shown(where + name)} is both a file and a directory")
         current = tree.get(name)
         child = _apply(io, io.load(current.tree) if isinstance(current, DirEntry) else {}, sub,
                        f"{where}{name}/")

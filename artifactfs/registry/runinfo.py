@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 
 import xxhash
 
+from ..errors import UsageError
+
 RUN_ID_VARIABLES = ("ARTIFACTFS_RUN_ID", "WANDB_RUN_ID", "SLURM_JOB_ID", "MLFLOW_RUN_ID")
 STEP_VARIABLE = "ARTIFACTFS_STEP"
 _step: int | None = None
@@ -51,7 +53,7 @@ def set_step(step: int | None) -> None:
     overrides $ARTIFACTFS_STEP.  None: back to the environment."""
     global _step
     if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
-        raise ValueError("step must be a non-negative int or None")
+        raise UsageError("step must be a non-negative int or None")
     _step = step
 
 

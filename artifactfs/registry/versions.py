@@ -26,7 +26,13 @@ from threading import Lock
 from typing import Any
 from urllib.parse import unquote
 
-from ..errors import InvalidNameError, NotFoundError, ObjectNotFound, PreconditionFailed, StoreError
+from ..errors import (
+    NotFoundError,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreError,
+    UsageError,
+)
 from ..store import ObjectStore, open_store
 from ..timestamps import now_iso
 from . import gcstate, runinfo
@@ -58,13 +64,13 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> dict:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise InvalidNameError("metadata must be a dict")
+        raise UsageError("metadata must be a dict")
     if len(metadata) > MAX_METADATA_KEYS:
-        raise InvalidNameError(f"metadata has {len(metadata)} keys; at most {MAX_METADATA_KEYS} allowed")
+        raise UsageError(f"metadata has {len(metadata)} keys; at most {MAX_METADATA_KEYS} allowed")
     try:
         return json.loads(json.dumps(dict(metadata), allow_nan=False))
     except (TypeError, ValueError) as e:
-        raise InvalidNameError(f"metadata is not JSON-serialisable: {e}") from None
+        raise UsageError(f"metadata is not JSON-serialisable: {e}") from None
 
 
 @dataclass
@@ -252,10 +258,10 @@ class Registry(TreeIO):
         self.store.put_if_absent(self._ckey(project, name, "collection.json"), json.dumps(body).encode())
         info = self.collection(project, name)
         if info.type != type_:
-            raise InvalidNameError(f"collection {name} has type {info.type!r}, not {type_!r}")
+            raise UsageError(f"collection {name} has type {info.type!r}, not {type_!r}")
         if info.portfolio != portfolio:
             what = "a portfolio (of links)" if info.portfolio else "a collection of logged versions, not a portfolio"
-            raise InvalidNameError(f"collection {project}/{name} is {what}")
+            raise UsageError(f"collection {project}/{name} is {what}")
         return info
 
     def set_collection_description(self, project: str, name: str, description: str | None) -> None:
@@ -443,7 +449,7 @@ class Registry(TreeIO):
         """Point `alias` at `version` (None removes it).  'latest' is managed."""
         check_alias(alias)
         if alias == "latest":
-            raise InvalidNameError("the alias 'latest' always points at the newest version and cannot be changed")
+            raise UsageError("the alias 'latest' always points at the newest version and cannot be changed")
         if version is not None:
             self.version(project, name, version)  # must exist
 

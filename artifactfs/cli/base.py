@@ -1,0 +1,153 @@
+"""What every `artifactfs` command shares: the global options' context, the
+error handling that turns user-facing errors into one line, and small output
+helpers.  Only ArtifactfsError (docs/architecture.md, "Errors"), click's usage
+errors and the user's own OSErrors become one line; anything else is a bug and
+keeps its traceback."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from ..errors import ArtifactfsError, shown
+from ..registry.names import split_ref
+from ..registry.versions import Registry, VersionInfo
+from ..store import default_store_url
+
+
+@dataclass
+class Ctx:
+    """What the global options select: the store URL (None: default) and project."""
+
+    store: str | None
+    project: str
+
+    @property
+    def store_url(self) -> str:
+        return self.store or default_store_url()
+
+    def registry(self, create: bool = False) -> Registry:
+        return Registry.open(self.store_url, create=create)
+
+    def ref(self, ref: str) -> tuple[str, str, str | None]:
+        """'[project/]name[:alias]' -> (project, name, alias) with the default project."""
+        project, name, alias = split_ref(ref)
+        return project or self.project, name, alias
+
+
+class Group(click.Group):
+    """Turns user-facing errors into one line and exit 1 (usage mistakes: exit 2),
+    never a traceback or a screen of usage text."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            click.echo(f"Error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort as e:  # click turns Ctrl-C into Abort
+            if isinstance(e.__cause__, KeyboardInterrupt):
+                click.echo("Error: interrupted", err=True)
+                sys.exit(128 + signal.SIGINT)
+            click.echo("Error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ArtifactfsError as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        except BrokenPipeError:  # `artifactfs ls | head`: click ends quietly, as cat and ls do
+            raise
+        except OSError as e:  # the user's files or the machine, never a bug of ours: one line
+            where = f": {shown(os.fsdecode(e.filename))}" if e.filename is not None else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@contextlib.contextmanager
+def progress(total: Callable[[], int], label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal for transfers worth watching; nothing otherwise.
+    `total` is only called on a terminal (measuring can cost a walk of a folder)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    length = total()
+    if length < 64 * 1024 * 1024:
+        yield None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def parse_metadata(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE pairs; VALUE is read as JSON when it parses, else as a string."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--metadata")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def dir_size(path: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(dirpath, f))
+    return total
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """One version named on the command line, resolved to its number."""
+
+    registry: Registry
+    project: str
+    collection: str
+    version: int
+
+    @property
+    def label(self) -> str:
+        """COLLECTION:vN, as messages name it."""
+        return f"{self.collection}:v{self.version}"
+
+    def info(self) -> VersionInfo:
+        return self.registry.version(self.project, self.collection, self.version)
+
+
+def pinned(c: Ctx, ref: str) -> Pinned:
+    """NAME:vN or NAME:ALIAS -> the version it names now; a NAME without one is a usage error."""
+    project, coll, alias = c.ref(ref)
+    if alias is None:
+        raise click.BadParameter(f"{ref!r}: name a version, e.g. {coll}:v3", param_hint="NAME")
+    reg = c.registry()
+    return Pinned(reg, project, coll, reg.resolve(project, coll, alias))
