@@ -1,4 +1,4 @@
-"""The W&B-shaped Python API: Artifact and Api (issue 2, seed reference)."""
+"""The W&B-shaped Python API: Artifact and Api (seed reference)."""
 from __future__ import annotations
 
 import datetime as dt

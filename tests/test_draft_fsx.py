@@ -1,4 +1,4 @@
-"""fsx, the file system exerciser of xfstests, inside draft/ (issue 7): random
+"""fsx, the file system exerciser of xfstests, inside draft/: random
 reads, writes, truncations and fallocates checked against fsx's in-memory model,
 on a file of the base version and on a new file; 10,000 operations without mmap,
 5,000 with mmap, 500 closing and reopening after each operation.

@@ -1,4 +1,4 @@
-"""Files in draft/ are inodes (issue 7, inputs 1, 2, 5 and 6): an open file keeps
+"""Files in draft/ are inodes: an open file keeps
 reading and writing the same file through truncation by another writer, sync,
 rm, rename over it; an unlinked open file keeps its bytes; names are checked
 with the errno ext4 would give; a store made again at the same URL starts a

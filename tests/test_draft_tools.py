@@ -1,4 +1,4 @@
-"""Everyday tools inside draft/, as root (issue 7, input 3 and 4): rsync -a, cp -a,
+"""Everyday tools inside draft/, as root: rsync -a, cp -a,
 tar -xf and unzip of a tree with symlinks, hard links, executables and files of
 another user exit 0; the committed version holds that tree (file contents,
 executable bits, mtimes, symlinks, both names of a hard link); a second

@@ -1,5 +1,5 @@
 """`gc`: expired versions, unreferenced objects, dry runs, and gc racing commits on
-the local store and on S3 (a real moto server) (issue 11, docs/store-format.md 5.5)."""
+the local store and on S3 (a real moto server) (docs/store-format.md 5.5)."""
 from __future__ import annotations
 
 import datetime as dt

@@ -1,4 +1,4 @@
-"""delete(), TTL and links/portfolios through the Python API (issue 11)."""
+"""delete(), TTL and links/portfolios through the Python API."""
 from __future__ import annotations
 
 import datetime as dt

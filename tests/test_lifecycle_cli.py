@@ -1,4 +1,4 @@
-"""The link, unlink, delete, ttl and gc commands (issue 11)."""
+"""The link, unlink, delete, ttl and gc commands."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Lineage through the Python API and the CLI: logged_by(), used_by(), history_step (issue 11)."""
+"""Lineage through the Python API and the CLI: logged_by(), used_by(), history_step."""
 from __future__ import annotations
 
 import json

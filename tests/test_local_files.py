@@ -1,7 +1,6 @@
 """What put reads from a user's folder and what get/download/checkout/verify write
 there: symlinks kept or followed, never written through; mtimes and hard links;
-prefix selection; every local error one line naming the path (issue 7 "What a
-version holds", issue 8 items 2 and 4)."""
+prefix selection; every local error one line naming the path."""
 from __future__ import annotations
 
 import base64
@@ -219,7 +218,7 @@ def test_executable_bit_and_mtime_of_an_existing_matching_file(env, tmp_path):
     assert stat.S_IMODE(os.stat(fresh / "run.sh").st_mode) == 0o755
 
 
-# -- prefixes (issue 8.2) ----------------------------------------------------------
+# -- prefixes ----------------------------------------------------------
 PREFIX_FILES = ["a/b/c", "a/b-c", "a/b.txt", "a/b0", "a/bb/d", "a/b/e/f"]
 
 
@@ -250,7 +249,7 @@ def test_cli_prefix_is_a_folder_and_the_api_prefix_is_wandbs_startswith(env, tmp
     assert downloaded(tmp_path / "api-b.") == ["a/b.txt"]
 
 
-# -- one-line errors naming the path (issue 8.4) --------------------------------------
+# -- one-line errors naming the path --------------------------------------
 def test_put_errors_name_the_path_and_publish_nothing(env, tmp_path):
     src = tmp_path / "src"
     write(src / "ok", b"ok")
@@ -301,7 +300,7 @@ def test_get_and_checkout_errors_are_one_line_and_leave_no_partial_file(env, tmp
 
 def test_a_store_path_with_url_characters_is_the_same_store_everywhere(tmp_path):
     """A store URL is passed on (to the mount daemon, to drafts): '%', '#', '?', tab must
-    come back as the same path, not 'odd ' with a fragment (issue 8.1, every join and split)."""
+    come back as the same path, not 'odd ' with a fragment (every join and split)."""
     store = str(tmp_path / "odd #1 100%41?x\ty")
     env = dict(os.environ, ARTIFACTFS_STORE=store, ARTIFACTFS_PROJECT=P)
     write(tmp_path / "src" / "f.txt", b"same store")

@@ -69,7 +69,7 @@ def test_bad_input_is_one_line_exit_1(store, tmp_path):
 
 
 def test_a_writable_mount_creates_a_missing_store(tmp_path):
-    """A fresh machine's first run (issue 8.5): mount, mkdir, write, sync."""
+    """A fresh machine's first run: mount, mkdir, write, sync."""
     store = tmp_path / "fresh" / "store"
     with mounted(str(store), tmp_path / "mnt") as m:
         assert os.listdir(m.path) == []
@@ -240,7 +240,7 @@ def test_foreground_tells_systemd_ready_and_stopping(store, tmp_path):
 
 
 def test_make_install_puts_the_cli_where_the_unit_runs_it(tmp_path):
-    """`make install` (issue 8.8): the CLI in its own venv, linked as BINDIR/artifactfs (the unit's
+    """`make install`: the CLI in its own venv, linked as BINDIR/artifactfs (the unit's
     /usr/local/bin by default), mount.artifactfs in SBINDIR, the unit in UNITDIR; the installed unit
     passes systemd-analyze verify (`make test` installs systemd-analyze)."""
     if shutil.which("systemd-analyze") is None:

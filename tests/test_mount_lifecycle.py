@@ -1,5 +1,5 @@
 """The mount's views of portfolios, model-registry/ and deleted versions, and the
-lineage it records by itself for unmodified programs (issue 11)."""
+lineage it records by itself for unmodified programs."""
 from __future__ import annotations
 
 import os

@@ -82,7 +82,7 @@ def mnt(dataset, tmp_path_factory):
 
 def test_layout(mnt, dataset):
     assert sorted(os.listdir(mnt.path)) == ["ds", "model"]
-    listed = set(os.listdir(mnt.p("ds"))) - {"draft"}  # draft/: the writable folder of issue 4
+    listed = set(os.listdir(mnt.p("ds"))) - {"draft"}  # draft/: the writable folder
     assert listed == {"ds:best", "ds:latest", "ds:v0", "ds:v1", "ds:v2"}
     assert os.readlink(mnt.p("ds", "ds:latest")) == "ds:v2"
     assert os.readlink(mnt.p("ds", "ds:best")) == "ds:v1"

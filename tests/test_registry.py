@@ -1,4 +1,4 @@
-"""Registry and store-format invariants (issue 2): content addressing, commit order,
+"""Registry and store-format invariants: content addressing, commit order,
 version allocation, compare-and-swap, scale properties, crafted manifests, store errors."""
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ def test_any_utf8_name_up_to_255_bytes(draft):
 
 
 def test_identity_through_unlink_rename_and_copy_up(draft):
-    """An inode keeps its bytes whatever happens to its names (input 2 of issue 7)."""
+    """An inode keeps its bytes whatever happens to its names."""
     f = draft.create("x")
     draft.unlink("x")
     filedata.write(draft.draft, f, 0, b"hello")

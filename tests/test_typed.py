@@ -1,4 +1,4 @@
-"""Artifact.add(obj, name) / get(name): typed objects in open formats (issue 11)."""
+"""Artifact.add(obj, name) / get(name): typed objects in open formats."""
 from __future__ import annotations
 
 import subprocess

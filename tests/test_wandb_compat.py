@@ -140,7 +140,7 @@ def test_empty_artifact_digest_matches(wandb, store_url):
     assert mine.manifest.to_manifest_json() == theirs.manifest.to_manifest_json()
 
 
-# -- issue 8.1: every way of making a version gives wandb's digest, over odd names ---------
+# -- every way of making a version gives wandb's digest, over odd names ---------
 ODD_NAMES = ["new\nline", "tab\there", "caf\u00e9", "cafe\u0301", "with  spaces ", "100%", "at 10:30", "#hash",
              "-leading", "x" * 251 + ".bin", "é" * 127, "a-c", "a.c", "a0", "ab", "~tilde", "a=b&c"]
 DEEP = "/".join(f"d{i}" for i in range(40))

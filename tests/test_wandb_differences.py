@@ -1,4 +1,4 @@
-"""The smaller W&B behaviours a new user tries (issue 11): path normalisation,
+"""The smaller W&B behaviours a new user tries: path normalisation,
 absolute names, entities, get_path."""
 from __future__ import annotations
 

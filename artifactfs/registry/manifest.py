@@ -186,7 +186,6 @@ class DirEntry:
 Leaf = Union[FileEntry, SymlinkEntry]
 Entry = Union[FileEntry, SymlinkEntry, DirEntry]
 Tree = dict[str, Entry]
-EMPTY_TREE_SUMMARY = (0, 0)
 
 
 def encode_tree(tree: Mapping[str, Entry]) -> bytes:

@@ -11,7 +11,7 @@ Order: paths under a folder 'a' are contiguous in global path order (they share
 the prefix 'a/'), and a folder sorts among its siblings as 'a/'.
 
 A cached block ends each line with NUL, not newline: a name may hold a newline
-(issue 8: 'sub/a\nb' got the prefix inserted inside its own name) but never NUL,
+(with newlines, 'sub/a\nb' would get the prefix inserted inside its own name) but never NUL,
 so prefixing at each NUL is exact; the NULs become newlines when hashed."""
 from __future__ import annotations
 

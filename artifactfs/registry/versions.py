@@ -40,7 +40,6 @@ from .keys import blob_key, tree_object_key
 from .manifest import (
     DirEntry,
     Entry,
-    FileEntry,
     Tree,
     TreeIO,
     decode_tree,
@@ -263,12 +262,6 @@ class Registry(TreeIO):
             what = "a portfolio (of links)" if info.portfolio else "a collection of logged versions, not a portfolio"
             raise UsageError(f"collection {project}/{name} is {what}")
         return info
-
-    def set_collection_description(self, project: str, name: str, description: str | None) -> None:
-        def change(d: dict) -> dict:
-            d["description"] = description
-            return d
-        self._cas_json(self._ckey(project, name, "collection.json"), change, must_exist=True)
 
     # -- versions ------------------------------------------------------------
     def versions(self, project: str, name: str, include_deleted: bool = False) -> list[int]:
@@ -506,10 +499,3 @@ class Registry(TreeIO):
     def get_blob(self, hexdigest: str) -> bytes:
         return self.store.get(blob_key(hexdigest))
 
-
-def entry_at(registry: Registry, root: str, path: str) -> FileEntry:
-    """The file at `path` in a version, or NotFoundError."""
-    e = registry.lookup(root, path)
-    if not isinstance(e, FileEntry):
-        raise NotFoundError(f"no file {path!r} in this version")
-    return e
