@@ -271,7 +271,7 @@ def test_corrupted_tree_object_is_detected(store_url, tmp_path):
         if "a" in body["entries"]:
             body["entries"]["b"] = body["entries"]["a"]
             store.put(key, json.dumps(body).encode())
-    with pytest.raises(StoreError, match="corrupt"):
+    with pytest.raises(CorruptStoreError, match="corrupt"):
         Api(store_url, project=P).artifact("data").download(str(tmp_path / "out"))
 
 

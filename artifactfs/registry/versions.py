@@ -19,10 +19,8 @@ import json
 import os
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from threading import Lock
 from typing import Any
 from urllib.parse import unquote
 
@@ -36,19 +34,14 @@ from ..errors import (
 from ..store import ObjectStore, open_store
 from ..timestamps import now_iso
 from . import gcstate, runinfo
-from .keys import blob_key, tree_object_key
+from .keys import blob_key
 from .manifest import (
     DirEntry,
-    Entry,
-    Tree,
-    TreeIO,
-    decode_tree,
-    encode_tree,
     same_content,
-    tree_key,
     walk,
 )
 from .names import check_alias, check_name, check_type, parse_version
+from .trees import TreeStore
 
 MARKER = "artifactfs-store.json"
 STORE_FORMAT = {"format": "artifactfs-store", "version": 1}
@@ -118,19 +111,15 @@ class CollectionInfo:
     portfolio: bool = False  # holds links to versions of other collections (links.py)
 
 
-CACHED_TREE_ENTRIES = 32_768  # trees kept in memory, counted by entries (~100 B each), not by trees
 
 ATTR_FIELDS = ("description", "metadata", "tags", "ttl", "state", "updated_at", "deleted_at")
 
 
-class Registry(TreeIO):
-    """All registry logic, written once against ObjectStore."""
+class Registry(TreeStore):
+    """All registry logic, written once against ObjectStore; trees come from TreeStore."""
 
     def __init__(self, store: ObjectStore, create: bool = False):
-        self.store = store
-        self._trees: OrderedDict[str, Tree] = OrderedDict()
-        self._tree_entries = 0  # entries of the trees kept, at most CACHED_TREE_ENTRIES
-        self._trees_lock = Lock()
+        super().__init__(store)
         self._check_marker(create)
         # Who produced a version that commit() is not told about (the mount sets this to
         # the process that wrote a draft); None: this process (lineage, runinfo.py).
@@ -172,47 +161,6 @@ class Registry(TreeIO):
             return next(iter(self.store.list("", recursive=False)), None) is not None
         except OSError as e:
             raise StoreError(f"cannot read {self.store.url}: {e.strerror}") from None
-
-    # -- trees (TreeIO) --------------------------------------------------------
-    def load(self, key: str) -> Tree:
-        with self._trees_lock:
-            tree = self._trees.get(key)
-            if tree is not None:
-                self._trees.move_to_end(key)
-                return tree
-        data = self.store.get(tree_object_key(key))
-        if tree_key(data) != key:
-            raise StoreError(f"tree {key} is corrupt (digest mismatch)")
-        tree = decode_tree(data)
-        self._remember(key, tree)
-        return tree
-
-    def _remember(self, key: str, tree: Tree) -> None:
-        with self._trees_lock:
-            if key not in self._trees:
-                self._trees[key] = tree
-                self._tree_entries += len(tree)
-            while self._tree_entries > CACHED_TREE_ENTRIES and len(self._trees) > 1:
-                self._tree_entries -= len(self._trees.popitem(last=False)[1])
-
-    def save(self, tree: Mapping[str, Entry]) -> str:
-        data = encode_tree(tree)
-        key = tree_key(data)
-        self.store.put_new(tree_object_key(key), data)
-        self._remember(key, dict(tree))
-        return key
-
-    def lookup(self, root: str, path: str) -> Entry | None:
-        """The entry at `path` below `root` ('' is the root itself)."""
-        entry: Entry = DirEntry(root, 0, 0)
-        for part in [p for p in path.split("/") if p]:
-            if not isinstance(entry, DirEntry):
-                return None
-            child = self.load(entry.tree).get(part)
-            if child is None:
-                return None
-            entry = child
-        return entry
 
     # -- keys ----------------------------------------------------------------
     @staticmethod
