@@ -1,5 +1,6 @@
 """artifactfs: versioned ML artifacts as plain folders."""
-from .api.artifact import Artifact, ManifestEntry
+from .api.artifact import Artifact
+from .api.entries import ManifestEntry
 from .api.public import Api
 from .errors import (
                      ArtifactFinalizedError,

@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import IO, Any
 
 from ..chunks import download, references, upload, verify
@@ -20,12 +19,13 @@ from ..errors import (
     shown,
 )
 from ..registry.gcstate import ObjectsSwept, epoch
-from ..registry.manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk, wandb_manifest
+from ..registry.manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk
 from ..registry.names import check_name, check_type, normalize_path
 from ..registry.versions import Registry, VersionInfo, check_metadata
 from ..store import default_store_url
 from . import localtree
 from .artifact_lifecycle import ArtifactLifecycle
+from .entries import Manifest, ManifestEntry
 from .localtree import LocalFile
 from .typed import TypedObjects
 
@@ -35,42 +35,6 @@ SWEPT_RETRIES = 4  # commits again after a concurrent gc removed files it needed
 
 def default_project() -> str:
     return os.environ.get("ARTIFACTFS_PROJECT") or "default"
-
-
-@dataclass
-class ManifestEntry:
-    """One file of an artifact (the seed's ArtifactManifestEntry)."""
-
-    path: str
-    digest: str
-    size: int
-    ref: str | None = None
-    extra: dict | None = None
-    local_path: str | None = None
-    _artifact: "Artifact | None" = None
-
-    def download(self, root: str | None = None) -> str:
-        """Download this one file under root (default: the artifact's default root)."""
-        art = self._artifact
-        if art is None or not art._logged:
-            raise ArtifactNotLoggedError("entry.download() needs a logged artifact")
-        root = root or art._default_root()
-        download.download_many(art._reg(), root, [(self.path, art._entry(self.path))])
-        art._used(art._need_logged("download()"))
-        return os.path.join(root, self.path)
-
-
-class Manifest:
-    """The flat W&B view of an artifact's files (and symlinks, store-format.md 4)."""
-
-    def __init__(self, entries: dict[str, Leaf]):
-        self.entries = entries
-
-    def digest(self) -> str:
-        return artifact_digest(self.entries.items())
-
-    def to_manifest_json(self) -> dict:
-        return wandb_manifest(self.entries.items())
 
 
 class Artifact(ArtifactLifecycle, TypedObjects):
@@ -224,6 +188,15 @@ class Artifact(ArtifactLifecycle, TypedObjects):
             raise KeyError(f"path {path!r} is not in artifact {self.name}")
         return entry
 
+    def _download_one(self, path: str, root: str | None) -> str:
+        """ManifestEntry.download(): one file under root (default: the default root)."""
+        if not self._logged:
+            raise ArtifactNotLoggedError("entry.download() needs a logged artifact")
+        root = root or self._default_root()
+        download.download_many(self._reg(), root, [(path, self._entry(path))])
+        self._used(self._need_logged("download()"))
+        return os.path.join(root, path)
+
     @property
     def manifest(self) -> Manifest:
         return Manifest(self._entries())
@@ -351,7 +324,8 @@ class Artifact(ArtifactLifecycle, TypedObjects):
             self._local.pop(p, None)
 
     def _manifest_entry(self, path: str, e: Leaf) -> ManifestEntry:
-        return ManifestEntry(path, e.digest, e.size, e.ref, dict(e.extra), self._local.get(path), self)
+        return ManifestEntry(path, e.digest, e.size, e.ref, dict(e.extra), self._local.get(path),
+                             self._download_one)
 
     def get_entry(self, name: str) -> ManifestEntry:
         self._need_logged("get_entry()")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import TYPE_CHECKING
+from typing import Self
 
 from ..chunks import upload
 from ..errors import ArtifactNotLoggedError, UsageError
@@ -14,10 +14,8 @@ from ..registry.manifest import FileEntry, Leaf
 from ..registry.runinfo import RunRecord
 from ..registry.versions import Registry, VersionInfo
 from . import lineage, links
+from .entries import ManifestEntry
 from .lifecycle import NEVER, default_ttl
-
-if TYPE_CHECKING:
-    from .artifact import Artifact, ManifestEntry
 
 
 class ArtifactLifecycle:
@@ -33,7 +31,7 @@ class ArtifactLifecycle:
     def _need_logged(self, what: str) -> VersionInfo: ...  # provided by Artifact
     def _reg(self) -> Registry: ...  # provided by Artifact
 
-    def _wrap(self, info: VersionInfo) -> "Artifact":
+    def _wrap(self, info: VersionInfo) -> Self:
         return type(self)._from_version(self._reg(), info)  # type: ignore[attr-defined]
 
     # -- TTL -------------------------------------------------------------------------
@@ -85,7 +83,7 @@ class ArtifactLifecycle:
         self._load(self._reg().version(info.project, info.collection, info.version))  # type: ignore[attr-defined]
 
     # -- links -----------------------------------------------------------------------
-    def link(self, target_path: str, aliases: list[str] | None = None) -> "Artifact":
+    def link(self, target_path: str, aliases: list[str] | None = None) -> Self:
         """Link this version into a portfolio: '{portfolio}', '{project}/{portfolio}',
         '{entity}/{project}/{portfolio}' or 'model-registry/{model}' (W&B link()).
         The link has its own version number there; returns it."""
@@ -107,7 +105,7 @@ class ArtifactLifecycle:
         return links.source_of(self._reg(), self._need_logged("the source"))
 
     @property
-    def source_artifact(self) -> "Artifact":
+    def source_artifact(self) -> Self:
         """The originally logged version (this artifact when it is not a link)."""
         return self if not self.is_link else self._wrap(self._source())
 
@@ -141,12 +139,12 @@ class ArtifactLifecycle:
         return f"{self.source_entity}/{self.source_project}/{self.source_name}"
 
     @property
-    def linked_artifacts(self) -> list["Artifact"]:
+    def linked_artifacts(self) -> list[Self]:
         """The links of this source version (at most 500); [] on a link."""
         info = self._need_logged("linked_artifacts")
         return [self._wrap(v) for v in links.linked(self._reg(), info)]
 
-    def get_path(self, name: str) -> "ManifestEntry":
+    def get_path(self, name: str) -> ManifestEntry:
         """Deprecated in W&B: get_entry(name)."""
         return self.get_entry(name)  # type: ignore[attr-defined]
 

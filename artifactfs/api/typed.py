@@ -15,14 +15,12 @@ import json
 import os
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..chunks import download
 from ..errors import ArtifactfsError
 from ..registry.names import normalize_path
-
-if TYPE_CHECKING:
-    from .artifact import ManifestEntry
+from .entries import ManifestEntry
 
 SUFFIXES = (".parquet", ".npy", ".json", ".txt", ".png")
 
@@ -91,7 +89,7 @@ def decode(path: str, data: bytes) -> Any:
 class TypedObjects:
     """add()/get() for artifact.Artifact."""
 
-    def add(self, obj: Any, name: str, overwrite: bool = False) -> "ManifestEntry":
+    def add(self, obj: Any, name: str, overwrite: bool = False) -> ManifestEntry:
         """Store `obj` under `name` (+ its suffix); returns the manifest entry.
         Raises TypeError for an unsupported type, ValueError when `name` holds
         other content and not overwrite, ArtifactFinalizedError on a logged version."""
