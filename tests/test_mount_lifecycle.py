@@ -11,8 +11,9 @@ import pytest
 from core_util import write_files
 from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
 
-from artifactfs import Api, Artifact, gcstate
+from artifactfs import Api, Artifact
 from artifactfs.api.gc import collect
+from artifactfs.registry import gcstate
 from artifactfs.registry.versions import Registry
 
 
