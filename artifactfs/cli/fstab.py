@@ -12,7 +12,8 @@ import sys
 
 # option=value -> flag
 VALUED = {"project": "--project", "cache_dir": "--cache-dir", "cache_size": "--cache-size",
-          "memory": "--memory", "inode_limit": "--inode-limit", "refresh": "--refresh", "default_type": "--default-type"}
+          "memory": "--memory", "inode_limit": "--inode-limit", "threads": "--threads", "refresh": "--refresh",
+          "default_type": "--default-type"}
 FLAGS = {"ro": "--read-only", "allow_other": "--allow-other", "debug": "--debug"}
 IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev", "nodev",
            "nosuid", "dev", "suid", "exec", "noexec", "atime", "noatime", "relatime", "async", "sync"}

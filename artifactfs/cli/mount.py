@@ -20,7 +20,7 @@ import click
 from ..api.artifact import default_project
 from ..chunks.cache import default_cache_dir, parse_size
 from ..errors import ArtifactfsError, shown
-from ..mount.options import DEFAULT_INODE_LIMIT, MountOptions
+from ..mount.options import DEFAULT_INODE_LIMIT, DEFAULT_THREADS, MountOptions
 from ..mount.state import FSTYPE, find_mount, log_path, read_record, real_mountpoint
 from ..registry.names import check_name, check_type
 from ..registry.versions import Registry
@@ -123,6 +123,8 @@ def _spawn(opts: MountOptions) -> None:
 @click.option("--inode-limit", metavar="N", type=click.IntRange(min=0), default=DEFAULT_INODE_LIMIT,
               show_default=True, help="Soft limit of inodes the daemon keeps; beyond it the kernel is asked "
               "to forget the version folders used least recently (0: no limit).")
+@click.option("--threads", metavar="N", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,
+              help="Worker threads for blocking work (store and cache reads, chunk fetches, draft writes).")
 @click.option("--refresh", metavar="SECONDS", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="New versions and moved aliases appear within this time.")
 @click.option("--foreground", is_flag=True, help="Serve in this process; log to stderr too.")
@@ -133,8 +135,8 @@ def _spawn(opts: MountOptions) -> None:
 @click.option("--debug", is_flag=True, help="Log at debug level.")
 @click.pass_context
 def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str | None,
-              cache_dir: str | None, cache_size: str, memory: str, inode_limit: int, refresh: float, foreground: bool,
-              allow_other: bool, read_only: bool, default_type: str, debug: bool) -> None:
+              cache_dir: str | None, cache_size: str, memory: str, inode_limit: int, threads: int, refresh: float,
+              foreground: bool, allow_other: bool, read_only: bool, default_type: str, debug: bool) -> None:
     """Mount the collections of a project at MOUNTPOINT (returns once the mount is live)."""
     parent = c.obj
     store = store or getattr(parent, "store", None) or default_store_url()
@@ -149,6 +151,7 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
         mountpoint=real, store=registry.store.url, project=project,
         cache_dir=os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir())),
         cache_size=_size(cache_size, "--cache-size"), memory=_size(memory, "--memory"), inode_limit=inode_limit,
+        threads=threads,
         refresh=refresh, foreground=foreground, allow_other=allow_other, read_only=read_only, debug=debug,
         default_type=check_type(default_type))
     if foreground:

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 import xxhash
@@ -23,9 +23,7 @@ import xxhash
 from ..drafts.syncclient import sockaddr
 from ..errors import ArtifactfsError, NotFoundError
 from ..paths import state_dir
-
-if TYPE_CHECKING:
-    from .livedraft import Drafts, LiveDraft
+from .livedraft import Drafts, LiveDraft
 
 log = logging.getLogger("artifactfs.mount")
 XATTR = "user.artifactfs.control"
@@ -48,7 +46,7 @@ def _peer_uid(sock: Any) -> int:
 
 
 class ControlServer:
-    def __init__(self, drafts: "Drafts", address: str):
+    def __init__(self, drafts: Drafts, address: str):
         self.drafts = drafts
         self.address = address
 
@@ -112,7 +110,7 @@ class ControlServer:
                 results.append({"collection": name, "error": f"{name}: {e.strerror or e}"})
         return {"results": results}
 
-    async def _existing(self, name: str) -> "LiveDraft":
+    async def _existing(self, name: str) -> LiveDraft:
         if name not in self.drafts.live:
             ctx = self.drafts.ctx
             if name not in {c.name for c in await ctx.run(ctx.registry.collections, ctx.project)}:

@@ -10,8 +10,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyfuse3
 import trio
@@ -19,67 +19,74 @@ import trio
 from ..chunks.cache import ChunkCache
 from ..errors import ArtifactfsError
 from ..registry.versions import Registry
+from . import draftroot, lineage, pins
 from .context import MountContext
 from .evict import InodeLimit
+from .inodes import InodeTable
 from .nodes import default_node_classes
 from .ops import Operations
 from .options import MountOptions
 from .pagecache import PageFeeder
+from .parts import MountParts
 from .reader import ChunkReader
 from .state import find_mount, log_path, remove_record, sd_notify, write_record
+from .threads import Threads
 
 log = logging.getLogger("artifactfs.mount")
-Hook = Callable[[], Awaitable[None]]
 READ_AHEAD_KB = 1024
+
+
+def build(opts: MountOptions) -> MountParts:
+    """The filesystem `opts` describe, with its extensions installed (drafts and
+    the pins of their bases unless read-only; lineage always), not mounted yet."""
+    registry = Registry.open(opts.store)
+    threads = Threads(opts.threads)
+    cache = ChunkCache(registry, opts.cache_dir, opts.cache_size)
+    reader = ChunkReader(cache, opts.memory, threads, feeder=PageFeeder())
+    ctx = MountContext(registry=registry, project=opts.project, reader=reader, threads=threads,
+                       refresh=opts.refresh, cache_size=opts.cache_size)
+    table = InodeTable(ctx, default_node_classes())
+    table.set_root(table.kinds["root"](ctx, ("root",)))
+    parts = MountParts(opts, ctx, table, Operations(table))
+    parts.services.append(InodeLimit(table, opts.inode_limit, threads).run)
+    lineage.install(parts)  # uses and draft writers
+    if not opts.read_only:
+        draftroot.install(parts, opts.default_type)  # writable draft/ folders
+        pins.install(parts)  # gc keeps what drafts read
+    return parts
 
 
 @dataclass
 class Daemon:
-    """One mounted filesystem.  Extensions append to `services` (tasks run while
-    the mount serves, cancelled when it ends) and to `shutdown_hooks`: they are
-    awaited in order after the FUSE session ends, before the process exits."""
+    """One mounted filesystem's life: mount, serve the parts' services, run their
+    shutdown hooks, unmount."""
 
-    opts: MountOptions
-    ctx: MountContext
-    ops: Operations
-    services: list[Hook] = field(default_factory=list)
-    shutdown_hooks: list[Hook] = field(default_factory=list)
+    parts: MountParts
     dev: tuple[int, int] | None = None  # our mount's device, to unmount only our own
 
-    @classmethod
-    def build(cls, opts: MountOptions) -> "Daemon":
-        registry = Registry.open(opts.store)
-        cache = ChunkCache(registry, opts.cache_dir, opts.cache_size)
-        reader = ChunkReader(cache, opts.memory, feeder=PageFeeder())
-        ctx = MountContext(registry=registry, project=opts.project, reader=reader,
-                           refresh=opts.refresh, cache_size=opts.cache_size,
-                           node_classes=default_node_classes())
-        ctx.table.set_root(ctx.node_classes["root"](ctx, ("root",)))
-        daemon = cls(opts, ctx, Operations(ctx))
-        daemon.services.append(InodeLimit(ctx.table, opts.inode_limit).run)
-        return daemon
-
     def mount(self) -> None:
+        opts = self.parts.opts
         try:
-            pyfuse3.init(self.ops, self.opts.mountpoint, self.opts.fuse_options())
+            pyfuse3.init(self.parts.ops, opts.mountpoint, opts.fuse_options())
         except RuntimeError as e:
-            raise ArtifactfsError(f"cannot mount on {self.opts.mountpoint}: {e} (see the log)") from None
+            raise ArtifactfsError(f"cannot mount on {opts.mountpoint}: {e} (see the log)") from None
 
     async def serve(self, on_ready: Callable[[], None]) -> None:
         """Serve until unmounted or SIGTERM/SIGINT; then run the shutdown hooks."""
+        ctx = self.parts.ctx
         async with trio.open_nursery() as nursery:
-            self.ctx.reader.nursery = nursery
+            ctx.reader.nursery = nursery
             nursery.start_soon(self._signals)
             nursery.start_soon(self._announce, on_ready)
-            for service in self.services:
+            for service in self.parts.services:
                 nursery.start_soon(service)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
         sd_notify("STOPPING=1")
-        self.ctx.reader.nursery = None
-        if self.ctx.reader.feeder is not None:
-            await trio.to_thread.run_sync(self.ctx.reader.feeder.close)
-        for hook in self.shutdown_hooks:
+        ctx.reader.nursery = None
+        if ctx.reader.feeder is not None:
+            await ctx.run(ctx.reader.feeder.close)
+        for hook in self.parts.shutdown_hooks:
             try:
                 await hook()
             except Exception:
@@ -87,11 +94,12 @@ class Daemon:
 
     async def _announce(self, on_ready: Callable[[], None]) -> None:
         """Ready means a stat through the mount was answered by us."""
-        st = await trio.to_thread.run_sync(os.stat, self.opts.mountpoint)
+        ctx, opts = self.parts.ctx, self.parts.opts
+        st = await ctx.run(os.stat, opts.mountpoint)
         self.dev = (os.major(st.st_dev), os.minor(st.st_dev))
-        await trio.to_thread.run_sync(_raise_readahead, self.dev)
-        log.info("mounted %s on %s (project %s, pid %d)", self.ctx.registry.store.url,
-                 self.opts.mountpoint, self.opts.project, os.getpid())
+        await ctx.run(_raise_readahead, self.dev)
+        log.info("mounted %s on %s (project %s, pid %d, %d worker threads)", ctx.registry.store.url,
+                 opts.mountpoint, opts.project, os.getpid(), opts.threads)
         on_ready()
 
     async def _signals(self) -> None:
@@ -104,7 +112,7 @@ class Daemon:
 
     def close(self) -> None:
         """Unmount if the mount at our mountpoint is still ours, and free the session."""
-        m = find_mount(self.opts.mountpoint)
+        m = find_mount(self.parts.opts.mountpoint)
         ours = m is not None and (self.dev is None or m.dev == self.dev)
         pyfuse3.close(unmount=ours)
 
@@ -134,16 +142,9 @@ def run(opts: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
     """Mount and serve in this process until unmounted.  ArtifactfsError before
     the mount is live; afterwards errors are logged."""
     setup_logging(opts)
-    daemon = Daemon.build(opts)
-    from .lineage import install as record_lineage  # uses and draft writers (issue 11)
-    record_lineage(daemon)
-    if not opts.read_only:
-        from .draftroot import install  # writable draft/ folders (issue 4)
-        install(daemon, opts.default_type)
-        from .pins import install as pin_draft_bases  # gc keeps what drafts read (issue 11)
-        pin_draft_bases(daemon)
+    daemon = Daemon(build(opts))
     daemon.mount()
-    write_record(opts.mountpoint, pid=os.getpid(), store=daemon.ctx.registry.store.url, project=opts.project)
+    write_record(opts.mountpoint, pid=os.getpid(), store=daemon.parts.ctx.registry.store.url, project=opts.project)
     try:
         def announce() -> None:
             sd_notify("READY=1")

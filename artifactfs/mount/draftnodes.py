@@ -15,7 +15,6 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pyfuse3
 
@@ -24,15 +23,14 @@ from ..drafts.engine import Draft
 from ..drafts.inode import Attr, Inode
 from ..errors import UsageError
 from ..registry.names import check_alias, check_name, check_type
-from .context import caller
-from .inodes import SHORT_TIMEOUT, Handle, Node, fuse_error
+from .context import MountContext, caller
+from .errnos import fuse_error
+from .handles import Handle
+from .inodes import SHORT_TIMEOUT, Node
+from .livedraft import LiveDraft
 from .reader import FileReader
 from .refreader import ReferenceReader
 from .xattrs import PREFIX, xattr_value
-
-if TYPE_CHECKING:
-    from .context import MountContext
-    from .livedraft import LiveDraft
 
 log = logging.getLogger("artifactfs.mount")
 PENDING_ATTRS = ("description", "metadata", "aliases", "tags")
@@ -149,7 +147,7 @@ class DraftNode(Node):
         return self.attributes()
 
     def node_of(self, ino: Inode, attr: Attr) -> "DraftNode":
-        node = self.ctx.make("draft", ("draft", self.live.name, str(ino.token)), self.live, ino, attr)
+        node = self.table.make("draft", ("draft", self.live.name, str(ino.token)), self.live, ino, attr)
         assert isinstance(node, DraftNode)
         node.attr = attr
         return node

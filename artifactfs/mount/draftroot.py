@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pyfuse3
 
@@ -28,20 +27,19 @@ from ..timestamps import now_iso
 from .context import MountContext
 from .control import XATTR, ControlServer, control_address
 from .draftnodes import DraftNode
-from .inodes import Node, SymlinkNode, fuse_error
+from .errnos import fuse_error
+from .inodes import InodeTable, Key, Node, SymlinkNode
 from .livedraft import Drafts, LiveDraft
-from .nodes import AliasNode, CollectionNode, RootNode, VersionRootNode
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .nodes import AliasNode, CollectionKept, CollectionNode, RootNode, VersionRootNode
+from .parts import MountParts
 
 log = logging.getLogger("artifactfs.mount")
 DRAFT = "draft"
 TYPE_XATTR = "user.artifact.type"
 
 
-def _drafts(ctx: MountContext) -> Drafts:
-    root = ctx.table[pyfuse3.ROOT_INODE]
+def _drafts(table: InodeTable) -> Drafts:
+    root = table[pyfuse3.ROOT_INODE]
     assert isinstance(root, DraftRootNode)
     return root.drafts
 
@@ -103,8 +101,8 @@ class DraftRootNode(RootNode):
 class DraftCollectionNode(CollectionNode):
     """A collection with its draft folder and writable alias links."""
 
-    def __init__(self, ctx: MountContext, key: tuple[str, ...], info: CollectionInfo):
-        super().__init__(ctx, key, info)
+    def __init__(self, ctx: MountContext, key: Key, info: CollectionInfo, kept: CollectionKept):
+        super().__init__(ctx, key, info, kept)
         self.pending: dict[str, str] = {}  # links being made by `ln -sfn`: name -> target
 
     async def _draft(self) -> DraftNode:
@@ -112,14 +110,14 @@ class DraftCollectionNode(CollectionNode):
         stays listable while the store is unreachable)."""
         versions = (await self.state()).versions
         latest = max(versions) if versions else None
-        drafts = _drafts(self.ctx)
+        drafts = _drafts(self.table)
         live = drafts.live.get(self.name)
         if live is None:
             live = await drafts.get(self.name, self.info.type, None if latest is None else await self._version(latest))
         await live.follow(latest, self._version)
         root = live.draft.root
         attr = await live.read(filedata.attributes, live.draft, root)
-        node = self.ctx.make("draft", ("draft", self.name, str(root.token)), live, root, attr)
+        node = self.table.make("draft", ("draft", self.name, str(root.token)), live, root, attr)
         assert isinstance(node, DraftNode)
         node.attr = attr
         return node
@@ -135,7 +133,7 @@ class DraftCollectionNode(CollectionNode):
         if name == DRAFT and not self.info.portfolio:  # a portfolio holds links, not drafts
             return await self._draft()
         if name in self.pending:
-            return self.ctx.make("link", ("link", self.name, name), self.pending[name])
+            return self.table.make("link", ("link", self.name, name), self.pending[name])
         return await super().lookup(name)
 
     async def children(self) -> Sequence[tuple[str, Node]]:
@@ -160,7 +158,7 @@ class DraftCollectionNode(CollectionNode):
         version = await self.ctx.run(reg.resolve, project, self.name, ref)
         await self.ctx.run(reg.set_alias, project, self.name, alias, version)
         await self.state(0)
-        node = self.ctx.make("alias", ("alias", self.name, alias), self, alias)
+        node = self.table.make("alias", ("alias", self.name, alias), self, alias)
         assert isinstance(node, AliasNode)
         await node.target()
         return node
@@ -172,7 +170,7 @@ class DraftCollectionNode(CollectionNode):
         if ":" in name or name == DRAFT or name in self.pending:
             raise fuse_error(errno.EEXIST if name == DRAFT or name in self.pending else errno.EPERM)
         self.pending[name] = target
-        return self.ctx.make("link", ("link", self.name, name), target)
+        return self.table.make("link", ("link", self.name, name), target)
 
     async def rename(self, name: str, new_parent: Node, new_name: str, flags: int) -> None:
         alias = self._alias_of(new_name)
@@ -194,7 +192,7 @@ class DraftCollectionNode(CollectionNode):
     # -- the type of a collection not committed yet ---------------------------------------
     async def xattrs(self) -> dict[str, bytes]:
         out = await super().xattrs()
-        live = _drafts(self.ctx).live.get(self.name)
+        live = _drafts(self.table).live.get(self.name)
         if live is not None and live.draft.state.base is None:
             out[TYPE_XATTR] = live.draft.state.type.encode()
         return out
@@ -205,26 +203,26 @@ class DraftCollectionNode(CollectionNode):
         await (await self._draft()).set_type(value.decode())
 
 
-def install(daemon: "Daemon", default_type: str) -> None:
-    """Make the mount of `daemon` writable through drafts."""
-    ctx = daemon.ctx
+def install(parts: MountParts, default_type: str) -> None:
+    """Make the mount writable through drafts."""
+    ctx, table = parts.ctx, parts.table
     drafts = Drafts(ctx, default_type)
-    ctx.node_classes.update(root=DraftRootNode, collection=DraftCollectionNode, draft=DraftNode,
-                            link=SymlinkNode)  # link: the temporary symlink `ln -sfn` makes before its rename
+    table.kinds.update(root=DraftRootNode, collection=DraftCollectionNode, draft=DraftNode,
+                       link=SymlinkNode)  # link: the temporary symlink `ln -sfn` makes before its rename
     root = DraftRootNode(ctx, ("root",))
     root.drafts = drafts
-    root.control = control_address(daemon.opts.mountpoint)
-    ctx.table.set_root(root)
+    root.control = control_address(parts.opts.mountpoint)
+    table.set_root(root)
     server = ControlServer(drafts, root.control)
 
     async def invalidate(changed: list[Inode], live: LiveDraft) -> None:
         """After a commit: show the new version at once, and drop cached pages of
         draft files whose content moved with the base (another writer's files)."""
         await root.collections(0)
-        coll = ctx.table.find(("coll", live.name))
+        coll = table.find(("coll", live.name))
         if isinstance(coll, CollectionNode):
             await coll.state(0)
-        nodes = [ctx.table.find(("draft", live.name, str(ino.token))) for ino in changed]
+        nodes = [table.find(("draft", live.name, str(ino.token))) for ino in changed]
         inodes = [node.ino for node in nodes if node is not None]
         if inodes:
             await ctx.run(_invalidate, inodes)  # one worker-thread trip for all of them
@@ -242,8 +240,8 @@ def install(daemon: "Daemon", default_type: str) -> None:
         log.info("at unmount: %s", "; ".join(lines) if lines else "no draft had changes")
         drafts.close()
 
-    daemon.services.append(server.serve)
-    daemon.shutdown_hooks.append(commit_at_exit)
+    parts.services.append(server.serve)
+    parts.shutdown_hooks.append(commit_at_exit)
 
 
 def _invalidate(inodes: list[int]) -> None:

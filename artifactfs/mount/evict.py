@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from .inodes import InodeTable
-from .options import DEFAULT_INODE_LIMIT
+from .threads import Threads
 
 log = logging.getLogger("artifactfs.mount")
 PERIOD = 0.2  # seconds between checks of the inode count
@@ -44,10 +44,10 @@ def _malloc_trim() -> Callable[[], None]:
 class InodeLimit:
     """Keeps the number of live inodes near `limit` (0: no limit)."""
 
-    def __init__(self, table: InodeTable, limit: int = DEFAULT_INODE_LIMIT,
-                 invalidate: Invalidate = _invalidate):
+    def __init__(self, table: InodeTable, limit: int, threads: Threads, invalidate: Invalidate = _invalidate):
         self.table = table
         self.limit = limit
+        self._threads = threads
         self._invalidate = invalidate
         self._trim = _malloc_trim()
         self.evicted = 0  # folders invalidated so far (stats)
@@ -76,5 +76,5 @@ class InodeLimit:
                 continue
             if peak - live > max(10_000, peak // 2):  # a walk was forgotten (drop_caches, eviction)
                 self.table.compact()
-                await trio.to_thread.run_sync(self._trim)
+                await self._threads.run(self._trim)
                 peak = live

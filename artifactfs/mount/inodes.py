@@ -6,48 +6,29 @@ mounts) without a table that grows forever: node objects are dropped when the
 kernel forgets them and re-made with the same number on the next lookup.
 
 A Node answers the requests ops.py dispatches to it.  Every write-like request
-defaults to EROFS; node kinds that accept writes (drafts) override them."""
+defaults to EROFS; node kinds that accept writes (drafts) override them.  Nodes
+are made by kind name (InodeTable.make), so the drafts layer can swap in its
+subclasses before the mount starts."""
 from __future__ import annotations
 
 import errno
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import pyfuse3
 import xxhash
 
-if TYPE_CHECKING:
-    from .context import MountContext
+from .context import MountContext
+from .errnos import fuse_error
+from .handles import Handle
 
+Key = tuple[str, ...]
 LONG_TIMEOUT = 24 * 3600.0   # immutable version contents
 SHORT_TIMEOUT = 1.0          # collections and aliases change under us
 BLKSIZE = 128 * 1024
 _INO_MASK = (1 << 63) - 1
-
-
-def fuse_error(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
-
-
-class Handle:
-    """An open file; ops.py keeps it under its fh until release."""
-
-    keep_cache = False  # may the kernel keep cached pages across opens?
-    direct_io = False
-
-    async def read(self, off: int, size: int) -> bytes | memoryview:
-        raise fuse_error(errno.EBADF)
-
-    async def write(self, off: int, buf: bytes) -> int:
-        raise fuse_error(errno.EBADF)
-
-    async def fsync(self, datasync: bool) -> None:
-        pass
-
-    async def release(self) -> None:
-        pass
 
 
 class Node:
@@ -56,8 +37,9 @@ class Node:
     mode = stat.S_IFREG | 0o444
     timeout = SHORT_TIMEOUT
     evictable = False  # a folder the inode soft limit may ask the kernel to forget (evict.py)
+    table: "InodeTable"  # set by the table that holds the node (InodeTable.node, set_root)
 
-    def __init__(self, ctx: "MountContext", key: tuple[str, ...]):
+    def __init__(self, ctx: MountContext, key: Key):
         self.ctx = ctx
         self.key = key
         self.ino = 0  # set by InodeTable.node()
@@ -144,11 +126,15 @@ class Node:
     async def rename(self, name: str, new_parent: "Node", new_name: str, flags: int) -> None:
         raise fuse_error(errno.EROFS)
 
+    # -- the filesystem (asked of the root) ---------------------------------------------
+    async def statfs(self) -> pyfuse3.StatvfsData:
+        raise fuse_error(errno.ENOSYS)
+
 
 N = TypeVar("N", bound=Node)
 
 
-def ino_of(key: tuple[str, ...]) -> int:
+def ino_of(key: Key) -> int:
     """A stable 63-bit inode number for a key (never 0 or the root's 1)."""
     ino = xxhash.xxh3_64_intdigest("\0".join(key).encode()) & _INO_MASK
     return ino if ino > pyfuse3.ROOT_INODE else ino + 2
@@ -157,11 +143,15 @@ def ino_of(key: tuple[str, ...]) -> int:
 class InodeTable:
     """Live nodes by inode number, with the kernel's lookup counts, and the
     evictable folders the kernel holds, least recently used first (with the
-    parent inode and name the kernel knows each by)."""
+    parent inode and name the kernel knows each by).  `kinds` maps a kind name
+    ("root", "collection", "version", "dir", "file", "alias", ...) to the Node
+    class make() builds for it, with the mount's context."""
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: MountContext, kinds: dict[str, type[Node]] | None = None) -> None:
+        self.ctx = ctx
+        self.kinds: dict[str, type[Node]] = dict(kinds or {})
         self._nodes: dict[int, Node] = {}
-        self._by_key: dict[tuple[str, ...], Node] = {}
+        self._by_key: dict[Key, Node] = {}
         self._lookups: dict[int, int] = {}
         self._folders: OrderedDict[int, tuple[int, str]] = OrderedDict()
 
@@ -170,10 +160,16 @@ class InodeTable:
 
     def set_root(self, root: Node) -> None:
         root.ino = pyfuse3.ROOT_INODE
+        root.table = self
         self._nodes[root.ino] = root
         self._by_key[root.key] = root
 
-    def node(self, key: tuple[str, ...], make: Callable[[], N]) -> N:
+    def make(self, kind: str, key: Key, *args: object) -> Node:
+        """The live node for `key`, created as kinds[kind](ctx, key, *args)."""
+        cls = self.kinds[kind]
+        return self.node(key, lambda: cls(self.ctx, key, *args))  # type: ignore[call-arg]
+
+    def node(self, key: Key, make: Callable[[], N]) -> N:
         """The live node for `key`, or a new one from make() (which must carry that key)."""
         found = self._by_key.get(key)
         if found is not None:
@@ -183,6 +179,7 @@ class InodeTable:
         while ino in self._nodes:  # a 64-bit hash collision: astronomically rare
             ino = (ino + 1) & _INO_MASK or 2
         node.ino = ino
+        node.table = self
         self._nodes[ino] = node
         self._by_key[key] = node
         return node
@@ -196,7 +193,7 @@ class InodeTable:
     def get(self, ino: int) -> Node | None:
         return self._nodes.get(ino)
 
-    def find(self, key: tuple[str, ...]) -> Node | None:
+    def find(self, key: Key) -> Node | None:
         """The live node for `key`, without making one."""
         return self._by_key.get(key)
 
@@ -230,7 +227,7 @@ class InodeTable:
     def coldest_folders(self, n: int) -> list[tuple[int, str]]:
         """Up to n evictable folders used least recently, as (parent inode, name);
         they are no longer tracked (a later use tracks them again)."""
-        out = []
+        out: list[tuple[int, str]] = []
         while self._folders and len(out) < n:
             out.append(self._folders.popitem(last=False)[1])
         return out
@@ -264,7 +261,7 @@ class SymlinkNode(Node):
 
     mode = stat.S_IFLNK | 0o777
 
-    def __init__(self, ctx: "MountContext", key: tuple[str, ...], target: str):
+    def __init__(self, ctx: MountContext, key: Key, target: str):
         super().__init__(ctx, key)
         self.target = target
 

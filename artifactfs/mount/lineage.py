@@ -1,4 +1,4 @@
-"""Lineage seen by the mount, with no change to the programs (issue 11).
+"""Lineage seen by the mount, with no change to the programs.
 
 The first time a process (the FUSE request's pid) opens a file of a version, a
 use is queued: its run record is read from /proc at that moment, while the
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -25,9 +24,7 @@ from ..registry.runinfo import RunRecord, process_run
 from .context import MountContext
 from .inodes import Node
 from .nodes import VersionFileNode
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .parts import MountParts
 
 log = logging.getLogger("artifactfs.mount")
 FLUSH_EVERY = 1.0
@@ -96,10 +93,10 @@ class UseRecorder:
             await self.flush()
 
 
-def install(daemon: "Daemon") -> None:
+def install(parts: MountParts) -> None:
     """Record uses and draft writers through this mount."""
-    recorder = UseRecorder(daemon.ctx)
-    daemon.ctx.on_open.append(recorder.opened)
-    daemon.ctx.registry.producer = recorder.producer
-    daemon.services.append(recorder.serve)
-    daemon.shutdown_hooks.insert(0, recorder.flush)
+    recorder = UseRecorder(parts.ctx)
+    parts.ops.on_open.append(recorder.opened)
+    parts.ctx.registry.producer = recorder.producer
+    parts.services.append(recorder.serve)
+    parts.shutdown_hooks.insert(0, recorder.flush)

@@ -1,48 +1,39 @@
 """pyfuse3.Operations for the mount: look the inode up, call the node, map
-errors to errno.  No filesystem logic lives here; it is in the node kinds."""
+errors to errno (errnos.py).  No filesystem logic lives here; it is in the node
+kinds."""
 from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyfuse3
 
 from ..drafts.posixnames import NAME_MAX
-from ..errors import ArtifactfsError, ConflictError, NotFoundError, UsageError
-from .context import CALLER, MountContext
-from .inodes import Handle, Node
+from .context import CALLER
+from .errnos import to_fuse_error
+from .handles import Handle
+from .inodes import InodeTable, Node
 
-log = logging.getLogger("artifactfs.mount")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+OpenHook = Callable[[Node, int, int], None]
+DirReply = Callable[[bytes, pyfuse3.EntryAttributes, int], bool]
 
 
-def to_fuse_error(e: BaseException, op: str) -> pyfuse3.FUSEError:
-    """The errno a program sees for an exception raised while serving `op`."""
-    if isinstance(e, pyfuse3.FUSEError):
-        return e
-    if isinstance(e, NotFoundError):
-        return pyfuse3.FUSEError(errno.ENOENT)
-    if isinstance(e, UsageError):
-        return pyfuse3.FUSEError(errno.EINVAL)
-    if isinstance(e, ConflictError):
-        log.error("%s: %s", op, e)
-        return pyfuse3.FUSEError(errno.EBUSY)
-    if isinstance(e, ArtifactfsError):  # store unreachable, corrupt data: never wrong bytes
-        log.error("%s: %s", op, e)
-        return pyfuse3.FUSEError(errno.EIO)
-    if isinstance(e, OSError) and e.errno:
-        if e.errno == errno.EIO:
-            log.error("%s: %s", op, e)
-        return pyfuse3.FUSEError(e.errno)
-    log.exception("%s: unexpected error", op)
-    return pyfuse3.FUSEError(errno.EIO)
+@dataclass(frozen=True)
+class OpenDir:
+    """A directory opened by opendir: its inode and its entries as listed then."""
+
+    inode: int
+    entries: Sequence[tuple[str, Node]]
 
 
 def _mapped(fn: F) -> F:
+    """An Operations method: the caller recorded for the request's task (CALLER),
+    any exception turned into the errno the program sees (errnos.to_fuse_error)."""
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
         if args and isinstance(args[-1], pyfuse3.RequestContext):
@@ -57,12 +48,12 @@ def _mapped(fn: F) -> F:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
 
-    def __init__(self, ctx: MountContext):
+    def __init__(self, table: InodeTable):
         super().__init__()
-        self.table = ctx.table
-        self._on_open = ctx.on_open
+        self.table = table
+        self.on_open: list[OpenHook] = []  # hook(node, pid, flags) after each open/create is answered (lineage.py)
         self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, tuple[int, Sequence[tuple[str, Node]]]] = {}  # fh -> (inode, entries)
+        self._dirs: dict[int, OpenDir] = {}
         self._next_fh = 1
 
     def _fh(self) -> int:
@@ -107,20 +98,26 @@ class Operations(pyfuse3.Operations):
     @_mapped
     async def opendir(self, inode: int, ctx: Any) -> int:
         fh = self._fh()
-        self._dirs[fh] = (inode, await self.table[inode].children())
+        self._dirs[fh] = OpenDir(inode, await self.table[inode].children())
         self.table.used(inode, "")
         return fh
 
     @_mapped
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        inode, entries = self._dirs[fh]
-        for i in range(start_id, len(entries)):
-            name, node = entries[i]
+        self.list_dir(fh, start_id, lambda name, attrs, next_id: pyfuse3.readdir_reply(token, name, attrs, next_id))
+
+    def list_dir(self, fh: int, start_id: int, reply: DirReply) -> None:
+        """Hand the entries of open directory `fh` from index `start_id` on to
+        reply(name, attributes, next index) until it returns False (the kernel's
+        buffer is full); each entry taken counts as a lookup (readdirplus)."""
+        listing = self._dirs[fh]
+        for i in range(start_id, len(listing.entries)):
+            name, node = listing.entries[i]
             node = self.table.live(node)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), node.attributes(), i + 1):
+            if not reply(os.fsencode(name), node.attributes(), i + 1):
                 return
             self.table.remember(node)
-            self.table.used(inode, name, node)
+            self.table.used(listing.inode, name, node)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -130,7 +127,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         node = self.table[inode]
         handle = await node.open(flags)
-        for hook in self._on_open:
+        for hook in self.on_open:
             hook(node, ctx.pid, flags)
         fh = self._fh()
         self._handles[fh] = handle
@@ -166,7 +163,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node, handle = await self.table[parent_inode].create(os.fsdecode(name), mode, flags)
-        for hook in self._on_open:
+        for hook in self.on_open:
             hook(node, ctx.pid, flags)
         fh = self._fh()
         self._handles[fh] = handle
@@ -231,4 +228,4 @@ class Operations(pyfuse3.Operations):
     # -- the filesystem ------------------------------------------------------------------
     @_mapped
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
-        return await self.table[pyfuse3.ROOT_INODE].statfs()  # type: ignore[attr-defined]
+        return await self.table[pyfuse3.ROOT_INODE].statfs()

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 DEFAULT_MEMORY = 256 * 1024 * 1024
 DEFAULT_INODE_LIMIT = 100_000  # live inodes before the coldest version folders are forgotten (evict.py)
+DEFAULT_THREADS = 16  # worker threads for blocking calls: store, cache, drafts (threads.py)
 
 
 @dataclass
@@ -19,6 +20,7 @@ class MountOptions:
     refresh: float = 5.0
     memory: int = DEFAULT_MEMORY
     inode_limit: int = DEFAULT_INODE_LIMIT
+    threads: int = DEFAULT_THREADS
     foreground: bool = False
     allow_other: bool = False
     read_only: bool = False

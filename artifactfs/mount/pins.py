@@ -9,28 +9,26 @@ import logging
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
 from ..errors import ArtifactfsError
 from ..registry.gcstate import drop_pin, write_pin
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .draftroot import DraftRootNode
+from .parts import MountParts
 
 log = logging.getLogger("artifactfs.mount")
 CHECK_EVERY = 5.0
 REFRESH_EVERY = 600.0
 
 
-def install(daemon: "Daemon") -> None:
-    """Pin the bases of the drafts of a writable mount (call after the drafts layer)."""
-    ctx = daemon.ctx
-    drafts = getattr(ctx.table[pyfuse3.ROOT_INODE], "drafts", None)
-    if drafts is None:
+def install(parts: MountParts) -> None:
+    """Pin the bases of the drafts of a writable mount (call after draftroot.install)."""
+    ctx, root = parts.ctx, parts.table[pyfuse3.ROOT_INODE]
+    if not isinstance(root, DraftRootNode):
         return  # read-only: no drafts
+    drafts = root.drafts
     pin_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
     pinned: set[str] = set()
     written = 0.0
@@ -38,7 +36,7 @@ def install(daemon: "Daemon") -> None:
     async def keep() -> None:
         nonlocal pinned, written
         while True:
-            roots = {live.draft.state.base_root for live in list(drafts.live.values())} - {None}
+            roots = {root for live in list(drafts.live.values()) if (root := live.draft.state.base_root) is not None}
             if roots != pinned or time.monotonic() - written > REFRESH_EVERY:
                 try:
                     await ctx.run(write_pin, ctx.registry.store, pin_id, roots)
@@ -53,5 +51,5 @@ def install(daemon: "Daemon") -> None:
         except (ArtifactfsError, OSError) as e:
             log.warning("could not remove this mount's pin: %s", e)
 
-    daemon.services.append(keep)
-    daemon.shutdown_hooks.append(unpin)
+    parts.services.append(keep)
+    parts.shutdown_hooks.append(unpin)

@@ -16,26 +16,23 @@ import errno
 import logging
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import pyfuse3
+from dataclasses import dataclass, field
 
 from ..api.links import REGISTRY_PROJECT
 from ..errors import ArtifactfsError
 from ..registry.versions import Registry
 from .context import MountContext
-from .inodes import Node, SymlinkNode, fuse_error
-
-if TYPE_CHECKING:
-    from .nodes import CollectionNode, CollectionState
+from .errnos import fuse_error
+from .inodes import InodeTable, Key, Node, SymlinkNode
+from .refreshing import Refreshing
 
 REGISTRY_DIR = REGISTRY_PROJECT
 log = logging.getLogger("artifactfs.mount")
+LinkRecords = dict[int, dict | None]  # version -> its link record (None: not a link); records never change
 
 
 def link_targets(registry: Registry, project: str, portfolio: str, versions: set[int],
-                 known: dict[int, dict | None]) -> dict[int, tuple[str, str, int]]:
+                 known: LinkRecords) -> dict[int, tuple[str, str, int]]:
     """version -> (source project, collection, version) of a portfolio's links.  Link
     records never change: `known` keeps them across refreshes."""
     out = {}
@@ -49,27 +46,11 @@ def link_targets(registry: Registry, project: str, portfolio: str, versions: set
 
 
 def portfolio_links(registry: Registry, project: str, portfolio: str, versions: set[int],
-                    known: dict[int, dict | None], mounted: str, up: str = "../") -> dict[int, str]:
+                    known: LinkRecords, mounted: str, up: str = "../") -> dict[int, str]:
     """version -> symlink target, for the links whose source is in the `mounted` project;
     `up` leads from the portfolio's folder to the mount's root."""
     return {n: f"{up}{c}/{c}:v{m}" for n, (p, c, m) in link_targets(registry, project, portfolio, versions, known).items()
             if p == mounted}
-
-
-def forget_removed(node: "CollectionNode", st: "CollectionState", separators: tuple[str, ...]) -> None:
-    """Drop the kernel's dentries of versions that left the listing (deleted), in
-    each spelling (`NAME:vN`, `NAME@vN`)."""
-    seen: dict[str, set[int]] = node.ctx.keep(("listed",), dict)
-    before = seen.get(node.name)
-    seen[node.name] = st.versions
-    if before is None or before is st.versions:
-        return
-    for n in before - st.versions:
-        for sep in separators:
-            try:
-                pyfuse3.invalidate_entry_async(node.ino, f"{node.name}{sep}v{n}".encode())
-            except (OSError, RuntimeError):
-                pass  # the kernel never looked it up, or the session is ending
 
 
 @dataclass
@@ -78,27 +59,32 @@ class ModelState:
     aliases: dict[str, int]
 
 
+@dataclass
+class RegistryKept:
+    """What the mount keeps of model-registry/ beyond its nodes' lives (the kernel
+    forgets nodes; listings seen last must survive, e.g. while the store is
+    unreachable).  The root node owns it."""
+
+    models: Refreshing[list[str]] | None = None  # the models with links into the mounted project
+    known: dict[str, LinkRecords] = field(default_factory=dict)  # by model
+    states: dict[str, Refreshing[ModelState]] = field(default_factory=dict)  # by model
+
+
 class ModelNode(Node):
     """model-registry/<m>/: links to versions of the mounted project, and aliases."""
 
     mode = stat.S_IFDIR | 0o555
 
-    def __init__(self, ctx: MountContext, key: tuple[str, ...]):
+    def __init__(self, ctx: MountContext, key: Key, kept: RegistryKept):
         super().__init__(ctx, key)
-        self.name = key[1]
-        self.known: dict[int, dict | None] = ctx.keep(("mreg-known", self.name), dict)
-
-    def _fetch(self) -> ModelState:
-        reg = self.ctx.registry
-        versions = set(reg.versions(REGISTRY_PROJECT, self.name))
-        links = portfolio_links(reg, REGISTRY_PROJECT, self.name, versions, self.known, self.ctx.project, "../../")
-        aliases = {a: n for a, n in reg.aliases(REGISTRY_PROJECT, self.name).items() if n in links}
-        return ModelState(links, aliases)
+        self.name = name = key[1]
+        known = kept.known.setdefault(name, {})
+        if name not in kept.states:
+            kept.states[name] = Refreshing(lambda: _model_state(ctx.registry, name, known, ctx.project), ctx.threads)
+        self._state = kept.states[name]
 
     async def state(self) -> ModelState:
-        from .nodes import Refreshing  # the read path's refresh policy
-        refreshing = self.ctx.keep(("mreg-state", self.name), lambda: Refreshing(self._fetch))
-        return await refreshing.get(self.ctx, self.ctx.refresh)
+        return await self._state.get(self.ctx.refresh)
 
     def _entries(self, st: ModelState) -> dict[str, str]:
         out = {f"{self.name}:v{n}": t for n, t in st.links.items()}
@@ -109,11 +95,12 @@ class ModelNode(Node):
         target = self._entries(await self.state()).get(name)
         if target is None:
             raise fuse_error(errno.ENOENT)
-        return self.ctx.make("fixed-link", ("mreg", self.name, name), target)
+        return self.table.make("fixed-link", ("mreg", self.name, name), target)
 
     async def children(self) -> Sequence[tuple[str, Node]]:
         entries = self._entries(await self.state())
-        return [(name, self.ctx.make("fixed-link", ("mreg", self.name, name), entries[name])) for name in sorted(entries)]
+        return [(name, self.table.make("fixed-link", ("mreg", self.name, name), entries[name]))
+                for name in sorted(entries)]
 
 
 class RegistryNode(Node):
@@ -121,35 +108,51 @@ class RegistryNode(Node):
 
     mode = stat.S_IFDIR | 0o555
 
-    def _fetch(self) -> list[str]:
-        reg = self.ctx.registry
-        out = []
-        for coll in reg.collections(REGISTRY_PROJECT):
-            known: dict[int, dict | None] = self.ctx.keep(("mreg-known", coll.name), dict)
-            versions = set(reg.versions(REGISTRY_PROJECT, coll.name))
-            if portfolio_links(reg, REGISTRY_PROJECT, coll.name, versions, known, self.ctx.project):
-                out.append(coll.name)
-        return sorted(out)
+    def __init__(self, ctx: MountContext, key: Key, kept: RegistryKept):
+        super().__init__(ctx, key)
+        self.kept = kept
+        if kept.models is None:
+            kept.models = Refreshing(lambda: _models(ctx.registry, kept.known, ctx.project), ctx.threads)
+        self._models = kept.models
 
     async def models(self) -> list[str]:
-        from .nodes import Refreshing
-        refreshing = self.ctx.keep(("mreg-models",), lambda: Refreshing(self._fetch))
-        return await refreshing.get(self.ctx, self.ctx.refresh)
+        return await self._models.get(self.ctx.refresh)
+
+    def _model(self, name: str) -> Node:
+        return self.table.make("model", ("mreg", name), self.kept)
 
     async def lookup(self, name: str) -> Node:
         if name not in await self.models():
             raise fuse_error(errno.ENOENT)
-        return self.ctx.make("model", ("mreg", name))
+        return self._model(name)
 
     async def children(self) -> Sequence[tuple[str, Node]]:
-        return [(name, self.ctx.make("model", ("mreg", name))) for name in await self.models()]
+        return [(name, self._model(name)) for name in await self.models()]
 
 
-async def registry_entry(ctx: MountContext, collections: dict) -> tuple[str, Node] | None:
+def _models(reg: Registry, known: dict[str, LinkRecords], mounted: str) -> list[str]:
+    """Blocking: the registered models with a link into the `mounted` project."""
+    out = []
+    for coll in reg.collections(REGISTRY_PROJECT):
+        versions = set(reg.versions(REGISTRY_PROJECT, coll.name))
+        if portfolio_links(reg, REGISTRY_PROJECT, coll.name, versions, known.setdefault(coll.name, {}), mounted):
+            out.append(coll.name)
+    return sorted(out)
+
+
+def _model_state(reg: Registry, name: str, known: LinkRecords, mounted: str) -> ModelState:
+    """Blocking: a model's links into the `mounted` project, and its aliases of them."""
+    versions = set(reg.versions(REGISTRY_PROJECT, name))
+    links = portfolio_links(reg, REGISTRY_PROJECT, name, versions, known, mounted, "../../")
+    aliases = {a: n for a, n in reg.aliases(REGISTRY_PROJECT, name).items() if n in links}
+    return ModelState(links, aliases)
+
+
+async def registry_entry(table: InodeTable, kept: RegistryKept, collections: dict) -> tuple[str, Node] | None:
     """('model-registry', node) for the root, when the registry has models to show."""
     if REGISTRY_DIR in collections:
         return None
-    node = ctx.make("registry", ("mreg",))
+    node = table.make("registry", ("mreg",), kept)
     assert isinstance(node, RegistryNode)
     try:
         models = await node.models()

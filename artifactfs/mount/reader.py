@@ -14,15 +14,16 @@ import errno
 import logging
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 
+from ..chunks.cache import ChunkCache
 from ..registry.manifest import CHUNK_SIZE, FileEntry
-from .inodes import Handle
-from .options import DEFAULT_MEMORY
+from .handles import Handle
 from .pagecache import PageFeeder
+from .threads import Threads
 
 log = logging.getLogger("artifactfs.mount")
 
@@ -34,6 +35,18 @@ BEHIND_QUEUE = 65536  # blobs queued for fetch_behind at most; more are not fetc
 # fetch_behind's bytes over the mount's life: a quarter of the RAM, so a dataset far bigger than the page
 # cache is not read twice (fetched pages evicted before the loader gets to them)
 BEHIND_BUDGET = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRequest:
+    """One blob to read: its key (the xxh3-128 of its bytes), its length in bytes,
+    `where` it is read for (collection:vN/path, named in errors), and the inode of
+    the file it is the whole content of, whose page cache then gets the bytes (0: none)."""
+
+    key: str
+    length: int
+    where: str
+    inode: int = 0
 
 
 class _Fetch:
@@ -51,8 +64,7 @@ class _Fetch:
 class ChunkReader:
     """Chunks by blob key, shared by every open file of the mount."""
 
-    def __init__(self, cache: Any, memory_bytes: int = DEFAULT_MEMORY,
-                 run: Callable[..., Any] | None = None, feeder: PageFeeder | None = None):
+    def __init__(self, cache: ChunkCache, memory_bytes: int, threads: Threads, feeder: PageFeeder | None = None):
         self.cache = cache
         self.feeder = feeder
         self.memory_bytes = memory_bytes
@@ -61,9 +73,9 @@ class ChunkReader:
         self._mem: OrderedDict[str, bytes] = OrderedDict()
         self._mem_size = 0
         self._inflight: dict[str, _Fetch] = {}
-        self._run = run or trio.to_thread.run_sync
+        self._threads = threads
         self.nursery: trio.Nursery | None = None  # for read-ahead; set while serving
-        self._behind: deque[tuple[str, int, str, int]] = deque()  # fetch_behind's queue
+        self._behind: deque[ChunkRequest] = deque()  # fetch_behind's queue
         self._behind_running = False
         self._behind_left = BEHIND_BUDGET
         self.counters = {"reads": 0, "read_bytes": 0, "chunk_reads": 0, "memory_hits": 0, "waits": 0, "readahead": 0, "fetch_errors": 0}
@@ -83,7 +95,7 @@ class ChunkReader:
         fetch = self._inflight.get(key)
         if fetch is None:
             fetch = self._start(key)
-            await self._fetch([(key, length, where)], [fetch])
+            await self._fetch([ChunkRequest(key, length, where)], [fetch])
         else:
             self.counters["waits"] += 1
             await fetch.done.wait()
@@ -92,21 +104,21 @@ class ChunkReader:
         assert fetch.data is not None
         return fetch.data
 
-    def prefetch(self, items: Sequence[tuple[str, int, str, int]]) -> None:
-        """Fetch blobs (key, length, where, inode) in the background, in one
-        worker thread, unless in memory or already on their way.  A blob that is
-        a whole file with a non-zero inode also goes into that file's page cache."""
+    def prefetch(self, items: Sequence[ChunkRequest]) -> None:
+        """Fetch blobs in the background, in one worker thread, unless in memory or
+        already on their way.  A blob with a non-zero inode (a whole file) also goes
+        into that file's page cache."""
         todo, fetches = self._claim(items)
         if todo:
             assert self.nursery is not None
             self.nursery.start_soon(self._fetch, todo, fetches)
 
-    def fetch_behind(self, items: Sequence[tuple[str, int, str, int]]) -> None:
+    def fetch_behind(self, items: Sequence[ChunkRequest]) -> None:
         """Like prefetch, but queued and fetched by one task, BEHIND_BATCH blobs per
         worker-thread job, so a long list never keeps more than one thread from the
         reads that programs wait for (and a blob is claimed only when its batch
         starts: a program that wants it sooner fetches it itself)."""
-        size = sum(length for _, length, _, _ in items)
+        size = sum(item.length for item in items)
         if self.nursery is None or len(self._behind) + len(items) > BEHIND_QUEUE or size > self._behind_left:
             return
         self._behind_left -= size
@@ -125,25 +137,25 @@ class ChunkReader:
         finally:
             self._behind_running = False
 
-    def _claim(self, items: Sequence[tuple[str, int, str, int]]) -> tuple[list[tuple[str, int, str]], list[_Fetch]]:
+    def _claim(self, items: Sequence[ChunkRequest]) -> tuple[list[ChunkRequest], list[_Fetch]]:
         """The blobs of `items` to fetch now (registered as on their way); those in
         memory go to the page cache at once, those on their way get the inode added."""
-        todo: list[tuple[str, int, str]] = []
+        todo: list[ChunkRequest] = []
         fetches: list[_Fetch] = []
         feeds: list[tuple[int, bytes]] = []
-        for key, length, where, ino in items:
-            data = self._mem.get(key)
+        for item in items:
+            data = self._mem.get(item.key)
             if data is not None:
-                if ino:
-                    feeds.append((ino, data))
+                if item.inode:
+                    feeds.append((item.inode, data))
                 continue
-            fetch = self._inflight.get(key)
+            fetch = self._inflight.get(item.key)
             if fetch is None and self.nursery is not None:
-                fetch = self._start(key)
-                todo.append((key, length, where))
+                fetch = self._start(item.key)
+                todo.append(item)
                 fetches.append(fetch)
-            if fetch is not None and ino:
-                fetch.inodes.append(ino)
+            if fetch is not None and item.inode:
+                fetch.inodes.append(item.inode)
         self.counters["readahead"] += len(todo)
         self._feed(feeds)
         return todo, fetches
@@ -158,29 +170,29 @@ class ChunkReader:
         self._inflight[key] = fetch
         return fetch
 
-    async def _fetch(self, items: list[tuple[str, int, str]], fetches: list[_Fetch]) -> None:
+    async def _fetch(self, items: list[ChunkRequest], fetches: list[_Fetch]) -> None:
         """Fetch blobs in one worker thread (one thread hop for a batch); each
         result or error is delivered to that blob's waiters."""
         results: list[bytes | BaseException] = []
         try:
-            results = await self._run(self._read_all, items)
+            results = await self._threads.run(self._read_all, items)
         except BaseException:  # cancelled at shutdown: no waiter is left parked
             results = [OSError(errno.EIO, "fetch interrupted by unmount")] * len(items)
             raise
         finally:
             feeds: list[tuple[int, bytes]] = []
-            for (key, _, _), fetch, result in zip(items, fetches, results):
-                self._settle(key, fetch, result)
+            for item, fetch, result in zip(items, fetches, results):
+                self._settle(item.key, fetch, result)
                 if fetch.data is not None:
                     feeds += [(ino, fetch.data) for ino in fetch.inodes]
             self._feed(feeds)
 
-    def _read_all(self, items: list[tuple[str, int, str]]) -> list[bytes | BaseException]:
+    def _read_all(self, items: list[ChunkRequest]) -> list[bytes | BaseException]:
         """Blocking: each blob's bytes, or the error reading it."""
         out: list[bytes | BaseException] = []
-        for key, length, where in items:
+        for item in items:
             try:
-                out.append(self.cache.read_chunk(key, length, where))
+                out.append(self.cache.read_chunk(item.key, item.length, item.where))
             except Exception as e:
                 out.append(e)
         return out
@@ -265,5 +277,5 @@ class FileReader(Handle):
         last = min(index + self.reader.readahead, len(self.entry.chunks) - 1)
         for i in range(max(self._ahead, index + 1), last + 1):
             _, length = self.entry.chunk_span(i)
-            self.reader.prefetch([(self.entry.chunks[i], length, self.where, 0)])
+            self.reader.prefetch([ChunkRequest(self.entry.chunks[i], length, self.where)])
         self._ahead = max(self._ahead, last + 1)

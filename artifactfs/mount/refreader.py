@@ -9,7 +9,7 @@ from ..chunks.references import Source, open_source
 from ..errors import ArtifactfsError
 from ..registry.manifest import CHUNK_SIZE, FileEntry
 from .context import MountContext
-from .inodes import Handle
+from .handles import Handle
 
 
 class ReferenceReader(Handle):

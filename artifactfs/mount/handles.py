@@ -1,0 +1,29 @@
+"""The base class of open files: what ops.py keeps under a file handle (fh)
+from open/create until release.  Handles that read version contents are in
+reader.py and refreader.py, the draft files' in draftnodes.py."""
+from __future__ import annotations
+
+import errno
+
+from .errnos import fuse_error
+
+
+class Handle:
+    """An open file.  Requests a handle kind does not support answer EBADF."""
+
+    keep_cache = False  # may the kernel keep cached pages across opens?
+    direct_io = False
+
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        """Up to `size` bytes at offset `off` (fewer only at the end of the file)."""
+        raise fuse_error(errno.EBADF)
+
+    async def write(self, off: int, buf: bytes) -> int:
+        """Write `buf` at offset `off`; the number of bytes written."""
+        raise fuse_error(errno.EBADF)
+
+    async def fsync(self, datasync: bool) -> None:
+        pass
+
+    async def release(self) -> None:
+        pass

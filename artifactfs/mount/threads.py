@@ -1,0 +1,34 @@
+"""The one pool of worker threads of a mount.
+
+Every blocking call the daemon makes (store and cache reads, chunk fetches,
+draft engine calls, disk and kernel calls that may wait) runs in a worker
+thread through `Threads.run`, never on the trio loop, and every such thread is
+counted by one CapacityLimiter sized by the mount option `--threads`
+(MountOptions.threads).  The one exception is pagecache.PageFeeder's own
+thread: its stores wait for the loop, so they must not hold a pool thread."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class Threads:
+    """Worker threads for blocking calls, at most `size` at a time."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"a mount needs at least one worker thread, not {size}")
+        self.limiter = trio.CapacityLimiter(size)
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """fn(*args) in a worker thread (waiting for a free one); its result or exception."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def stats(self) -> dict[str, int]:
+        """Threads busy now and callers waiting for one (the stats xattr)."""
+        return {"threads": int(self.limiter.total_tokens), "threads_busy": self.limiter.borrowed_tokens,
+                "threads_waiting": self.limiter.statistics().tasks_waiting}
