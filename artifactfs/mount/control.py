@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import struct
-from typing import Any
 
 import trio
 import xxhash
@@ -40,7 +39,7 @@ def control_address(mountpoint: str) -> str:
     return path if len(os.fsencode(path)) <= SUN_PATH_MAX else f"@artifactfs-{os.getuid()}-{key}"
 
 
-def _peer_uid(sock: Any) -> int:
+def _peer_uid(sock: trio.socket.SocketType) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
 

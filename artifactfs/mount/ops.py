@@ -67,7 +67,7 @@ class Operations(pyfuse3.Operations):
 
     # -- names -----------------------------------------------------------------------
     @_mapped
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         text = os.fsdecode(name)
@@ -82,21 +82,21 @@ class Operations(pyfuse3.Operations):
             self.table.forget(ino, n)
 
     @_mapped
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return await self.table[inode].getattr()
 
     @_mapped
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self.table[inode].setattr(attr, fields, fh)
 
     @_mapped
-    async def readlink(self, inode: int, ctx: Any) -> bytes:
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         return os.fsencode(await self.table[inode].readlink())
 
     # -- directories -------------------------------------------------------------------
     @_mapped
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         fh = self._fh()
         self._dirs[fh] = OpenDir(inode, await self.table[inode].children())
         self.table.used(inode, "")
@@ -124,7 +124,7 @@ class Operations(pyfuse3.Operations):
 
     # -- files -----------------------------------------------------------------------
     @_mapped
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.table[inode]
         handle = await node.open(flags)
         for hook in self.on_open:
@@ -161,7 +161,7 @@ class Operations(pyfuse3.Operations):
     # -- changes: EROFS unless the node kind accepts them ---------------------------------
     @_mapped
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node, handle = await self.table[parent_inode].create(os.fsdecode(name), mode, flags)
         for hook in self.on_open:
             hook(node, ctx.pid, flags)
@@ -172,60 +172,60 @@ class Operations(pyfuse3.Operations):
 
     @_mapped
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: Any) -> pyfuse3.EntryAttributes:
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(await self.table[parent_inode].mknod(os.fsdecode(name), mode, rdev))
 
     @_mapped
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(await self.table[parent_inode].mkdir(os.fsdecode(name), mode))
 
     @_mapped
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: Any) -> pyfuse3.EntryAttributes:
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = await self.table[parent_inode].symlink(os.fsdecode(name), os.fsdecode(target))
         return self._entry(node)
 
     @_mapped
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: Any) -> pyfuse3.EntryAttributes:
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = await self.table[new_parent_inode].link(self.table[inode], os.fsdecode(new_name))
         return self._entry(node)
 
     @_mapped
-    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.table[parent_inode].unlink(os.fsdecode(name))
 
     @_mapped
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.table[parent_inode].rmdir(os.fsdecode(name))
 
     @_mapped
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: Any) -> None:
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         await self.table[parent_inode_old].rename(
             os.fsdecode(name_old), self.table[parent_inode_new], os.fsdecode(name_new), flags)
 
     # -- extended attributes -------------------------------------------------------------
     @_mapped
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         value = (await self.table[inode].xattrs()).get(os.fsdecode(name))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @_mapped
-    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return [os.fsencode(n) for n in await self.table[inode].xattrs()]
 
     @_mapped
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.table[inode].setxattr(os.fsdecode(name), value)
 
     @_mapped
-    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.table[inode].removexattr(os.fsdecode(name))
 
     # -- the filesystem ------------------------------------------------------------------
     @_mapped
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         return await self.table[pyfuse3.ROOT_INODE].statfs()
