@@ -13,6 +13,7 @@ is needed for that."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -127,7 +128,8 @@ def test_lookup_getattr_open_read_through_operations(store, tmp_path):
         data = await read_all(parts, attrs.st_ino, BIG)
         entry = reg.lookup(reg.get(PROJECT, "c", "v0").root, "big.bin")
         assert len(data) == BIG and len(entry.chunks) == 4
-        assert parts.ctx.reader.counters["read_bytes"] == BIG
+        stats = json.loads(await parts.ops.getxattr(pyfuse3.ROOT_INODE, b"user.artifactfs.stats", _ctx()))
+        assert stats["read_bytes"] == BIG and stats["threads"] == 4 and stats["threads_busy"] == 0
         link = await lookup_path(parts, "c", "c:v0", "link")
         assert await parts.ops.readlink(link.st_ino, _ctx()) == b"README.md"
         alias = await lookup_path(parts, "c", "c:latest")
