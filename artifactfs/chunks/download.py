@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 import xxhash
 
@@ -117,7 +119,7 @@ def _temp_name() -> str:
 
 
 def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str, entry: FileEntry,
-               progress: Progress | None) -> None:
+               progress: Progress | None, stop: threading.Event) -> None:
     """Write one verified file as `name` in dir_fd, atomically (temp file, then rename)."""
     if _existing_matches(dir_fd, name, where, entry):
         if progress:
@@ -128,6 +130,8 @@ def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str
                  0o755 if entry.executable else 0o644, dir_fd=dir_fd)
     try:
         for view in _pieces(registry, entry, path):
+            if stop.is_set():
+                raise _Stopped
             write_full(fd, view)
             if progress:
                 progress(len(view))
@@ -164,16 +168,36 @@ def _link_into(dir_fd: int, name: str, where: str, entry: SymlinkEntry) -> None:
         raise
 
 
-def _download_into(registry: Registry, dir_fd: int, name: str, path: str, where: str, entry: Leaf,
-                   progress: Progress | None) -> None:
+def _download_into(registry: Registry, dir_fd: int, t: _Target, where: str, progress: Progress | None,
+                   stop: threading.Event) -> None:
     """One entry into dir_fd; an OSError on our side names the local path `where`."""
+    if stop.is_set():
+        return
     try:
-        if isinstance(entry, SymlinkEntry):
-            _link_into(dir_fd, name, where, entry)
+        if isinstance(t.entry, SymlinkEntry):
+            _link_into(dir_fd, t.name, where, t.entry)
         else:
-            _file_into(registry, dir_fd, name, path, where, entry, progress)
+            _file_into(registry, dir_fd, t.name, t.path, where, t.entry, progress, stop)
     except OSError as e:
         raise LocalFileError("write", where, e) from None
+
+
+class _Stopped(Exception):
+    """Internal: the caller was interrupted; a worker drops its temporary file."""
+
+
+def _wait_all(futures: list[Future], stop: threading.Event) -> None:
+    """Wait for every worker.  If the waiting thread is interrupted (Ctrl-C is a
+    KeyboardInterrupt there), workers stop at their next chunk and remove their
+    temporary files before the interruption goes on: nothing half-written stays."""
+    try:
+        wait(futures)
+    except BaseException:
+        stop.set()
+        for f in futures:
+            f.cancel()
+        wait(futures)
+        raise
 
 
 def _pieces(registry: Registry, entry: FileEntry, path: str) -> Iterator[memoryview | bytes]:
@@ -195,14 +219,58 @@ def _pieces(registry: Registry, entry: FileEntry, path: str) -> Iterator[memoryv
         yield view
 
 
-def _by_directory(items: Iterable[tuple[str, Leaf]]) -> dict[str, list[tuple[str, str, Leaf]]]:
-    """dir -> [(name, path, entry)], every path checked first."""
-    out: dict[str, list[tuple[str, str, Leaf]]] = {}
+@dataclass(frozen=True)
+class _Target:
+    """One entry to write: its name in its folder, its path below root, the entry."""
+
+    name: str
+    path: str
+    entry: Leaf
+
+
+def _by_directory(items: Iterable[tuple[str, Leaf]]) -> dict[str, list[_Target]]:
+    """folder below root ('' for root) -> its targets, every path checked first."""
+    out: dict[str, list[_Target]] = {}
     for path, entry in items:
         check_path(path)
         d, _, name = path.rpartition("/")
-        out.setdefault(d, []).append((name, path, entry))
+        out.setdefault(d, []).append(_Target(name, path, entry))
     return out
+
+
+def _lstat(root_fd: int, path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _refuse_obstacles(root_fd: int, root: str, groups: dict[str, list[_Target]]) -> None:
+    """Before anything is written: LocalFileError if a symlink or file stands where
+    a folder must be, a folder where a file or symlink must be, or a symlink where
+    a file must be (the writes refuse them too, but would stop halfway).  Folders
+    are checked parent first, so no symlink is followed on the way."""
+    folders_ok: set[str] = set()
+    for d, targets in groups.items():
+        parts = d.split("/") if d else []
+        exists = True
+        for i in range(len(parts)):
+            prefix = "/".join(parts[:i + 1])
+            if prefix in folders_ok:
+                continue
+            st = _lstat(root_fd, prefix)
+            if st is None:
+                exists = False
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                raise LocalFileError("write", os.path.join(root, targets[0].path),
+                                     f"{shown(prefix)} is not a directory (symlink or file in the way)")
+            folders_ok.add(prefix)
+        for t in targets if exists else ():
+            st = _lstat(root_fd, t.path)
+            if st is not None and (stat.S_ISDIR(st.st_mode) or
+                                   (stat.S_ISLNK(st.st_mode) and isinstance(t.entry, FileEntry))):
+                raise LocalFileError("write", os.path.join(root, t.path), "a symlink or directory is in the way")
 
 
 def _batches(keys: list[str], n: int) -> Iterator[list[str]]:
@@ -222,22 +290,24 @@ def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
         root_fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise LocalFileError("write", root, e) from None
+    stop = threading.Event()
     try:
+        _refuse_obstacles(root_fd, root, groups)
         with ThreadPoolExecutor(WORKERS) as pool:
             for batch in _batches(sorted(groups), DIR_BATCH):
                 fds: dict[str, int] = {}
                 futures = []
                 try:
                     for d in batch:  # in sorted order, so parents are made before children
-                        where = os.path.join(root, groups[d][0][1])
+                        where = os.path.join(root, groups[d][0].path)
                         try:
                             fds[d] = _open_dir(root_fd, d.split("/") if d else [], where)
                         except OSError as e:
                             raise LocalFileError("write", os.path.join(root, d), e) from None
-                    futures = [pool.submit(_download_into, registry, fds[d], name, path,
-                                           os.path.join(root, path), entry, progress)
-                               for d in batch for name, path, entry in groups[d]]
-                    wait(futures)  # every worker is done with the fds before they are closed
+                    futures = [pool.submit(_download_into, registry, fds[d], t, os.path.join(root, t.path),
+                                           progress, stop)
+                               for d in batch for t in groups[d]]
+                    _wait_all(futures, stop)  # every worker is done with the fds before they are closed
                 finally:
                     for fd in fds.values():
                         os.close(fd)
