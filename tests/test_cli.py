@@ -125,3 +125,21 @@ def test_metadata_limit(cli_env, data):
         args += ["--metadata", f"k{i}={i}"]
     p = run(args, cli_env, ok=False)
     assert "100" in p.stderr
+
+
+def test_store_and_project_may_follow_the_command(tmp_path):
+    """`artifactfs ls --store URL` works as `artifactfs --store URL ls` does, and the
+    option after the command wins over the one before it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ARTIFACTFS_STORE", "ARTIFACTFS_PROJECT")}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")  # the default store: must stay untouched
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    store = str(tmp_path / "store")
+    run(["put", str(src), "ds", "--type", "dataset", "--store", store, "--project", "proj"], env)
+    listed = run(["--store", str(tmp_path / "absent"), "ls", "--store", store, "--project", "proj"], env)
+    assert listed.stdout.split("\n")[1].split()[:2] == ["ds", "dataset"]
+    assert run(["ls", "--store", store], env).stdout.strip() == "NAME  TYPE  VERSIONS  LATEST"  # project 'default'
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "absent").exists()
+    help_text = run(["ls", "--help"], env).stdout
+    assert "--store URL" in help_text and "$XDG_DATA_HOME/artifactfs/store" in help_text

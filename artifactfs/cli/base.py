@@ -6,6 +6,7 @@ keeps its traceback."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from ..errors import ArtifactfsError, shown
-from ..registry.names import split_ref
+from ..registry.names import check_name, split_ref
 from ..registry.versions import Registry, VersionInfo
 from ..store import default_store_url
 
@@ -77,7 +78,27 @@ class Group(click.Group):
             raise click.ClickException(f"{e.strerror or e}{where}") from None
 
 
-pass_ctx = click.make_pass_decorator(Ctx)
+STORE_HELP = ("Store URL or path [env ARTIFACTFS_STORE; default $XDG_DATA_HOME/artifactfs/store, "
+              "XDG_DATA_HOME being ~/.local/share when unset].")
+PROJECT_HELP = "Project [env ARTIFACTFS_PROJECT; default 'default']."
+
+
+def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Like click.pass_obj for Ctx, and the command also takes --store and --project
+    after its name (`artifactfs ls --store URL`, as users type them), overriding
+    the ones given before it."""
+    @click.pass_context
+    def with_ctx(ctx: click.Context, *args: Any, store_here: str | None, project_here: str | None,
+                 **kwargs: Any) -> Any:
+        c = ctx.find_object(Ctx)
+        assert c is not None, "the root group makes the Ctx"
+        if store_here or project_here:
+            c = Ctx(store_here or c.store, check_name(project_here, "project") if project_here else c.project)
+        return f(c, *args, **kwargs)
+
+    with_ctx = functools.update_wrapper(with_ctx, f)
+    with_ctx = click.option("--project", "project_here", metavar="NAME", default=None, help=PROJECT_HELP)(with_ctx)
+    return click.option("--store", "store_here", metavar="URL", default=None, help=STORE_HELP)(with_ctx)
 
 
 @contextlib.contextmanager

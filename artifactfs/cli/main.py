@@ -16,16 +16,26 @@ from ..errors import ArtifactfsError, NotFoundError, shown
 from ..registry.manifest import SymlinkEntry, walk
 from ..registry.names import check_name, in_folder
 from ..registry.versions import VersionInfo
-from .base import Ctx, Group, dir_size, human, parse_metadata, pass_ctx, pinned, progress
+from .base import (
+    PROJECT_HELP,
+    STORE_HELP,
+    Ctx,
+    Group,
+    dir_size,
+    human,
+    parse_metadata,
+    pass_ctx,
+    pinned,
+    progress,
+)
 from .drafts import sync_cmd
 from .lifecycle import COMMANDS
 from .mount import mount_cmd, umount_cmd
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", metavar="URL", default=None,
-              help="Store URL or path [env ARTIFACTFS_STORE; default ~/.local/share/artifactfs/store].")
-@click.option("--project", metavar="NAME", default=None, help="Project [env ARTIFACTFS_PROJECT; default 'default'].")
+@click.option("--store", metavar="URL", default=None, help=STORE_HELP)
+@click.option("--project", metavar="NAME", default=None, help=PROJECT_HELP)
 @click.option("--endpoint-url", metavar="URL", default=None,
               help="S3-compatible endpoint for s3:// stores and references [env ARTIFACTFS_S3_ENDPOINT, AWS_ENDPOINT_URL].")
 @click.version_option(package_name="artifactfs")
