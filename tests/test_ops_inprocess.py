@@ -32,6 +32,7 @@ from artifactfs.errors import (ConflictError, CorruptStoreError, DigestMismatchE
                                PreconditionFailed, UsageError)
 from artifactfs.mount.daemon import build
 from artifactfs.mount.errnos import to_fuse_error
+from artifactfs.mount.evict import InodeLimit
 from artifactfs.mount.livedraft import Gate
 from artifactfs.mount.options import MountOptions
 from artifactfs.mount.pagecache import PageFeeder
@@ -200,6 +201,23 @@ def test_readdir_pages_and_counts_lookups(store, tmp_path):
         # a node forgotten meanwhile comes back under the same inode number
         again = await lookup_path(parts, "c", "c:v0", "small", "a.txt")
         assert again.st_ino == ino
+    serve(parts, body)
+
+
+def test_the_inode_soft_limit_invalidates_the_folders_used_least_recently(store, tmp_path):
+    parts, _ = _parts(store, tmp_path)
+
+    async def body(parts: MountParts) -> None:
+        version = await lookup_path(parts, "c", "c:v0")  # a version folder: evictable
+        small = await lookup_path(parts, "c", "c:v0", "small")
+        await lookup_path(parts, "c", "c:v0", "README.md")  # a lookup in c:v0 uses it again
+        invalidated: list[tuple[int, bytes]] = []
+        limit = InodeLimit(parts.table, 1, parts.ctx.threads, lambda parent, name: invalidated.append((parent, name)))
+        assert limit.step() == 1  # a quarter of the 2 tracked folders, at least one
+        assert invalidated == [(version.st_ino, b"small")]  # c:v0/small/ was used least recently
+        assert limit.step() == 1 and invalidated[1][1] == b"c:v0"
+        assert limit.step() == 0  # nothing tracked is left (the kernel would now send FORGET)
+        assert small.st_ino != version.st_ino
     serve(parts, body)
 
 

@@ -59,8 +59,8 @@ class InodeLimit:
         if not self.limit or len(self.table) <= self.limit:
             return 0
         cold = self.table.coldest_folders(max(1, self.table.folders() // 4))
-        for parent, name in cold:
-            self._invalidate(parent, os.fsencode(name))
+        for dentry in cold:
+            self._invalidate(dentry.parent, os.fsencode(dentry.name))
         self.evicted += len(cold)
         return len(cold)
 

@@ -15,6 +15,7 @@ import errno
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import pyfuse3
@@ -134,6 +135,14 @@ class Node:
 N = TypeVar("N", bound=Node)
 
 
+@dataclass(frozen=True, slots=True)
+class Dentry:
+    """A name in a folder, as the kernel knows it: the parent's inode and the name."""
+
+    parent: int
+    name: str
+
+
 def ino_of(key: Key) -> int:
     """A stable 63-bit inode number for a key (never 0 or the root's 1)."""
     ino = xxhash.xxh3_64_intdigest("\0".join(key).encode()) & _INO_MASK
@@ -153,7 +162,7 @@ class InodeTable:
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[Key, Node] = {}
         self._lookups: dict[int, int] = {}
-        self._folders: OrderedDict[int, tuple[int, str]] = OrderedDict()
+        self._folders: OrderedDict[int, Dentry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -221,13 +230,13 @@ class InodeTable:
         if parent in folders:
             folders.move_to_end(parent)
         if node is not None and node.evictable:
-            folders[node.ino] = (parent, name)
+            folders[node.ino] = Dentry(parent, name)
             folders.move_to_end(node.ino)
 
-    def coldest_folders(self, n: int) -> list[tuple[int, str]]:
-        """Up to n evictable folders used least recently, as (parent inode, name);
-        they are no longer tracked (a later use tracks them again)."""
-        out: list[tuple[int, str]] = []
+    def coldest_folders(self, n: int) -> list[Dentry]:
+        """The dentries of up to n evictable folders used least recently; they are
+        no longer tracked (a later use tracks them again)."""
+        out: list[Dentry] = []
         while self._folders and len(out) < n:
             out.append(self._folders.popitem(last=False)[1])
         return out

@@ -44,7 +44,7 @@ class UseRecorder:
         self.ctx = ctx
         self.seen: set[tuple[int, str, int]] = set()
         self.pending: list[PendingUse] = []
-        self.writers: dict[str, tuple[int, RunRecord]] = {}  # draft collection -> (pid, run)
+        self.writers: dict[str, RunRecord] = {}  # draft collection -> the run of its last writer
 
     def opened(self, node: Node, pid: int, flags: int) -> None:
         """An open(2) or create(2) answered for process `pid` (called on the trio loop)."""
@@ -62,15 +62,16 @@ class UseRecorder:
                 self.pending.append(PendingUse(node.ref.collection, node.ref.version, run, node.key[3]))
         elif node.key[0] == "draft" and flags & os.O_ACCMODE != os.O_RDONLY:
             name = node.key[1]
-            if self.writers.get(name, (0, None))[0] != pid:
+            writer = self.writers.get(name)
+            if writer is None or writer.pid != pid:
                 run = process_run(pid)
                 if run is not None:
-                    self.writers[name] = (pid, run)
+                    self.writers[name] = run
 
     def producer(self, project: str, name: str) -> dict | None:
         """Registry.producer: the last writer of the draft being committed (worker thread)."""
         found = self.writers.get(name) if project == self.ctx.project else None
-        return found[1].to_json() if found else None
+        return found.to_json() if found else None
 
     def _write(self, batch: list[PendingUse]) -> None:
         reg = self.ctx.registry

@@ -89,7 +89,8 @@ class RootNode(Node):
             state = Refreshing(lambda: _collection_state(ctx.registry, ctx.project, info, links), ctx.threads)
             kept = self.kept[info.name] = CollectionKept(state, links)
         node = self.table.make("collection", ("coll", info.name), info, kept)
-        node.info = info  # type: ignore[attr-defined]  # description may have changed
+        assert isinstance(node, CollectionNode)
+        node.info = info  # its description may have changed
         return node
 
     async def lookup(self, name: str) -> Node:
