@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlparse
 
-import requests
 import xxhash
 
 from ..errors import ArtifactfsError, DigestMismatchError, ObjectNotFound, UsageError
@@ -127,6 +126,8 @@ def _resolve_file(path: str, name: str | None, base: str, limit: int, uri: str) 
 
 # -- http(s):// -----------------------------------------------------------------
 def _resolve_http(uri: str) -> FileEntry:
+    import requests  # only where http references are used: importing it costs ~70 ms of every command
+
     try:
         r = requests.head(uri, allow_redirects=True, timeout=HTTP_TIMEOUT)
     except requests.RequestException as e:
@@ -261,6 +262,8 @@ class _HttpSource:
         end = min(offset + length, self.entry.size)
         if offset >= end:
             return b""
+        import requests  # see _resolve_http
+
         headers = {"Range": f"bytes={offset}-{end - 1}", "If-Match": self.etag}
         try:
             r = requests.get(self.uri, headers=headers, timeout=HTTP_TIMEOUT)
