@@ -3,6 +3,7 @@ import pytest
 
 from artifactfs.errors import InvalidNameError
 from artifactfs.registry.names import (
+    Ref,
     check_alias,
     check_component,
     check_name,
@@ -76,11 +77,11 @@ def test_parse_version():
 
 
 @pytest.mark.parametrize("ref,expected", [
-    ("data", (None, "data", None)),
-    ("data:v3", (None, "data", "v3")),
-    ("data:best", (None, "data", "best")),
-    ("proj/data:latest", ("proj", "data", "latest")),
-    ("store/proj/data:v1", ("proj", "data", "v1")),
+    ("data", Ref(None, "data", None)),
+    ("data:v3", Ref(None, "data", "v3")),
+    ("data:best", Ref(None, "data", "best")),
+    ("proj/data:latest", Ref("proj", "data", "latest")),
+    ("store/proj/data:v1", Ref("proj", "data", "v1")),
 ])
 def test_split_ref(ref, expected):
     assert split_ref(ref) == expected

@@ -24,8 +24,8 @@ class Api:
         """'[[entity/]project/]collection[:alias|:vN]' (default alias: latest).
         NotFoundError for a deleted version or another entity."""
         self._check_entity(name)
-        project, collection, alias = split_ref(name)
-        info = self.registry.get(project or self.project, collection, alias)
+        ref = split_ref(name)
+        info = self.registry.get(ref.project or self.project, ref.collection, ref.alias)
         if type is not None and info.type != type:
             raise UsageError(f"{name} has type {info.type!r}, not {type!r}")
         return Artifact._from_version(self.registry, info)
@@ -33,8 +33,8 @@ class Api:
     def artifact_versions(self, name: str, type: str | None = None) -> list[Artifact]:
         """The collection's versions that are not deleted, oldest first."""
         self._check_entity(name)
-        project, collection, _ = split_ref(name)
-        project = project or self.project
+        ref = split_ref(name)
+        project, collection = ref.project or self.project, ref.collection
         self.registry.collection(project, collection)  # NotFoundError for an unknown name
         aliases = self.registry.aliases(project, collection)
         return [Artifact._from_version(self.registry, self.registry.version(project, collection, n, aliases))

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from ..errors import ArtifactfsError, shown
-from ..registry.names import check_name, split_ref
+from ..registry.names import Ref, check_name, split_ref
 from ..registry.versions import Registry, VersionInfo
 from ..store import default_store_url
 
@@ -37,10 +37,10 @@ class Ctx:
     def registry(self, create: bool = False) -> Registry:
         return Registry.open(self.store_url, create=create)
 
-    def ref(self, ref: str) -> tuple[str, str, str | None]:
-        """'[project/]name[:alias]' -> (project, name, alias) with the default project."""
-        project, name, alias = split_ref(ref)
-        return project or self.project, name, alias
+    def ref(self, text: str) -> Ref:
+        """'[project/]name[:alias]', its project filled in with the default project."""
+        ref = split_ref(text)
+        return Ref(ref.project or self.project, ref.collection, ref.alias)
 
 
 class Group(click.Group):
@@ -167,8 +167,9 @@ class Pinned:
 
 def pinned(c: Ctx, ref: str) -> Pinned:
     """NAME:vN or NAME:ALIAS -> the version it names now; a NAME without one is a usage error."""
-    project, coll, alias = c.ref(ref)
-    if alias is None:
-        raise click.BadParameter(f"{ref!r}: name a version, e.g. {coll}:v3", param_hint="NAME")
+    r = c.ref(ref)
+    if r.alias is None:
+        raise click.BadParameter(f"{ref!r}: name a version, e.g. {r.collection}:v3", param_hint="NAME")
     reg = c.registry()
-    return Pinned(reg, project, coll, reg.resolve(project, coll, alias))
+    assert r.project is not None
+    return Pinned(reg, r.project, r.collection, reg.resolve(r.project, r.collection, r.alias))

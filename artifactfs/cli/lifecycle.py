@@ -122,20 +122,20 @@ def _run_line(run: RunRecord) -> str:
 @pass_ctx
 def lineage(c: Ctx, name: str, as_json: bool) -> None:
     """Show who produced version NAME and who used it."""
-    project, coll, alias = c.ref(name)
+    r = c.ref(name)
     reg = c.registry()
-    info = reg.get(project, coll, alias)
+    info = reg.get(r.project, r.collection, r.alias)
     source = links.source_of(reg, info)
     producer = lineage_mod.logged_by(source)
     uses = lineage_mod.uses(reg, info)
     if as_json:
         click.echo(json.dumps({
-            "name": f"{project}/{info.name}", "source": f"{source.project}/{source.name}",
+            "name": f"{info.project}/{info.name}", "source": f"{source.project}/{source.name}",
             "logged_by": producer.to_json() if producer else None,
             "used_by": [{"run": u.run.to_json(), "at": u.at, "via": u.via, "path": u.path} for u in uses],
         }, indent=2))
         return
-    click.echo(f"{project}/{info.name}" + (f" (link to {source.project}/{source.name})" if info.link else ""))
+    click.echo(f"{info.project}/{info.name}" + (f" (link to {source.project}/{source.name})" if info.link else ""))
     click.echo(f"  logged by: {_run_line(producer) if producer else 'unknown'}")
     click.echo(f"  used by: {len(uses)} run(s)")
     for u in uses:

@@ -75,8 +75,9 @@ def put(c: Ctx, args: tuple[str, ...], type_: str, description: str | None,
     source, name = (args[0], args[1]) if len(args) == 2 else (None, args[0])
     if source is not None and not os.path.exists(source):
         raise click.BadParameter(f"{source!r} does not exist", param_hint="SOURCE")
-    project, collection, given = c.ref(name)
-    if given:
+    ref = c.ref(name)
+    project, collection = ref.project, ref.collection
+    if ref.alias:
         raise click.BadParameter("give the collection name without ':alias'", param_hint="NAME")
     left_out = logging.StreamHandler(sys.stderr)  # fifos, sockets, devices: one line each
     left_out.setFormatter(logging.Formatter("warning: %(message)s"))
@@ -113,9 +114,9 @@ def get(c: Ctx, name: str, dest: str, prefix: str) -> None:
 
 
 def _artifact(c: Ctx, ref: str) -> Artifact:
-    project, name, alias = c.ref(ref)
+    r = c.ref(ref)
     reg = c.registry()
-    return Artifact._from_version(reg, reg.get(project, name, alias))
+    return Artifact._from_version(reg, reg.get(r.project, r.collection, r.alias))
 
 
 @main.command(name="ls")
@@ -130,9 +131,10 @@ def ls_cmd(c: Ctx, name: str | None) -> None:
             vs = reg.versions(c.project, col.name)
             rows.append((col.name, col.type, str(len(vs)), f"v{vs[-1]}" if vs else "-"))
     else:
-        project, coll, alias = c.ref(name)
+        r = c.ref(name)
+        project, coll = r.project, r.collection
         reg.collection(project, coll)
-        numbers = [reg.resolve(project, coll, alias)] if alias else reg.versions(project, coll)
+        numbers = [reg.resolve(project, coll, r.alias)] if r.alias else reg.versions(project, coll)
         rows = [("VERSION", "ALIASES", "TAGS", "SIZE", "FILES", "CREATED")]
         aliases = reg.aliases(project, coll)
         for n in numbers:
@@ -167,8 +169,8 @@ def _info_dict(v: VersionInfo, c: Ctx) -> dict:
 @pass_ctx
 def info(c: Ctx, name: str, as_json: bool) -> None:
     """Show one version: digest, size, aliases, tags, metadata, ..."""
-    project, coll, alias = c.ref(name)
-    d = _info_dict(c.registry().get(project, coll, alias), c)
+    r = c.ref(name)
+    d = _info_dict(c.registry().get(r.project, r.collection, r.alias), c)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -185,9 +187,9 @@ def info(c: Ctx, name: str, as_json: bool) -> None:
 def files(c: Ctx, name: str, prefix: str | None) -> None:
     """List the files of a version (or of the folder PREFIX): size, digest, path
     (a symlink: 'path -> target'; names escaped as in 'a\\nb')."""
-    project, coll, alias = c.ref(name)
+    r = c.ref(name)
     reg = c.registry()
-    v = reg.get(project, coll, alias)
+    v = reg.get(r.project, r.collection, r.alias)
     for path, e in walk(reg, v.root):
         if in_folder(path, prefix or ""):
             link = f" -> {shown(e.target)}" if isinstance(e, SymlinkEntry) else ""

@@ -6,6 +6,7 @@ target directory because of a crafted manifest or name."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from ..errors import InvalidNameError, shown
 
@@ -96,8 +97,17 @@ def in_folder(path: str, folder: str) -> bool:
     return not folder or path == folder or path.startswith(folder + "/")
 
 
-def split_ref(ref: str) -> tuple[str | None, str, str | None]:
-    """'[project/]name[:alias|:vN]' -> (project, name, alias or 'vN' or None)."""
+@dataclass(frozen=True)
+class Ref:
+    """An artifact name as users write it: '[[entity/]project/]collection[:alias|:vN]'."""
+
+    project: str | None  # None: the caller's default project
+    collection: str
+    alias: str | None  # an alias, 'vN', or None (W&B then means latest)
+
+
+def split_ref(ref: str) -> Ref:
+    """Parse '[[entity/]project/]name[:alias|:vN]'; InvalidNameError for a bad one."""
     project = None
     if "/" in ref:
         parts = ref.split("/")
@@ -114,4 +124,4 @@ def split_ref(ref: str) -> tuple[str | None, str, str | None]:
     if alias:
         if parse_version(alias) is None:
             check_alias(alias)
-    return project, name, alias or None
+    return Ref(project, name, alias or None)
