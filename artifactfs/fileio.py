@@ -1,6 +1,7 @@
-"""One careful way to write a new file, shared by the store and the draft state."""
+"""Careful ways to write a new file, shared by the store and the draft state."""
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -19,3 +20,30 @@ def write_new(path: str, data: bytes, mode: int, fsync: bool) -> None:
         os.unlink(path)
         raise
     os.close(fd)
+
+
+def copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy `length` bytes of fd `src` from `offset` to the start of fd `dst` (a
+    new, empty file) inside the kernel (copy_file_range(2): no user-space buffer;
+    a reflink where the filesystem shares extents); read/write where the kernel
+    refuses (another filesystem type, an old kernel).  Short source: OSError EIO."""
+    done = 0
+    while done < length:
+        try:
+            n = os.copy_file_range(src, dst, length - done, offset + done, done)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            n = _copy_by_hand(src, dst, offset + done, done, length - done)
+        if n == 0:
+            raise OSError(errno.EIO, "the source file ended early")
+        done += n
+
+
+def _copy_by_hand(src: int, dst: int, src_off: int, dst_off: int, length: int) -> int:
+    data = os.pread(src, min(length, 1 << 20), src_off)
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(dst, view, dst_off)
+        view, dst_off = view[n:], dst_off + n
+    return len(data)

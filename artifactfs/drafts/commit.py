@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
-from ..chunks import upload
 from ..errors import ConflictError, InvalidNameError, PathConflictError, PreconditionFailed
 from ..registry.manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
 from ..registry.names import check_component
@@ -33,6 +32,7 @@ from ..timestamps import iso_ns
 from .advance import advance
 from .engine import Draft
 from .inode import Inode
+from .tostore import store_staged
 
 COMMIT_ATTEMPTS = 50
 CONFLICT_PATHS_SHOWN = 10
@@ -189,9 +189,11 @@ def _stamp(st: os.stat_result) -> list[int]:
 
 def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple[dict[int, FileEntry], dict]:
     """Content entries of the staged files by inode (stored in the registry's blobs
-    as they are hashed), and the stamps to record once the commit is durable.  A
-    stamp is recorded only if the file's ctime is older than a probe written
-    afterwards, so any later write is sure to change it (timestamps are coarse)."""
+    as they are hashed; a file hashed while written is not read, tostore.py), and
+    the stamps to record once the commit is durable.  A stamp is recorded only if
+    the file's ctime is older than a probe written afterwards, so any later write
+    is sure to change it (timestamps are coarse).  Storing may change a data
+    file's ctime (it may become a blob: link, chmod), never its bytes or mtime."""
     known = draft.db.stamps()
     entries: dict[int, FileEntry] = {}
     todo: dict[int, Staged] = {}
@@ -201,9 +203,12 @@ def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple
             entries[s.ino.id] = FileEntry.from_json(rec[4])
         elif s.ino.id not in entries:
             todo[s.ino.id] = s
-    found = upload.upload_many(registry, [draft.data_path(s.ino) for s in todo.values()])
+    running = [s.ino.running for s in todo.values()]
+    found = store_staged(registry, [draft.data_path(s.ino) for s in todo.values()],
+                         [r.result() if r is not None and r.size == s.st.st_size else None
+                          for r, s in zip(running, todo.values())])
     for s, e in zip(todo.values(), found):
-        entries[s.ino.id] = FileEntry(e.digest, e.size, e.chunks)
+        entries[s.ino.id] = e
     probe = os.path.join(draft.dir, "\\probe")
     with open(probe, "wb") as f:
         f.write(b"p")
@@ -211,7 +216,7 @@ def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple
     stamps = {}
     for s in staged:
         st = os.stat(draft.data_path(s.ino))
-        if _stamp(st) == _stamp(s.st) and st.st_ctime_ns < horizon:
+        if _stamp(st)[:3] == _stamp(s.st)[:3] and st.st_ctime_ns < horizon:
             stamps[s.ino.id] = _stamp(st) + [entries[s.ino.id].to_json()]
     return entries, stamps
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import errno
 import os
 
+from ..fileio import copy_range
 from .engine import Draft
 from .inode import Attr, Inode
+from .rundigest import RunningDigest
 
 TMP_SUFFIX = ".tmp"
 
@@ -53,17 +55,53 @@ def read(draft: Draft, ino: Inode, off: int, size: int) -> bytes | None:
 
 
 def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
-    """pwrite(2) into the inode, copying its base bytes up first."""
+    """pwrite(2) into the inode, copying its base bytes up first.  Writes to one
+    inode are serialized (its lock), so that the running digest sees them in the
+    order the data file does."""
     stage(draft, ino, keep=True)
     draft.mark_dirty()
-    fd = os.open(draft.data_path(ino), os.O_WRONLY | os.O_CLOEXEC)
+    with ino.lock:
+        fd = _open_own(draft, ino)
+        try:
+            if ino.running is None and off == 0 and os.fstat(fd).st_size == 0:
+                ino.running = RunningDigest()
+            view, done = memoryview(data), 0
+            try:
+                while done < len(view):
+                    done += os.pwrite(fd, view[done:], off + done)
+            except BaseException:
+                ino.running = None
+                raise
+            if ino.running is not None and not ino.running.add(off, view):
+                ino.running = None
+            return done
+        finally:
+            os.close(fd)
+
+
+def _open_own(draft: Draft, ino: Inode) -> int:
+    """The data file opened for writing, never shared: a data file a commit made
+    into a blob of a local store (a hard link, drafts/tostore.py) is copied first,
+    and the copy renamed over it, so a blob never changes (called under ino.lock)."""
+    path = draft.data_path(ino)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_nlink <= 1:
+        return fd
+    tmp = path + TMP_SUFFIX
     try:
-        view, done = memoryview(data), 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], off + done)
-        return done
+        new = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            copy_range(fd, new, 0, st.st_size)
+            os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.replace(tmp, path)
+        except BaseException:
+            os.close(new)
+            _unlink_quiet(tmp)
+            raise
     finally:
         os.close(fd)
+    return new
 
 
 def stage(draft: Draft, ino: Inode, keep: bool) -> None:
@@ -93,6 +131,7 @@ def stage(draft: Draft, ino: Inode, keep: bool) -> None:
         except BaseException:
             _unlink_quiet(tmp)
             raise
+        ino.running = None if keep and ino.base is not None and ino.base.size else RunningDigest()
         try:
             with draft.change(ino):
                 ino.staged, ino.base = True, None
@@ -105,7 +144,17 @@ def stage(draft: Draft, ino: Inode, keep: bool) -> None:
 def truncate(draft: Draft, ino: Inode, size: int) -> None:
     stage(draft, ino, keep=size > 0)
     draft.mark_dirty()
-    os.truncate(draft.data_path(ino), size)
+    with ino.lock:
+        fd = _open_own(draft, ino)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        running = ino.running
+        if size == 0:
+            ino.running = RunningDigest()
+        elif running is None or running.size != size:
+            ino.running = None
 
 
 def set_times(draft: Draft, ino: Inode, atime: int | None, mtime: int | None) -> None:

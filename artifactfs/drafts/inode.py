@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..registry.manifest import FileEntry
 from .meta import Row
+from .rundigest import RunningDigest
 
 DRAFT_FORMAT = "artifactfs-draft-v2"
 
@@ -43,7 +44,8 @@ class Inode:
     parent: "Inode | None" = None       # virtual only: the folder it shows in ...
     name: str = ""                      # ... under this name
     token: str = ""                     # identity as shown (st_ino): "i<id>", or "v<hash>" from where it shows
-    lock: threading.Lock = field(default_factory=threading.Lock)  # copy-up of this file
+    lock: threading.Lock = field(default_factory=threading.Lock)  # copy-up of this file, its writes
+    running: RunningDigest | None = None  # the data file's digests, while written in order
 
     @property
     def is_dir(self) -> bool:

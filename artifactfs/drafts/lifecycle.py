@@ -102,9 +102,18 @@ def _export(draft: Draft, d: Inode, target: str) -> None:
         if ino.is_dir:
             _export(draft, ino, where)
         elif ino.is_reg and ino.staged:
-            os.link(draft.data_path(ino), where)
+            _export_file(draft.data_path(ino), where)
         elif ino.is_link and ino.target is not None:
             os.symlink(ino.target, where)
+
+
+def _export_file(data: str, where: str) -> None:
+    """A hard link of a data file, or a copy when it is also a blob of a local store
+    (tostore.py): whoever edits the exported file must not change the blob."""
+    if os.stat(data).st_nlink == 1:
+        os.link(data, where)
+    else:
+        shutil.copy2(data, where)
 
 
 class _NoTrees:
