@@ -17,7 +17,7 @@ from draft_helpers import Paths, dir_files, open_test_draft, publish, version_fi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from artifactfs.chunks import upload
+from artifactfs.drafts import commit
 from artifactfs.drafts.advance import reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes, scan
 from artifactfs.errors import ConflictError, InvalidNameError
@@ -93,12 +93,12 @@ def test_only_changed_files_are_hashed(reg, pub, monkeypatch):
     publish(reg, pub, "ds", BASE)
     d = draft_of(reg)
     hashed: list[str] = []
-    real_upload = upload.upload_many
+    real_store = commit.store_staged
 
-    def counting(registry, paths, progress=None):
+    def counting(registry, paths, known):
         hashed.extend(os.path.basename(p) for p in paths)
-        return real_upload(registry, paths, progress)
-    monkeypatch.setattr(upload, "upload_many", counting)
+        return real_store(registry, paths, known)
+    monkeypatch.setattr(commit, "store_staged", counting)
 
     def ids(path: str) -> str:
         return str(d.node(path).id)

@@ -32,6 +32,7 @@ from ..timestamps import iso_ns
 from .advance import advance
 from .engine import Draft
 from .inode import Inode
+from .rundigest import Digests, RunningDigest
 from .tostore import store_staged
 
 COMMIT_ATTEMPTS = 50
@@ -187,6 +188,15 @@ def _stamp(st: os.stat_result) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+def _known(s: Staged) -> Digests | None:
+    """The digests of a staged file taken while it was written (an empty file's
+    are known anyway), or None: it must be read."""
+    running = s.ino.running
+    if running is not None and running.size == s.st.st_size:
+        return running.result()
+    return RunningDigest().result() if s.st.st_size == 0 else None
+
+
 def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple[dict[int, FileEntry], dict]:
     """Content entries of the staged files by inode (stored in the registry's blobs
     as they are hashed; a file hashed while written is not read, tostore.py), and
@@ -203,10 +213,8 @@ def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple
             entries[s.ino.id] = FileEntry.from_json(rec[4])
         elif s.ino.id not in entries:
             todo[s.ino.id] = s
-    running = [s.ino.running for s in todo.values()]
     found = store_staged(registry, [draft.data_path(s.ino) for s in todo.values()],
-                         [r.result() if r is not None and r.size == s.st.st_size else None
-                          for r, s in zip(running, todo.values())])
+                         [_known(s) for s in todo.values()])
     for s, e in zip(todo.values(), found):
         entries[s.ino.id] = e
     probe = os.path.join(draft.dir, "\\probe")

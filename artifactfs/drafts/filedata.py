@@ -61,9 +61,9 @@ def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
     stage(draft, ino, keep=True)
     draft.mark_dirty()
     with ino.lock:
-        fd = _open_own(draft, ino)
+        fd, size = _open_own(draft, ino)
         try:
-            if ino.running is None and off == 0 and os.fstat(fd).st_size == 0:
+            if ino.running is None and off == 0 and size == 0:
                 ino.running = RunningDigest()
             view, done = memoryview(data), 0
             try:
@@ -79,15 +79,16 @@ def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
             os.close(fd)
 
 
-def _open_own(draft: Draft, ino: Inode) -> int:
-    """The data file opened for writing, never shared: a data file a commit made
-    into a blob of a local store (a hard link, drafts/tostore.py) is copied first,
-    and the copy renamed over it, so a blob never changes (called under ino.lock)."""
+def _open_own(draft: Draft, ino: Inode) -> tuple[int, int]:
+    """The data file opened for writing (fd, size in bytes), never shared: a data
+    file a commit made into a blob of a local store (a hard link, tostore.py) is
+    copied first, and the copy renamed over it, so a blob never changes (called
+    under ino.lock)."""
     path = draft.data_path(ino)
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     st = os.fstat(fd)
     if st.st_nlink <= 1:
-        return fd
+        return fd, st.st_size
     tmp = path + TMP_SUFFIX
     try:
         new = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -101,7 +102,7 @@ def _open_own(draft: Draft, ino: Inode) -> int:
             raise
     finally:
         os.close(fd)
-    return new
+    return new, st.st_size
 
 
 def stage(draft: Draft, ino: Inode, keep: bool) -> None:
@@ -145,7 +146,7 @@ def truncate(draft: Draft, ino: Inode, size: int) -> None:
     stage(draft, ino, keep=size > 0)
     draft.mark_dirty()
     with ino.lock:
-        fd = _open_own(draft, ino)
+        fd, _ = _open_own(draft, ino)
         try:
             os.ftruncate(fd, size)
         finally:

@@ -55,7 +55,7 @@ class RunningDigest:
         return True
 
     def result(self) -> Digests:
-        """The digests of what was taken (chunk keys as transfer.upload_file gives them)."""
+        """The digests of what was taken (chunk keys as chunks.upload.upload_file gives them)."""
         raw = self.whole.digest()
         if self.size <= CHUNK_SIZE:  # one piece (or none): its key is the file's digest
             return Digests(b64_digest(raw), self.size, (raw.hex(),) if self.size else ())

@@ -78,9 +78,13 @@ def _listing(draft: Draft, d: Inode) -> list[tuple[str, Inode, Attr]]:
     return [(name, ino, filedata.attributes(draft, ino)) for name, ino in draft.readdir(d)]
 
 
-def _make(draft: Draft, d: Inode, name: str, mode: int, rdev: int, target: str | None) -> tuple[Inode, Attr]:
+def _make(draft: Draft, d: Inode, name: str, mode: int, rdev: int,
+          target: str | None) -> tuple[Inode, Attr, Attr]:
+    """The new inode and its attributes, and the folder's new attributes (one
+    worker-thread trip per create: it counts when copying many small files)."""
     uid, gid = caller()
-    return _with_attr(draft, draft.make(d, name, mode, uid, gid, rdev, target))
+    ino = draft.make(d, name, mode, uid, gid, rdev, target)
+    return ino, filedata.attributes(draft, ino), filedata.attributes(draft, d)
 
 
 def _setattr(draft: Draft, ino: Inode, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> Attr:
@@ -166,9 +170,9 @@ class DraftNode(Node):
         return [(name, self.node_of(ino, attr)) for name, ino, attr in found]
 
     async def _make(self, name: str, mode: int, rdev: int = 0, target: str | None = None) -> "DraftNode":
-        made = await self.live.change(_make, self.draft, self.inode, _valid(name), mode, rdev, target)
-        await self.getattr()
-        return self.node_of(*made)
+        ino, attr, self.attr = await self.live.change(_make, self.draft, self.inode, _valid(name), mode, rdev,
+                                                      target)
+        return self.node_of(ino, attr)
 
     async def create(self, name: str, mode: int, flags: int) -> tuple[Node, Handle]:
         node = await self._make(name, stat.S_IFREG | (mode & 0o7777))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -110,6 +111,7 @@ class LiveDraft:
 
     async def commit(self, **attrs: Any) -> CommitResult:
         """Publish the draft (see drafts.commit); returns once the version is durable."""
+        started = time.monotonic()
         async with self.gate.commit():
             try:
                 result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
@@ -121,8 +123,8 @@ class LiveDraft:
             except (ArtifactfsError, OSError) as e:  # only disk space: the files stay, still correct
                 log.warning("could not give back the staging space of %s: %s", self.name, e)
                 given_back = 0
-        log.info("committed %s (%d changed paths, %d staged files given back)", result.line, result.changes,
-                 given_back)
+        log.info("committed %s in %.3f s (%d changed paths, %d staged files given back)", result.line,
+                 time.monotonic() - started, result.changes, given_back)
         if result.note:
             log.info("%s", result.note)
         await self._advanced([])

@@ -55,6 +55,7 @@ class _Unsynced:
     syncing: threading.Lock = field(default_factory=threading.Lock)  # one sync() at a time
 
     def add(self, path: str, new: bool) -> None:
+        """An object to sync; `new`: its folder's entry too."""
         with self.lock:
             if self.overflow or len(self.files) >= SYNC_EACH_MAX:
                 self.overflow = True
@@ -62,6 +63,11 @@ class _Unsynced:
             self.files.add(path)
             if new:
                 self.dirs.add(os.path.dirname(path))
+
+    def add_dir(self, path: str) -> None:
+        """A folder made: the entry in its parent to sync."""
+        with self.lock:
+            self.dirs.add(os.path.dirname(path))
 
 
 _UNSYNCED: dict[str, _Unsynced] = {}
@@ -95,7 +101,7 @@ class LocalStore(ObjectStore):
         """Create the folders of a new prefix; their parents' entries are to sync."""
         top = d
         while not os.path.isdir(top):
-            self._unsynced.add(top, new=True)
+            self._unsynced.add_dir(top)
             top = os.path.dirname(top)
         os.makedirs(d, mode=0o755, exist_ok=True)
 
