@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from artifactfs.drafts import commit
 from artifactfs.drafts.advance import reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes, scan
-from artifactfs.errors import ConflictError, InvalidNameError
+from artifactfs.errors import ConflictError, InvalidNameError, PathConflictError
 from artifactfs.registry.manifest import DirEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry.treedigest import TreeDigests
 from artifactfs.registry.versions import Registry
@@ -71,7 +71,7 @@ def test_apply_changes_grafts_a_subtree(reg, pub):
     files = dict(walk(reg, new.tree))
     assert sorted(files) == ["a/x", "a/y", "top", "z/moved/c/d", "z/moved/c/extra", "z/moved/e"]
     assert (new.size, new.files) == (2 + 2000 + 3 + 2 + 1 + 1, 6)
-    with pytest.raises(InvalidNameError):
+    with pytest.raises(PathConflictError):
         apply_changes(reg, root, {"top": reg.lookup(root, "a/x"), "top/under": reg.lookup(root, "a/x")})
 
 
