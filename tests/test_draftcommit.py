@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from artifactfs.drafts import commit
 from artifactfs.drafts.advance import reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes, scan
-from artifactfs.errors import ConflictError, InvalidNameError, PathConflictError
+from artifactfs.errors import ConflictError, PathConflictError
 from artifactfs.registry.manifest import DirEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry.treedigest import TreeDigests
 from artifactfs.registry.versions import Registry
