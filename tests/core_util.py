@@ -7,8 +7,10 @@ from collections.abc import Iterable, Iterator
 
 import xxhash
 
+from artifactfs.chunks.download import read_chunk
+from artifactfs.registry.keys import blob_key, pack_object_key
 from artifactfs.registry.manifest import FileEntry, walk
-from artifactfs.registry.versions import Registry, blob_key
+from artifactfs.registry.versions import Registry
 from artifactfs.store import ObjectStore, open_store
 
 
@@ -82,14 +84,14 @@ class RecordingStore(ObjectStore):
 
 def check_version_complete(reg: Registry, project: str, name: str, n: int) -> int:
     """Load version n fully: every tree verifies (Registry.load checks digests) and
-    every blob exists with the bytes its key names.  Returns the file count."""
+    every blob (or pack span) exists with the bytes its key names.  Returns the file count."""
     info = reg.version(project, name, n)
     count = total = 0
-    for _, entry in walk(reg, info.root):
+    for path, entry in walk(reg, info.root):
         count, total = count + 1, total + entry.size
         h = xxhash.xxh3_128()
-        for key in entry.chunks:
-            data = reg.store.get(blob_key(key))
+        for i, key in enumerate(entry.chunks):
+            data = read_chunk(reg, entry, i, path)  # from its blob or its pack, verified
             assert xxhash.xxh3_128_hexdigest(data) == key
             h.update(data)
         assert h.digest() == base64.b64decode(entry.digest)
@@ -101,3 +103,16 @@ def synthetic_entry(i: int) -> FileEntry:
     """A file entry without a blob behind it, for format-scale tests."""
     raw = xxhash.xxh3_128_digest(str(i).encode())
     return FileEntry(base64.b64encode(raw).decode(), 10, (raw.hex(),))
+
+
+def corrupt(store: ObjectStore, entry: FileEntry, data: bytes) -> None:
+    """Make the stored bytes of a one-chunk file `data` (of the same length), in its
+    blob or in its pack (store-format.md 5.6), and wait until that is stored."""
+    if entry.pack is None:
+        store.put(blob_key(entry.chunks[0]), data)
+    else:
+        key = pack_object_key(entry.pack.pack)
+        packed = bytearray(store.get(key))
+        packed[entry.pack.at:entry.pack.at + len(data)] = data
+        store.put(key, bytes(packed))
+    store.sync()

@@ -7,7 +7,7 @@ import os
 import stat
 
 import pytest
-from core_util import write_files
+from core_util import corrupt, write_files
 
 from artifactfs import (
     Api,
@@ -19,8 +19,12 @@ from artifactfs import (
     InvalidNameError,
     NotFoundError,
 )
+<<<<<<< HEAD
 from artifactfs.errors import UsageError
 from artifactfs.registry.versions import blob_key
+=======
+from artifactfs.registry.versions import Registry
+>>>>>>> 2b8f1f4 (WIP S3 packs of small files)
 from artifactfs.store import open_store
 
 BOTH_STORES = True  # tests using store_url/env run on a local and an S3 store (tests/conftest.py)
@@ -384,10 +388,9 @@ def test_api_with_explicit_store_and_project(logged, env, monkeypatch):
 
 # -- corruption and hostile targets -------------------------------------------------
 def test_corrupted_blob_names_the_file(logged, env, tmp_path):
-    entry = logged.manifest.entries["sub/b.txt"]
-    store = open_store(env)
-    store.put(blob_key(entry.chunks[0]), b"BETA")
-    store.sync()
+    reg = Registry.open(env)
+    root = reg.version(logged.project, logged.collection, int(logged.version[1:])).root
+    corrupt(reg.store, reg.lookup(root, "sub/b.txt"), b"BETA")  # its blob, or its pack on S3
     with pytest.raises(DigestMismatchError, match="sub/b.txt"):
         Api().artifact("data").download(str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out" / "sub" / "b.txt")

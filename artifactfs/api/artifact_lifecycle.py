@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from dataclasses import replace
 from typing import Self
 
 from ..chunks import upload
@@ -66,11 +67,14 @@ class ArtifactLifecycle:
 
     def _store_again(self, blobs: set[str]) -> None:
         """Put the files whose blobs a concurrent gc removed (gcstate.py) again."""
-        for path, entry in self._changes.items():
-            if isinstance(entry, FileEntry) and blobs.intersection(entry.chunks):
+        for path, entry in list(self._changes.items()):
+            if isinstance(entry, FileEntry) and blobs.intersection(entry.chunks + tuple(
+                    [entry.pack.pack] if entry.pack else [])):
                 local = self._local.get(path)
-                if local is None or not os.path.isfile(local) or upload.upload_file(self._reg(), local) != entry:
+                again = upload.upload_file(self._reg(), local) if local and os.path.isfile(local) else None
+                if again is None or again.with_mtime(entry.mtime_ns) != replace(entry, pack=None):
                     raise ObjectsSwept(blobs, set())
+                self._changes[path] = again.with_mtime(entry.mtime_ns)  # stored again as blobs
 
     # -- delete ----------------------------------------------------------------------
     def delete(self, delete_aliases: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""`artifactfs gc`: delete expired versions, then the blobs and trees nothing live
+"""`artifactfs gc`: delete expired versions, then the blobs, packs and trees nothing live
 refers to (docs/store-format.md section 5.5 has the protocol).
 
 Live roots are the root trees of every version (and link) that is not deleted,
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ArtifactfsError, ObjectNotFound
 from ..registry import gcstate
-from ..registry.keys import BLOBS, TREES, blob_key, tree_object_key
+from ..registry.keys import BLOBS, PACKS, TREES, tree_object_key
 from ..registry.manifest import DirEntry, FileEntry
 from ..registry.versions import Registry, VersionInfo
 from .lifecycle import default_ttl, expires_at
@@ -34,6 +34,7 @@ class GcReport:
     dry_run: bool
     expired: list[str] = field(default_factory=list)   # project/collection:vN deleted for their TTL
     blobs: int = 0            # blobs removed (or that would be)
+    packs: int = 0            # packs of small files removed (or that would be)
     trees: int = 0            # trees removed (or that would be)
     bytes: int = 0            # their total size
     young: int = 0            # unreferenced objects kept because younger than the grace period
@@ -84,10 +85,11 @@ class _Beat:
 
 def _mark(registry: Registry, now: float, keep_deleted: float, expiring: set[tuple[str, str, int]],
           beat: _Beat) -> tuple[set[str], set[str], int]:
-    """Keys of every tree and blob reachable from a live root; and the live count.
-    `expiring` versions count as deleted now (a dry run has not deleted them)."""
+    """Keys of every tree and of every blob and pack reachable from a live root; and
+    the live count.  `expiring` versions count as deleted now (a dry run has not
+    deleted them).  A pack stays whole while any live file is in it."""
     trees: set[str] = set()
-    blobs: set[str] = set()
+    objects: set[str] = set()
     live = 0
 
     def visit(key: str) -> None:
@@ -103,7 +105,7 @@ def _mark(registry: Registry, now: float, keep_deleted: float, expiring: set[tup
             if isinstance(entry, DirEntry):
                 visit(entry.tree)
             elif isinstance(entry, FileEntry):
-                blobs.update(entry.chunks)
+                objects.update(entry.object_keys())
 
     for root in gcstate.pinned_roots(registry.store, now):  # bases of running mounts' drafts
         visit(root)
@@ -119,7 +121,7 @@ def _mark(registry: Registry, now: float, keep_deleted: float, expiring: set[tup
         else:
             live += 1
         visit(info.root)
-    return {tree_object_key(t) for t in trees}, {blob_key(b) for b in blobs}, live
+    return {tree_object_key(t) for t in trees}, objects, live
 
 
 def collect(registry: Registry, dry_run: bool = False, grace: float = GRACE,
@@ -140,8 +142,8 @@ def collect(registry: Registry, dry_run: bool = False, grace: float = GRACE,
             gcstate.wait_for_commits(store, sweep, wait)
         beat = _Beat(registry, sweep)
         started = time.time()
-        trees, blobs, report.live_versions = _mark(registry, started, keep_deleted, expiring, beat)
-        for prefix, keep in ((TREES, trees), (BLOBS, blobs)):
+        trees, objects, report.live_versions = _mark(registry, started, keep_deleted, expiring, beat)
+        for prefix, keep in ((TREES, trees), (BLOBS, objects), (PACKS, objects)):
             for obj in store.list_stat(prefix):
                 if obj.key in keep:
                     continue
@@ -154,6 +156,8 @@ def collect(registry: Registry, dry_run: bool = False, grace: float = GRACE,
                 report.bytes += obj.size
                 if prefix == TREES:
                     report.trees += 1
+                elif prefix == PACKS:
+                    report.packs += 1
                 else:
                     report.blobs += 1
         if sweep is not None:

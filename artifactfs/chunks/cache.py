@@ -33,6 +33,7 @@ from concurrent.futures import Future
 import xxhash
 
 from ..errors import CorruptStoreError, DigestMismatchError, ObjectNotFound, UsageError
+from ..registry.packs import read_located
 from ..registry.versions import Registry, blob_key
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,11 @@ class ChunkCache:
         assert path is not None
         try:
             data = _read_file(path)
-        except FileNotFoundError:
-            raise self._missing(key, where) from None
+        except FileNotFoundError:  # a packed file (a store that an S3 store was copied to)
+            try:
+                data = read_located(self.store, key, length, where)
+            except ObjectNotFound:
+                raise self._missing(key, where) from None
         self._count(bytes_fetched=len(data), fetches=1)
         _verify(data, key, length, where)
         return data
@@ -183,7 +187,7 @@ class ChunkCache:
 
     def _fetch(self, key: str, length: int, where: str) -> bytes:
         try:
-            data = self.store.get(blob_key(key))
+            data = read_located(self.store, key, length, where)  # its blob, or a pack holding it
         except ObjectNotFound:
             raise self._missing(key, where) from None
         self._count(bytes_fetched=len(data), fetches=1)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import xxhash
 
 from ..errors import DigestMismatchError, LocalFileError, ObjectNotFound, StoreError, shown
+from ..registry import packs
 from ..registry.manifest import FileEntry, Leaf, SymlinkEntry
 from ..registry.names import check_path
 from ..registry.versions import Registry, blob_key
@@ -34,6 +35,8 @@ PREFETCH = 8             # chunks of a file asked for ahead of the one being wri
 def read_chunk(registry: Registry, entry: FileEntry, index: int, where: str) -> bytes:
     """One verified chunk of a file; DigestMismatchError names the file."""
     key = entry.chunks[index]
+    if entry.pack is not None:
+        return packs.read_span(registry.store, key, entry.pack, entry.size, where)
     data = registry.get_blob(key)
     _verify(data, key, entry.chunk_span(index)[1], where)
     return data
@@ -50,7 +53,7 @@ def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: st
     length = entry.chunk_span(index)[1]
     bkey = blob_key(key)
     path = registry.store.local_path(bkey)
-    if path is None:
+    if path is None or entry.pack is not None:
         return memoryview(read_chunk(registry, entry, index, where))
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import xxhash
 
 from ..errors import LocalFileError, StoreError
+from ..registry import packs
 from ..registry.manifest import CHUNK_SIZE, MTIME_KEY, FileEntry, b64_digest
 from ..registry.versions import Registry, blob_key
 from .buffers import WORKERS, Progress, chunk_buffer, read_full
@@ -84,27 +85,38 @@ def _overlapped_chunks(fd: int, first: int) -> Iterator[memoryview]:
 
 
 def _store_file(registry: Registry | None, path: str, progress: Progress | None,
-                cache: HashCache | None) -> FileEntry:
-    """Read, hash and store one file; remember its digests in the cache."""
+                cache: HashCache | None, packer: packs.Packer | None = None) -> FileEntry:
+    """Read, hash and store one file (a small one into `packer`'s pack when
+    given); remember its digests in the cache."""
+    span = None
     try:
         started = time.time_ns()
         fd = os.open(path, os.O_RDONLY)
         try:
             st = os.fstat(fd)
-            digest, size, chunks = hash_fd(registry, fd, progress)
+            if packer is not None and 0 < st.st_size < packer.below:
+                digest, size, chunks = hash_fd(None, fd, progress)  # its bytes stay in chunk_buffer()
+                if 0 < size < packer.below:
+                    span = packer.add(chunks[0], chunk_buffer()[:size])
+                else:  # it grew meanwhile: store it as blobs
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    digest, size, chunks = hash_fd(registry, fd, None)
+            else:
+                digest, size, chunks = hash_fd(registry, fd, progress)
         finally:
             os.close(fd)
     except OSError as e:
         raise LocalFileError("read", path, e) from None
-    if cache is not None and size == st.st_size:
+    if cache is not None and size == st.st_size and span is None:  # the cache knows blobs, not packs
         cache.remember(st, (digest, chunks), started)
-    return _file_entry(digest, size, chunks, st)
+    return _file_entry(digest, size, chunks, st, span)
 
 
-def _file_entry(digest: str, size: int, chunks: tuple[str, ...], st: os.stat_result) -> FileEntry:
+def _file_entry(digest: str, size: int, chunks: tuple[str, ...], st: os.stat_result,
+                span: packs.PackSpan | None = None) -> FileEntry:
     """The entry of a local file: its digests, executable bit and mtime."""
     return FileEntry(digest, size, chunks, bool(st.st_mode & 0o111), None,
-                     {"alg": "XXH128", MTIME_KEY: st.st_mtime_ns})
+                     {"alg": "XXH128", MTIME_KEY: st.st_mtime_ns}, span)
 
 
 def _remembered(registry: Registry | None, paths: list[str], progress: Progress | None,
@@ -145,8 +157,9 @@ def upload_many(registry: Registry | None, paths: list[str], progress: Progress 
     """upload_file over many files: those the per-user HashCache knows unchanged
     are not read; the others are hashed and stored in parallel (file I/O and
     xxhash release the GIL), in batches (one task per file costs more than a
-    small file's work)."""
+    small file's work).  On a store that packs, small files go into packs."""
     cache = HashCache.open()
+    packer = packs.Packer(registry.store) if registry is not None and registry.store.pack_below else None
     try:
         entries = _remembered(registry, paths, progress, cache) if cache else [None] * len(paths)
         todo = [i for i, e in enumerate(entries) if e is None]
@@ -154,7 +167,7 @@ def upload_many(registry: Registry | None, paths: list[str], progress: Progress 
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
 
         def batch(indexes: list[int]) -> list[FileEntry]:
-            return [_store_file(registry, paths[i], progress, cache) for i in indexes]
+            return [_store_file(registry, paths[i], progress, cache, packer) for i in indexes]
         if len(batches) <= 1:
             done = [batch(b) for b in batches]
         else:
@@ -163,6 +176,8 @@ def upload_many(registry: Registry | None, paths: list[str], progress: Progress 
         for indexes, part in zip(batches, done):
             for i, e in zip(indexes, part):
                 entries[i] = e
+        if packer is not None:
+            packer.close()
         return entries  # type: ignore[return-value]
     finally:
         if cache is not None:

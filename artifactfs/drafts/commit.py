@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from weakref import WeakKeyDictionary
 
 from ..errors import ConflictError, InvalidNameError, PathConflictError, PreconditionFailed
@@ -98,8 +98,7 @@ def _mtime_shown(draft: Draft, b: Entry | None) -> int:
 def file_entry(draft: Draft, ino: Inode, content: FileEntry, mtime: int, b: Entry | None) -> FileEntry | None:
     """The entry of a regular file (executable bit from its mode, its mtime), or
     None when it shows exactly the base entry `b`."""
-    e = FileEntry(content.digest, content.size, content.chunks, bool(ino.mode & 0o111), content.ref,
-                  content.extra).with_mtime(mtime)
+    e = replace(content, executable=bool(ino.mode & 0o111)).with_mtime(mtime)
     if isinstance(b, FileEntry) and e.same_content(b) and mtime == _mtime_shown(draft, b):
         return None
     return e

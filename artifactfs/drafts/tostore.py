@@ -43,5 +43,5 @@ def store_staged(registry: Registry, paths: list[str], known: list[Digests | Non
                 out[i] = store_known(store, paths[i], k)
     todo = [i for i, e in enumerate(out) if e is None]
     for i, e in zip(todo, upload.upload_many(registry, [paths[i] for i in todo])):
-        out[i] = FileEntry(e.digest, e.size, e.chunks)
+        out[i] = FileEntry(e.digest, e.size, e.chunks, pack=e.pack)  # content only: no mode or mtime
     return out  # type: ignore[return-value]

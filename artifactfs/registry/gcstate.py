@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import ArtifactfsError, ObjectNotFound, PreconditionFailed, StoreError
 from ..store import ObjectStore
-from .keys import blob_key, tree_object_key
+from .keys import tree_object_key
 from .manifest import DirEntry, FileEntry, TreeIO
 
 STATE = "gc/state.json"
@@ -102,11 +102,11 @@ def in_flight(store: ObjectStore) -> Iterator[int]:
 
 
 def check_present(io: TreeIO, store: ObjectStore, root: str, base_root: str | None) -> None:
-    """Raise ObjectsSwept unless every tree and blob of `root` is in the store.  Sub-trees
+    """Raise ObjectsSwept unless every tree, blob and pack of `root` is in the store.  Sub-trees
     equal to the same path's in `base_root` (a version that is not deleted, which gc
     keeps) are not descended into."""
     trees: set[str] = set()
-    blobs: set[str] = set()
+    objects: set[str] = set()  # store keys of blobs and packs
 
     def visit(key: str, base: str | None) -> None:
         if key == base:
@@ -117,13 +117,13 @@ def check_present(io: TreeIO, store: ObjectStore, root: str, base_root: str | No
             was = old.get(name)
             if isinstance(entry, DirEntry):
                 visit(entry.tree, was.tree if isinstance(was, DirEntry) else None)
-            elif isinstance(entry, FileEntry) and not (isinstance(was, FileEntry) and was.chunks == entry.chunks):
-                blobs.update(entry.chunks)
+            elif isinstance(entry, FileEntry) and not (isinstance(was, FileEntry)
+                                                       and was.object_keys() == entry.object_keys()):
+                objects.update(entry.object_keys())
     visit(root, base_root)
-    wanted = {tree_object_key(t) for t in trees} | {blob_key(b) for b in blobs}
-    present = store.present(wanted)
+    present = store.present({tree_object_key(t) for t in trees} | objects)
     missing_trees = {t for t in trees if tree_object_key(t) not in present}
-    missing_blobs = {b for b in blobs if blob_key(b) not in present}
+    missing_blobs = {k.rpartition("/")[2] for k in objects if k not in present}
     if missing_trees or missing_blobs:
         raise ObjectsSwept(missing_blobs, missing_trees)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 BLOBS = "blobs/"
 TREES = "trees/"
+PACKS = "packs/"
 
 
 def blob_key(hexdigest: str) -> str:
@@ -13,3 +14,8 @@ def blob_key(hexdigest: str) -> str:
 def tree_object_key(hexdigest: str) -> str:
     """`trees/<2 hex>/<32 hex>`: one directory object."""
     return f"{TREES}{hexdigest[:2]}/{hexdigest}"
+
+
+def pack_object_key(name: str) -> str:
+    """`packs/<2 hex>/<32 hex>`: small files packed together (packs.py)."""
+    return f"{PACKS}{name[:2]}/{name}"

@@ -21,7 +21,9 @@ from typing import Union
 import xxhash
 
 from ..errors import CorruptStoreError, InvalidNameError, PathConflictError, shown
+from .keys import blob_key, pack_object_key
 from .names import check_component, check_path
+from .packs import PackSpan, remember
 
 CHUNK_SIZE = 8 * 1024 * 1024
 MAX_TARGET = 4095  # bytes of a symlink target (PATH_MAX less the NUL)
@@ -41,7 +43,8 @@ def hex_of_b64(digest: str) -> str:
 @dataclass(frozen=True)
 class FileEntry:
     """One file: W&B digest (base64 xxh3-128 of all its bytes), size, and the blob
-    keys (hex xxh3-128) of its CHUNK_SIZE pieces in order."""
+    keys (hex xxh3-128) of its CHUNK_SIZE pieces in order.  A small file may be
+    packed: `pack` then says where its one chunk's bytes are (packs.py)."""
 
     digest: str
     size: int
@@ -49,6 +52,15 @@ class FileEntry:
     executable: bool = False
     ref: str | None = None
     extra: Mapping[str, object] = field(default_factory=lambda: {"alg": "XXH128"})
+    pack: PackSpan | None = None
+
+    def __post_init__(self) -> None:
+        if self.pack is not None:
+            remember(self.chunks[0], self.pack)  # for readers that have only the blob key
+
+    def object_keys(self) -> list[str]:
+        """Store keys holding the file's bytes: its pack, or its blobs."""
+        return [pack_object_key(self.pack.pack)] if self.pack is not None else [blob_key(c) for c in self.chunks]
 
     @property
     def mtime_ns(self) -> int | None:
@@ -66,8 +78,10 @@ class FileEntry:
         return replace(self, extra=extra)
 
     def same_content(self, other: "Leaf") -> bool:
-        """Equal but for the mtime: what decides whether a commit changes anything."""
-        return isinstance(other, FileEntry) and self.with_mtime(None) == other.with_mtime(None)
+        """Equal but for the mtime and where the bytes are stored: what decides
+        whether a commit changes anything."""
+        return (isinstance(other, FileEntry)
+                and replace(self.with_mtime(None), pack=None) == replace(other.with_mtime(None), pack=None))
 
     def to_json(self) -> dict:
         d: dict = {"type": "file", "digest": self.digest, "size": self.size}
@@ -79,6 +93,8 @@ class FileEntry:
             d["ref"] = self.ref
         if dict(self.extra) != {"alg": "XXH128"}:
             d["extra"] = dict(self.extra)
+        if self.pack is not None:
+            d["pack"], d["at"] = self.pack.pack, self.pack.at
         return d
 
     @classmethod
@@ -97,12 +113,22 @@ class FileEntry:
         extra = dict(d.get("extra", {"alg": "XXH128"}))
         if MTIME_KEY in extra and type(extra[MTIME_KEY]) is not int:
             raise CorruptStoreError(f"{MTIME_KEY} {extra[MTIME_KEY]!r} is not an integer")
-        return cls(digest, size, chunks, bool(d.get("exec", False)), d.get("ref"), extra)
+        return cls(digest, size, chunks, bool(d.get("exec", False)), d.get("ref"), extra, _pack_of(d, chunks))
 
     def chunk_span(self, index: int) -> tuple[int, int]:
         """(offset, length) of chunk `index` within the file."""
         start = index * CHUNK_SIZE
         return start, min(CHUNK_SIZE, self.size - start)
+
+
+def _pack_of(d: Mapping, chunks: tuple[str, ...]) -> PackSpan | None:
+    """The `pack`/`at` members: only on a stored file of one chunk."""
+    if "pack" not in d:
+        return None
+    at = d.get("at")
+    if d.get("ref") is not None or len(chunks) != 1 or type(at) is not int or at < 0:
+        raise CorruptStoreError("invalid pack location in manifest")
+    return PackSpan(check_object_key(str(d["pack"])), at)
 
 
 def check_object_key(key: str) -> str:

@@ -147,6 +147,8 @@ os.register_at_fork(after_in_child=_clients.clear)  # a child must not share the
 
 
 class S3Store(ObjectStore):
+    pack_below = 64 * 1024  # one request per file costs more than the file below this (store-format.md 5.6)
+
     def __init__(self, url: str, options: S3Options | None = None):
         p = urlparse(url)
         if p.scheme != "s3" or not p.hostname:

@@ -1,0 +1,148 @@
+"""Small files packed into shared objects (docs/store-format.md 5.6).
+
+On an object store each object costs at least one request, so a `put` of
+thousands of small files is request-bound.  A multi-file upload therefore
+appends every file smaller than the store's `pack_below` to a *pack*: one
+object `packs/<2 hex>/<32 hex>` of about PACK_TARGET bytes, named at random
+(it is immutable, but its name is needed before its bytes are all known).  The
+file's tree entry records where its bytes are (PackSpan: pack name and
+offset); its digest still names its content, so every read of a packed file
+(one ranged GET) is verified against its own xxh3-128 like a blob.
+
+Readers that hold the entry read the span directly (transfer.read_chunk).
+Readers that only have a blob key (the mount's chunk cache) ask `locate()`,
+a process-wide index from blob key to the spans of the entries alive in this
+process: a span is registered when its entry is made (a tree is parsed, a
+draft's record is read) and forgotten when the last entry holding it is
+garbage-collected, so the index never holds more than the entries in use."""
+from __future__ import annotations
+
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import xxhash
+
+from ..errors import DigestMismatchError, ObjectNotFound
+from ..store.base import ObjectStore
+from .keys import blob_key, pack_object_key
+
+PACK_TARGET = 1024 * 1024  # bytes: a pack is sealed (uploaded) once it holds this much
+
+
+@dataclass(frozen=True)
+class PackSpan:
+    """Where a packed file's bytes are: pack name (32 hex) and byte offset in it;
+    the length is the file's size."""
+
+    pack: str
+    at: int
+
+
+class _Index:
+    """blob key -> spans of live entries holding that content (weak references)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # weakref callbacks may run inside a locked section
+        self._spans: dict[str, list[weakref.ref[PackSpan]]] = {}
+
+    def add(self, key: str, span: PackSpan) -> None:
+        with self._lock:
+            refs = self._spans.setdefault(key, [])
+            if any(r() is span for r in refs):
+                return
+            refs.append(weakref.ref(span, self._forget(key)))
+
+    def _forget(self, key: str) -> Callable[[weakref.ref[PackSpan]], None]:
+        def drop(ref: weakref.ref[PackSpan]) -> None:
+            with self._lock:
+                refs = self._spans.get(key)
+                if refs is None:
+                    return
+                refs[:] = [r for r in refs if r is not ref]
+                if not refs:
+                    del self._spans[key]
+        return drop
+
+    def spans(self, key: str) -> list[PackSpan]:
+        with self._lock:
+            return [s for s in (r() for r in self._spans.get(key, ())) if s is not None]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._spans)
+
+
+_index = _Index()
+remember = _index.add
+locate = _index.spans
+located_keys = _index.__len__
+
+
+def read_span(store: ObjectStore, key: str, span: PackSpan, length: int, where: str) -> bytes:
+    """The `length` bytes of content `key` at `span`, verified (one ranged GET).
+    Raises ObjectNotFound when the pack is missing, DigestMismatchError (naming
+    `where`) when the bytes there are not the content."""
+    data = store.get_range(pack_object_key(span.pack), span.at, length)
+    if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
+        raise DigestMismatchError(f"{where}: stored data does not match its digest (blob {key} in pack {span.pack})")
+    return data
+
+
+def read_located(store: ObjectStore, key: str, length: int, where: str) -> bytes:
+    """Content `key` from a pack that a live entry places it in, else its blob
+    (unverified here: callers verify blobs).  Raises ObjectNotFound when neither
+    exists, or the first DigestMismatchError when only bad copies do."""
+    bad: DigestMismatchError | None = None
+    for span in locate(key):
+        try:
+            return read_span(store, key, span, length, where)
+        except ObjectNotFound:
+            continue
+        except DigestMismatchError as e:
+            bad = bad or e
+    try:
+        return store.get(blob_key(key))
+    except ObjectNotFound:
+        if bad is not None:
+            raise bad from None
+        raise
+
+
+class Packer:
+    """Collects the small files of one upload into packs of about PACK_TARGET
+    bytes (thread-safe).  A pack is put (in the background on S3) when full and
+    by close(); like any put it is durable after the store's sync(), which the
+    commit does before its record names the pack.  Equal contents within one
+    upload share one span."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        self.below = store.pack_below
+        self._lock = threading.Lock()
+        self._buf = bytearray()
+        self._name = uuid.uuid4().hex
+        self._seen: dict[str, PackSpan] = {}
+
+    def add(self, key: str, data: bytes | memoryview) -> PackSpan:
+        """The span where content `key` (= xxh3-128 hex of `data`) will be."""
+        with self._lock:
+            span = self._seen.get(key)
+            if span is None:
+                span = self._seen[key] = PackSpan(self._name, len(self._buf))
+                self._buf += data
+                if len(self._buf) >= PACK_TARGET:
+                    self._seal()
+            return span
+
+    def _seal(self) -> None:
+        if self._buf:
+            self.store.put(pack_object_key(self._name), bytes(self._buf))
+            self._buf, self._name = bytearray(), uuid.uuid4().hex
+
+    def close(self) -> None:
+        """Put the last, partly filled pack."""
+        with self._lock:
+            self._seal()
