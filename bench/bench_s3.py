@@ -5,6 +5,8 @@ bucket and data, in one run:
   `rclone mount` of the same bytes stored as plain objects in the same bucket:
     (a) sequential read of one big file, (b) reading many 64 KiB files in order,
     (c) `ls -R` of a version with many files;
+    (f) the first (cold) epoch of a shuffled 4-process torch DataLoader over small
+        sample files (bench_loader.py's data set), listing included;
   transfers, vs plain boto3 on the same bytes:
     (d) put and get of the big file vs upload_file / download_file,
     (e) put of many small files vs an 8-thread boto3 upload_file of each.
@@ -34,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from common import (MiB, Noise, Row, Table, cli, drop_caches, emit, files_under,  # noqa: E402
                     machine_note, make_big_file, make_many_files, read_files, run, timed,
                     wait_mounted, workdir)
+from bench_loader import epoch, make_samples  # noqa: E402
 from s3server import moto_server  # noqa: E402
 
 PLAIN = "plain"  # the peers' copy: the same files as plain objects below this prefix
@@ -111,7 +114,7 @@ def mount_case(table: Table, case: str, nbytes: int | None, rounds: int, work: s
                 drop_caches()
                 times.append(timed(lambda: fn(mnt)))
         return statistics.median(times)
-    a = fresh(lambda i: af_mount(store, os.path.join(work, f"af{case[0]}{i}"), os.path.join(work, f"cache{case[0]}{i}")),
+    a = fresh(lambda i: af_mount(store, os.path.join(work, f"af{case[1]}{i}"), os.path.join(work, f"cache{case[1]}{i}")),
               ours)
     s = fresh(lambda i: s3fs_mount(bucket, endpoint, os.path.join(work, "s3fs"), passwd), peers)
     r = fresh(lambda i: rclone_s3_mount(bucket, endpoint, os.path.join(work, "rclone")), peers)
@@ -128,12 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", type=int, default=2000, help="64 KiB files read through the mounts")
     ap.add_argument("--tree-files", type=int, default=100000, help="files of the version listed with ls -R")
     ap.add_argument("--small-files", type=int, default=20000, help="1 KiB files put (case e)")
+    ap.add_argument("--samples", type=int, default=6000, help="2-24 KiB sample files read by the loader (case f)")
     ap.add_argument("--rounds", type=int, default=3, help="cold runs per mount case (median)")
-    ap.add_argument("--only", action="append", choices=list("abcde"), help="cases to run (repeatable)")
+    ap.add_argument("--only", action="append", choices=list("abcdef"), help="cases to run (repeatable)")
     ap.add_argument("--dir", default=None, help="parent of the work directory")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    cases = set(args.only or "abcde")
+    cases = set(args.only or "abcdef")
     noise = Noise()
     mount_table = Table(f"S3 mounts, cold, median of {args.rounds} (moto on 127.0.0.1)")
     xfer_table = Table("S3 put/get vs plain boto3 (moto on 127.0.0.1)")
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
             make_many_files(os.path.join(src, "small"), args.files, 64 * 1024, noise)
         if "c" in cases:
             make_many_files(os.path.join(src, "tree"), args.tree_files, 16, noise)
+        if "f" in cases:
+            samples_bytes = make_samples(os.path.join(src, "samples"), args.samples)
         put = cli() + ["--store", store, "--project", "bench", "put", "--type", "dataset"]
         for part in sorted(os.listdir(src)):
             run(put + [os.path.join(src, part), part])
@@ -170,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
             mount_case(mount_table, f"(c) ls -R, {args.tree_files} files", None, args.rounds, work,
                        lambda m: ls_r(mnt_path(m, "tree")), lambda m: ls_r(os.path.join(m, "tree")),
                        store, bucket, srv.endpoint, passwd)
+        if "f" in cases:
+            mount_case(mount_table, f"(f) loader epoch, {args.samples} files, 4 workers", samples_bytes, args.rounds,
+                       work, lambda m: epoch(files_under(mnt_path(m, "samples")), 4, 0),
+                       lambda m: epoch(files_under(os.path.join(m, "samples")), 4, 0), store, bucket, srv.endpoint,
+                       passwd)
         if "d" in cases:
             big = os.path.join(src, "big", "big.bin")
             nbytes = args.big_mb * MiB

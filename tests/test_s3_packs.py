@@ -9,12 +9,13 @@ import os
 
 import pytest
 from conftest import randbytes
-from core_util import check_version_complete, corrupt, write_files
+from core_util import RecordingStore, check_version_complete, corrupt, write_files
 from mountutil import cli, mounted
 from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 
 from artifactfs import Api, Artifact, DigestMismatchError
 from artifactfs.api.gc import collect
+from artifactfs.chunks.cache import ChunkCache
 from artifactfs.errors import InvalidNameError
 from artifactfs.registry import packs
 from artifactfs.registry.manifest import FileEntry, decode_tree, walk
@@ -128,3 +129,23 @@ def test_the_location_index_holds_only_entries_in_use():
     del entry, span
     pygc.collect()
     assert packs.locate(key) == []
+
+
+def test_the_chunk_cache_fetches_a_pack_once_for_all_its_files(s3_url, tmp_path):
+    put(s3_url, str(tmp_path / "src"), SMALL)
+    rec = RecordingStore(s3_url)
+    reg = Registry(rec)
+    files = entries(reg, 0)
+    cache = ChunkCache(reg, str(tmp_path / "cache"), 1 << 30)
+    for path, e in files.items():
+        assert cache.read_chunk(e.chunks[0], e.size, path) == SMALL[path]
+    assert [op for op, k in rec.ops if k.startswith("packs/")] == ["get"]  # one GET for 300 files
+    bad = files["d3/f003.txt"]
+    corrupt(rec.inner, bad, b"Z" * bad.size)
+    fresh = ChunkCache(reg, str(tmp_path / "cache2"), 1 << 30)
+    with pytest.raises(DigestMismatchError, match="d3/f003.txt"):
+        fresh.read_chunk(bad.chunks[0], bad.size, "d3/f003.txt")
+    corrupt(rec.inner, bad, SMALL["d3/f003.txt"])  # repaired: the bad copy was not kept
+    assert fresh.read_chunk(bad.chunks[0], bad.size, "d3/f003.txt") == SMALL["d3/f003.txt"]
+    cache.close()
+    fresh.close()

@@ -33,7 +33,7 @@ from concurrent.futures import Future
 import xxhash
 
 from ..errors import CorruptStoreError, DigestMismatchError, ObjectNotFound, UsageError
-from ..registry.packs import read_located
+from ..registry.packs import PackReader, read_located
 from ..registry.versions import Registry, blob_key
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class ChunkCache:
         self._inflight: dict[str, Future[bytes]] = {}
         self._counts = {"bytes_fetched": 0, "fetches": 0, "hits": 0, "evictions": 0}
         self._size = 0
+        self._packs = PackReader(self.store)  # a packed file's whole pack is fetched once
         if self._in_place:
             return
         self._blobs = os.path.join(self.cache_dir, "blobs")
@@ -187,7 +188,7 @@ class ChunkCache:
 
     def _fetch(self, key: str, length: int, where: str) -> bytes:
         try:
-            data = read_located(self.store, key, length, where)  # its blob, or a pack holding it
+            data = read_located(self.store, key, length, where, self._packs)  # its blob, or a pack holding it
         except ObjectNotFound:
             raise self._missing(key, where) from None
         self._count(bytes_fetched=len(data), fetches=1)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import threading
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import xxhash
@@ -30,6 +32,7 @@ from ..store.base import ObjectStore
 from .keys import blob_key, pack_object_key
 
 PACK_TARGET = 1024 * 1024  # bytes: a pack is sealed (uploaded) once it holds this much
+PACKS_KEPT = 32  # whole packs a PackReader keeps in memory (~32 MiB)
 
 
 @dataclass(frozen=True)
@@ -81,24 +84,33 @@ locate = _index.spans
 located_keys = _index.__len__
 
 
-def read_span(store: ObjectStore, key: str, span: PackSpan, length: int, where: str) -> bytes:
-    """The `length` bytes of content `key` at `span`, verified (one ranged GET).
-    Raises ObjectNotFound when the pack is missing, DigestMismatchError (naming
-    `where`) when the bytes there are not the content."""
-    data = store.get_range(pack_object_key(span.pack), span.at, length)
+def read_span(store: ObjectStore, key: str, span: PackSpan, length: int, where: str,
+              reader: "PackReader | None" = None) -> bytes:
+    """The `length` bytes of content `key` at `span`, verified: one ranged GET, or
+    a slice of the whole pack through `reader`.  Raises ObjectNotFound when the
+    pack is missing, DigestMismatchError (naming `where`) when the bytes there are
+    not the content."""
+    if reader is not None:
+        data = reader.pack(span.pack)[span.at:span.at + length]
+    else:
+        data = store.get_range(pack_object_key(span.pack), span.at, length)
     if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
+        if reader is not None:
+            reader.forget(span.pack)  # a later read fetches it again
         raise DigestMismatchError(f"{where}: stored data does not match its digest (blob {key} in pack {span.pack})")
     return data
 
 
-def read_located(store: ObjectStore, key: str, length: int, where: str) -> bytes:
-    """Content `key` from a pack that a live entry places it in, else its blob
-    (unverified here: callers verify blobs).  Raises ObjectNotFound when neither
-    exists, or the first DigestMismatchError when only bad copies do."""
+def read_located(store: ObjectStore, key: str, length: int, where: str,
+                 reader: "PackReader | None" = None) -> bytes:
+    """Content `key` from a pack that a live entry places it in (through `reader`
+    when given), else its blob (unverified here: callers verify blobs).  Raises
+    ObjectNotFound when neither exists, or the first DigestMismatchError when
+    only bad copies do."""
     bad: DigestMismatchError | None = None
     for span in locate(key):
         try:
-            return read_span(store, key, span, length, where)
+            return read_span(store, key, span, length, where, reader)
         except ObjectNotFound:
             continue
         except DigestMismatchError as e:
@@ -146,3 +158,42 @@ class Packer:
         """Put the last, partly filled pack."""
         with self._lock:
             self._seal()
+
+
+class PackReader:
+    """Whole packs, each fetched once (one GET of about PACK_TARGET bytes) and
+    kept in memory (the PACKS_KEPT most recent), so that a reader of many files
+    of a pack (a loader's epoch, a folder read in order) pays one request per
+    pack, not one per file.  Thread-safe: threads asking for the same pack
+    share one GET.  The bytes are not verified here; every file cut from them
+    is (read_span)."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        self._lock = threading.Lock()
+        self._packs: OrderedDict[str, Future[bytes]] = OrderedDict()
+
+    def pack(self, name: str) -> bytes:
+        with self._lock:
+            future = self._packs.get(name)
+            leader = future is None
+            if leader:
+                future = self._packs[name] = Future()
+                while len(self._packs) > PACKS_KEPT:
+                    self._packs.popitem(last=False)
+            else:
+                self._packs.move_to_end(name)
+        assert future is not None
+        if leader:
+            try:
+                future.set_result(self.store.get(pack_object_key(name)))
+            except BaseException as e:
+                with self._lock:
+                    if self._packs.get(name) is future:
+                        del self._packs[name]  # not kept: a later read asks again
+                future.set_exception(e)
+        return future.result()
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._packs.pop(name, None)
