@@ -91,6 +91,9 @@ def test_the_mount_reads_packed_files_and_its_drafts_commit_them(s3_url, tmp_pat
         os.chmod(m.p("ds", "draft", "d1", "f001.txt"), 0o755)  # a base file changed, not its bytes
         done = cli("sync", m.p("ds", "draft"), env=m.env, timeout=120)
         assert done.returncode == 0, done.stderr
+        for where in (m.p("ds", "draft", "new.txt"), m.p("ds", "ds:v1", "new.txt")):  # now from its pack
+            with open(where, "rb") as f:
+                assert f.read() == b"new in the draft"
     reg = Registry.open(s3_url)
     got = entries(reg, 1)
     assert got["new.txt"].pack is not None and got["d1/f001.txt"].executable
