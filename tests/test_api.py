@@ -19,12 +19,8 @@ from artifactfs import (
     InvalidNameError,
     NotFoundError,
 )
-<<<<<<< HEAD
 from artifactfs.errors import UsageError
-from artifactfs.registry.versions import blob_key
-=======
 from artifactfs.registry.versions import Registry
->>>>>>> 2b8f1f4 (WIP S3 packs of small files)
 from artifactfs.store import open_store
 
 BOTH_STORES = True  # tests using store_url/env run on a local and an S3 store (tests/conftest.py)

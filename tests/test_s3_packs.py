@@ -16,7 +16,7 @@ from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 from artifactfs import Api, Artifact, DigestMismatchError
 from artifactfs.api.gc import collect
 from artifactfs.chunks.cache import ChunkCache
-from artifactfs.errors import InvalidNameError
+from artifactfs.errors import CorruptStoreError
 from artifactfs.registry import packs
 from artifactfs.registry.manifest import FileEntry, decode_tree, walk
 from artifactfs.registry.versions import Registry
@@ -120,7 +120,7 @@ def test_the_mount_gives_eio_for_a_corrupted_packed_file(s3_url, tmp_path):
 def test_a_tree_with_a_bad_pack_location_is_refused(member):
     entry = {"type": "file", "digest": "9NBJfPk5TKqzTRo6sr7OcA==", "size": 3, "pack": "ab" * 16, "at": 0, **member}
     tree = b'{"entries":{"a":' + __import__("json").dumps(entry).encode() + b'},"format":"artifactfs-tree-v1"}'
-    with pytest.raises(InvalidNameError):
+    with pytest.raises(CorruptStoreError):
         decode_tree(tree)
 
 
