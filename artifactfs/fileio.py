@@ -22,11 +22,12 @@ def write_new(path: str, data: bytes, mode: int, fsync: bool) -> None:
     os.close(fd)
 
 
-def copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    """Copy `length` bytes of fd `src` from `offset` to the start of fd `dst` (a
-    new, empty file) inside the kernel (copy_file_range(2): no user-space buffer;
-    a reflink where the filesystem shares extents); read/write where the kernel
-    refuses (another filesystem type, an old kernel).  Short source: OSError EIO."""
+def copy_range(src: int, dst: int, offset: int, length: int) -> int:
+    """Copy up to `length` bytes of fd `src` from `offset` to the start of fd `dst`
+    (a new, empty file) inside the kernel (copy_file_range(2): no user-space
+    buffer; a reflink where the filesystem shares extents); read/write where the
+    kernel refuses (another filesystem type, an old kernel).  Returns the bytes
+    copied: fewer than `length` only at the end of the source."""
     done = 0
     while done < length:
         try:
@@ -36,8 +37,9 @@ def copy_range(src: int, dst: int, offset: int, length: int) -> None:
                 raise
             n = _copy_by_hand(src, dst, offset + done, done, length - done)
         if n == 0:
-            raise OSError(errno.EIO, "the source file ended early")
+            break
         done += n
+    return done
 
 
 def _copy_by_hand(src: int, dst: int, src_off: int, dst_off: int, length: int) -> int:

@@ -2,7 +2,8 @@
 digests taken while a file is written in order (and dropped for any other
 write), the chunks of such a file moved into the store without reading them
 (a one-chunk file becomes its blob by link(2): the data file is copy-on-write
-from then on), and LocalStore.sync() fsyncing only what this process wrote."""
+from then on), LocalStore.sync() fsyncing only what this process wrote, and
+`put` of a big file copying its chunks in the kernel."""
 from __future__ import annotations
 
 import os
@@ -190,3 +191,24 @@ def test_sync_fsyncs_only_our_objects_while_they_are_few(reg, monkeypatch):
         store.put(f"b/{i}", b"x")
     store.sync()
     assert whole_fs == [True] and synced == []
+
+
+@pytest.mark.parametrize("size", [CHUNK_SIZE + 1, 2 * CHUNK_SIZE, 3 * CHUNK_SIZE - 5])
+def test_put_of_a_big_file_copies_chunks_in_the_kernel_and_hashes_them_in_place(reg, tmp_path, size):
+    """upload_file into a local store (LocalStore.put_hashed): the same entry as
+    hashing alone, every blob its chunk, no temporary object left, and a second
+    upload finds every chunk present."""
+    data = randbytes(size)
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    entry = upload.upload_file(reg, str(path))
+    hashed = upload.upload_file(None, str(path))
+    assert (entry.digest, entry.size, entry.chunks) == (hashed.digest, hashed.size, hashed.chunks)
+    for i, key in enumerate(entry.chunks):
+        with open(_blob_path(reg, key), "rb") as f:
+            assert f.read() == data[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]
+    assert not [n for n in os.listdir(reg.store.root) if "#" in n]
+    before = {k: os.stat(_blob_path(reg, k)).st_ino for k in entry.chunks}
+    assert upload.upload_file(reg, str(path)).chunks == entry.chunks
+    assert {k: os.stat(_blob_path(reg, k)).st_ino for k in entry.chunks} == before, "present: not rewritten"
+    assert not [n for n in os.listdir(reg.store.root) if "#" in n]

@@ -93,7 +93,8 @@ def _open_own(draft: Draft, ino: Inode) -> tuple[int, int]:
     try:
         new = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            copy_range(fd, new, 0, st.st_size)
+            if copy_range(fd, new, 0, st.st_size) != st.st_size:
+                raise OSError(errno.EIO, "a data file shrank while it was copied")
             os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.replace(tmp, path)
         except BaseException:

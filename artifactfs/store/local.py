@@ -11,12 +11,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -255,7 +256,8 @@ class LocalStore(ObjectStore):
                 try:
                     dst = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
                     try:
-                        copy_range(src, dst, offset, length)
+                        if copy_range(src, dst, offset, length) != length:
+                            raise OSError(errno.EIO, f"{path} is shorter than expected")
                     finally:
                         os.close(dst)
                     os.replace(tmp, final)
@@ -266,6 +268,39 @@ class LocalStore(ObjectStore):
             os.close(src)
         self._unsynced.add(final, new=True)
         return True
+
+    def put_hashed(self, src: int, offset: int, length: int, key_of: Callable[[memoryview], str]) -> int:
+        """Store up to `length` bytes of fd `src` from `offset` under the key that
+        key_of(their bytes) gives, unless present.  The bytes are copied by the
+        kernel (copy_file_range(2)) into a temporary object, which key_of reads
+        mapped (no copy into this process either), then renamed onto the key: a
+        `put` of a big file copies its bytes once, as cp does.  Returns the bytes
+        stored, short only at the end of `src` (0: nothing stored, key_of not called)."""
+        tmp = os.path.join(self.root, f"{INTERNAL}tmp-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            n = copy_range(src, fd, offset, length)
+            if n:
+                with mmap.mmap(fd, n, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as mm:
+                    with memoryview(mm) as view:
+                        final = self._path(key_of(view))
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        if not n or os.path.exists(final):
+            os.unlink(tmp)
+            if n:
+                self._unsynced.add(final, new=False)
+            return n
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            self._makedirs(os.path.dirname(final))
+            os.replace(tmp, final)
+        self._unsynced.add(final, new=True)
+        return n
 
     def _link(self, path: str, final: str) -> bool:
         """link(2) `path` as `final`; False when `final` exists already."""
