@@ -1,13 +1,13 @@
 # `make demo` and `make test` each run `make setup` first: they work on a fresh Debian machine.
 # Debian packages, by what needs them (installed only when missing, without recommends):
-#   RUN:   running artifactfs (fuse3) and building pyfuse3 into the venv
+#   RUN:   running artifactfs (fuse3) and building pyfuse3 into the venv (patched: third_party/pyfuse3)
 #   TEST:  what the tests use besides (getfattr, rsync); `make setup` installs RUN and TEST
 #   CHECK: only `make test`: systemd-analyze, for the check of systemd/artifactfs@.service
 #   BENCH: only `make bench`: the peers the benchmarks compare with
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-RUN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv
+RUN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv patch
 TEST_PACKAGES := attr rsync unzip
 CHECK_PACKAGES := systemd
 BENCH_PACKAGES := rclone s3fs
@@ -32,11 +32,12 @@ endef
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile third_party/pyfuse3/build.sh third_party/pyfuse3/noopen.patch
 	$(call apt,$(RUN_PACKAGES) $(TEST_PACKAGES))
 	@echo "== creating $(VENV) and installing the Python packages (about 2 minutes the first time)"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	sh third_party/pyfuse3/build.sh $(PY)
 	$(PY) -m pip install --progress-bar off -e '.[test]'
 	touch $@
 
@@ -54,6 +55,7 @@ bench: setup
 install:
 	$(call apt,$(RUN_PACKAGES))
 	test -x $(INSTALL_VENV)/bin/python || $(SUDO) python3 -m venv $(INSTALL_VENV)
+	$(SUDO) sh third_party/pyfuse3/build.sh $(INSTALL_VENV)/bin/python
 	$(SUDO) $(INSTALL_VENV)/bin/python -m pip install -q --upgrade '.[s3]'
 	$(SUDO) install -d $(BINDIR) $(SBINDIR) $(UNITDIR)
 	$(SUDO) ln -sfn $(INSTALL_VENV)/bin/artifactfs $(BINDIR)/artifactfs

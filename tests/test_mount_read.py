@@ -173,14 +173,24 @@ def test_rsync_archive_copy(mnt, dataset, tmp_path):
     assert out.strip() == ""
 
 
-@pytest.mark.parametrize("op", ["write", "append", "create", "unlink", "mkdir", "rmdir", "rename",
+@pytest.mark.parametrize("op", ["write", "append", "overwrite", "create", "unlink", "mkdir", "rmdir", "rename",
                                 "truncate", "chmod", "symlink", "setxattr"])
 def test_writes_in_a_version_are_erofs(mnt, op):
+    """Opening for writing is refused at open(2) when the kernel sends OPEN
+    (--send-opens), else at the first write(2) (noopen.py); O_TRUNC at open(2)."""
     root = mnt.p("ds", "ds:v0")
     f = os.path.join(root, "README.md")
+
+    def write(flags: int) -> None:
+        fd = os.open(f, flags)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
     actions = {
-        "write": lambda: open(f, "r+b"),
-        "append": lambda: open(f, "ab"),
+        "write": lambda: write(os.O_RDWR),
+        "append": lambda: write(os.O_WRONLY | os.O_APPEND),
+        "overwrite": lambda: open(f, "wb"),
         "create": lambda: open(os.path.join(root, "new.txt"), "wb"),
         "unlink": lambda: os.unlink(f),
         "mkdir": lambda: os.mkdir(os.path.join(root, "data", "newdir")),

@@ -23,7 +23,7 @@ from ..errors import ArtifactfsError
 from ..registry.runinfo import RunRecord, process_run
 from .context import MountContext
 from .inodes import Node
-from .nodes import VersionFileNode
+from .nodes import VersionDirNode, VersionFileNode
 from .parts import MountParts
 
 log = logging.getLogger("artifactfs.mount")
@@ -47,10 +47,13 @@ class UseRecorder:
         self.writers: dict[str, RunRecord] = {}  # draft collection -> the run of its last writer
 
     def opened(self, node: Node, pid: int, flags: int) -> None:
-        """An open(2) or create(2) answered for process `pid` (called on the trio loop)."""
+        """An open(2) or create(2) answered for process `pid` (called on the trio loop);
+        when the kernel sends no OPEN, a lookup (a file), a listing (O_DIRECTORY)
+        or a truncation instead (ops.py)."""
         if pid <= 0 or pid == os.getpid():
             return
-        if isinstance(node, VersionFileNode):
+        if isinstance(node, VersionFileNode) or (  # a listed folder, when OPEN is not sent (noopen.py)
+                isinstance(node, VersionDirNode) and node.ref is not None and flags & os.O_DIRECTORY):
             key = (pid, node.ref.collection, node.ref.version)
             if key in self.seen:
                 return

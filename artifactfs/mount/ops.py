@@ -17,6 +17,7 @@ from .context import CALLER
 from .errnos import to_fuse_error
 from .handles import Handle
 from .inodes import InodeTable, Node
+from .noopen import AVAILABLE as NO_OPEN_AVAILABLE, HANDLE_BASE, InodeHandles
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 OpenHook = Callable[[Node, int, int], None]
@@ -46,20 +47,33 @@ def _mapped(fn: F) -> F:
 
 
 class Operations(pyfuse3.Operations):
+    """With `no_open` (default: when pyfuse3 passes inodes for handle-less
+    requests, noopen.py) the first OPEN is answered ENOSYS and the kernel sends
+    no more OPEN or RELEASE; files are then read and written by inode, and the
+    on_open hooks hear of a process at LOOKUP, OPENDIR, CREATE and SETATTR."""
+
     supports_dot_lookup = False
 
-    def __init__(self, table: InodeTable):
+    def __init__(self, table: InodeTable, no_open: bool = NO_OPEN_AVAILABLE):
         super().__init__()
         self.table = table
+        self.no_open = no_open
+        self.enable_atomic_o_trunc = not no_open  # O_TRUNC then arrives as a SETATTR (patched pyfuse3)
         self.on_open: list[OpenHook] = []  # hook(node, pid, flags) after each open/create is answered (lineage.py)
+        self._counters = table.ctx.reader.counters  # OPEN requests answered: "opens" in user.artifactfs.stats
         self._handles: dict[int, Handle] = {}
+        self._by_inode = InodeHandles(table)
         self._dirs: dict[int, OpenDir] = {}
-        self._next_fh = 1
+        self._next_fh = HANDLE_BASE
 
     def _fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
         return fh
+
+    def _opened(self, node: Node, ctx: pyfuse3.RequestContext, flags: int) -> None:
+        for hook in self.on_open:
+            hook(node, ctx.pid, flags)
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         self.table.remember(node)
@@ -75,11 +89,15 @@ class Operations(pyfuse3.Operations):
         attrs = await node.getattr()
         self.table.remember(node)
         self.table.used(parent_inode, text, node)
+        if self.no_open and ctx is not None:
+            self._opened(node, ctx, os.O_RDONLY)
         return attrs
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             self.table.forget(ino, n)
+            if self.table.get(ino) is None:
+                self._by_inode.forget(ino)
 
     @_mapped
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
@@ -88,7 +106,10 @@ class Operations(pyfuse3.Operations):
     @_mapped
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self.table[inode].setattr(attr, fields, fh)
+        node = self.table[inode]
+        if self.no_open and fields.update_size:  # open(O_TRUNC) sends no OPEN
+            self._opened(node, ctx, os.O_WRONLY)
+        return await node.setattr(attr, fields, fh)
 
     @_mapped
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -98,8 +119,11 @@ class Operations(pyfuse3.Operations):
     @_mapped
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         fh = self._fh()
-        self._dirs[fh] = OpenDir(inode, await self.table[inode].children())
+        node = self.table[inode]
+        self._dirs[fh] = OpenDir(inode, await node.children())
         self.table.used(inode, "")
+        if self.no_open:
+            self._opened(node, ctx, os.O_RDONLY | os.O_DIRECTORY)
         return fh
 
     @_mapped
@@ -125,23 +149,27 @@ class Operations(pyfuse3.Operations):
     # -- files -----------------------------------------------------------------------
     @_mapped
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self.no_open:  # the kernel sends no more OPEN or RELEASE (noopen.py)
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self.table[inode]
         handle = await node.open(flags)
-        for hook in self.on_open:
-            hook(node, ctx.pid, flags)
+        self._opened(node, ctx, flags)
+        self._counters["opens"] += 1
         fh = self._fh()
         self._handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         try:  # the hot path: no wrapper coroutine
-            return await self._handles[fh].read(off, size)
+            handle = self._handles.get(fh) or await self._by_inode.reader(fh)
+            return await handle.read(off, size)
         except Exception as e:
             raise to_fuse_error(e, "read") from None
 
     @_mapped
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self._handles[fh].write(off, buf)
+        handle = self._handles.get(fh) or await self._by_inode.writer(fh)
+        return await handle.write(off, buf)
 
     async def flush(self, fh: int) -> None:
         """Not implemented on purpose: after one ENOSYS the kernel stops sending a
@@ -150,7 +178,8 @@ class Operations(pyfuse3.Operations):
 
     @_mapped
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._handles[fh].fsync(datasync)
+        handle = self._handles.get(fh) or await self._by_inode.reader(fh)
+        await handle.fsync(datasync)
 
     @_mapped
     async def release(self, fh: int) -> None:
@@ -163,8 +192,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node, handle = await self.table[parent_inode].create(os.fsdecode(name), mode, flags)
-        for hook in self.on_open:
-            hook(node, ctx.pid, flags)
+        self._opened(node, ctx, flags)
         fh = self._fh()
         self._handles[fh] = handle
         info = pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)

@@ -26,6 +26,7 @@ class MountOptions:
     read_only: bool = False
     debug: bool = False
     default_type: str = "dataset"  # of collections made with mkdir (drafts)
+    send_opens: bool = False  # keep OPEN/RELEASE requests even when pyfuse3 could do without (noopen.py)
 
     def fuse_options(self) -> set[str]:
         opts = {"fsname=artifactfs", "subtype=artifactfs", "default_permissions"}

@@ -78,7 +78,7 @@ class ChunkReader:
         self._behind: deque[ChunkRequest] = deque()  # fetch_behind's queue
         self._behind_running = False
         self._behind_left = BEHIND_BUDGET
-        self.counters = {"reads": 0, "read_bytes": 0, "chunk_reads": 0, "memory_hits": 0, "waits": 0, "readahead": 0, "fetch_errors": 0}
+        self.counters = {"opens": 0, "reads": 0, "read_bytes": 0, "chunk_reads": 0, "memory_hits": 0, "waits": 0, "readahead": 0, "fetch_errors": 0}
 
     def stats(self) -> dict[str, int]:
         fed = self.feeder.counters if self.feeder is not None else {}

@@ -1,0 +1,84 @@
+"""Files served without OPEN requests (mount/noopen.py) against the same mount
+with --send-opens: the same bytes, draft writes and errors either way, and
+whether OPEN requests reached the daemon ("opens" in user.artifactfs.stats)."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+import pytest
+from conftest import skip_or_fail
+from mountutil import mount_factory  # noqa: F401 (fixture)
+from test_mount_read import commit
+
+from artifactfs.mount import noopen
+from artifactfs.registry.versions import Registry
+
+FILES = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 64}
+MODES = {"no OPEN": (), "--send-opens": ("--send-opens",)}
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    url = str(tmp_path / "store")
+    Registry.open(url, create=True)
+    commit(url, "ds", str(tmp_path / "src"), FILES)
+    return url
+
+
+@pytest.fixture(params=list(MODES), ids=list(MODES))
+def mnt(request, store, mount_factory):  # noqa: F811
+    if request.param == "no OPEN" and not noopen.AVAILABLE:
+        skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/noopen.patch (make setup builds it)")
+    m = mount_factory(store, *MODES[request.param])
+    m.no_open = request.param == "no OPEN"
+    return m
+
+
+def test_reads_and_the_open_requests_they_cost(mnt):
+    for _ in range(2):  # two processes each, every file
+        for name, data in FILES.items():
+            out = subprocess.run(["cat", mnt.p("ds", "ds:v0", name)], capture_output=True, check=True).stdout
+            assert out == data
+    opens = mnt.stats()["opens"]
+    assert opens == 0 if mnt.no_open else opens >= 4
+
+
+def test_draft_files_written_truncated_appended_and_fsynced(mnt):
+    path = mnt.p("ds", "draft", "notes.txt")
+    with open(path, "w") as f:
+        f.write("a long first line\n")
+    with open(path, "w") as f:  # O_TRUNC: a SETATTR when no OPEN is sent
+        f.write("short\n")
+    with open(path, "a") as f:
+        f.write("more\n")
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"S", 0)
+    finally:
+        os.close(fd)
+    with open(path) as f:
+        assert f.read() == "Short\nmore\n"
+    with open(mnt.p("ds", "draft", "a.txt"), "r+b") as f:  # a file of the base version, copied up
+        f.seek(0, os.SEEK_END)
+        f.write(b"beta\n")
+    assert open(mnt.p("ds", "draft", "a.txt"), "rb").read() == b"alpha\nbeta\n"
+    assert open(mnt.p("ds", "ds:v0", "a.txt"), "rb").read() == b"alpha\n"
+
+
+def test_version_files_refuse_writes(mnt):
+    path = mnt.p("ds", "ds:v0", "a.txt")
+    with pytest.raises(OSError) as e:
+        open(path, "wb")
+    assert e.value.errno == errno.EROFS
+    with pytest.raises(OSError) as e:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # refused here with --send-opens ...
+        try:
+            os.write(fd, b"x")  # ... else here
+        finally:
+            os.close(fd)
+    assert e.value.errno == errno.EROFS
+    assert open(path, "rb").read() == FILES["a.txt"]
