@@ -1,16 +1,20 @@
 """Files served without OPEN requests (mount/noopen.py) against the same mount
 with --send-opens: the same bytes, draft writes and errors either way, and
-whether OPEN requests reached the daemon ("opens" in user.artifactfs.stats)."""
+whether OPEN requests reached the daemon ("opens" in user.artifactfs.stats);
+and Operations called directly as the kernel calls it without OPEN."""
 from __future__ import annotations
 
 import errno
 import os
 import subprocess
 
+import pyfuse3
 import pytest
 from conftest import skip_or_fail
 from mountutil import mount_factory  # noqa: F401 (fixture)
 from test_mount_read import commit
+from test_ops_inprocess import _ctx, _parts, lookup_path, serve
+from test_ops_inprocess import store as inprocess_store  # noqa: F401 (fixture)
 
 from artifactfs.mount import noopen
 from artifactfs.registry.versions import Registry
@@ -82,3 +86,28 @@ def test_version_files_refuse_writes(mnt):
             os.close(fd)
     assert e.value.errno == errno.EROFS
     assert open(path, "rb").read() == FILES["a.txt"]
+
+
+def test_operations_serve_reads_by_inode_without_a_handle(inprocess_store, tmp_path):  # noqa: F811
+    parts, _ = _parts(inprocess_store, tmp_path, send_opens=False)
+    parts.ops.no_open = True  # as daemon.build sets it with the patched pyfuse3 (the kernel side is the mount's)
+
+    async def body(parts) -> None:
+        f = await lookup_path(parts, "c", "c:v0", "README.md")
+        with pytest.raises(pyfuse3.FUSEError) as e:  # the first OPEN: the kernel then sends no more
+            await parts.ops.open(f.st_ino, os.O_RDONLY, _ctx())
+        assert e.value.errno == errno.ENOSYS
+        assert bytes(await parts.ops.read(f.st_ino, 0, 4096)) == b"hello\n"  # fh is the inode
+        assert bytes(await parts.ops.read(f.st_ino, 2, 2)) == b"ll"
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await parts.ops.write(f.st_ino, 0, b"x")
+        assert e.value.errno == errno.EROFS
+        await parts.ops.fsync(f.st_ino, False)
+        await parts.ops.release(f.st_ino)  # the one RELEASE after the ENOSYS: nothing to drop
+        assert bytes(await parts.ops.read(f.st_ino, 0, 4096)) == b"hello\n"
+        await parts.ops.forget([(f.st_ino, 1)])
+        with pytest.raises(pyfuse3.FUSEError) as e:  # forgotten: its handle went with it
+            await parts.ops.read(f.st_ino, 0, 4096)
+        assert e.value.errno == errno.ESTALE
+        assert parts.ctx.reader.counters["opens"] == 0
+    serve(parts, body)

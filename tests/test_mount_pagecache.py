@@ -45,8 +45,10 @@ def test_small_files_read_in_order_come_from_the_page_cache(tmp_path):
         assert m.stats()["reads"] == reads
         for name in names[32:]:
             read(name)
-        fed = wait_for(m, "pages_fed", len(names) - 2)["pages_fed"]  # all but the first two, opened before
-        assert fed >= len(names) - 2
+        # all but the first two, opened before, and without OPEN requests (noopen.py) names[34]: the
+        # first past the 32 fed after names[1], which the daemon hears of only when it is read
+        fed = wait_for(m, "pages_fed", len(names) - 3)["pages_fed"]
+        assert fed >= len(names) - 3
         time.sleep(0.5)  # a re-feed would be offered within the reads below; give stores time to land
         for name in names:  # a warm re-read in order: the kernel has the pages, nothing is fed again
             read(name)

@@ -64,11 +64,14 @@ def store(tmp_path) -> str:
     return url
 
 
-def _parts(store: str, tmp_path, threads: int = 4, read_only: bool = True) -> tuple[MountParts, list]:
-    """The filesystem daemon.build makes for these options; page-cache stores recorded."""
+def _parts(store: str, tmp_path, threads: int = 4, read_only: bool = True,
+           send_opens: bool = True) -> tuple[MountParts, list]:
+    """The filesystem daemon.build makes for these options (by default answering
+    OPEN, as with a stock pyfuse3: test_mount_noopen.py has the other way);
+    page-cache stores recorded."""
     opts = MountOptions(mountpoint=str(tmp_path / "mnt"), store=store, project=PROJECT,
                         cache_dir=str(tmp_path / "cache"), cache_size=1 << 30, threads=threads,
-                        read_only=read_only)
+                        read_only=read_only, send_opens=send_opens)
     parts = build(opts)
     fed: list[tuple[int, bytes]] = []
     parts.ctx.reader.feeder = PageFeeder(store=lambda ino, off, data: fed.append((ino, bytes(data))))

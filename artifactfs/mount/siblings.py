@@ -48,9 +48,12 @@ class FolderReadAhead:
         self._scattered = 0  # out-of-order opens so far
 
     def opened(self, name: str) -> None:
-        """The file `name` of this folder was opened."""
+        """The file `name` of this folder was opened (or first read, when the
+        kernel sends no OPEN: files fed ahead are then read unseen, so a file
+        up to the end of what was fetched ahead still continues the order)."""
         i = bisect.bisect_left(self._names, name)
-        sequential, self._last_opened = i == self._last_opened + 1, i
+        last, self._last_opened = self._last_opened, i
+        sequential = i == last + 1 or 0 <= last < i <= self._ahead
         if not sequential:
             self._ahead = 0
             self._scattered += 1
