@@ -21,6 +21,7 @@ Modules, each importing only those listed before it:
   livedraft   the drafts of the running mount and the gate of each
   draftnodes  the node kind of draft/ contents
   control     the socket `artifactfs sync` talks to
+  noopen      serving files without OPEN requests (kernel no_open, patched pyfuse3)
   ops         pyfuse3.Operations: dispatch to nodes, errors to errno
   evict       the inode soft limit
   parts       MountParts: what extensions plug into before the mount serves
