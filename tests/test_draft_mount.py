@@ -4,8 +4,10 @@ the filesystem, and `artifactfs sync`."""
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
+import socket
 import stat
 import subprocess
 
@@ -14,6 +16,7 @@ from conftest import randbytes
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
 
+from artifactfs.drafts.syncclient import sockaddr
 from artifactfs.registry.versions import Registry
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 5000, True), "b/c/d": b"bcd", "top": b"t"}
@@ -307,3 +310,21 @@ def test_committed_files_leave_the_staging_tree(store, mount_factory, tmp_path):
     assert sync(m, d).stdout == "ds:v2\n"
     got = version_files(Registry.open(store), "ds", 2)
     assert got["held"] == (b"first second", False) and got["big.bin"] == (b"X" + payload[1:], False)
+
+
+def test_a_sync_client_that_leaves_does_not_take_the_mount_down(store, mount_factory):
+    """`timeout 2 artifactfs sync` or Ctrl-C while the daemon commits: the commit
+    completes, its answer has nowhere to go, and the mount keeps serving."""
+    m = mount_factory(store)
+    with open(m.p("ds", "draft", "new.txt"), "wb") as f:
+        f.write(b"new")
+    address = os.getxattr(m.p(), "user.artifactfs.control").decode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sockaddr(address))
+        s.sendall(json.dumps({"op": "sync", "collections": ["ds"]}).encode() + b"\n")
+    reg = Registry.open(store)
+    wait_for(lambda: reg.versions("proj", "ds") == [0, 1], timeout=60, what="the commit of the abandoned sync")
+    assert open(m.p("ds", "ds@v1", "new.txt"), "rb").read() == b"new"  # the daemon still answers
+    with open(m.p("ds", "draft", "later.txt"), "wb") as f:
+        f.write(b"later")
+    assert sync(m, m.p("ds")).stdout.splitlines() == ["ds:v2"]

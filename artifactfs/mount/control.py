@@ -71,20 +71,26 @@ class ControlServer:
                 pass
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        """One request, one answer.  A client that goes away (Ctrl-C, a timeout)
+        costs it the answer, nothing else: what was committed stays committed and
+        the mount goes on serving."""
         async with stream:
             if _peer_uid(stream.socket) not in (os.getuid(), 0):
                 return
-            data = b""
-            while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                data += chunk
             try:
-                reply = await self.dispatch(json.loads(data))
-            except (ValueError, KeyError, TypeError) as e:
-                reply = {"error": f"bad request: {e}"}
-            await stream.send_all(json.dumps(reply).encode() + b"\n")
+                data = b""
+                while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                try:
+                    reply = await self.dispatch(json.loads(data))
+                except (ValueError, KeyError, TypeError) as e:
+                    reply = {"error": f"bad request: {e}"}
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                log.info("a sync client left before its answer (%s)", e)
 
     async def dispatch(self, req: dict) -> dict:
         if req.get("op") != "sync":
