@@ -62,7 +62,8 @@ class CollectionKept:
     versions: dict[Key, Refreshing[VersionInfo]] = field(default_factory=dict)  # by version folder key
 
 
-def _collection_state(reg: Registry, project: str, info: CollectionInfo, links: portfolios.LinkRecords) -> CollectionState:
+def _collection_state(reg: Registry, project: str, info: CollectionInfo,
+                      links: portfolios.LinkRecords) -> CollectionState:
     """Blocking: a collection's versions and aliases (and a portfolio's links) as the store has them now."""
     versions = set(reg.versions(project, info.name))
     targets = portfolios.portfolio_links(reg, project, info.name, versions, links, project) if info.portfolio else {}
@@ -193,7 +194,9 @@ class CollectionNode(Node):
             target = st.links[n] if sep == ":" else st.links[n].replace(":", sep)
             return self.table.make("fixed-link", ("plink" + tag, self.name, str(n)), target)
         if n is not None:
-            return self.table.make("version", ("ver" + tag, self.name, str(n), ""), n, self) if n in st.versions else None
+            if n not in st.versions:
+                return None
+            return self.table.make("version", ("ver" + tag, self.name, str(n), ""), n, self)
         if rest in st.aliases:
             return self.table.make("alias", ("alias" + tag, self.name, rest), self, rest, sep)
         return None

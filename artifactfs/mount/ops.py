@@ -81,7 +81,8 @@ class Operations(pyfuse3.Operations):
 
     # -- names -----------------------------------------------------------------------
     @_mapped
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         text = os.fsdecode(name)
@@ -204,7 +205,8 @@ class Operations(pyfuse3.Operations):
         return self._entry(await self.table[parent_inode].mknod(os.fsdecode(name), mode, rdev))
 
     @_mapped
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(await self.table[parent_inode].mkdir(os.fsdecode(name), mode))
 
     @_mapped
