@@ -36,6 +36,7 @@ def _temporaries(dest: Path) -> list[str]:
 
 
 def test_ctrl_c_during_get_leaves_no_temporary_file(proxy, s3_server, tmp_path) -> None:
+    """Even while a worker is stuck on a stalled service, and even with a second Ctrl-C."""
     url = s3_server.new_bucket_url()
     src = tmp_path / "src"
     src.mkdir()
@@ -47,7 +48,9 @@ def test_ctrl_c_during_get_leaves_no_temporary_file(proxy, s3_server, tmp_path) 
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: _temporaries(dest), timeout=60, what="get to begin writing big.bin")
-        get.send_signal(signal.SIGINT)
+        get.send_signal(signal.SIGINT)  # the worker is stuck in a GET: the waiting thread removes its file
+        wait_for(lambda: not _temporaries(dest), timeout=TIMEOUT / 2, what="the temporary file to go at once")
+        get.send_signal(signal.SIGINT)  # a second Ctrl-C (or `timeout`, which signals twice) cuts the wait short
         _, err = get.communicate(timeout=4 * TIMEOUT)
     finally:
         get.kill()

@@ -7,6 +7,7 @@ entries are created as symlinks (a temporary link renamed over the name), never
 written through; a second name of a hard link is downloaded as its own copy."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -122,7 +123,7 @@ def _temp_name() -> str:
 
 
 def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str, entry: FileEntry,
-               progress: Progress | None, stop: threading.Event) -> None:
+               progress: Progress | None, run: _Run) -> None:
     """Write one verified file as `name` in dir_fd, atomically (temp file, then rename)."""
     if _existing_matches(dir_fd, name, where, entry):
         if progress:
@@ -132,9 +133,9 @@ def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                  0o755 if entry.executable else 0o644, dir_fd=dir_fd)
     try:
+        run.begin(dir_fd, tmp)
         for view in _pieces(registry, entry, path):
-            if stop.is_set():
-                raise _Stopped
+            run.check()
             write_full(fd, view)
             if progress:
                 progress(len(view))
@@ -146,8 +147,11 @@ def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str
     except BaseException:
         if fd >= 0:
             os.close(fd)
-        os.unlink(tmp, dir_fd=dir_fd)
+        with contextlib.suppress(FileNotFoundError):  # the interrupted waiter may have removed it
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
+    finally:
+        run.end(dir_fd, tmp)
 
 
 def _link_into(dir_fd: int, name: str, where: str, entry: SymlinkEntry) -> None:
@@ -172,31 +176,69 @@ def _link_into(dir_fd: int, name: str, where: str, entry: SymlinkEntry) -> None:
 
 
 def _download_into(registry: Registry, dir_fd: int, t: _Target, where: str, progress: Progress | None,
-                   stop: threading.Event) -> None:
+                   run: _Run) -> None:
     """One entry into dir_fd; an OSError on our side names the local path `where`."""
-    if stop.is_set():
+    if run.stopped:
         return
     try:
         if isinstance(t.entry, SymlinkEntry):
             _link_into(dir_fd, t.name, where, t.entry)
         else:
-            _file_into(registry, dir_fd, t.name, t.path, where, t.entry, progress, stop)
+            _file_into(registry, dir_fd, t.name, t.path, where, t.entry, progress, run)
     except OSError as e:
         raise LocalFileError("write", where, e) from None
 
 
 class _Stopped(Exception):
-    """Internal: the caller was interrupted; a worker drops its temporary file."""
+    """Internal: the download was interrupted; a worker drops its temporary file."""
 
 
-def _wait_all(futures: list[Future], stop: threading.Event) -> None:
+class _Run:
+    """What the workers of one download share with the thread that waits for them:
+    whether to go on, and the temporary files being written, so that an
+    interrupted download can remove them itself (Ctrl-C twice, or `timeout`, which
+    signals the process and its group, interrupts the wait for the workers too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._temporaries: set[tuple[int, str]] = set()
+        self.stopped = False
+
+    def begin(self, dir_fd: int, name: str) -> None:
+        """A worker made temporary file `name`; _Stopped if the download is over."""
+        with self._lock:
+            if self.stopped:
+                raise _Stopped
+            self._temporaries.add((dir_fd, name))
+
+    def end(self, dir_fd: int, name: str) -> None:
+        with self._lock:
+            self._temporaries.discard((dir_fd, name))
+
+    def check(self) -> None:
+        if self.stopped:
+            raise _Stopped
+
+    def stop(self) -> None:
+        """Stop the workers at their next chunk and remove every temporary file now
+        (a worker goes on writing to its open descriptor, not to a name)."""
+        with self._lock:
+            self.stopped = True
+            temporaries, self._temporaries = self._temporaries, set()
+        for dir_fd, name in temporaries:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+
+
+def _wait_all(futures: list[Future], run: _Run) -> None:
     """Wait for every worker.  If the waiting thread is interrupted (Ctrl-C is a
-    KeyboardInterrupt there), workers stop at their next chunk and remove their
-    temporary files before the interruption goes on: nothing half-written stays."""
+    KeyboardInterrupt there), the temporary files go first, then the workers are
+    given the time to stop before the interruption goes on: nothing half-written
+    stays, even if a second interruption cuts the wait short."""
     try:
         wait(futures)
     except BaseException:
-        stop.set()
+        run.stop()
         for f in futures:
             f.cancel()
         wait(futures)
@@ -293,7 +335,7 @@ def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
         root_fd = os.open(os.path.realpath(root), os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise LocalFileError("write", root, e) from None
-    stop = threading.Event()
+    run = _Run()
     try:
         _refuse_obstacles(root_fd, root, groups)
         with ThreadPoolExecutor(WORKERS) as pool:
@@ -308,9 +350,9 @@ def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
                         except OSError as e:
                             raise LocalFileError("write", os.path.join(root, d), e) from None
                     futures = [pool.submit(_download_into, registry, fds[d], t, os.path.join(root, t.path),
-                                           progress, stop)
+                                           progress, run)
                                for d in batch for t in groups[d]]
-                    _wait_all(futures, stop)  # every worker is done with the fds before they are closed
+                    _wait_all(futures, run)  # every worker is done with the fds before they are closed
                 finally:
                     for fd in fds.values():
                         os.close(fd)
