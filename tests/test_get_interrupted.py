@@ -35,8 +35,11 @@ def _temporaries(dest: Path) -> list[str]:
     return [str(p) for p in dest.rglob(".artifactfs-*")]
 
 
-def test_ctrl_c_during_get_leaves_no_temporary_file(proxy, s3_server, tmp_path) -> None:
-    """Even while a worker is stuck on a stalled service, and even with a second Ctrl-C."""
+@pytest.mark.parametrize("sig, last_line", [(signal.SIGINT, "Error: interrupted"),
+                                             (signal.SIGTERM, "Error: terminated")])
+def test_ctrl_c_during_get_leaves_no_temporary_file(proxy, s3_server, tmp_path, sig, last_line) -> None:
+    """Ctrl-C or SIGTERM, even while a worker is stuck on a stalled service, and
+    even when the signal comes twice (as `timeout` sends it)."""
     url = s3_server.new_bucket_url()
     src = tmp_path / "src"
     src.mkdir()
@@ -48,14 +51,16 @@ def test_ctrl_c_during_get_leaves_no_temporary_file(proxy, s3_server, tmp_path) 
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: _temporaries(dest), timeout=60, what="get to begin writing big.bin")
-        get.send_signal(signal.SIGINT)  # the worker is stuck in a GET: the waiting thread removes its file
+        get.send_signal(sig)  # the worker is stuck in a GET: the waiting thread removes its file
         wait_for(lambda: not _temporaries(dest), timeout=TIMEOUT / 2, what="the temporary file to go at once")
-        get.send_signal(signal.SIGINT)  # a second Ctrl-C (or `timeout`, which signals twice) cuts the wait short
+        get.send_signal(sig)  # a second Ctrl-C (or `timeout`, which signals twice) cuts the wait short
         _, err = get.communicate(timeout=4 * TIMEOUT)
     finally:
         get.kill()
-    assert get.returncode == 128 + signal.SIGINT, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == "Error: interrupted", err
+    # 128 + sig from our handler; -sig when the second signal lands once Python's exit has
+    # restored the default action (a shell shows both as 128 + sig)
+    assert get.returncode in (128 + sig, -sig), err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == last_line, err
     assert _temporaries(dest) == [] and not (dest / "big.bin").exists()
 
 

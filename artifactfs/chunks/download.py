@@ -224,25 +224,30 @@ class _Run:
         (a worker goes on writing to its open descriptor, not to a name)."""
         with self._lock:
             self.stopped = True
-            temporaries, self._temporaries = self._temporaries, set()
-        for dir_fd, name in temporaries:
+        while True:  # one at a time: called again after an interruption, it goes on where it was
+            with self._lock:
+                if not self._temporaries:
+                    return
+                dir_fd, name = next(iter(self._temporaries))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=dir_fd)
+            self.end(dir_fd, name)
 
 
-def _wait_all(futures: list[Future], run: _Run) -> None:
-    """Wait for every worker.  If the waiting thread is interrupted (Ctrl-C is a
-    KeyboardInterrupt there), the temporary files go first, then the workers are
-    given the time to stop before the interruption goes on: nothing half-written
-    stays, even if a second interruption cuts the wait short."""
-    try:
-        wait(futures)
-    except BaseException:
-        run.stop()
-        for f in futures:
-            f.cancel()
-        wait(futures)
-        raise
+def _stop_workers(futures: list[Future], run: _Run) -> None:
+    """After an interruption of the thread that submits and waits (Ctrl-C is a
+    KeyboardInterrupt there): the temporary files go first, then the workers get
+    the time to stop, so nothing half-written stays even if a second interruption
+    (`timeout` signals twice, a user presses Ctrl-C again) cuts this wait short."""
+    while True:
+        try:
+            run.stop()
+            break
+        except BaseException:  # interrupted again: remove the files first
+            continue
+    for f in futures:
+        f.cancel()
+    wait(futures)
 
 
 def _pieces(registry: Registry, entry: FileEntry, path: str) -> Iterator[memoryview | bytes]:
@@ -341,7 +346,7 @@ def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
         with ThreadPoolExecutor(WORKERS) as pool:
             for batch in _batches(sorted(groups), DIR_BATCH):
                 fds: dict[str, int] = {}
-                futures = []
+                futures: list[Future] = []
                 try:
                     for d in batch:  # in sorted order, so parents are made before children
                         where = os.path.join(root, groups[d][0].path)
@@ -349,10 +354,14 @@ def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
                             fds[d] = _open_dir(root_fd, d.split("/") if d else [], where)
                         except OSError as e:
                             raise LocalFileError("write", os.path.join(root, d), e) from None
-                    futures = [pool.submit(_download_into, registry, fds[d], t, os.path.join(root, t.path),
-                                           progress, run)
-                               for d in batch for t in groups[d]]
-                    _wait_all(futures, run)  # every worker is done with the fds before they are closed
+                    for d in batch:
+                        for t in groups[d]:
+                            futures.append(pool.submit(_download_into, registry, fds[d], t,
+                                                       os.path.join(root, t.path), progress, run))
+                    wait(futures)  # every worker is done with the fds before they are closed
+                except BaseException:
+                    _stop_workers(futures, run)
+                    raise
                 finally:
                     for fd in fds.values():
                         os.close(fd)

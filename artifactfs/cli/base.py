@@ -43,12 +43,24 @@ class Ctx:
         return Ref(ref.project or self.project, ref.collection, ref.alias)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, systemd stopping a job), handled as Ctrl-C is: a
+    command undoes what is half-done (no partial version, no temporary file) and
+    exits 128 + 15."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 class Group(click.Group):
     """Turns user-facing errors into one line and exit 1 (usage mistakes: exit 2),
-    never a traceback or a screen of usage text."""
+    never a traceback or a screen of usage text; Ctrl-C and SIGTERM into one line
+    and 128 + the signal's number."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs["standalone_mode"] = False
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             rv = super().main(*args, **kwargs)
         except click.UsageError as e:
@@ -59,6 +71,9 @@ class Group(click.Group):
             click.echo(f"Error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
         except click.exceptions.Abort as e:  # click turns Ctrl-C into Abort
+            if isinstance(e.__cause__, Terminated):
+                click.echo("Error: terminated", err=True)
+                sys.exit(128 + signal.SIGTERM)
             if isinstance(e.__cause__, KeyboardInterrupt):
                 click.echo("Error: interrupted", err=True)
                 sys.exit(128 + signal.SIGINT)
