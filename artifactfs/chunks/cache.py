@@ -33,7 +33,7 @@ from concurrent.futures import Future
 import xxhash
 
 from ..errors import CorruptStoreError, DigestMismatchError, ObjectNotFound, UsageError
-from ..registry.packs import PackReader, read_located
+from ..registry.packs import PackReader, locate, read_located
 from ..registry.versions import Registry, blob_key
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,15 @@ class ChunkCache:
             return self._read_in_place(key, length, where)
         data = self._cached(key, length)
         return data if data is not None else self._fetch_once(key, length, where)
+
+    def prefetch(self, keys: list[str]) -> None:
+        """A hint: these blobs are about to be read one after the other.  A remote
+        store starts fetching those neither cached here nor packed (a pack is
+        fetched whole by the first of its files) in the background."""
+        if self._in_place:
+            return
+        self.store.prefetch([blob_key(k) for k in keys
+                             if _KEY.fullmatch(k) and not locate(k) and not os.path.exists(self._path(k))])
 
     def _read_in_place(self, key: str, length: int, where: str) -> bytes:
         path = self.store.local_path(blob_key(key))

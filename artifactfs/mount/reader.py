@@ -190,6 +190,8 @@ class ChunkReader:
     def _read_all(self, items: list[ChunkRequest]) -> list[bytes | BaseException]:
         """Blocking: each blob's bytes, or the error reading it."""
         out: list[bytes | BaseException] = []
+        if len(items) > 1:
+            self.cache.prefetch([item.key for item in items])  # a remote store fetches them in parallel
         for item in items:
             try:
                 out.append(self.cache.read_chunk(item.key, item.length, item.where))
