@@ -152,3 +152,24 @@ def test_the_chunk_cache_fetches_a_pack_once_for_all_its_files(s3_url, tmp_path)
     assert fresh.read_chunk(bad.chunks[0], bad.size, "d3/f003.txt") == SMALL["d3/f003.txt"]
     cache.close()
     fresh.close()
+
+
+class PrefetchRecorder(RecordingStore):
+    def prefetch(self, keys: list[str]) -> None:
+        self.ops += [("prefetch", k) for k in keys]
+        self.inner.prefetch(keys)
+
+
+def test_the_chunk_cache_prefetches_only_blobs_it_must_fetch(s3_url, tmp_path):
+    more = {"b1.bin": randbytes(70_000), "b2.bin": randbytes(80_000)}  # blobs: 64 KiB and over
+    put(s3_url, str(tmp_path / "src"), {**SMALL, **more})
+    rec = PrefetchRecorder(s3_url)
+    reg = Registry(rec)
+    files = entries(reg, 0)
+    cache = ChunkCache(reg, str(tmp_path / "cache"), 1 << 30)
+    b1, b2, packed = files["b1.bin"], files["b2.bin"], files["d0/f000.txt"]
+    assert cache.read_chunk(b1.chunks[0], b1.size, "b1.bin") == more["b1.bin"]  # now on disk here
+    cache.prefetch([b1.chunks[0], b2.chunks[0], packed.chunks[0]])
+    assert [k for op, k in rec.ops if op == "prefetch"] == [b2.object_keys()[0]]
+    assert cache.read_chunk(b2.chunks[0], b2.size, "b2.bin") == more["b2.bin"]
+    cache.close()
