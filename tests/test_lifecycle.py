@@ -7,7 +7,7 @@ import pytest
 from core_util import write_files
 
 from artifactfs import Api, Artifact, ArtifactNotLoggedError, NotFoundError
-from artifactfs.api.lifecycle import HasAliasesError, parse_duration, set_default_ttl
+from artifactfs.api.lifecycle import HasAliasesError, format_duration, parse_duration, set_default_ttl
 
 
 def log(name: str, files: dict, tmp_path, type_: str = "model", aliases=()) -> Artifact:
@@ -21,7 +21,7 @@ def log(name: str, files: dict, tmp_path, type_: str = "model", aliases=()) -> A
 def test_delete_refuses_with_aliases_then_marks_deleted(env, tmp_path):
     v0 = log("m", {"w": "0"}, tmp_path, aliases=["best"])
     v1 = log("m", {"w": "1"}, tmp_path)
-    with pytest.raises(HasAliasesError, match="best"):
+    with pytest.raises(HasAliasesError, match="has aliases best; pass delete_aliases=True to remove them too$"):
         v0.delete()
     assert Api().artifact("m:best").version == "v0"  # nothing changed
     v0.delete(delete_aliases=True)
@@ -72,9 +72,16 @@ def test_parse_duration():
     assert parse_duration("30d") == 30 * 86400
     assert parse_duration("12h") == 12 * 3600
     assert parse_duration("none") is None
-    for bad in ("", "30", "d", "-1d", "1y", "1.5h"):
+    for bad in ("", "30", "d", "-1d", "1y", "1.5h", "0s", "0", "\u00b2d"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    for zero in ("0", "0s", " 0D "):
+        assert parse_duration(zero, zero=True) == 0.0
+    assert parse_duration("2w", zero=True) == 14 * 86400
+    with pytest.raises(ValueError, match="use e.g. 30d, 12h, 90m, 2w, 0$"):
+        parse_duration("none", zero=True, never=False)
+    assert [format_duration(s) for s in (30 * 86400, 14 * 86400, 36 * 3600, 5400, 45, 1.5)] == \
+        ["30d", "14d", "36h", "90m", "45s", "1.5s"]
 
 
 # -- links and portfolios ----------------------------------------------------------------

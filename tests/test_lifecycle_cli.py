@@ -32,7 +32,8 @@ def test_link_unlink_delete_ttl_gc(env, tmp_path):
     assert shown["link"] == "proj/m:v1" and shown["logged_by"] == Api().artifact("m:v1").logged_by().id
     ok("unlink", "model-registry/clf:v0")
     assert "not a link" in fails("unlink", "m:v0")
-    assert "has aliases best" in fails("delete", "m:v0")
+    refused = fails("delete", "m:v0")
+    assert "has aliases best; pass --delete-aliases to remove them too" in refused and "=True" not in refused
     ok("delete", "m:v0", "--delete-aliases")
     assert "deleted" in fails("info", "m:v0")
     assert "was deleted" in fails("info", "prod:v0")  # the source's links go with it
@@ -51,3 +52,14 @@ def test_link_unlink_delete_ttl_gc(env, tmp_path):
     assert "freed 1 blobs" in ok("gc", "--grace", "0", "--keep-deleted", "0")
     assert "freed 0 blobs" in ok("gc", "--grace", "0", "--keep-deleted", "0")
     assert ok("get", "m:v1", str(tmp_path / "out"))  == "" and open(tmp_path / "out" / "w").read() == "1"
+
+
+def test_zero_durations_where_zero_makes_sense(env, tmp_path):
+    ok("put", write_files(str(tmp_path / "a"), {"w": "0"}), "m", "--type", "model")
+    for zero in ("0", "0s", "0h", "0d"):
+        assert "freed 0 blobs" in ok("gc", "--grace", zero, "--keep-deleted", zero)
+    assert "invalid duration 'none'" in fails("gc", "--grace", "none")
+    for ttl in ("0s", "0d"):
+        assert f"invalid duration '{ttl}' (it must be positive)" in fails("ttl", "m:v0", ttl)
+        assert "must be positive" in fails("ttl", "--default", ttl)
+    assert "invalid duration '0'" in fails("ttl", "m:v0", "0")

@@ -24,7 +24,17 @@ NEVER = -1.0
 
 
 class HasAliasesError(ArtifactfsError, ValueError):
-    """delete() of a version that still has aliases, without delete_aliases=True."""
+    """delete() of a version that still has aliases, without delete_aliases=True.
+    The message names the API's argument; a caller with another way to say it
+    (the CLI's --delete-aliases) words it with hint()."""
+
+    def __init__(self, label: str, aliases: list[str]) -> None:
+        self.label, self.aliases = label, aliases
+        super().__init__(self.hint("delete_aliases=True"))
+
+    def hint(self, how: str) -> str:
+        """The message, telling to pass `how` to remove the aliases too."""
+        return f"{self.label} has aliases {', '.join(self.aliases)}; pass {how} to remove them too"
 
 
 def _project_key(project: str) -> str:
@@ -65,15 +75,41 @@ def expires_at(info: VersionInfo, project_default: float | None) -> dt.datetime 
     return dt.datetime.fromisoformat(info.created_at) + dt.timedelta(seconds=ttl)
 
 
-def parse_duration(text: str) -> float | None:
-    """'30d', '12h', '90m', '45s', '2w' -> seconds; 'none' -> None (never).  ValueError otherwise."""
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str, *, zero: bool = False, never: bool = True) -> float | None:
+    """A duration as users type it -> seconds: '30d', '12h', '90m', '45s', '2w';
+    'none' or 'never' -> None (never expires) where `never`; '0' or '0s' (any
+    unit) -> 0.0 where `zero` (a grace period, not a TTL: W&B's TTLs are
+    positive).  UsageError (a ValueError) otherwise, naming what is accepted."""
     t = text.strip().lower()
-    if t in ("none", "never"):
+    if never and t in ("none", "never"):
         return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    if len(t) >= 2 and t[-1] in units and t[:-1].isdigit() and int(t[:-1]) > 0:
-        return float(int(t[:-1]) * units[t[-1]])
-    raise UsageError(f"invalid duration {text!r}: use e.g. 30d, 12h, 90m, 2w or none")
+    digits = t[:-1] if t[-1:] in _UNITS else t if zero and t == "0" else ""
+    number = digits.isascii() and digits.isdigit()
+    if number and (int(digits) > 0 or zero):
+        return float(int(digits) * _UNITS.get(t[-1], 1))
+    examples = "e.g. 30d, 12h, 90m, 2w" + (", 0" if zero else "") + (" or none" if never else "")
+    zero_refused = " (it must be positive)" if number else ""
+    raise UsageError(f"invalid duration {text!r}{zero_refused}: use {examples}")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> the form parse_duration reads: the largest of d, h, m, s that
+    divides them ('30d', '36h', '90m'); weeks show as days."""
+    for unit in ("d", "h", "m", "s"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
+def describe_ttl(stored: float | None, project_default: float | None) -> str:
+    """A version's stored ttl as `ttl` takes it: '30d', 'none' (never expires)
+    or 'inherit (default 90d)' / 'inherit (default none)'."""
+    if stored is None:
+        return f"inherit (default {'none' if project_default is None else format_duration(project_default)})"
+    return "none" if stored == NEVER else format_duration(stored)
 
 
 def set_ttl(registry: Registry, project: str, name: str, version: int, seconds: float | None,
@@ -100,8 +136,7 @@ def delete_version(registry: Registry, project: str, name: str, version: int,
         return Deleted(info, [])
     own = [a for a in info.aliases if a != "latest"]
     if own and not delete_aliases:
-        raise HasAliasesError(f"{name}:v{version} has aliases {', '.join(own)}; "
-                              "pass delete_aliases=True (--delete-aliases) to remove them too")
+        raise HasAliasesError(f"{name}:v{version}", own)
     for a in own:
         registry.set_alias(project, name, a, None)
     when = now_iso()

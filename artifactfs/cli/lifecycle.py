@@ -9,7 +9,14 @@ import click
 from ..api import gc as gc_mod
 from ..api import lineage as lineage_mod
 from ..api import links
-from ..api.lifecycle import default_ttl, parse_duration, set_default_ttl, set_ttl
+from ..api.lifecycle import (
+    HasAliasesError,
+    default_ttl,
+    format_duration,
+    parse_duration,
+    set_default_ttl,
+    set_ttl,
+)
 from ..registry.runinfo import RunRecord
 from .base import Ctx, human, pass_ctx, pinned
 
@@ -44,7 +51,10 @@ def unlink(c: Ctx, name: str) -> None:
 def delete(c: Ctx, name: str, delete_aliases: bool) -> None:
     """Delete version NAME:vN (a link: only the link).  Its files are freed by `gc`."""
     v = pinned(c, name)
-    links.delete(v.registry, v.info(), delete_aliases)
+    try:
+        links.delete(v.registry, v.info(), delete_aliases)
+    except HasAliasesError as e:
+        raise click.ClickException(e.hint("--delete-aliases")) from None
     click.echo(f"{v.label} deleted")
 
 
@@ -65,7 +75,7 @@ def ttl(c: Ctx, name: str | None, duration: str | None, project_default: str | N
         if project_default is None:
             raise click.UsageError("give NAME:vN DURATION, or --default DURATION")
         seconds = default_ttl(reg, c.project)
-        click.echo(f"project {c.project}: default TTL {'none' if seconds is None else f'{seconds / 86400:g}d'}")
+        click.echo(f"project {c.project}: default TTL {'none' if seconds is None else format_duration(seconds)}")
         return
     if duration is None:
         raise click.UsageError("missing DURATION (e.g. 30d, none or inherit)")
@@ -100,12 +110,9 @@ def gc_cmd(c: Ctx, dry_run: bool, grace: str, keep_deleted: str, as_json: bool) 
 
 
 def _seconds(text: str) -> float:
-    t = text.strip()
-    if t == "0":
-        return 0.0
-    seconds = parse_duration(t)
-    if seconds is None:
-        raise click.BadParameter(f"{text!r}: give a duration such as 1h or 0")
+    """A gc period: a duration, where 0 (or 0s, 0h...) means none."""
+    seconds = parse_duration(text, zero=True, never=False)
+    assert seconds is not None, "never=False"
     return seconds
 
 
