@@ -143,3 +143,79 @@ def test_store_and_project_may_follow_the_command(tmp_path):
     assert not (tmp_path / "xdg").exists() and not (tmp_path / "absent").exists()
     help_text = run(["ls", "--help"], env).stdout
     assert "--store URL" in help_text and "$XDG_DATA_HOME/artifactfs/store" in help_text
+
+
+def test_files_of_a_missing_folder_is_one_line(cli_env, data):
+    run(["put", str(data), "ds", "--type", "dataset"], cli_env)
+    p = run(["files", "ds:v0", "nope/path"], cli_env, ok=False)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.strip() == "Error: no file or folder nope/path in ds:v0"
+    assert run(["files", "ds:v0", "sub/b.bin"], cli_env).stdout.split()[2] == "sub/b.bin"
+
+
+def test_info_shows_the_ttl_as_ttl_takes_it(cli_env, data):
+    run(["put", str(data), "ds", "--type", "dataset"], cli_env)
+
+    def shown_ttl() -> str:
+        line = next(ln for ln in run(["info", "ds:v0"], cli_env).stdout.splitlines() if ln.startswith("ttl:"))
+        return line.split(None, 1)[1]
+    assert shown_ttl() == "inherit (default none)"
+    assert run(["ttl", "--default", "36h"], cli_env).stdout.strip() == "project p: default TTL 36h"
+    assert shown_ttl() == "inherit (default 36h)"
+    for given, text, seconds in (("30d", "30d", 30 * 86400), ("2w", "14d", 14 * 86400), ("90m", "90m", 5400),
+                                 ("none", "none", -1)):
+        run(["ttl", "ds:v0", given], cli_env)
+        assert shown_ttl() == text
+        assert json.loads(run(["info", "ds:v0", "--json"], cli_env).stdout)["ttl"] == seconds
+    assert "ttl in seconds" in " ".join(run(["info", "--help"], cli_env).stdout.split())
+
+
+def test_unknown_and_empty_projects(cli_env, data):
+    run(["put", str(data), "ds", "--type", "dataset"], cli_env)
+    p = run(["--project", "nope", "ls"], cli_env)
+    assert p.stderr.strip() == "project 'nope' has no collections (projects in this store: p)"
+    assert p.stdout.split() == ["NAME", "TYPE", "VERSIONS", "LATEST"]
+    assert run(["ls"], cli_env).stderr == ""
+    for args in (["--project", "", "ls"], ["ls", "--project", ""], ["mount", "--project", "", "/nonexistent"]):
+        p = run(args, cli_env, ok=False)
+        assert "invalid project ''" in p.stderr
+
+
+def test_put_help_documents_every_option_and_project_names(cli_env, data):
+    text = " ".join(run(["put", "--help"], cli_env).stdout.split())
+    assert "NAME may be PROJECT/NAME" in text
+    for option in ("--description TEXT", "--metadata KEY=VALUE", "--alias ALIAS", "--tag TAG"):
+        after = text.split(option, 1)[1].split(" --", 1)[0]
+        assert len(after.split()) >= 3, (option, after)  # a help text follows the option
+    run(["put", str(data), "q/ds", "--type", "dataset", "--project", "p"], cli_env)
+    assert "ds" in run(["--project", "q", "ls"], cli_env).stdout
+
+
+def test_mount_help_names_xdg_cache_home(cli_env):
+    text = " ".join(run(["mount", "--help"], cli_env).stdout.split())
+    assert "$XDG_CACHE_HOME/artifactfs" in text
+
+
+def test_a_file_as_store_is_one_line(cli_env, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    for args in (["--store", str(f), "ls"], ["--store", str(f), "put", str(f), "ds", "--type", "dataset"]):
+        p = run(args, cli_env, ok=False)
+        assert p.stderr.strip() == f"Error: {f} is a file, not a store directory"
+    assert f.read_text() == "x"
+
+
+def test_unchanged_put_says_metadata_was_not_changed(cli_env, data):
+    run(["put", str(data), "ds", "--type", "dataset", "--metadata", "k=1", "--description", "first"], cli_env)
+    p = run(["put", str(data), "ds", "--type", "dataset", "--metadata", "k=1", "--description", "first"], cli_env)
+    assert p.stdout.strip() == "ds:v0 (unchanged)" and p.stderr == ""
+    p = run(["put", str(data), "ds", "--type", "dataset", "--metadata", "k=2", "--description", "second",
+             "--tag", "t"], cli_env)
+    assert p.stdout.strip() == "ds:v0 (unchanged)"
+    note = p.stderr.strip()
+    assert len(note.splitlines()) == 1
+    assert "keeps its description and metadata" in note and "Api().artifact('p/ds:v0')" in note
+    info = json.loads(run(["info", "ds:v0", "--json"], cli_env).stdout)
+    assert info["metadata"] == {"k": 1} and info["description"] == "first" and info["tags"] == ["t"]
+    p = run(["put", str(data), "ds", "--type", "dataset", "--metadata", "k=3"], cli_env)
+    assert "keeps its metadata:" in p.stderr

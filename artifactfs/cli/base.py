@@ -107,8 +107,8 @@ def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
                  **kwargs: Any) -> Any:
         c = ctx.find_object(Ctx)
         assert c is not None, "the root group makes the Ctx"
-        if store_here or project_here:
-            c = Ctx(store_here or c.store, check_name(project_here, "project") if project_here else c.project)
+        if store_here or project_here is not None:
+            c = Ctx(store_here or c.store, c.project if project_here is None else check_name(project_here, "project"))
         return f(c, *args, **kwargs)
 
     with_ctx = functools.update_wrapper(with_ctx, f)

@@ -12,6 +12,7 @@ import sys
 import click
 
 from ..api.artifact import Artifact, default_project
+from ..api.lifecycle import default_ttl, describe_ttl
 from ..errors import ArtifactfsError, NotFoundError, shown
 from ..registry.manifest import SymlinkEntry, walk
 from ..registry.names import check_name, in_folder
@@ -45,7 +46,7 @@ def main(ctx: click.Context, store: str | None, project: str | None, endpoint_ur
     if endpoint_url:  # the environment carries it to the store and to a mount's daemon
         os.environ["ARTIFACTFS_S3_ENDPOINT"] = endpoint_url
     ctx.obj = Ctx(store or os.environ.get("ARTIFACTFS_STORE") or None,
-                  check_name(project or default_project(), "project"))
+                  check_name(default_project() if project is None else project, "project"))
 
 
 
@@ -53,10 +54,13 @@ def main(ctx: click.Context, store: str | None, project: str | None, endpoint_ur
 @main.command()
 @click.argument("args", nargs=-1, required=True, metavar="[SOURCE] NAME")
 @click.option("--type", "type_", required=True, help="Artifact type, e.g. dataset or model.")
-@click.option("--description", default=None)
-@click.option("--metadata", multiple=True, metavar="KEY=VALUE")
-@click.option("--alias", multiple=True, metavar="ALIAS")
-@click.option("--tag", multiple=True, metavar="TAG")
+@click.option("--description", default=None, metavar="TEXT", help="What this version holds.")
+@click.option("--metadata", multiple=True, metavar="KEY=VALUE",
+              help="A metadata entry (repeatable, at most 100 keys); VALUE is read as JSON when it parses, "
+                   "else as a string: --metadata epochs=10 --metadata arch=resnet.")
+@click.option("--alias", multiple=True, metavar="ALIAS",
+              help="An alias on the new version (repeatable; 'latest' is set by itself).")
+@click.option("--tag", multiple=True, metavar="TAG", help="A tag on the new version (repeatable).")
 @click.option("--follow-symlinks", is_flag=True,
               help="Store what symlinks point to (and enter linked folders) instead of the links.")
 @click.option("--reference", multiple=True, metavar="URI",
@@ -66,10 +70,13 @@ def put(c: Ctx, args: tuple[str, ...], type_: str, description: str | None,
         metadata: tuple[str, ...], alias: tuple[str, ...], tag: tuple[str, ...], follow_symlinks: bool,
         reference: tuple[str, ...]) -> None:
     """Log the files of SOURCE (a folder or a file) and any --reference URI as the
-    next version of NAME.
+    next version of NAME.  NAME may be PROJECT/NAME: that project, whatever
+    --project says.
 
     Files keep their executable bit and mtime; symlinks below SOURCE are kept as
-    symlinks unless --follow-symlinks.  Nothing changed: prints NAME:vN (unchanged)."""
+    symlinks unless --follow-symlinks.  Content equal to the latest version logs
+    nothing, as W&B does: prints NAME:vN (unchanged) and applies --alias and --tag
+    to vN, but not --description or --metadata (a note on stderr says so)."""
     if len(args) > 2 or (len(args) == 1 and not reference):
         raise click.UsageError("give SOURCE NAME, or NAME with --reference URI")
     source, name = (args[0], args[1]) if len(args) == 2 else (None, args[0])
@@ -93,6 +100,13 @@ def put(c: Ctx, args: tuple[str, ...], type_: str, description: str | None,
         art.add_reference(uri)
     art.save(project)
     click.echo(art.name if art.created else f"{art.name} (unchanged)")
+    kept = [what for what, given, now in (("description", description, art.description),
+                                           ("metadata", metadata and parse_metadata(metadata), art.metadata))
+            if given and given != now]
+    if kept:
+        click.echo(f"note: {art.name} keeps its {' and '.join(kept)}: content equal to it logs no new "
+                   f"version; change a logged version's with Api().artifact('{project}/{art.name}'), "
+                   "set .description or .metadata, then .save()", err=True)
 
 
 @main.command()
@@ -107,10 +121,14 @@ def get(c: Ctx, name: str, dest: str, prefix: str) -> None:
     Files get their mtime and executable bit; symlinks are made as symlinks."""
     art = _artifact(c, name)
     if prefix and not any(in_folder(p, prefix) for p in art.manifest.entries):
-        raise NotFoundError(f"no file or folder {shown(prefix.strip('/'))} in {art.name}")
+        raise _no_such_path(prefix, art.name)
     with progress(lambda: art.size, f"get {art.name}") as bar:
         art._download(dest, lambda p: in_folder(p, prefix), progress=bar)
     click.echo(f"{art.name} -> {dest}", err=True)
+
+
+def _no_such_path(prefix: str, label: str) -> NotFoundError:
+    return NotFoundError(f"no file or folder {shown(prefix.strip('/'))} in {label}")
 
 
 def _artifact(c: Ctx, ref: str) -> Artifact:
@@ -130,6 +148,10 @@ def ls_cmd(c: Ctx, name: str | None) -> None:
         for col in reg.collections(c.project):
             vs = reg.versions(c.project, col.name)
             rows.append((col.name, col.type, str(len(vs)), f"v{vs[-1]}" if vs else "-"))
+        if len(rows) == 1:
+            others = ", ".join(p for p in reg.projects() if p != c.project)
+            click.echo(f"project {c.project!r} has no collections"
+                       f"{f' (projects in this store: {others})' if others else ''}", err=True)
     else:
         r = c.ref(name)
         project, coll = r.project, r.collection
@@ -165,15 +187,19 @@ def _info_dict(v: VersionInfo, c: Ctx) -> dict:
 
 @main.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output; ttl in seconds (-1: never expires, null: the project's default).")
 @pass_ctx
 def info(c: Ctx, name: str, as_json: bool) -> None:
-    """Show one version: digest, size, aliases, tags, metadata, ..."""
+    """Show one version: digest, size, aliases, tags, metadata, ttl (as `ttl` takes it), ..."""
     r = c.ref(name)
-    d = _info_dict(c.registry().get(r.project, r.collection, r.alias), c)
+    reg = c.registry()
+    v = reg.get(r.project, r.collection, r.alias)
+    d = _info_dict(v, c)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
+    d["ttl"] = describe_ttl(v.ttl, default_ttl(reg, v.project) if v.ttl is None else None)
     for k, v in d.items():
         if isinstance(v, (list, dict)):
             v = json.dumps(v) if isinstance(v, dict) else ",".join(v) or "-"
@@ -190,10 +216,14 @@ def files(c: Ctx, name: str, prefix: str | None) -> None:
     r = c.ref(name)
     reg = c.registry()
     v = reg.get(r.project, r.collection, r.alias)
+    found = False
     for path, e in walk(reg, v.root):
         if in_folder(path, prefix or ""):
+            found = True
             link = f" -> {shown(e.target)}" if isinstance(e, SymlinkEntry) else ""
             click.echo(f"{e.size:>12}  {e.digest}  {shown(path)}{link}")
+    if prefix and not found:
+        raise _no_such_path(prefix, v.name)
 
 
 @main.group()

@@ -115,7 +115,9 @@ def _spawn(opts: MountOptions) -> None:
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--store", metavar="URL", default=None, help="Store URL or path (default: the global --store).")
 @click.option("--project", metavar="NAME", default=None, help="Project (default: the global --project).")
-@click.option("--cache-dir", metavar="DIR", default=None, help="Chunk cache directory [~/.cache/artifactfs].")
+@click.option("--cache-dir", metavar="DIR", default=None,
+              help="Chunk cache directory [default $XDG_CACHE_HOME/artifactfs, "
+                   "XDG_CACHE_HOME being ~/.cache when unset].")
 @click.option("--cache-size", metavar="SIZE", default="10G", show_default=True,
               help="Cap of the chunk cache on disk (K, M, G, T suffixes).")
 @click.option("--memory", metavar="SIZE", default="256M", show_default=True,
@@ -144,7 +146,9 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
     """Mount the collections of a project at MOUNTPOINT (returns once the mount is live)."""
     parent = c.obj
     store = store or getattr(parent, "store", None) or default_store_url()
-    project = check_name(project or getattr(parent, "project", None) or default_project(), "project")
+    if project is None:
+        project = getattr(parent, "project", None) or default_project()
+    check_name(project, "project")
     real = _check_mountpoint(mountpoint)
     # a writable mount writes (mkdir, drafts, sync), so like put it creates a store that does not
     # exist yet; --read-only never does.  An unreachable store or a non-store is refused here.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from urllib.parse import unquote, urlparse
 
-from ..errors import StoreError
+from ..errors import StoreError, shown
 from .base import ObjectStore
 from .local import LocalStore
 
@@ -27,8 +27,19 @@ def open_store(url: str | None = None) -> ObjectStore:
         path = unquote(parsed.path) if parsed.scheme == "file" else url
         if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
             raise StoreError(f"store URL {url!r}: file URLs take no host")
-        return LocalStore(os.path.expanduser(path))
+        return LocalStore(_not_below_a_file(os.path.expanduser(path)))
     if parsed.scheme == "s3":
         from .s3 import S3Store  # imported only when used: boto3 is optional
         return S3Store(url)
     raise StoreError(f"store URL {url!r}: unsupported scheme {parsed.scheme!r} (use file://, s3:// or a path)")
+
+
+def _not_below_a_file(path: str) -> str:
+    """`path`, once sure that neither it nor a folder it would be made in is a
+    file (else one line, rather than ENOTDIR from the first object read)."""
+    p = os.path.abspath(path)
+    while not os.path.lexists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise StoreError(f"{shown(p)} is a file, not a store directory")
+    return path
