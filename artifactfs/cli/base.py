@@ -13,14 +13,15 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import ArtifactfsError, shown
 from ..registry.names import Ref, check_name, split_ref
-from ..registry.versions import Registry, VersionInfo
-from ..store import default_store_url
+
+if TYPE_CHECKING:  # imported where used: `artifactfs sync` starts with this module alone (cli/__init__.py)
+    from ..registry.versions import Registry, VersionInfo
 
 
 @dataclass
@@ -32,9 +33,11 @@ class Ctx:
 
     @property
     def store_url(self) -> str:
+        from ..store import default_store_url
         return self.store or default_store_url()
 
     def registry(self, create: bool = False) -> Registry:
+        from ..registry.versions import Registry
         return Registry.open(self.store_url, create=create)
 
     def ref(self, text: str) -> Ref:
