@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from conftest import randbytes
 from draft_helpers import dir_files, publish, version_files
-from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
+from mountutil import cli, is_mounted, mount_factory, wait_for  # noqa: F401  (fixture)
 
 from artifactfs.drafts.syncclient import sockaddr
 from artifactfs.registry.versions import Registry
@@ -328,3 +328,22 @@ def test_a_sync_client_that_leaves_does_not_take_the_mount_down(store, mount_fac
     with open(m.p("ds", "draft", "later.txt"), "wb") as f:
         f.write(b"later")
     assert sync(m, m.p("ds")).stdout.splitlines() == ["ds:v2"]
+
+
+def test_umount_commits_first_and_says_what_it_could_not(store, mount_factory):
+    """umount prints each version it commits; a draft it cannot commit (a conflict
+    with another mount's commit) is named, kept, and umount exits 1, unmounted."""
+    m1 = mount_factory(store, name="m1")
+    m2 = mount_factory(store, name="m2")
+    for m, text in ((m1, b"one"), (m2, b"two")):
+        with open(m.p("ds", "draft", "top"), "wb") as f:
+            f.write(text)
+    assert sync(m1, m1.p("ds")).stdout.splitlines() == ["ds:v1"]
+    done = m2.umount()
+    assert done.returncode == 1 and "conflict" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not is_mounted(m2.path)
+    with open(m1.p("ds", "draft", "new.txt"), "wb") as f:
+        f.write(b"new")
+    done = m1.umount()
+    assert done.returncode == 0 and done.stdout.splitlines() == ["ds:v2"], done.stderr
+    assert Registry.open(store).versions("proj", "ds") == [0, 1, 2]

@@ -81,17 +81,28 @@ def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, 
             address = os.getxattr(point, CONTROL_XATTR).decode()
         except OSError:
             raise ArtifactfsError(f"{point} is mounted read-only or by a daemon without drafts") from None
-        reply = request(address, {"op": "sync", "collections": collections, "aliases": list(aliases),
-                                  "tags": list(tags), "description": description, "metadata": meta})
-        if "error" in reply:
-            raise ArtifactfsError(reply["error"])
-        for r in reply["results"]:
-            if "line" in r:
-                click.echo(r["line"])
-                if r.get("note"):
-                    click.echo(f"note: {r['note']}", err=True)
-            else:
-                failures += 1
-                click.echo(f"Error: {r['error']}", err=True)
+        failures += commit_drafts(address, collections, {"aliases": list(aliases), "tags": list(tags),
+                                                         "description": description, "metadata": meta})
     if failures:
         sys.exit(1)
+
+
+def commit_drafts(address: str, collections: list[str] | None, attrs: dict | None = None) -> int:
+    """Ask the daemon at control socket `address` to commit the drafts of
+    `collections` (None: every draft with changes), with the attributes of `sync`;
+    print one line per version on stdout and one `Error:` line per draft that could
+    not be committed (a conflict, an unreachable store) on stderr; return how many
+    could not be.  ArtifactfsError if the daemon cannot be asked at all."""
+    reply = request(address, {"op": "sync", "collections": collections, **(attrs or {})})
+    if "error" in reply:
+        raise ArtifactfsError(reply["error"])
+    failures = 0
+    for r in reply["results"]:
+        if "line" in r:
+            click.echo(r["line"])
+            if r.get("note"):
+                click.echo(f"note: {r['note']}", err=True)
+        else:
+            failures += 1
+            click.echo(f"Error: {r['error']}", err=True)
+    return failures

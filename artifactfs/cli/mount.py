@@ -25,6 +25,7 @@ from ..mount.state import FSTYPE, find_mount, log_path, read_record, real_mountp
 from ..registry.names import check_name, check_type
 from ..registry.versions import Registry
 from ..store import default_store_url
+from .drafts import CONTROL_XATTR, commit_drafts
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0  # after SIGTERM: the daemon may be committing drafts
@@ -192,21 +193,38 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 @click.option("--timeout", metavar="SECONDS", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="How long files still open may keep being read before the daemon is stopped.")
 def umount_cmd(mountpoint: str, timeout: float) -> None:
-    """Unmount MOUNTPOINT and wait for its daemon to exit.
+    """Commit the drafts with changes, unmount MOUNTPOINT and wait for its daemon to exit.
 
-    The mount is detached at once (new opens no longer reach it); files already
-    open stay readable until closed or until --timeout, then the daemon is stopped."""
+    Each version committed is printed as `sync` prints it.  A draft that cannot be
+    committed (a conflict, an unreachable store) is named on stderr and kept on
+    disk, where the next mount finds it; umount still unmounts, then exits 1.
+    The mount is detached at once after the commit (new opens no longer reach
+    it); files already open stay readable until closed or until --timeout, then
+    the daemon is stopped (it commits what was written meanwhile; see its log)."""
     real = real_mountpoint(mountpoint)
     m = find_mount(real)
     if m is None or m.fstype != FSTYPE:
         raise ArtifactfsError(f"{mountpoint} is not an artifactfs mount")
     pid = _daemon_pid(real)
+    failures = _commit_first(real)
     _detach(real)
-    if pid is None or _wait_gone(pid, timeout):
-        return
-    os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, STOP_TIMEOUT):
-        raise ArtifactfsError(f"unmounted {mountpoint}, but its daemon (pid {pid}) did not exit")
+    if pid is not None and not _wait_gone(pid, timeout):
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, STOP_TIMEOUT):
+            raise ArtifactfsError(f"unmounted {mountpoint}, but its daemon (pid {pid}) did not exit")
+    if failures:
+        raise ArtifactfsError(f"unmounted {mountpoint}; {failures} draft(s) could not be committed and stay "
+                              "on disk for the next mount (see above)")
+
+
+def _commit_first(real: str) -> int:
+    """Commit the drafts of a live mount with drafts; how many could not be (0 for a
+    read-only or stale mount, which has nothing to commit or cannot be asked)."""
+    try:
+        address = os.getxattr(real, CONTROL_XATTR).decode()
+    except OSError:
+        return 0
+    return commit_drafts(address, None)
 
 
 def _daemon_pid(real: str) -> int | None:
