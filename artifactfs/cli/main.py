@@ -59,8 +59,8 @@ def main(ctx: click.Context, store: str | None, project: str | None, endpoint_ur
               help="A metadata entry (repeatable, at most 100 keys); VALUE is read as JSON when it parses, "
                    "else as a string: --metadata epochs=10 --metadata arch=resnet.")
 @click.option("--alias", multiple=True, metavar="ALIAS",
-              help="An alias on the new version (repeatable; 'latest' is set by itself).")
-@click.option("--tag", multiple=True, metavar="TAG", help="A tag on the new version (repeatable).")
+              help="An alias on the version put (repeatable; 'latest' is set by itself).")
+@click.option("--tag", multiple=True, metavar="TAG", help="A tag on the version put (repeatable).")
 @click.option("--follow-symlinks", is_flag=True,
               help="Store what symlinks point to (and enter linked folders) instead of the links.")
 @click.option("--reference", multiple=True, metavar="URI",
