@@ -194,6 +194,12 @@ def test_aliases_through_symlinks(store, mount_factory, tmp_path):
     assert oserror(lambda: os.symlink("ds:v9", f"{c}/ds:nine")) == errno.ENOENT
     assert oserror(lambda: os.symlink("other:v0", f"{c}/ds:x")) == errno.EINVAL
     assert oserror(lambda: os.unlink(f"{c}/ds:nothere")) == errno.ENOENT
+    os.symlink("ds@v0", f"{c}/ds@old")  # the spelling without ':' makes aliases too
+    assert reg.aliases("proj", "ds")["old"] == 0 and os.readlink(f"{c}/ds@old") == "ds@v0"
+    assert os.readlink(f"{c}/ds:old") == "ds:v0"
+    assert oserror(lambda: os.symlink("ds:v0", f"{c}/ds@v9")) == errno.EPERM
+    os.unlink(f"{c}/ds@old")
+    assert "old" not in reg.aliases("proj", "ds")
     assert not [n for n in os.listdir(c) if not n.startswith("ds:") and n != "draft"]
 
 

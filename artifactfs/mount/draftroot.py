@@ -30,7 +30,7 @@ from .draftnodes import DraftNode
 from .errnos import fuse_error
 from .inodes import InodeTable, Key, Node, SymlinkNode
 from .livedraft import Drafts, LiveDraft
-from .nodes import AliasNode, CollectionKept, CollectionNode, RootNode, VersionRootNode
+from .nodes import PLAIN, AliasNode, CollectionKept, CollectionNode, RootNode, VersionRootNode
 from .parts import MountParts
 
 log = logging.getLogger("artifactfs.mount")
@@ -141,24 +141,37 @@ class DraftCollectionNode(CollectionNode):
         return [*drafts, *await super().children()]
 
     # -- aliases as symlinks -------------------------------------------------------------
-    def _alias_of(self, name: str) -> str | None:
-        prefix, sep, rest = name.partition(":")
-        return rest if prefix == self.name and sep and parse_version(rest) is None else None
+    def _spelling(self, name: str) -> tuple[str, str] | None:
+        """(separator, what follows it) for `NAME:x` or `NAME@x`, else None."""
+        for sep in (":", PLAIN):
+            prefix, found, rest = name.partition(sep)
+            if prefix == self.name and found:
+                return sep, rest
+        return None
 
-    async def _set_alias(self, alias: str, target: str, replace: bool) -> Node:
+    def _alias_of(self, name: str) -> str | None:
+        spelled = self._spelling(name)
+        return spelled[1] if spelled is not None and parse_version(spelled[1]) is None else None
+
+    async def _set_alias(self, alias: str, name: str, target: str, replace: bool) -> Node:
+        """Point `alias` at the version `target` names (NAME:vN, NAME@vN, or an alias of
+        either spelling); the node of link `name`, in the spelling `name` uses."""
         if alias == "latest":
             raise fuse_error(errno.EPERM)
         check_alias(alias)
-        prefix, sep, ref = target.rstrip("/").partition(":")
-        if prefix != self.name or not sep:
+        spelled = self._spelling(target.rstrip("/"))
+        if spelled is None:
             raise fuse_error(errno.EINVAL)  # an alias points at a version of its own collection
+        ref = spelled[1]
         reg, project = self.ctx.registry, self.ctx.project
         if not replace and alias in (await self.state(0)).aliases:
             raise fuse_error(errno.EEXIST)
         version = await self.ctx.run(reg.resolve, project, self.name, ref)
         await self.ctx.run(reg.set_alias, project, self.name, alias, version)
         await self.state(0)
-        node = self.table.make("alias", ("alias", self.name, alias), self, alias)
+        sep = ":" if name.startswith(self.name + ":") else PLAIN
+        tag = "" if sep == ":" else sep  # the inode keys of nodes.CollectionNode._child
+        node = self.table.make("alias", ("alias" + tag, self.name, alias), self, alias, sep)
         assert isinstance(node, AliasNode)
         await node.target()
         return node
@@ -166,8 +179,8 @@ class DraftCollectionNode(CollectionNode):
     async def symlink(self, name: str, target: str) -> Node:
         alias = self._alias_of(name)
         if alias is not None:
-            return await self._set_alias(alias, target, replace=False)
-        if ":" in name or name == DRAFT or name in self.pending:
+            return await self._set_alias(alias, name, target, replace=False)
+        if ":" in name or self._spelling(name) is not None or name == DRAFT or name in self.pending:
             raise fuse_error(errno.EEXIST if name == DRAFT or name in self.pending else errno.EPERM)
         self.pending[name] = target
         return self.table.make("link", ("link", self.name, name), target)
@@ -176,7 +189,7 @@ class DraftCollectionNode(CollectionNode):
         alias = self._alias_of(new_name)
         if name not in self.pending or new_parent is not self or alias is None:
             raise fuse_error(errno.EPERM)
-        await self._set_alias(alias, self.pending[name], replace=not flags & pyfuse3.RENAME_NOREPLACE)
+        await self._set_alias(alias, new_name, self.pending[name], replace=not flags & pyfuse3.RENAME_NOREPLACE)
         del self.pending[name]
 
     async def unlink(self, name: str) -> None:
@@ -184,7 +197,7 @@ class DraftCollectionNode(CollectionNode):
             return
         alias = self._alias_of(name)
         if alias == "latest" or alias is None:
-            raise fuse_error(errno.EPERM if alias == "latest" or name.startswith(self.name + ":")
+            raise fuse_error(errno.EPERM if alias == "latest" or self._spelling(name) is not None
                              else errno.ENOENT)
         await self.ctx.run(self.ctx.registry.set_alias, self.ctx.project, self.name, alias, None)
         await self.state(0)
