@@ -33,8 +33,9 @@ from concurrent.futures import Future
 import xxhash
 
 from ..errors import CorruptStoreError, DigestMismatchError, ObjectNotFound, UsageError
-from ..registry.packs import PackReader, locate, read_located
+from ..registry.packs import locate
 from ..registry.versions import Registry, blob_key
+from .packs import PackReader, read_located
 
 log = logging.getLogger(__name__)
 LOW_WATER = 0.9  # eviction frees space down to this fraction of max_bytes

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 import xxhash
 
 from ..errors import DigestMismatchError, LocalFileError, ObjectNotFound, StoreError, shown
-from ..registry import packs
 from ..registry.manifest import FileEntry, Leaf, SymlinkEntry
 from ..registry.names import check_path
 from ..registry.versions import Registry, blob_key
-from . import references
+from . import packs, references
 from .buffers import WORKERS, Progress, chunk_buffer, read_full, write_full
 from .verify import fd_matches
 

@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import xxhash
 
 from ..errors import LocalFileError, StoreError
-from ..registry import packs
 from ..registry.manifest import CHUNK_SIZE, MTIME_KEY, FileEntry, b64_digest
+from ..registry.packs import PackSpan
 from ..registry.versions import Registry, blob_key
 from ..store.local import LocalStore
+from . import packs
 from .buffers import WORKERS, Progress, chunk_buffer, read_full
 from .hashcache import Digests, HashCache
 
@@ -150,7 +151,7 @@ def _store_file(registry: Registry | None, path: str, progress: Progress | None,
 
 
 def _file_entry(digest: str, size: int, chunks: tuple[str, ...], st: os.stat_result,
-                span: packs.PackSpan | None = None) -> FileEntry:
+                span: PackSpan | None = None) -> FileEntry:
     """The entry of a local file: its digests, executable bit and mtime."""
     return FileEntry(digest, size, chunks, bool(st.st_mode & 0o111), None,
                      {"alg": "XXH128", MTIME_KEY: st.st_mtime_ns}, span)

@@ -17,5 +17,5 @@ def tree_object_key(hexdigest: str) -> str:
 
 
 def pack_object_key(name: str) -> str:
-    """`packs/<2 hex>/<32 hex>`: small files packed together (packs.py)."""
+    """`packs/<2 hex>/<32 hex>`: small files packed together (chunks/packs.py)."""
     return f"{PACKS}{name[:2]}/{name}"

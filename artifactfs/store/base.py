@@ -21,7 +21,7 @@ class ObjectStat:
 
 class ObjectStore(abc.ABC):
     url: str
-    pack_below = 0  # bytes: a multi-file upload packs files smaller than this (packs.py); 0: never
+    pack_below = 0  # bytes: a multi-file upload packs files smaller than this (chunks/packs.py); 0: never
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
