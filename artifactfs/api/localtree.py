@@ -78,7 +78,12 @@ def _scan(top: str, prefix: str, follow: bool, above: set[tuple[int, int]]) -> I
         except OSError as err:
             raise LocalFileError("read", e.path, err) from None
         if is_dir:
-            yield from _scan(e.path, path + "/", follow, inside if follow else above)
+            found = False
+            for item in _scan(e.path, path + "/", follow, inside if follow else above):
+                found = True
+                yield item
+            if not found:  # a version holds files and symlinks; folders exist through them
+                log.warning("left out %s: an empty folder cannot be part of a version", shown(e.path))
         elif is_file:
             yield LocalFile(e.path, path)
         else:

@@ -144,6 +144,9 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
         if ino.is_dir:
             if b is not None and not isinstance(b, DirEntry):
                 out.changes[path] = None
+            if not isinstance(b, DirEntry) and ino.tree is None and \
+                    all(row is None for _, row in draft.db.children(ino.id)):
+                out.leave("empty folders", path)  # a version holds files and symlinks only
             _scan_dir(draft, ino, path, b.tree if isinstance(b, DirEntry) else None, out)
         elif ino.is_reg and ino.staged:
             try:
