@@ -21,8 +21,12 @@ from __future__ import annotations
 import http.client
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
+
+import pytest
+from s3server import MotoServer
 
 _ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
           "<Message>{message}</Message></Error>")
@@ -131,3 +135,19 @@ class S3Proxy:
     def __exit__(self, *exc: object) -> None:
         self._released.set()
         self.stop()
+
+
+SECRET = "S3CR3T-never-shown"  # the secret key the proxy fixture's environment carries
+
+
+@pytest.fixture
+def proxy(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Proxy]:
+    """A proxy in front of the session's moto server, which the environment points at
+    (with SECRET as the secret key, so a test can check it is never shown).  A test
+    module that uses it imports it with s3server's fixtures."""
+    with S3Proxy(s3_server.endpoint) as p:
+        for k, v in s3_server.env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("ARTIFACTFS_S3_ENDPOINT", p.endpoint)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+        yield p

@@ -7,28 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import randbytes
 from mountutil import cli, wait_for
-from s3proxy import S3Proxy
-from s3server import MotoServer, moto_server, s3_server  # noqa: F401 (fixtures)
+from s3proxy import proxy  # noqa: F401 (fixture)
+from s3server import moto_server, s3_server  # noqa: F401 (fixtures)
 
 from artifactfs.registry.manifest import CHUNK_SIZE
 
 TIMEOUT = 6.0  # $ARTIFACTFS_S3_TIMEOUT: one request, retries included
-
-
-@pytest.fixture
-def proxy(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Proxy]:
-    with S3Proxy(s3_server.endpoint) as p:
-        for k, v in s3_server.env.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setenv("ARTIFACTFS_S3_ENDPOINT", p.endpoint)
-        monkeypatch.setenv("ARTIFACTFS_S3_TIMEOUT", str(TIMEOUT))
-        yield p
 
 
 def _temporaries(dest: Path) -> list[str]:
@@ -37,9 +26,11 @@ def _temporaries(dest: Path) -> list[str]:
 
 @pytest.mark.parametrize("sig, last_line", [(signal.SIGINT, "Error: interrupted"),
                                              (signal.SIGTERM, "Error: terminated")])
-def test_ctrl_c_during_get_leaves_no_temporary_file(proxy, s3_server, tmp_path, sig, last_line) -> None:
+def test_ctrl_c_during_get_leaves_no_temporary_file(proxy, s3_server, tmp_path, monkeypatch, sig,
+                                                    last_line) -> None:
     """Ctrl-C or SIGTERM, even while a worker is stuck on a stalled service, and
     even when the signal comes twice (as `timeout` sends it)."""
+    monkeypatch.setenv("ARTIFACTFS_S3_TIMEOUT", str(TIMEOUT))
     url = s3_server.new_bucket_url()
     src = tmp_path / "src"
     src.mkdir()

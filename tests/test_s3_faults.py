@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import randbytes
 from mountutil import cli, gone, mounted, wait_for
-from s3proxy import S3Proxy
+from s3proxy import SECRET, S3Proxy, proxy  # noqa: F401 (fixture)
 from s3server import MotoServer, moto_server, s3_server, s3_url  # noqa: F401 (fixtures)
 from test_mount_read import commit
 
@@ -26,20 +26,6 @@ from artifactfs.registry.versions import Registry
 from artifactfs.store import open_store
 
 TIMEOUT = 6.0  # $ARTIFACTFS_S3_TIMEOUT for these tests: one request, retries included
-SECRET = "S3CR3T-never-shown"
-
-
-@pytest.fixture
-def proxy(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Proxy]:
-    """A proxy in front of the session's moto server, which the environment points at."""
-    with S3Proxy(s3_server.endpoint) as p:
-        for k, v in s3_server.env.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setenv("ARTIFACTFS_S3_ENDPOINT", p.endpoint)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        yield p
-
-
 def _objects(server: MotoServer, url: str) -> list[str]:
     bucket = url[len("s3://"):].split("/")[0]
     return [o["Key"] for o in server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
