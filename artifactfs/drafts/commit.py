@@ -21,12 +21,10 @@ import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from weakref import WeakKeyDictionary
 
 from ..errors import ConflictError, InvalidNameError, PathConflictError, PreconditionFailed
 from ..registry.manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
 from ..registry.names import check_component
-from ..registry.treedigest import TreeDigests
 from ..registry.versions import Registry
 from ..timestamps import iso_ns
 from .advance import advance
@@ -280,22 +278,11 @@ def _merged_attrs(pending: dict, description: str | None, metadata: dict | None,
     }
 
 
-_DIGESTS: "WeakKeyDictionary[Registry, TreeDigests]" = WeakKeyDictionary()
-
-
-def _digests(registry: Registry) -> TreeDigests:
-    """One digest-block cache per registry (they hold its immutable trees)."""
-    found = _DIGESTS.get(registry)
-    if found is None:
-        found = _DIGESTS[registry] = TreeDigests(registry)
-    return found
-
-
 def warm_digests(registry: Registry, root: str | None) -> None:
     """Compute the digest blocks of a draft's base ahead of its commit (the first
     commit of a session otherwise reads every line of the base once)."""
     if root:
-        _digests(registry).block(root)
+        registry.tree_digests.block(root)
 
 
 def commit_draft(registry: Registry, draft: Draft, *, description: str | None = None,
@@ -322,7 +309,7 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
                 root = apply_changes(registry, onto, changes)
             except PathConflictError as e:  # a file where they made a folder, or the reverse
                 raise _conflict(st.collection, latest, [str(e)]) from None
-            digest = _digests(registry).digest(root.tree)
+            digest = registry.tree_digests.digest(root.tree)
         try:
             info, created = registry.commit(st.project, st.collection, st.type, root, digest,
                                             base=latest, exact_base=True, **attrs)

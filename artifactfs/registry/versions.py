@@ -15,6 +15,7 @@ its blobs and trees are durable, so numbers are allocated without gaps and a
 crashed writer leaves at most orphan blobs and trees."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -41,6 +42,7 @@ from .manifest import (
     walk,
 )
 from .names import check_alias, check_name, check_type, parse_version
+from .treedigest import TreeDigests
 from .trees import TreeStore
 
 MARKER = "artifactfs-store.json"
@@ -125,6 +127,12 @@ class Registry(TreeStore):
         # the process that wrote a draft); None: this process (lineage, runinfo.py).
         self.producer: Callable[[str, str], dict | None] | None = None
         self.opened_epoch = gcstate.epoch(store)  # gc generation seen at open (gcstate.py)
+
+    @functools.cached_property
+    def tree_digests(self) -> TreeDigests:
+        """The W&B digest blocks of this store's trees (treedigest.py), kept as long as
+        the registry: trees are immutable, so a commit hashes only what changed."""
+        return TreeDigests(self)
 
     @classmethod
     def open(cls, url: str | None = None, create: bool = False) -> "Registry":
