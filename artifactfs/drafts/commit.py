@@ -123,6 +123,7 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
             out.changes.update({n: now.get(n) for n in set(now) | set(was) if now.get(n) != was.get(n)})
     base = draft.io.load(ref) if ref else {}
     seen = set()
+    live = 0  # children that are there now, not removed
     for name, row in draft.db.children(d.id):
         seen.add(name)
         path, b = join(prefix, name), base.get(name)
@@ -130,6 +131,7 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
             if b is not None:
                 out.changes[path] = None
             continue
+        live += 1
         ino = draft.load(row.id)
         try:
             check_component(name)
@@ -142,9 +144,6 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
         if ino.is_dir:
             if b is not None and not isinstance(b, DirEntry):
                 out.changes[path] = None
-            if not isinstance(b, DirEntry) and ino.tree is None and \
-                    all(row is None for _, row in draft.db.children(ino.id)):
-                out.leave("empty folders", path)  # a version holds files and symlinks only
             _scan_dir(draft, ino, path, b.tree if isinstance(b, DirEntry) else None, out)
         elif ino.is_reg and ino.staged:
             try:
@@ -174,6 +173,8 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
     if d.tree is None:
         for name in sorted(set(base) - seen):
             out.changes[join(prefix, name)] = None
+    if prefix and not live and (d.tree is None or not set(base) - seen):
+        out.leave("empty folders", prefix)  # a version holds files and symlinks only
 
 
 def _note_owner_and_mode(draft: Draft, ino: Inode, path: str, out: Scan) -> None:
