@@ -86,7 +86,7 @@ class ControlServer:
                     data += chunk
                 try:
                     reply = await self.dispatch(json.loads(data))
-                except (ValueError, KeyError, TypeError) as e:
+                except (ValueError, KeyError, TypeError, AttributeError) as e:  # raised before any commit
                     reply = {"error": f"bad request: {e}"}
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
@@ -113,6 +113,10 @@ class ControlServer:
             except OSError as e:
                 log.exception("sync of %s failed", name)
                 results.append({"collection": name, "error": f"{name}: {e.strerror or e}"})
+            except Exception:  # a bug: its traceback goes to the log, and the mount goes on serving
+                log.exception("sync of %s failed", name)
+                results.append({"collection": name, "error": f"{name}: internal error (the mount's log "
+                                                            "has the traceback); the draft is kept"})
         return {"results": results}
 
     async def _existing(self, name: str) -> LiveDraft:
