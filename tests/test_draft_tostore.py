@@ -15,10 +15,10 @@ from conftest import randbytes
 from draft_helpers import Paths, open_test_draft, publish, version_files
 
 from artifactfs.chunks import upload
+from artifactfs.chunks.digests import RunningDigest
 from artifactfs.drafts.advance import reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes
 from artifactfs.drafts.lifecycle import export_files
-from artifactfs.drafts.rundigest import RunningDigest
 from artifactfs.registry.keys import blob_key
 from artifactfs.registry.manifest import CHUNK_SIZE
 from artifactfs.registry.versions import Registry

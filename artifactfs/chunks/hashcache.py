@@ -23,7 +23,7 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS files (
     digest TEXT, chunks TEXT, hashed_ns INTEGER, PRIMARY KEY (dev, ino))"""
 
 Stat = os.stat_result
-Digests = tuple[str, tuple[str, ...]]   # (W&B digest, chunk keys)
+Remembered = tuple[str, tuple[str, ...]]   # (W&B digest, chunk keys)
 
 
 def default_path() -> str | None:
@@ -92,9 +92,9 @@ class HashCache:
             return None
         return cls(db)
 
-    def lookup(self, stats: list[Stat]) -> list[Digests | None]:
+    def lookup(self, stats: list[Stat]) -> list[Remembered | None]:
         """The digests remembered for each exact file state (None: unknown), in one query."""
-        out: list[Digests | None] = [None] * len(stats)
+        out: list[Remembered | None] = [None] * len(stats)
         want = {(st.st_dev, st.st_ino): i for i, st in enumerate(stats) if st.st_dev not in self._untrusted}
         rows = []
         with self._lock:
@@ -113,7 +113,7 @@ class HashCache:
                 out[i] = digest, tuple(chunks.split(",")) if chunks else ()
         return out
 
-    def remember(self, st: Stat, digests: Digests, hashed_ns: int) -> None:
+    def remember(self, st: Stat, digests: Remembered, hashed_ns: int) -> None:
         """Queue an entry for a file hashed from time `hashed_ns` on, unless racy."""
         if max(st.st_mtime_ns, st.st_ctime_ns) >= hashed_ns - RACY_NS or st.st_dev in self._untrusted:
             return

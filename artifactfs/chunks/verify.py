@@ -14,7 +14,7 @@ from .upload import hash_fd
 
 def fd_matches(fd: int, entry: FileEntry) -> bool:
     try:
-        return hash_fd(None, fd, None)[0] == entry.digest
+        return hash_fd(None, fd, None).digest == entry.digest
     except OSError:
         return False
 

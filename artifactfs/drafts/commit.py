@@ -22,6 +22,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from ..chunks.digests import Digests, RunningDigest
 from ..errors import ConflictError, InvalidNameError, PathConflictError, PreconditionFailed
 from ..registry.manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
 from ..registry.names import check_component
@@ -30,7 +31,6 @@ from ..timestamps import iso_ns
 from .advance import advance
 from .engine import Draft
 from .inode import Inode
-from .rundigest import Digests, RunningDigest
 from .tostore import store_staged
 
 COMMIT_ATTEMPTS = 50

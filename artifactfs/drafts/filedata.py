@@ -13,10 +13,10 @@ from __future__ import annotations
 import errno
 import os
 
+from ..chunks.digests import RunningDigest
 from ..fileio import copy_range
 from .engine import Draft
 from .inode import Attr, Inode
-from .rundigest import RunningDigest
 
 TMP_SUFFIX = ".tmp"
 

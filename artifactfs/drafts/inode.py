@@ -16,9 +16,9 @@ import stat
 import threading
 from dataclasses import asdict, dataclass, field
 
+from ..chunks.digests import RunningDigest
 from ..registry.manifest import FileEntry
 from .meta import Row
-from .rundigest import RunningDigest
 
 DRAFT_FORMAT = "artifactfs-draft-v2"
 

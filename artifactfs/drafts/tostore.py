@@ -1,7 +1,7 @@
 """Moving a staged file's bytes into the store at commit, reading them as little
 as possible (issue 10).
 
-A file whose digests were taken while it was written (rundigest.py) is not
+A file whose digests were taken while it was written (chunks/digests.py) is not
 hashed again.  Into a local store its chunks go without passing through this
 process: a file of one chunk on the store's filesystem *becomes* its blob (a
 hard link: the data file is copy-on-write from then on, filedata._open_own),
@@ -12,11 +12,11 @@ are read, hashed and stored as `put` does (upload.upload_many)."""
 from __future__ import annotations
 
 from ..chunks import upload
+from ..chunks.digests import Digests
 from ..errors import StoreError
 from ..registry.manifest import FileEntry
 from ..registry.versions import Registry, blob_key
 from ..store.local import LocalStore
-from .rundigest import Digests
 
 
 def store_known(store: LocalStore, path: str, known: Digests) -> FileEntry:

@@ -17,7 +17,8 @@ from .context import CALLER
 from .errnos import to_fuse_error
 from .handles import Handle
 from .inodes import InodeTable, Node
-from .noopen import AVAILABLE as NO_OPEN_AVAILABLE, HANDLE_BASE, InodeHandles
+from .noopen import AVAILABLE as NO_OPEN_AVAILABLE
+from .noopen import HANDLE_BASE, InodeHandles
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 OpenHook = Callable[[Node, int, int], None]

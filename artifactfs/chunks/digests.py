@@ -1,7 +1,10 @@
-"""Hashing a staged file while it is written, so that a commit does not read it
-again (issue 10).
+"""A file's digests as the store names it: the W&B digest of the whole file and
+the blob key of each CHUNK_SIZE piece, with the one rule that a file of one
+piece is stored as one blob named by its own digest (docs/store-format.md 3.5).
 
-A sequential writer (cp, torch.save, a download) hands the daemon its bytes in
+`finish` applies that rule for every hasher (chunks/upload.py reads files;
+RunningDigest follows a draft's staged file while it is written, so that a
+commit does not read it again).  A sequential writer (cp, torch.save, a download) hands the daemon its bytes in
 order from offset 0.  A RunningDigest follows such a file: the xxh3-128 of the
 whole file (its W&B digest) and of each CHUNK_SIZE piece (its blob keys,
 docs/store-format.md 3.5), updated as each write reaches the data file.  Any
@@ -56,10 +59,17 @@ class RunningDigest:
 
     def result(self) -> Digests:
         """The digests of what was taken (chunk keys as chunks.upload.upload_file gives them)."""
-        raw = self.whole.digest()
-        if self.size <= CHUNK_SIZE:  # one piece (or none): its key is the file's digest
-            return Digests(b64_digest(raw), self.size, (raw.hex(),) if self.size else ())
         keys = list(self.keys)
         if self.size % CHUNK_SIZE:
             keys.append(self.piece.hexdigest())
-        return Digests(b64_digest(raw), self.size, tuple(keys))
+        return finish(self.whole, self.size, keys)
+
+
+def finish(whole: "xxhash.xxh3_128", size: int, keys: list[str]) -> Digests:
+    """The Digests of a file of `size` bytes whose bytes `whole` hashed, its pieces
+    hashed one by one into `keys`: a file of one piece (or none) is stored as one
+    blob named by its own digest."""
+    raw = whole.digest()
+    if size <= CHUNK_SIZE:
+        return Digests(b64_digest(raw), size, (raw.hex(),) if size else ())
+    return Digests(b64_digest(raw), size, tuple(keys))
