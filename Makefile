@@ -32,7 +32,7 @@ endef
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile third_party/pyfuse3/build.sh third_party/pyfuse3/noopen.patch
+$(VENV)/.installed: pyproject.toml Makefile third_party/pyfuse3/build.sh third_party/pyfuse3/artifactfs.patch
 	$(call apt,$(RUN_PACKAGES) $(TEST_PACKAGES))
 	@echo "== creating $(VENV) and installing the Python packages (about 2 minutes the first time)"
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -112,10 +112,13 @@ def test_new_versions_and_moving_aliases_appear_within_refresh(store, tmp_path, 
     m = mount_factory(store, "--refresh", "1")
     ds = m.p("ds")
     assert os.readlink(os.path.join(ds, "ds:latest")) == "ds:v0"
+    link_ino = os.lstat(os.path.join(ds, "ds:latest")).st_ino
     os.listdir(ds)
     commit(store, "ds", str(tmp_path / "src"), {"a.txt": b"v1\n"})
     took = wait_for(lambda: os.readlink(os.path.join(ds, "ds:latest")) == "ds:v1", 60, "latest -> v1")
     assert took <= 5  # --refresh 1, with room for a loaded machine (a missing refresh never gets here)
+    # a link inode keeps its target (the kernel caches it): the moved alias is a new inode
+    assert os.lstat(os.path.join(ds, "ds:latest")).st_ino != link_ino
     assert "ds:v1" in os.listdir(ds)
     with open(os.path.join(ds, "ds:latest", "a.txt"), "rb") as f:
         assert f.read() == b"v1\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 
 import pyfuse3
 import pytest
@@ -34,7 +35,7 @@ def store(tmp_path) -> str:
 @pytest.fixture(params=list(MODES), ids=list(MODES))
 def mnt(request, store, mount_factory):  # noqa: F811
     if request.param == "no OPEN" and not noopen.AVAILABLE:
-        skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/noopen.patch (make setup builds it)")
+        skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/artifactfs.patch (make setup builds it)")
     m = mount_factory(store, *MODES[request.param])
     m.no_open = request.param == "no OPEN"
     return m
@@ -111,3 +112,23 @@ def test_operations_serve_reads_by_inode_without_a_handle(inprocess_store, tmp_p
         assert e.value.errno == errno.ESTALE
         assert parts.ctx.reader.counters["opens"] == 0
     serve(parts, body)
+
+
+def test_isatty_ioctls_are_answered_without_python(mnt):
+    """Python's open() asks isatty() of every file: an IOCTL the patched pyfuse3's
+    reader thread answers with ENOTTY, with or without OPEN requests."""
+    if not hasattr(pyfuse3, "fastpath_answered"):
+        skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/artifactfs.patch (make setup builds it)")
+    path = mnt.p("ds", "ds:v0", "a.txt")
+    before = mnt.stats()["native_answers"]
+    script = ("import sys, fcntl, termios\n"
+              "for _ in range(10):\n"
+              "    with open(sys.argv[1], 'rb') as f:\n"  # default buffering: isatty()
+              "        assert f.read() == b'alpha\\n'\n"
+              "        try:\n"
+              "            fcntl.ioctl(f.fileno(), termios.TCGETS, bytes(64))\n"
+              "        except OSError as e:\n"
+              "            print(e.errno)\n")
+    out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(errno.ENOTTY)] * 10
+    assert mnt.stats()["native_answers"] - before >= 20  # isatty() and TCGETS per open

@@ -30,7 +30,7 @@ from .draftnodes import DraftNode
 from .errnos import fuse_error
 from .inodes import InodeTable, Key, Node, SymlinkNode
 from .livedraft import Drafts, LiveDraft
-from .nodes import PLAIN, AliasNode, CollectionKept, CollectionNode, RootNode, VersionRootNode
+from .nodes import PLAIN, CollectionKept, CollectionNode, RootNode, VersionRootNode
 from .parts import MountParts
 
 log = logging.getLogger("artifactfs.mount")
@@ -171,10 +171,7 @@ class DraftCollectionNode(CollectionNode):
         await self.state(0)
         sep = ":" if name.startswith(self.name + ":") else PLAIN
         tag = "" if sep == ":" else sep  # the inode keys of nodes.CollectionNode._child
-        node = self.table.make("alias", ("alias" + tag, self.name, alias), self, alias, sep)
-        assert isinstance(node, AliasNode)
-        await node.target()
-        return node
+        return self.table.make("alias", ("alias" + tag, self.name, alias, str(version)), self, alias, sep, version)
 
     async def symlink(self, name: str, target: str) -> Node:
         alias = self._alias_of(name)

@@ -206,6 +206,11 @@ class InodeTable:
         """The live node for `key`, without making one."""
         return self._by_key.get(key)
 
+    def held(self, key: Key) -> bool:
+        """Whether the kernel holds the node of `key` (looked up and not forgotten)."""
+        node = self._by_key.get(key)
+        return node is not None and node.ino in self._lookups
+
     def nodes(self) -> list[Node]:
         return list(self._nodes.values())
 

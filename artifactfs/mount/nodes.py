@@ -58,7 +58,7 @@ class CollectionKept:
 
     state: Refreshing[CollectionState]
     links: portfolios.LinkRecords = field(default_factory=dict)  # a portfolio's link records
-    listed: set[int] | None = None  # the versions listed last (deleted ones leave the kernel's dentry cache)
+    listed: CollectionState | None = None  # seen last: deleted versions and moved aliases leave the kernel's dentry cache
     versions: dict[Key, Refreshing[VersionInfo]] = field(default_factory=dict)  # by version folder key
 
 
@@ -145,21 +145,28 @@ class CollectionNode(Node):
 
     async def state(self, max_age: float | None = None) -> CollectionState:
         st = await self.kept.state.get(self.ctx.refresh if max_age is None else max_age)
-        self._forget_removed(st.versions)
+        self._forget_moved(st)
         return st
 
-    def _forget_removed(self, versions: set[int]) -> None:
-        """Drop the kernel's dentries of versions that left the listing (deleted),
-        in each spelling (`NAME:vN`, `NAME@vN`)."""
-        before, self.kept.listed = self.kept.listed, versions
-        if before is None or before is versions:
+    def _forget_moved(self, st: CollectionState) -> None:
+        """Drop the kernel's dentries of names that no longer lead where they did:
+        versions that left the listing (deleted) and aliases that moved or went, in
+        each spelling (`NAME:x`, `NAME@x`).  An alias link is one inode per target
+        (AliasNode), so its next lookup gets the link to the new version."""
+        before, self.kept.listed = self.kept.listed, st
+        if before is None or before is st:
             return
-        for n in before - versions:
-            for sep in (":", PLAIN):
-                try:
-                    pyfuse3.invalidate_entry_async(self.ino, f"{self.name}{sep}v{n}".encode())
-                except (OSError, RuntimeError):
-                    pass  # the kernel never looked it up, or the session is ending
+        for sep in (":", PLAIN):
+            tag = "" if sep == ":" else sep  # the inode keys of _child
+            gone = [(f"v{n}", ("ver" + tag, self.name, str(n), "")) for n in before.versions - st.versions]
+            gone += [(a, ("alias" + tag, self.name, a, str(n)))
+                     for a, n in before.aliases.items() if st.aliases.get(a) != n]
+            for name, key in gone:
+                if self.table.held(key):
+                    try:
+                        pyfuse3.invalidate_entry_async(self.ino, f"{self.name}{sep}{name}".encode())
+                    except (OSError, RuntimeError):
+                        pass  # the session is ending
 
     async def lookup(self, name: str) -> Node:
         node = self._child(name, await self.state())
@@ -175,8 +182,6 @@ class CollectionNode(Node):
         """Fetch what a child's attributes need (a version's record, an alias target)."""
         if isinstance(node, VersionRootNode):
             await node.load()
-        elif isinstance(node, AliasNode):
-            await node.target()
 
     def _child(self, name: str, st: CollectionState) -> Node | None:
         """`NAME:vN`, `NAME:ALIAS`, or the same spelled with '@' (`NAME@vN`,
@@ -198,7 +203,8 @@ class CollectionNode(Node):
                 return None
             return self.table.make("version", ("ver" + tag, self.name, str(n), ""), n, self)
         if rest in st.aliases:
-            return self.table.make("alias", ("alias" + tag, self.name, rest), self, rest, sep)
+            n = st.aliases[rest]
+            return self.table.make("alias", ("alias" + tag, self.name, rest, str(n)), self, rest, sep, n)
         return None
 
     async def children(self) -> Sequence[tuple[str, Node]]:
@@ -225,37 +231,28 @@ class CollectionNode(Node):
 
 
 class AliasNode(Node):
-    """`<c>:<alias>` -> `<c>:vN` (or `<c>@<alias>` -> `<c>@vN`), re-read from the collection's state on each readlink."""
+    """`<c>:<alias>` -> `<c>:vN` (or `<c>@<alias>` -> `<c>@vN`): one inode per alias
+    and target, so its target never changes and the kernel may cache it
+    (cache_symlinks).  When the alias moves, CollectionNode drops the dentry and the
+    next lookup gets the inode of the new target."""
 
     mode = stat.S_IFLNK | 0o777
 
     def __init__(self, ctx: MountContext, key: Key, collection: CollectionNode, alias: str,
-                 sep: str = ":"):
+                 sep: str, version: int):
         super().__init__(ctx, key)
         self.collection = collection
         self.alias = alias
-        self.sep = sep
-        self._target = ""
+        self.target = f"{collection.name}{sep}v{version}"
 
     def size(self) -> int:
-        return len(self._target)
+        return len(self.target)
 
     def mtime_ns(self) -> int:
         return self.collection.mtime_ns()
 
-    async def target(self) -> str:
-        n = (await self.collection.state()).aliases.get(self.alias)
-        if n is None:
-            raise fuse_error(errno.ENOENT)
-        self._target = f"{self.collection.name}{self.sep}v{n}"
-        return self._target
-
-    async def getattr(self):  # type: ignore[no-untyped-def]
-        await self.target()
-        return self.attributes()
-
     async def readlink(self) -> str:
-        return await self.target()
+        return self.target
 
 
 @dataclass(frozen=True)
