@@ -12,11 +12,14 @@ import stat
 import subprocess
 
 import pytest
+import xxhash
 from conftest import randbytes
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, is_mounted, mount_factory, wait_for  # noqa: F401  (fixture)
 
 from artifactfs.drafts.syncclient import sockaddr
+from artifactfs.registry.keys import blob_key
+from artifactfs.registry.manifest import CHUNK_SIZE
 from artifactfs.registry.versions import Registry
 
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 5000, True), "b/c/d": b"bcd", "top": b"t"}
@@ -316,6 +319,32 @@ def test_committed_files_leave_the_staging_tree(store, mount_factory, tmp_path):
     assert sync(m, d).stdout == "ds:v2\n"
     got = version_files(Registry.open(store), "ds", 2)
     assert got["held"] == (b"first second", False) and got["big.bin"] == (b"X" + payload[1:], False)
+
+
+def test_big_files_written_in_order_reach_the_store_before_sync(store, mount_factory):
+    """Each complete chunk of a big file written in order is in the store before
+    any sync (issue 10: sync then has little left to do); a file rewritten in the
+    middle afterwards is still published with the bytes it holds at sync."""
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    chunks = 2
+    first, second = randbytes(chunks * CHUNK_SIZE + 5), randbytes(chunks * CHUNK_SIZE + 5)
+    for name, payload in (("first.bin", first), ("second.bin", second)):
+        with open(f"{d}/{name}", "wb") as f:
+            for off in range(0, len(payload), 1 << 20):
+                f.write(payload[off:off + (1 << 20)])
+    keys = [xxhash.xxh3_128_hexdigest(p[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]) for p in (first, second)
+            for i in range(chunks)]
+    wait_for(lambda: all(os.path.exists(os.path.join(store, blob_key(k))) for k in keys), 60,
+             "the complete chunks stored ahead")
+    with open(f"{d}/second.bin", "r+b") as f:
+        f.seek(CHUNK_SIZE // 2)
+        f.write(b"REWRITTEN")
+    assert sync(m, d).stdout == "ds:v1\n"
+    got = version_files(Registry.open(store), "ds", 1)
+    mid = CHUNK_SIZE // 2
+    assert got["first.bin"] == (first, False)
+    assert got["second.bin"] == (second[:mid] + b"REWRITTEN" + second[mid + 9:], False)
 
 
 def test_a_sync_client_that_leaves_does_not_take_the_mount_down(store, mount_factory):

@@ -2,8 +2,11 @@
 digests taken while a file is written in order (and dropped for any other
 write), the chunks of such a file moved into the store without reading them
 (a one-chunk file becomes its blob by link(2): the data file is copy-on-write
-from then on), LocalStore.sync() fsyncing only what this process wrote, and
-`put` of a big file copying its chunks in the kernel."""
+from then on), the complete chunks of a file still being written stored ahead
+of the commit (and never under a key their bytes do not have),
+LocalStore.sync() fsyncing only what this process wrote, and `put` of a big
+file copying its chunks in the kernel while a helper thread hashes the chunk
+before."""
 from __future__ import annotations
 
 import os
@@ -19,6 +22,8 @@ from artifactfs.chunks.digests import RunningDigest
 from artifactfs.drafts.advance import reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes
 from artifactfs.drafts.lifecycle import export_files
+from artifactfs.drafts.tostore import store_ahead
+from artifactfs.errors import StoreError
 from artifactfs.registry.keys import blob_key
 from artifactfs.registry.manifest import CHUNK_SIZE
 from artifactfs.registry.versions import Registry
@@ -152,6 +157,61 @@ def test_big_files_are_copied_by_chunk_and_the_staged_file_is_given_back(reg):
     assert p.read("big") == data
 
 
+def _written_in_order(reg: Registry, size: int) -> tuple[Paths, bytes]:
+    """A draft whose file "big" of `size` random bytes was written in one go."""
+    p = Paths(open_test_draft(reg, "w"))
+    data = randbytes(size)
+    p.held = p.create("big")  # the mount holds the inodes the kernel knows (the digest lives on it)
+    p.write("big", data)
+    return p, data
+
+
+def test_chunks_stored_ahead_are_the_ones_the_commit_uses(reg):
+    """store_ahead copies each complete chunk of a file written in order into the
+    store under its key; the commit then finds them there and leaves them as they
+    are (same inode: not copied again)."""
+    p, data = _written_in_order(reg, 3 * CHUNK_SIZE + 999)
+    ino = p.node("big")
+    running = ino.running
+    assert running is not None and len(running.keys) == 3
+    assert [store_ahead(reg.store, p.draft, ino, running, i) for i in range(4)] == [True, True, True, False]
+    assert store_ahead(reg.store, p.draft, ino, running, 0) is False, "present: not copied again"
+    ahead = {k: os.stat(_blob_path(reg, k)).st_ino for k in running.keys}
+    for i, key in enumerate(running.keys):
+        with open(_blob_path(reg, key), "rb") as f:
+            assert f.read() == data[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]
+    assert commit_draft(reg, p.draft).line == "w:v0"
+    entry = reg.lookup(reg.version("proj", "w", 0).root, "big")
+    assert list(entry.chunks[:3]) == list(ahead)
+    assert {k: os.stat(_blob_path(reg, k)).st_ino for k in ahead} == ahead
+    assert version_files(reg, "w", 0)["big"] == (data, False)
+    assert not [n for n in os.listdir(reg.store.root) if "#" in n]
+
+
+def test_a_chunk_overwritten_while_stored_ahead_is_not_stored_under_its_old_key(reg, monkeypatch):
+    """A write over bytes already hashed, landing while store_ahead copies them, ends
+    the running digest: the copy is dropped, nothing is stored under the key of the
+    old bytes, and the commit reads the file and publishes what it holds now."""
+    p, data = _written_in_order(reg, 2 * CHUNK_SIZE + 10)
+    ino = p.node("big")
+    running = ino.running
+    old_key = running.keys[0]
+    real = type(reg.store).copy_in
+
+    def copy_then_overwrite(self, src, offset, length):
+        got = real(self, src, offset, length)
+        p.write("big", b"NEW", 100)  # as a writer would, between the copy and the check
+        return got
+    monkeypatch.setattr(type(reg.store), "copy_in", copy_then_overwrite)
+    assert store_ahead(reg.store, p.draft, ino, running, 0) is False
+    monkeypatch.setattr(type(reg.store), "copy_in", real)
+    assert ino.running is None and not os.path.exists(_blob_path(reg, old_key))
+    assert not [n for n in os.listdir(reg.store.root) if "#" in n], "the copy was removed"
+    assert store_ahead(reg.store, p.draft, ino, running, 1) is False, "it no longer follows the file"
+    commit_draft(reg, p.draft)
+    assert version_files(reg, "w", 0)["big"] == (data[:100] + b"NEW" + data[103:], False)
+
+
 def test_a_set_aside_draft_exports_a_copy_of_a_shared_data_file(reg):
     p = Paths(open_test_draft(reg, "w"))
     held = p.create("m")
@@ -211,4 +271,24 @@ def test_put_of_a_big_file_copies_chunks_in_the_kernel_and_hashes_them_in_place(
     before = {k: os.stat(_blob_path(reg, k)).st_ino for k in entry.chunks}
     assert upload.upload_file(reg, str(path)).chunks == entry.chunks
     assert {k: os.stat(_blob_path(reg, k)).st_ino for k in entry.chunks} == before, "present: not rewritten"
+    assert not [n for n in os.listdir(reg.store.root) if "#" in n]
+
+
+def test_put_of_a_big_file_that_cannot_be_stored_leaves_no_temporary_object(reg, tmp_path, monkeypatch):
+    """A chunk that fails while the next one is being copied (a full disk): one
+    StoreError, and neither chunk's temporary object is left in the store."""
+    path = tmp_path / "big"
+    path.write_bytes(randbytes(3 * CHUNK_SIZE))
+    real, named = local.LocalStore.name_as, []
+
+    def full_at_second(self, incoming, key):
+        named.append(key)
+        if len(named) == 2:
+            local.LocalStore.discard(incoming)
+            raise OSError(28, "No space left on device")
+        return real(self, incoming, key)
+    monkeypatch.setattr(local.LocalStore, "name_as", full_at_second)
+    with pytest.raises(StoreError, match="No space left"):
+        upload.upload_file(reg, str(path))
+    assert len(named) == 2
     assert not [n for n in os.listdir(reg.store.root) if "#" in n]

@@ -6,17 +6,24 @@ hashed again.  Into a local store its chunks go without passing through this
 process: a file of one chunk on the store's filesystem *becomes* its blob (a
 hard link: the data file is copy-on-write from then on, filedata._open_own),
 larger ones are copied by the kernel, chunk by chunk (LocalStore.put_file).
-Other stores get the file read, hashed and uploaded as before (S3 multipart
+While a big file is still being written in order, each complete chunk can go
+to a local store at once (store_ahead), so that the commit finds it there and
+sync waits for little more than the disk.  Other stores get the file read, hashed and uploaded as before (S3 multipart
 from the data file is left to the S3 upload path).  Files without digests
 are read, hashed and stored as `put` does (upload.upload_many)."""
 from __future__ import annotations
 
+import os
+
 from ..chunks import upload
-from ..chunks.digests import Digests
+from ..chunks.digests import Digests, RunningDigest
 from ..errors import StoreError
-from ..registry.manifest import FileEntry
+from ..registry.manifest import CHUNK_SIZE, FileEntry
 from ..registry.versions import Registry, blob_key
+from ..store.base import ObjectStore
 from ..store.local import LocalStore
+from .engine import Draft
+from .inode import Inode
 
 
 def store_known(store: LocalStore, path: str, known: Digests) -> FileEntry:
@@ -45,3 +52,45 @@ def store_staged(registry: Registry, paths: list[str], known: list[Digests | Non
     for i, e in zip(todo, upload.upload_many(registry, [paths[i] for i in todo])):
         out[i] = FileEntry(e.digest, e.size, e.chunks, pack=e.pack)  # content only: no mode or mtime
     return out  # type: ignore[return-value]
+
+
+def stores_ahead(store: ObjectStore) -> bool:
+    """Whether store_ahead() does anything for this store (a local one)."""
+    return isinstance(store, LocalStore)
+
+
+def store_ahead(store: ObjectStore, draft: Draft, ino: Inode, running: RunningDigest, index: int) -> bool:
+    """Copy chunk `index` (CHUNK_SIZE bytes) of a staged file being written in order
+    into a local store before any commit, under the key `running` took for it, and
+    start its writeback; True if it was stored.  Nothing happens when the file no
+    longer follows `running` (a write out of order, a truncate), or the chunk is in
+    the store already.  Its bytes are copied without the inode's lock and checked
+    afterwards under it: any write over bytes `running` had taken ends `running`
+    (filedata.write), so `running` still being the inode's digest proves the copy
+    holds the bytes the key was taken of.  A chunk no commit ends up using is an
+    unreferenced blob, which gc removes after its grace period."""
+    if not isinstance(store, LocalStore):
+        return False
+    with ino.lock:
+        if ino.running is not running or index >= len(running.keys):
+            return False
+        key = blob_key(running.keys[index])
+    if store.exists(key):
+        return False
+    try:
+        fd = os.open(draft.data_path(ino), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # given back after a commit
+    try:
+        incoming = store.copy_in(fd, index * CHUNK_SIZE, CHUNK_SIZE)
+    finally:
+        os.close(fd)
+    if incoming is None:
+        return False
+    with ino.lock:
+        same = ino.running is running and incoming.size == CHUNK_SIZE
+    if not same:
+        store.discard(incoming)
+        return False
+    store.name_as(incoming, key)
+    return True

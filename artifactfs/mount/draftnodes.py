@@ -230,7 +230,7 @@ class DraftNode(Node):
             return await self._reader.read(off, size)
 
     async def write(self, off: int, buf: bytes) -> int:
-        return await self.live.change(filedata.write, self.draft, self.inode, off, buf)
+        return await self.live.write(self.inode, off, buf)
 
     async def fsync(self, datasync: bool) -> None:
         await self.live.read(filedata.fsync, self.draft, self.inode, datasync)

@@ -13,19 +13,23 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import trio
 
+from ..chunks.digests import RunningDigest
+from ..drafts import filedata
 from ..drafts.advance import advance, reclaim
 from ..drafts.commit import CommitResult, commit_draft, warm_digests
 from ..drafts.engine import Draft
 from ..drafts.inode import Inode
 from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, put_aside
 from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
+from ..drafts.tostore import store_ahead, stores_ahead
 from ..errors import ArtifactfsError, ConflictError
-from ..registry.manifest import FileEntry
+from ..registry.manifest import CHUNK_SIZE, FileEntry
 from ..registry.versions import VersionInfo
 from ..timestamps import iso_ns
 from .context import MountContext
@@ -72,6 +76,17 @@ class Gate:
             self._lot.unpark_all()
 
 
+@dataclass
+class Ahead:
+    """A file being written in order whose complete chunks go to the store before
+    the commit: the digest it follows, the next chunk to store, and whether a task
+    is storing them now."""
+
+    running: RunningDigest
+    next: int = 0
+    busy: bool = False
+
+
 class LiveDraft:
     def __init__(self, ctx: MountContext, draft: Draft):
         self.ctx = ctx
@@ -80,6 +95,7 @@ class LiveDraft:
         self.gate = Gate()
         self.on_advance: list[Callable[[list[Inode]], Any]] = []
         self._warmed: str | None = None
+        self._ahead: dict[int, Ahead] = {}  # by inode id
 
     async def change(self, fn: Callable[..., T], *args: Any) -> T:
         """A change of the draft (namespace, attributes or bytes), in a worker thread."""
@@ -92,6 +108,38 @@ class LiveDraft:
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.ctx.run(fn, *args)
+
+    async def write(self, ino: Inode, off: int, data: bytes) -> int:
+        """pwrite(2) into a file of the draft (filedata.write); bytes written."""
+        done = await self.change(filedata.write, self.draft, ino, off, data)
+        self._store_ahead(ino)
+        return done
+
+    def _store_ahead(self, ino: Inode) -> None:
+        """A file written in order, past its first chunk: its complete chunks go to
+        a local store in the background (tostore.store_ahead), so that sync finds
+        them there, mostly on disk already.  Files of one chunk are left to the
+        commit, which links the data file itself into the store."""
+        running, nursery = ino.running, self.ctx.reader.nursery
+        if (running is None or running.size <= CHUNK_SIZE or nursery is None
+                or not stores_ahead(self.ctx.registry.store)):
+            return
+        state = self._ahead.get(ino.id)
+        if state is None or state.running is not running:
+            state = self._ahead[ino.id] = Ahead(running)
+        if not state.busy and state.next < len(running.keys):
+            state.busy = True
+            nursery.start_soon(self._store_chunks, ino, state)
+
+    async def _store_chunks(self, ino: Inode, state: Ahead) -> None:
+        try:
+            while state.next < len(state.running.keys) and ino.running is state.running:
+                await self.change(store_ahead, self.ctx.registry.store, self.draft, ino, state.running, state.next)
+                state.next += 1
+        except (ArtifactfsError, OSError) as e:  # only an optimisation: the commit stores what is missing
+            log.warning("could not store a chunk of the draft of %s ahead of its commit: %s", self.name, e)
+        finally:
+            state.busy = False
 
     def _warm(self) -> None:
         """Once per base, in the background: what the next commit will need anyway."""
@@ -123,6 +171,7 @@ class LiveDraft:
             except (ArtifactfsError, OSError) as e:  # only disk space: the files stay, still correct
                 log.warning("could not give back the staging space of %s: %s", self.name, e)
                 given_back = 0
+        self._ahead = {i: a for i, a in self._ahead.items() if a.busy}
         log.info("committed %s in %.3f s (%d changed paths, %d staged files given back)", result.line,
                  time.monotonic() - started, result.changes, given_back)
         if result.note:

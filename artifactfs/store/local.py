@@ -33,6 +33,8 @@ LOCK_TIMEOUT = 60.0
 SYNC_EACH_MAX = 256     # objects a sync() fsyncs one by one; above, one syncfs(2)
 SYNC_THREADS = 8
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
 
 
 def etag_of(data: bytes) -> str:
@@ -69,6 +71,16 @@ class _Unsynced:
         """A folder made: the entry in its parent to sync."""
         with self.lock:
             self.dirs.add(os.path.dirname(path))
+
+
+@dataclass
+class Incoming:
+    """A temporary object of LocalStore.copy_in(): its path, its fd (-1 once
+    closed) and its size in bytes."""
+
+    tmp: str
+    fd: int
+    size: int
 
 
 _UNSYNCED: dict[str, _Unsynced] = {}
@@ -258,6 +270,7 @@ class LocalStore(ObjectStore):
                     try:
                         if copy_range(src, dst, offset, length) != length:
                             raise OSError(errno.EIO, f"{path} is shorter than expected")
+                        start_writeback(dst)
                     finally:
                         os.close(dst)
                     os.replace(tmp, final)
@@ -271,36 +284,79 @@ class LocalStore(ObjectStore):
 
     def put_hashed(self, src: int, offset: int, length: int, key_of: Callable[[memoryview], str]) -> int:
         """Store up to `length` bytes of fd `src` from `offset` under the key that
-        key_of(their bytes) gives, unless present.  The bytes are copied by the
-        kernel (copy_file_range(2)) into a temporary object, which key_of reads
-        mapped (no copy into this process either), then renamed onto the key: a
-        `put` of a big file copies its bytes once, as cp does.  Returns the bytes
-        stored, short only at the end of `src` (0: nothing stored, key_of not called)."""
+        key_of(their bytes) gives, unless present: copy_in() then name().  Returns
+        the bytes stored, short only at the end of `src` (0: nothing stored, key_of
+        not called)."""
+        incoming = self.copy_in(src, offset, length)
+        return 0 if incoming is None else self.name(incoming, key_of)
+
+    def copy_in(self, src: int, offset: int, length: int) -> "Incoming | None":
+        """Up to `length` bytes of fd `src` from `offset`, copied by the kernel
+        (copy_file_range(2)) into a new temporary object; None at the end of `src`.
+        The caller must hand it to name() or discard()."""
         tmp = os.path.join(self.root, f"{INTERNAL}tmp-{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             n = copy_range(src, fd, offset, length)
-            if n:
-                with mmap.mmap(fd, n, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as mm:
-                    with memoryview(mm) as view:
-                        final = self._path(key_of(view))
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
-        os.close(fd)
-        if not n or os.path.exists(final):
-            os.unlink(tmp)
-            if n:
-                self._unsynced.add(final, new=False)
-            return n
+        incoming = Incoming(tmp, fd, n)
+        if not n:
+            self.discard(incoming)
+            return None
+        return incoming
+
+    def name(self, incoming: "Incoming", key_of: Callable[[memoryview], str]) -> int:
+        """Give the object of copy_in() the key that key_of(its bytes) gives; key_of
+        reads them mapped (no copy into this process), so a `put` of a big file
+        copies its bytes once, as cp does.  Returns its size (name_as)."""
         try:
-            os.replace(tmp, final)
-        except FileNotFoundError:
-            self._makedirs(os.path.dirname(final))
-            os.replace(tmp, final)
+            with mmap.mmap(incoming.fd, incoming.size, prot=mmap.PROT_READ,
+                           flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as mm:
+                with memoryview(mm) as view:
+                    key = key_of(view)
+        except BaseException:
+            self.discard(incoming)
+            raise
+        return self.name_as(incoming, key)
+
+    def name_as(self, incoming: "Incoming", key: str) -> int:
+        """Rename the object of copy_in() onto `key`, whose bytes the caller vouches
+        it holds, and start its writeback (start_writeback); dropped when `key` is
+        present already.  Returns its size in bytes."""
+        try:
+            final = self._path(key)
+            if os.path.exists(final):
+                self._unsynced.add(final, new=False)
+                self.discard(incoming)
+                return incoming.size
+            start_writeback(incoming.fd)
+            os.close(incoming.fd)
+            incoming.fd = -1
+        except BaseException:
+            self.discard(incoming)
+            raise
+        try:
+            try:
+                os.replace(incoming.tmp, final)
+            except FileNotFoundError:
+                self._makedirs(os.path.dirname(final))
+                os.replace(incoming.tmp, final)
+        except BaseException:
+            os.unlink(incoming.tmp)
+            raise
         self._unsynced.add(final, new=True)
-        return n
+        return incoming.size
+
+    @staticmethod
+    def discard(incoming: "Incoming") -> None:
+        """Remove an object of copy_in() that will not be named."""
+        if incoming.fd >= 0:
+            os.close(incoming.fd)
+            incoming.fd = -1
+        os.unlink(incoming.tmp)
 
     def _link(self, path: str, final: str) -> bool:
         """link(2) `path` as `final`; False when `final` exists already."""
@@ -398,6 +454,15 @@ class LocalStore(ObjectStore):
     # -- the NFS-safe lock ------------------------------------------------------
     def _lock(self, path: str) -> "_LinkLock":
         return _LinkLock(path + INTERNAL + "lock")
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages to disk now, without
+    waiting (sync_file_range(2), SYNC_FILE_RANGE_WRITE): a new blob is then mostly
+    on disk by the time sync() fdatasyncs it, so a big put or commit writes to disk
+    while it copies instead of all at the end (docs/benchmarks.md, issue 10).  Best
+    effort: it makes nothing durable by itself."""
+    _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_path(path: str, data_only: bool) -> None:
