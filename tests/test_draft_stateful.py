@@ -140,6 +140,18 @@ class DraftMachine(RuleBasedStateMachine):
                 st_ = os.lstat(os.path.join(dirpath, fn))
                 got = listed[fn]
                 assert (got.size, got.mode & 0o100, got.nlink) == (st_.st_size, st_.st_mode & 0o100, st_.st_nlink)
+            for name in ("a", "b", "c", "new"):  # what the mount answers from memory, without a query
+                if engine.surely_absent(self.draft._need(rel), name):
+                    assert name not in listed
+
+    @invariant()
+    def names_kept_in_memory_are_the_rows(self):
+        if not hasattr(self, "draft"):
+            return
+        db = self.draft.draft.db
+        with db.lock:
+            for parent, names in db._names.items():
+                assert names == {name for name, _ in db.dentries(parent)}, parent
 
 
 DraftMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,

@@ -7,6 +7,7 @@ import errno
 import os
 import stat
 import subprocess
+import threading
 
 import pytest
 from conftest import randbytes, skip_or_fail
@@ -178,6 +179,41 @@ def test_hard_links_share_one_inode(draft):
     assert draft.stat("a/again").nlink == 1 and draft.read("a/again") == b"T"
     with pytest.raises(PermissionError):
         draft.link("a", "a2")
+
+
+def test_new_names_are_known_absent_from_memory_and_a_failed_change_forgets(draft, monkeypatch):
+    """A negative lookup in a folder made in the draft needs no query once its names
+    are known (the mount answers it on its event loop); a change that fails half-way
+    leaves memory agreeing with the rows."""
+    engine = draft.draft
+    draft.mkdir("new")
+    new = draft.node("new")
+    assert draft.stat("new/x") is None  # (looked for: the folder's names are known from now on)
+    assert engine.surely_absent(new, "x")
+    draft.create("new/x")
+    assert not engine.surely_absent(new, "x") and not engine.surely_absent(engine.root, "zz"), \
+        "a folder over a base sub-tree asks the tree"
+    draft.rename("new/x", "new/y")
+    assert engine.surely_absent(new, "x") and not engine.surely_absent(new, "y")
+    draft.unlink("new/y")
+    assert engine.surely_absent(new, "y")
+    with engine.db.lock:  # a change half-made in another thread: memory does not answer
+        seen: list[bool] = []
+        other = threading.Thread(target=lambda: seen.append(engine.surely_absent(new, "y")))
+        other.start()
+        other.join()
+        assert seen == [False]
+
+    def full(row):  # the folder's new times fail to reach the database, after its entry did
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(engine, "_stamp_dir", lambda d, t, links=0: full(None))
+    with pytest.raises(OSError):
+        draft.create("new/z")
+    monkeypatch.undo()
+    assert draft.stat("new/z") is None and engine.surely_absent(new, "z")
+    with engine.db.lock:
+        for parent, names in engine.db._names.items():
+            assert names == {name for name, _ in engine.db.dentries(parent)}
 
 
 def test_failed_copy_up_leaves_the_base(reg, draft):

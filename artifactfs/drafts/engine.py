@@ -215,6 +215,25 @@ class Draft:
             raise posix_error(errno.ENOENT, name)
         return found
 
+    def surely_absent(self, d: Inode, name: str) -> bool:
+        """Is there surely no `name` in folder d, known from memory alone (no query,
+        no store read, no wait for the draft's lock)?  For a lookup answered on the
+        mount's event loop; False means "call lookup()"."""
+        with self.unless_busy() as free:
+            return free and d.is_dir and d.nlink > 0 and d.id != 0 and d.tree is None and self.db.absent(d.id, name)
+
+    @contextmanager
+    def unless_busy(self) -> Iterator[bool]:
+        """The draft's lock if it is free now (True) or nothing (False), without
+        waiting: what the mount answers from memory on its event loop sees no
+        change half-made."""
+        got = self.db.lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                self.db.lock.release()
+
     def readdir(self, d: Inode) -> list[tuple[str, Inode]]:
         """The entries of a folder, in name order."""
         self._need_dir(d)

@@ -31,6 +31,19 @@ def attributes(draft: Draft, ino: Inode) -> Attr:
                         st.st_mtime_ns, max(ino.ctime, st.st_ctime_ns))
         except FileNotFoundError:
             pass  # given back after a commit meanwhile: the base shows the same bytes
+    return _shown(ino)
+
+
+def attributes_in_memory(draft: Draft, ino: Inode) -> Attr | None:
+    """attributes() when memory alone has them: anything but a staged regular
+    file, while no change of the draft is half-made (its lock is free now).  The
+    mount answers such a getattr on its event loop; None: call attributes()."""
+    with draft.unless_busy() as free:
+        return _shown(ino) if free and not (ino.is_reg and ino.staged) else None
+
+
+def _shown(ino: Inode) -> Attr:
+    """The attributes of an inode whose bytes are not in a data file."""
     size = 0
     if ino.base is not None:
         size = ino.base.size

@@ -16,7 +16,12 @@ Tables:
       token the inode's identity as shown (st_ino), kept from its virtual days.
   dentries(parent, name, ino)   ino NULL is a whiteout: hides the base entry `name`
   state(key, value)             'draft': the DraftState JSON
-  clean(ino, stamp)             stamps of staged files hashed by the last commit"""
+  clean(ino, stamp)             stamps of staged files hashed by the last commit
+
+The names of each folder's rows are also kept in memory once looked for (up to
+NAMES_KEPT names per draft), so that a lookup of a name that is not there, the
+first request of every file a program creates, is answered without a query
+(absent())."""
 from __future__ import annotations
 
 import errno
@@ -40,6 +45,8 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clean (ino INTEGER PRIMARY KEY, stamp TEXT NOT NULL);
 """
 DB_FILE = "meta.db"
+WAL_CHECKPOINT_PAGES = 4096  # 16 MiB of WAL between checkpoints (SQLite's default 1000: one per ~250 creates)
+NAMES_KEPT = 200_000  # folder names kept in memory per draft (~100 B each)
 COLUMNS = ("id", "mode", "uid", "gid", "nlink", "rdev", "atime", "mtime", "ctime", "staged", "base", "tree",
            "target", "token")
 
@@ -80,8 +87,12 @@ class MetaDB:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._db.executescript(SCHEMA)
         os.chmod(path, 0o600)
+        self._names: dict[int, set[str]] = {}  # folder id -> the names of all its rows (whiteouts too)
+        self._kept = 0  # names in self._names, at most NAMES_KEPT
+        self._too_many: set[int] = set()  # folders whose names would not fit: always queried
 
     def close(self) -> None:
         with self.lock:
@@ -99,6 +110,7 @@ class MetaDB:
                 yield
                 self._db.execute("COMMIT")
             except BaseException as e:
+                self._forget_names()  # (what they learnt inside the transaction may be undone)
                 if self._db.in_transaction:  # (SQLite may have rolled back itself: a full disk)
                     self._db.execute("ROLLBACK")
                 if isinstance(e, sqlite3.Error):
@@ -139,6 +151,7 @@ class MetaDB:
             self._db.execute("DELETE FROM inodes WHERE id=?", (ino,))
             self._db.execute("DELETE FROM dentries WHERE parent=?", (ino,))
             self._db.execute("DELETE FROM clean WHERE ino=?", (ino,))
+            self._drop_names(ino)
 
     def max_id(self) -> int:
         with self.lock:
@@ -157,7 +170,11 @@ class MetaDB:
     def dentry(self, parent: int, name: str) -> tuple[bool, int | None]:
         """(found, ino): found with ino None is a whiteout."""
         with self.lock:
+            if self.absent(parent, name):
+                return False, None
             r = self._db.execute("SELECT ino FROM dentries WHERE parent=? AND name=?", (parent, name)).fetchone()
+            if r is None:
+                self._learn_names(parent)
         return (False, None) if r is None else (True, r[0])
 
     def dentries(self, parent: int) -> list[tuple[str, int | None]]:
@@ -176,15 +193,60 @@ class MetaDB:
     def set_dentry(self, parent: int, name: str, ino: int | None) -> None:
         with self.lock:
             self._db.execute("INSERT OR REPLACE INTO dentries (parent, name, ino) VALUES (?,?,?)", (parent, name, ino))
+            names = self._names.get(parent)
+            if names is not None and name not in names:
+                if self._kept < NAMES_KEPT:
+                    names.add(name)
+                    self._kept += 1
+                else:
+                    self._drop_names(parent)
+                    self._too_many.add(parent)
 
     def drop_dentry(self, parent: int, name: str) -> None:
         with self.lock:
             self._db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+            names = self._names.get(parent)
+            if names is not None and name in names:
+                names.remove(name)
+                self._kept -= 1
 
     def delete_entries(self, parent: int) -> None:
         """Drop every entry (whiteouts) of a folder being removed."""
         with self.lock:
             self._db.execute("DELETE FROM dentries WHERE parent=?", (parent,))
+            self._drop_names(parent)
+
+    # -- names kept in memory ----------------------------------------------------------
+    def absent(self, parent: int, name: str) -> bool:
+        """True when memory alone says folder `parent` has no row `name` (neither an
+        entry nor a whiteout); False when it has one or memory does not know.  A
+        caller without the lock must hold it (no waiting: lock.acquire(blocking=False))."""
+        names = self._names.get(parent)
+        return names is not None and name not in names
+
+    def _learn_names(self, parent: int) -> None:
+        """Keep the names of a folder's rows in memory, if they fit (lock held)."""
+        if parent in self._names or parent in self._too_many:
+            return
+        room = NAMES_KEPT - self._kept
+        found = [r[0] for r in self._db.execute("SELECT name FROM dentries WHERE parent=? LIMIT ?",
+                                                (parent, room + 1))]
+        if len(found) > room:
+            self._too_many.add(parent)
+            return
+        self._names[parent] = set(found)
+        self._kept += len(found)
+
+    def _drop_names(self, parent: int) -> None:
+        names = self._names.pop(parent, None)
+        if names is not None:
+            self._kept -= len(names)
+        self._too_many.discard(parent)
+
+    def _forget_names(self) -> None:
+        self._names.clear()
+        self._too_many.clear()
+        self._kept = 0
 
     def parent_of(self, ino: int) -> tuple[int, str] | None:
         """(parent, name) of a directory (directories have one name)."""

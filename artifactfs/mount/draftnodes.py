@@ -147,7 +147,8 @@ class DraftNode(Node):
         return a
 
     async def getattr(self) -> pyfuse3.EntryAttributes:
-        self.attr = await self.live.read(filedata.attributes, self.draft, self.inode)
+        attr = filedata.attributes_in_memory(self.draft, self.inode)  # a folder: no worker thread
+        self.attr = attr or await self.live.read(filedata.attributes, self.draft, self.inode)
         return self.attributes()
 
     def node_of(self, ino: Inode, attr: Attr) -> "DraftNode":
@@ -163,6 +164,8 @@ class DraftNode(Node):
 
     # -- folders -------------------------------------------------------------------
     async def lookup(self, name: str) -> Node:
+        if self.draft.surely_absent(self.inode, name):  # a new name (cp, tar): no worker thread
+            raise fuse_error(errno.ENOENT)
         return self.node_of(*await self.live.read(_lookup, self.draft, self.inode, name))
 
     async def children(self) -> Sequence[tuple[str, Node]]:
