@@ -9,6 +9,7 @@ file copying its chunks in the kernel while a helper thread hashes the chunk
 before."""
 from __future__ import annotations
 
+import gc
 import os
 import random
 
@@ -105,6 +106,23 @@ def test_files_written_in_order_are_not_read_at_commit(reg, monkeypatch):
     read = _stored(reg, p, monkeypatch)
     assert sorted(read) == sorted(ids.values()), "only files not written in order are read"
     assert version_files(reg, "w", 0, project="proj") == want
+
+
+def test_files_the_kernel_forgot_before_the_commit_are_not_read_either(reg, monkeypatch):
+    """Nothing holds the inodes between the writes and the commit (the kernel may
+    forget them, a few thousand files into a cp -r): the draft keeps the ones with
+    a running digest until the commit, and only until then."""
+    p = Paths(open_test_draft(reg, "w"))
+    files = {f"d/f{i}": randbytes(1000 + i) for i in range(20)}
+    p.mkdir("d")
+    for path, data in files.items():
+        p.create(path)
+        p.write(path, data)
+    gc.collect()
+    assert len(p.draft.digesting) == 20
+    assert _stored(reg, p, monkeypatch) == []
+    assert version_files(reg, "w", 0, project="proj") == {k: (v, False) for k, v in files.items()}
+    assert p.draft.digesting == {}, "the commit's stamps know them now"
 
 
 def test_copy_up_of_base_bytes_is_read_at_commit(reg, tmp_path, monkeypatch):

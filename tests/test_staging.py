@@ -15,6 +15,7 @@ from draft_helpers import Paths, open_test_draft, publish
 
 from artifactfs.drafts import filedata
 from artifactfs.drafts.engine import ROOT
+from artifactfs.drafts.frommemory import surely_absent
 from artifactfs.drafts.lifecycle import base_gone, open_draft, put_aside
 from artifactfs.drafts.slots import SET_ASIDE, claim_drafts_dir, drafts_dir
 from artifactfs.paths import state_dir
@@ -189,17 +190,17 @@ def test_new_names_are_known_absent_from_memory_and_a_failed_change_forgets(draf
     draft.mkdir("new")
     new = draft.node("new")
     assert draft.stat("new/x") is None  # (looked for: the folder's names are known from now on)
-    assert engine.surely_absent(new, "x")
+    assert surely_absent(engine, new, "x")
     draft.create("new/x")
-    assert not engine.surely_absent(new, "x") and not engine.surely_absent(engine.root, "zz"), \
+    assert not surely_absent(engine, new, "x") and not surely_absent(engine, engine.root, "zz"), \
         "a folder over a base sub-tree asks the tree"
     draft.rename("new/x", "new/y")
-    assert engine.surely_absent(new, "x") and not engine.surely_absent(new, "y")
+    assert surely_absent(engine, new, "x") and not surely_absent(engine, new, "y")
     draft.unlink("new/y")
-    assert engine.surely_absent(new, "y")
+    assert surely_absent(engine, new, "y")
     with engine.db.lock:  # a change half-made in another thread: memory does not answer
         seen: list[bool] = []
-        other = threading.Thread(target=lambda: seen.append(engine.surely_absent(new, "y")))
+        other = threading.Thread(target=lambda: seen.append(surely_absent(engine, new, "y")))
         other.start()
         other.join()
         assert seen == [False]
@@ -210,7 +211,7 @@ def test_new_names_are_known_absent_from_memory_and_a_failed_change_forgets(draf
     with pytest.raises(OSError):
         draft.create("new/z")
     monkeypatch.undo()
-    assert draft.stat("new/z") is None and engine.surely_absent(new, "z")
+    assert draft.stat("new/z") is None and surely_absent(engine, new, "z")
     with engine.db.lock:
         for parent, names in engine.db._names.items():
             assert names == {name for name, _ in engine.db.dentries(parent)}

@@ -2,7 +2,8 @@
 
 A draft is a namespace of inodes (engine.py, meta.py, inode.py) whose regular
 files keep their bytes in data files by inode (filedata.py), copy-on-write from
-the base version; commit.py turns it into a version and advance.py moves it onto
+the base version; frommemory.py is what the mount may answer without a worker
+thread; commit.py turns it into a version and advance.py moves it onto
 that version; lifecycle.py opens, recovers and sets drafts aside; slots.py says
 where drafts live and which process may use them; syncclient.py is the
 `artifactfs sync` side of the mount's control socket.

@@ -35,6 +35,7 @@ def advance(draft: Draft, version: int, root: str, mtime_ns: int, stamps: dict) 
         st.attrs, st.dirty = {}, False
         draft.save_state()
         draft.db.set_stamps(stamps)
+    draft.digesting.clear()  # the stamps recorded know every staged file now
     return changed
 
 

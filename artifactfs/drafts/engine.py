@@ -60,6 +60,7 @@ class Draft:
         self._next = self.db.max_id() + 1
         self._saved: list[tuple[Inode, dict]] | None = None
         self._made: list[tuple[Inode, Inode | None, str]] = []
+        self.digesting: dict[int, Inode] = {}  # files hashed while written, kept until the commit (filedata.py)
         self.root = self.load(ROOT)
 
     @classmethod
@@ -136,8 +137,7 @@ class Draft:
         """The first change after a commit records that the draft has changes."""
         if not self.state.dirty:
             with self.change():
-                self.state.dirty = True
-                self.save_state()
+                self._dirty()
 
     def save_state(self) -> None:
         self.db.set_state(STATE_KEY, self.state.to_json())
@@ -214,25 +214,6 @@ class Draft:
         if found is None:
             raise posix_error(errno.ENOENT, name)
         return found
-
-    def surely_absent(self, d: Inode, name: str) -> bool:
-        """Is there surely no `name` in folder d, known from memory alone (no query,
-        no store read, no wait for the draft's lock)?  For a lookup answered on the
-        mount's event loop; False means "call lookup()"."""
-        with self.unless_busy() as free:
-            return free and d.is_dir and d.nlink > 0 and d.id != 0 and d.tree is None and self.db.absent(d.id, name)
-
-    @contextmanager
-    def unless_busy(self) -> Iterator[bool]:
-        """The draft's lock if it is free now (True) or nothing (False), without
-        waiting: what the mount answers from memory on its event loop sees no
-        change half-made."""
-        got = self.db.lock.acquire(blocking=False)
-        try:
-            yield got
-        finally:
-            if got:
-                self.db.lock.release()
 
     def readdir(self, d: Inode) -> list[tuple[str, Inode]]:
         """The entries of a folder, in name order."""
@@ -499,6 +480,7 @@ class Draft:
                 with self.change():
                     self.db.delete(ino.id)
                 self._by_id.pop(ino.id, None)
+                self.digesting.pop(ino.id, None)
                 with suppress(FileNotFoundError):
                     os.unlink(self.data_path(ino))
 

@@ -7,7 +7,12 @@ time of one system call, so reads and writes work the same whether the kernel
 sent open(2)/release(2) or not, and an inode whose names are all gone keeps its
 bytes until it is forgotten.  Each write reaches the data file before it
 returns, so a killed process loses nothing a writer had written; fsync also
-syncs meta.db, for a power cut."""
+syncs meta.db, for a power cut.
+
+A file written in order is hashed as it is written (Inode.running), and its
+inode is kept in memory until the next commit (Draft.digesting, up to
+DIGESTS_KEPT files), also when the kernel forgets it meanwhile, which it does
+a few thousand files into a copy: the commit then needs not read it again."""
 from __future__ import annotations
 
 import errno
@@ -19,6 +24,7 @@ from .engine import Draft
 from .inode import Attr, Inode
 
 TMP_SUFFIX = ".tmp"
+DIGESTS_KEPT = 50_000  # staged files kept in memory for their running digest until the commit (~2 KB each)
 
 
 def attributes(draft: Draft, ino: Inode) -> Attr:
@@ -31,18 +37,10 @@ def attributes(draft: Draft, ino: Inode) -> Attr:
                         st.st_mtime_ns, max(ino.ctime, st.st_ctime_ns))
         except FileNotFoundError:
             pass  # given back after a commit meanwhile: the base shows the same bytes
-    return _shown(ino)
+    return shown(ino)
 
 
-def attributes_in_memory(draft: Draft, ino: Inode) -> Attr | None:
-    """attributes() when memory alone has them: anything but a staged regular
-    file, while no change of the draft is half-made (its lock is free now).  The
-    mount answers such a getattr on its event loop; None: call attributes()."""
-    with draft.unless_busy() as free:
-        return _shown(ino) if free and not (ino.is_reg and ino.staged) else None
-
-
-def _shown(ino: Inode) -> Attr:
+def shown(ino: Inode) -> Attr:
     """The attributes of an inode whose bytes are not in a data file."""
     size = 0
     if ino.base is not None:
@@ -87,6 +85,8 @@ def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
                 raise
             if ino.running is not None and not ino.running.add(off, view):
                 ino.running = None
+            if ino.running is not None and len(draft.digesting) < DIGESTS_KEPT:
+                draft.digesting[ino.id] = ino  # (the kernel may forget it before the commit)
             return done
         finally:
             os.close(fd)

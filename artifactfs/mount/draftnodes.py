@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import pyfuse3
 
-from ..drafts import filedata
+from ..drafts import filedata, frommemory
 from ..drafts.engine import Draft
 from ..drafts.inode import Attr, Inode
 from ..errors import UsageError
@@ -147,7 +147,7 @@ class DraftNode(Node):
         return a
 
     async def getattr(self) -> pyfuse3.EntryAttributes:
-        attr = filedata.attributes_in_memory(self.draft, self.inode)  # a folder: no worker thread
+        attr = frommemory.attributes(self.draft, self.inode)  # a folder: no worker thread
         self.attr = attr or await self.live.read(filedata.attributes, self.draft, self.inode)
         return self.attributes()
 
@@ -164,7 +164,7 @@ class DraftNode(Node):
 
     # -- folders -------------------------------------------------------------------
     async def lookup(self, name: str) -> Node:
-        if self.draft.surely_absent(self.inode, name):  # a new name (cp, tar): no worker thread
+        if frommemory.surely_absent(self.draft, self.inode, name):  # a new name (cp, tar): no worker thread
             raise fuse_error(errno.ENOENT)
         return self.node_of(*await self.live.read(_lookup, self.draft, self.inode, name))
 
