@@ -16,6 +16,7 @@ from core_util import check_version_complete
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, force_unmount, is_mounted, mounted, wait_for
 
+from artifactfs.registry.manifest import CHUNK_SIZE
 from artifactfs.registry.versions import Registry
 
 BASE = {"keep/a": b"a", "keep/b": (b"b" * 3000, True), "old/f": b"old"}
@@ -159,6 +160,28 @@ def test_sigkill_during_a_commit(store, tmp_path):
     latest = reg.latest("proj", "ds")
     assert line in (f"ds:v{latest}", f"ds:v{latest} (unchanged)") and latest == 1, outcomes
     assert version_files(reg, "ds", 1) == want
+
+
+def test_sigkill_while_chunks_are_stored_ahead(store, tmp_path):
+    """A daemon killed while it copies the chunks of a big closed file into the
+    store ahead of any commit: no version, the file whole in the draft on the next
+    mount, and its sync publishes exactly it (the chunks stored already are found
+    present; a copy cut short is never under a key)."""
+    env = env_for(tmp_path)
+    payload = randbytes(3 * CHUNK_SIZE + 4321)
+    blobs = _blob_count(store)
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        with open(m.p("ds", "draft", "model.bin"), "wb") as f:
+            f.write(payload)
+        wait_for(lambda: _blob_count(store) > blobs, 60, "a chunk stored ahead")
+        kill_daemon(m)
+    reg = Registry.open(store)
+    assert reg.versions("proj", "ds") == [0]
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        assert open(m.p("ds", "draft", "model.bin"), "rb").read() == payload
+        assert cli("sync", m.p("ds", "draft"), env=env).stdout == "ds:v1\n"
+    check_version_complete(reg, "proj", "ds", 1)
+    assert version_files(reg, "ds", 1)["model.bin"] == (payload, False)
 
 
 def _blob_count(store: str) -> int:

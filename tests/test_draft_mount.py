@@ -345,6 +345,10 @@ def test_big_files_written_in_order_reach_the_store_before_sync(store, mount_fac
     mid = CHUNK_SIZE // 2
     assert got["first.bin"] == (first, False)
     assert got["second.bin"] == (second[:mid] + b"REWRITTEN" + second[mid + 9:], False)
+    for dirpath, _, names in os.walk(os.path.join(store, "blobs")):  # used or not, each blob is its key's bytes
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                assert xxhash.xxh3_128_hexdigest(f.read()) == name
 
 
 def test_a_sync_client_that_leaves_does_not_take_the_mount_down(store, mount_factory):
