@@ -292,9 +292,10 @@ def test_free_space_is_the_staging_filesystems(store, mount_factory):
 
 
 def test_committed_files_leave_the_staging_tree(store, mount_factory, tmp_path):
-    """After sync, files written through the mount are served from the new version
-    (nothing left in staging), also a file still open for writing: the same inode
-    takes its later writes (copied up again), which the next sync commits."""
+    """After sync, files written through the mount hold no staging space of their
+    own (a file of one chunk is the local store's blob: one inode), also a file
+    still open for writing: the same inode takes its later writes (the data file
+    copied first, the blob never changes), which the next sync commits."""
     m = mount_factory(store)
     d = m.p("ds", "draft")
     payload = randbytes(3 << 20)
@@ -307,10 +308,11 @@ def test_committed_files_leave_the_staging_tree(store, mount_factory, tmp_path):
     held.write(b"first ")
     assert sync(m, d).stdout == "ds:v1\n"
 
-    def staged() -> list[str]:
-        return [n for p, _, names in os.walk(m.env["XDG_STATE_HOME"]) for n in names if p.endswith("/data")]
-    assert staged() == [], "given back before sync answered"
-    assert open(f"{d}/big.bin", "rb").read() == payload    # now read from the version
+    def staged() -> list[os.stat_result]:
+        return [os.stat(os.path.join(p, n)) for p, _, names in os.walk(m.env["XDG_STATE_HOME"]) for n in names
+                if p.endswith("/data")]
+    assert len(staged()) == 3 and all(st.st_nlink == 2 for st in staged()), "each one is its blob"
+    assert open(f"{d}/big.bin", "rb").read() == payload
     assert open(f"{d}/new/deep/f", "rb").read() == b"deep"
     held.write(b"second")
     held.close()

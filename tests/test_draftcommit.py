@@ -23,6 +23,7 @@ from artifactfs.drafts.commit import commit_draft, draft_changes, scan
 from artifactfs.errors import ConflictError, PathConflictError
 from artifactfs.registry.manifest import DirEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry.treedigest import TreeDigests
+from artifactfs.registry.keys import blob_key
 from artifactfs.registry.versions import Registry
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -390,10 +391,12 @@ def test_tree_digest_equals_the_wandb_artifact_digest(tmp_path_factory, paths):
     assert TreeDigests(reg).digest(root.tree) == artifact_digest(walk(reg, root.tree))
 
 
-def test_committed_files_give_their_staging_space_back(reg, pub):
-    """After a commit, written files are the new base's (no data file left), also
-    open ones and ones whose mode a version cannot hold (the inode keeps its mode);
-    the content is unchanged."""
+def test_committed_files_hold_no_staging_space_of_their_own(reg, pub):
+    """After a commit, a file written in order, of one chunk, in a local store is the
+    version's blob (its data file and the blob are one inode: nothing to give back),
+    also open ones and ones whose mode a version cannot hold; files stored as a
+    copy are given back (big files: test_draft_tostore); the content is unchanged,
+    and a later write copies the data file first (the blob never changes)."""
     publish(reg, pub, "ds", BASE)
     d = draft_of(reg)
     write(d, "new/deep/f", b"fresh" * 1000)
@@ -402,17 +405,23 @@ def test_committed_files_give_their_staging_space_back(reg, pub):
     d.chmod("private", 0o600)
     held = d.node("new/deep/f")
     assert commit_draft(reg, d.draft).line == "ds:v1"
-    assert reclaim(d.draft) == 3 and d.staged() == []
-    assert d.node("new/deep/f") is held and not held.staged and d.stat("new/deep/f").size == 5000
+    assert reclaim(d.draft) == 1 and len(d.staged()) == 2, "a/x (copied up, read at commit) was given back"
+    assert not d.node("a/x").staged and d.read("a/x") == b"changed"
+    root = reg.version("proj", "ds", 1).root
+    for path in ("new/deep/f", "private"):
+        blob = os.path.join(reg.store.root, blob_key(reg.lookup(root, path).chunks[0]))
+        assert os.stat(d.draft.data_path(d.node(path))).st_ino == os.stat(blob).st_ino, path
+    assert d.node("new/deep/f") is held and d.stat("new/deep/f").size == 5000
     assert d.read("new/deep/f") == b"fresh" * 1000 and d.stat("private").mode & 0o777 == 0o600
     assert version_files(reg, "ds", 1) == expected(BASE, new__deep__f=b"fresh" * 1000, a__x=b"changed",
                                                    private=b"p")
     assert commit_draft(reg, d.draft).line == "ds:v1 (unchanged)"
     assert not d.draft.dirty, "a committed draft is clean again"
-    write(d, "new/deep/f", b"more", 5000)          # copy-up from the base works as before
+    write(d, "new/deep/f", b"more", 5000)
     assert d.node("new/deep/f") is held and held.staged
     assert commit_draft(reg, d.draft).line == "ds:v2"
     assert version_files(reg, "ds", 2)["new/deep/f"] == (b"fresh" * 1000 + b"more", False)
+    assert version_files(reg, "ds", 1)["new/deep/f"] == (b"fresh" * 1000, False), "v1's blob is untouched"
 
 
 def test_a_new_collections_draft_is_clean_after_its_first_commit(reg):
@@ -421,5 +430,5 @@ def test_a_new_collections_draft_is_clean_after_its_first_commit(reg):
     write(d, "z", b"z")
     assert commit_draft(reg, d.draft).line == "fresh:v0"
     reclaim(d.draft)
-    assert d.staged() == [] and not d.draft.dirty
+    assert not d.draft.dirty
     assert d.listdir("") == ["x", "z"]

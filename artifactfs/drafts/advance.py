@@ -12,7 +12,9 @@ user moved stay as they are (the commit took them as they are).
 
 reclaim() then gives back the disk space of staged files committed as they
 are: the same inode shows the committed entry instead of its data file, so
-whoever holds it reads the same bytes."""
+whoever holds it reads the same bytes.  A data file that became the blob
+itself (a file of one chunk into a local store, linked) holds no space of its
+own: it stays, staged, and the commit's stamp spares the next commit reading it."""
 from __future__ import annotations
 
 import os
@@ -122,6 +124,8 @@ def _reclaim_dir(draft: Draft, d: Inode, stamps: dict, done: list[str]) -> None:
             st = os.stat(path)
         except FileNotFoundError:
             continue
+        if st.st_nlink > 1:
+            continue  # the data file is the version's blob itself (tostore.py): nothing to give back
         content = FileEntry.from_json(rec[4])
         if ([st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] != rec[:4] or b.mtime_ns != st.st_mtime_ns
                 or not b.same_content(FileEntry(content.digest, content.size, content.chunks,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Union
 
 import xxhash
@@ -75,13 +75,14 @@ class FileEntry:
         extra = {k: v for k, v in self.extra.items() if k != MTIME_KEY}
         if mtime_ns is not None:
             extra[MTIME_KEY] = int(mtime_ns)
-        return replace(self, extra=extra)
+        return FileEntry(self.digest, self.size, self.chunks, self.executable, self.ref, extra, self.pack)
 
     def same_content(self, other: "Leaf") -> bool:
         """Equal but for the mtime and where the bytes are stored: what decides
         whether a commit changes anything."""
-        return (isinstance(other, FileEntry)
-                and replace(self.with_mtime(None), pack=None) == replace(other.with_mtime(None), pack=None))
+        return (isinstance(other, FileEntry) and self.digest == other.digest and self.size == other.size
+                and self.chunks == other.chunks and self.executable == other.executable and self.ref == other.ref
+                and _but_mtime(self.extra) == _but_mtime(other.extra))
 
     def to_json(self) -> dict:
         d: dict = {"type": "file", "digest": self.digest, "size": self.size}
@@ -119,6 +120,10 @@ class FileEntry:
         """(offset, length) of chunk `index` within the file."""
         start = index * CHUNK_SIZE
         return start, min(CHUNK_SIZE, self.size - start)
+
+
+def _but_mtime(extra: Mapping[str, object]) -> Mapping[str, object]:
+    return {k: v for k, v in extra.items() if k != MTIME_KEY} if MTIME_KEY in extra else extra
 
 
 def _pack_of(d: Mapping, chunks: tuple[str, ...]) -> PackSpan | None:
