@@ -131,22 +131,26 @@ class ChunkReader:
         try:
             while self._behind:
                 batch = [self._behind.popleft() for _ in range(min(BEHIND_BATCH, len(self._behind)))]
-                todo, fetches = self._claim(batch)
+                todo, fetches = self._claim(batch, feed_others=False)
                 if todo:
                     await self._fetch(todo, fetches)
         finally:
             self._behind_running = False
 
-    def _claim(self, items: Sequence[ChunkRequest]) -> tuple[list[ChunkRequest], list[_Fetch]]:
+    def _claim(self, items: Sequence[ChunkRequest], feed_others: bool = True) -> tuple[list[ChunkRequest], list[_Fetch]]:
         """The blobs of `items` to fetch now (registered as on their way); those in
-        memory go to the page cache at once, those on their way get the inode added."""
+        memory go to the page cache at once, those on their way get the inode added.
+        Without `feed_others` (fetch_behind, claiming long after it queued), blobs in
+        memory or on their way are left alone: a program's READ fetched them, so the
+        kernel has (or is getting) those pages already, and storing them again
+        would copy every such file twice."""
         todo: list[ChunkRequest] = []
         fetches: list[_Fetch] = []
         feeds: list[tuple[int, bytes]] = []
         for item in items:
             data = self._mem.get(item.key)
             if data is not None:
-                if item.inode:
+                if item.inode and feed_others:
                     feeds.append((item.inode, data))
                 continue
             fetch = self._inflight.get(item.key)
@@ -154,6 +158,8 @@ class ChunkReader:
                 fetch = self._start(item.key)
                 todo.append(item)
                 fetches.append(fetch)
+            elif fetch is not None and not feed_others:
+                continue
             if fetch is not None and item.inode:
                 fetch.inodes.append(item.inode)
         self.counters["readahead"] += len(todo)
