@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import stat
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from artifactfs.drafts import filedata
 from artifactfs.drafts.engine import ROOT
 from artifactfs.drafts.frommemory import surely_absent
 from artifactfs.drafts.lifecycle import base_gone, open_draft, put_aside
+from artifactfs.drafts.meta import MetaDB
 from artifactfs.drafts.slots import SET_ASIDE, claim_drafts_dir, drafts_dir
 from artifactfs.paths import state_dir
 from artifactfs.registry.versions import Registry
@@ -215,6 +217,24 @@ def test_new_names_are_known_absent_from_memory_and_a_failed_change_forgets(draf
     with engine.db.lock:
         for parent, names in engine.db._names.items():
             assert names == {name for name, _ in engine.db.dentries(parent)}
+
+
+def test_meta_db_pages_are_small_for_new_drafts_and_kept_for_old_ones(tmp_path):
+    """A new meta.db has 1 KiB pages (a created file writes 4 KiB of WAL, not 16);
+    one made with 4 KiB pages opens as it is; both checkpoint every 16 MiB of WAL."""
+    new = MetaDB(str(tmp_path / "new.db"))
+    old_path = str(tmp_path / "old.db")
+    made = sqlite3.connect(old_path)
+    made.execute("PRAGMA page_size=4096")
+    made.execute("PRAGMA journal_mode=WAL")
+    made.execute("CREATE TABLE t (x)")
+    made.close()
+    old = MetaDB(old_path)
+    for db, page in ((new, 1024), (old, 4096)):
+        with db.lock:
+            assert db._db.execute("PRAGMA page_size").fetchone()[0] == page
+            assert db._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] * page == 16 << 20
+        db.close()
 
 
 def test_failed_copy_up_leaves_the_base(reg, draft):
