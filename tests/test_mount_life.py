@@ -136,6 +136,35 @@ def test_new_versions_and_moving_aliases_appear_within_refresh(store, tmp_path, 
     wait_for(lambda: os.getxattr(os.path.join(ds, "ds:v0"), "user.artifact.aliases") == b"", 60, "xattr")
 
 
+
+def test_a_moved_alias_the_kernel_holds_without_its_name_logs_no_error(store, tmp_path, mount_factory):
+    """The kernel may keep an alias link's inode (here: an O_PATH descriptor) after its
+    name was dropped; when that alias moves again there is no name to invalidate (ENOENT
+    from the kernel), which is no error."""
+    m = mount_factory(store, "--refresh", "1")
+    commit(store, "ds", str(tmp_path / "src"), {"a.txt": b"v1\n"})
+    ds, reg = m.p("ds"), Registry.open(store)
+
+    def move(n: int) -> None:  # and wait until the mount has seen it, without looking the link up
+        reg.set_alias(PROJECT, "ds", "best", n)
+        def seen() -> bool:
+            assert not os.path.lexists(os.path.join(ds, "ds:nope"))  # a miss: the collection is listed again
+            return b"best" in os.getxattr(os.path.join(ds, f"ds:v{n}"), "user.artifact.aliases").split(b",")
+        wait_for(seen, 60, f"best -> v{n}")
+
+    move(0)
+    assert os.readlink(os.path.join(ds, "ds:best")) == "ds:v0"
+    fd = os.open(os.path.join(ds, "ds:best"), os.O_PATH | os.O_NOFOLLOW)  # holds the link inode of best -> v0
+    try:
+        move(1)  # drops the name ds:best (the inode stays, held by fd)
+        move(0)
+        move(1)  # the held inode's name is already gone
+    finally:
+        os.close(fd)
+    assert os.readlink(os.path.join(ds, "ds:best")) == "ds:v1"
+    assert m.umount().returncode == 0
+    assert "invalidate_entry" not in m.log and "ERROR" not in m.log, m.log
+
 def _run_umount(m, *args: str) -> tuple[threading.Thread, list]:
     out: list = []
     t = threading.Thread(target=lambda: out.append(m.umount(*args)))

@@ -162,9 +162,10 @@ class CollectionNode(Node):
             gone += [(a, ("alias" + tag, self.name, a, str(n)))
                      for a, n in before.aliases.items() if st.aliases.get(a) != n]
             for name, key in gone:
-                if self.table.held(key):
+                if self.table.held(key):  # held, but its name may be gone already (ENOENT)
                     try:
-                        pyfuse3.invalidate_entry_async(self.ino, f"{self.name}{sep}{name}".encode())
+                        pyfuse3.invalidate_entry_async(self.ino, f"{self.name}{sep}{name}".encode(),
+                                                       ignore_enoent=True)
                     except (OSError, RuntimeError):
                         pass  # the session is ending
 
