@@ -163,7 +163,7 @@ def test_killed_writers_leave_no_partial_version(store_url, tmp_path):
     art.aliases += ["run0", "after"]
     art.tags.append("t")
     art.save(P)
-    # well below LOCK_STALE (30 s): a stale lock was broken because its owner is gone, not by age
+    # well below locks.LOCK_STALE (30 s): a stale lock was broken because its owner is gone, not by age
     assert time.monotonic() - t0 < 15, "a lock left by a killed writer stalled the next commit"
     assert art.version == f"v{len(before)}"
     assert set(art.aliases) >= {"after", "latest", "run0"}

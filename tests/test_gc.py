@@ -3,6 +3,9 @@ the local store and on S3 (a real moto server) (docs/store-format.md 5.5)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -17,6 +20,7 @@ from artifactfs.registry import gcstate
 from artifactfs.registry.gcstate import ObjectsSwept
 from artifactfs.registry.manifest import walk
 from artifactfs.registry.versions import Registry
+from artifactfs.store.local import TEMPORARY
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -191,3 +195,24 @@ def test_pinned_roots_survive_until_the_pin_goes(store, tmp_path):
     assert reg.store.present(blobs) == blobs
     gcstate.drop_pin(reg.store, "a-mount")
     assert freed(collect(reg, grace=0, keep_deleted=0)) == 1
+
+
+def test_gc_removes_temporaries_of_writes_killed_midway(tmp_path):
+    """A put or commit killed mid-write leaves its temporary file (local store);
+    gc removes those older than the grace period and keeps a write in progress."""
+    store = str(tmp_path / "store")
+    art = put(store, "d", str(tmp_path / "a"), {"x": "one"})
+    blob_dir = os.path.dirname(Registry.open(store).store.local_path(sorted(blobs_of(Registry.open(store), art))[0]))
+    old = [os.path.join(store, TEMPORARY + "killed-put"), os.path.join(blob_dir, TEMPORARY + "killed-commit")]
+    fresh = os.path.join(store, TEMPORARY + "in-progress")
+    for path in old + [fresh]:
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    for path in old:
+        past = os.stat(path).st_mtime - 7200  # two hours old: beyond the grace period
+        os.utime(path, (past, past))
+    out = subprocess.run([sys.executable, "-m", "artifactfs", "--store", store, "gc", "--grace", "1h"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "removed 2 temporary files of writes that never finished" in out
+    assert [os.path.exists(p) for p in old + [fresh]] == [False, False, True]
+    assert check_version_complete(Registry.open(store), art.project, "d", 0) == 1

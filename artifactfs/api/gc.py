@@ -38,6 +38,7 @@ class GcReport:
     trees: int = 0            # trees removed (or that would be)
     bytes: int = 0            # their total size
     young: int = 0            # unreferenced objects kept because younger than the grace period
+    temporaries: int = 0      # files of writes killed mid-write, older than the grace period, removed
     live_versions: int = 0
 
     def to_json(self) -> dict:
@@ -162,6 +163,7 @@ def collect(registry: Registry, dry_run: bool = False, grace: float = GRACE,
                     report.blobs += 1
         if sweep is not None:
             gcstate.drop_stale_markers(store, started)
+            report.temporaries = store.remove_temporaries(grace)
     finally:
         if sweep is not None:
             gcstate.end_sweep(store, sweep)

@@ -107,6 +107,8 @@ def gc_cmd(c: Ctx, dry_run: bool, grace: str, keep_deleted: str, as_json: bool) 
         click.echo(f"{'would delete' if dry_run else 'deleted'} (expired): {name}")
     click.echo(f"{verb} {report.blobs} blobs and {report.trees} trees, {human(report.bytes)}; "
                f"kept {report.young} unreferenced objects younger than {grace}")
+    if report.temporaries:
+        click.echo(f"removed {report.temporaries} temporary files of writes that never finished")
 
 
 def _seconds(text: str) -> float:

@@ -95,3 +95,9 @@ class ObjectStore(abc.ABC):
     def local_path(self, key: str) -> str | None:
         """A filesystem path holding the object, for in-place reads; None if remote."""
         return None
+
+    def remove_temporaries(self, older_than: float) -> int:
+        """Remove what writers killed mid-write left behind, last changed more than
+        `older_than` seconds ago; how many were removed.  A store that writes each
+        object whole (S3) leaves nothing."""
+        return 0

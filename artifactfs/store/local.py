@@ -3,8 +3,7 @@
 Objects are written to a temporary name and renamed into place, so readers never
 see a partial object.  put_if_absent uses link(2), which fails atomically if the
 target exists (also over NFS).  compare_and_swap holds a lock file, created with
-link(2) as well, for the read-compare-replace; a lock older than LOCK_STALE
-seconds, or whose owner process on this host is gone, is broken.  Temporary and
+link(2) as well (locks.py), for the read-compare-replace.  Temporary and
 lock files carry a '#', which no key may contain, so they never shadow a key."""
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import ctypes.util
 import errno
 import mmap
 import os
-import socket
 import threading
 import time
 import uuid
@@ -26,10 +24,10 @@ import xxhash
 from ..errors import ObjectNotFound, PreconditionFailed, StoreError
 from ..fileio import copy_range, write_new
 from .base import ObjectStat, ObjectStore
+from .locks import LinkLock
 
-LOCK_STALE = 30.0
 INTERNAL = "#"  # marks temp and lock files; refused in keys
-LOCK_TIMEOUT = 60.0
+TEMPORARY = INTERNAL + "tmp-"  # an object being written (renamed into place when whole)
 SYNC_EACH_MAX = 256     # objects a sync() fsyncs one by one; above, one syncfs(2)
 SYNC_THREADS = 8
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -102,7 +100,7 @@ class LocalStore(ObjectStore):
 
     def _write_tmp(self, path: str, data: bytes, fsync: bool) -> str:
         d = os.path.dirname(path)
-        tmp = os.path.join(d, f"{INTERNAL}tmp-{uuid.uuid4().hex}")
+        tmp = os.path.join(d, f"{TEMPORARY}{uuid.uuid4().hex}")
         try:
             write_new(tmp, data, 0o644, fsync)
         except FileNotFoundError:  # first object under this prefix (checked only then: hot path)
@@ -294,7 +292,7 @@ class LocalStore(ObjectStore):
         """Up to `length` bytes of fd `src` from `offset`, copied by the kernel
         (copy_file_range(2)) into a new temporary object; None at the end of `src`.
         The caller must hand it to name() or discard()."""
-        tmp = os.path.join(self.root, f"{INTERNAL}tmp-{uuid.uuid4().hex}")
+        tmp = os.path.join(self.root, f"{TEMPORARY}{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             n = copy_range(src, fd, offset, length)
@@ -416,6 +414,25 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             pass
 
+    def remove_temporaries(self, older_than: float) -> int:
+        """The temporary files (`#tmp-*`) of writes that never finished: a put or a
+        commit killed mid-write, a mount's daemon killed while it stored chunks
+        ahead.  gc passes its grace period, so a write in progress is left alone."""
+        removed = 0
+        now = time.time()
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if not name.startswith(TEMPORARY):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    if now - os.lstat(path).st_mtime > older_than:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass  # its writer finished meanwhile
+        return removed
+
     def sync(self) -> None:
         """Make durable what this process put (or found present) since its last
         sync: each object fdatasync'd and each changed folder fsync'd, in
@@ -452,8 +469,8 @@ class LocalStore(ObjectStore):
             os.close(fd)
 
     # -- the NFS-safe lock ------------------------------------------------------
-    def _lock(self, path: str) -> "_LinkLock":
-        return _LinkLock(path + INTERNAL + "lock")
+    def _lock(self, path: str) -> LinkLock:
+        return LinkLock(path + INTERNAL + "lock")
 
 
 def start_writeback(fd: int) -> None:
@@ -475,75 +492,3 @@ def _fsync_path(path: str, data_only: bool) -> None:
         (os.fdatasync if data_only else os.fsync)(fd)
     finally:
         os.close(fd)
-
-
-class _LinkLock:
-    """Exclusive lock by link(2) of a unique file onto the lock name."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.mine = f"{name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-
-    def __enter__(self) -> "_LinkLock":
-        with open(self.mine, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}\n")
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        delay = 0.001
-        try:
-            while True:
-                try:
-                    os.link(self.mine, self.name)
-                    return self
-                except OSError as e:
-                    if os.stat(self.mine).st_nlink == 2:  # NFS reported failure, but the link was made
-                        return self
-                    if not isinstance(e, FileExistsError) and e.errno not in (errno.EIO, errno.ETIMEDOUT):
-                        raise
-                self._break_if_stale()
-                if time.monotonic() > deadline:
-                    raise StoreError(f"timed out waiting for lock {self.name}")
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-        finally:
-            os.unlink(self.mine)
-
-    def _break_if_stale(self) -> None:
-        """Remove a lock whose holder is gone: older than LOCK_STALE, or held by a
-        process of this host that no longer exists (a writer killed mid-update)."""
-        try:
-            st = os.stat(self.name)
-            with open(self.name) as f:
-                owner = f.read().split()
-        except FileNotFoundError:
-            return
-        if time.time() - st.st_mtime <= LOCK_STALE and not _owner_gone(owner):
-            return
-        broken = f"{self.name}.broken-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(self.name, broken)
-        except FileNotFoundError:
-            return
-        if os.stat(broken).st_ino != st.st_ino:
-            # The lock changed hands after our look: give the live one back.
-            try:
-                os.link(broken, self.name)
-            except FileExistsError:
-                pass
-        os.unlink(broken)
-
-    def __exit__(self, *exc: object) -> None:
-        os.unlink(self.name)
-
-
-def _owner_gone(owner: list[str]) -> bool:
-    """True when the lock file names a process of this host that has exited.
-    Locks of other hosts (shared NFS) are only broken by age."""
-    if len(owner) != 2 or owner[0] != socket.gethostname() or not owner[1].isdigit():
-        return False
-    try:
-        os.kill(int(owner[1]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
