@@ -114,9 +114,10 @@ def test_operations_serve_reads_by_inode_without_a_handle(inprocess_store, tmp_p
     serve(parts, body)
 
 
-def test_isatty_ioctls_are_answered_without_python(mnt):
+def test_isatty_ioctls_and_security_xattrs_are_answered_without_python(mnt):
     """Python's open() asks isatty() of every file: an IOCTL the patched pyfuse3's
-    reader thread answers with ENOTTY, with or without OPEN requests."""
+    reader thread answers with ENOTTY, with or without OPEN requests; so is the
+    kernel's security.capability lookup before a write (ENODATA)."""
     if not hasattr(pyfuse3, "fastpath_answered"):
         skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/artifactfs.patch (make setup builds it)")
     path = mnt.p("ds", "ds:v0", "a.txt")
@@ -132,3 +133,13 @@ def test_isatty_ioctls_are_answered_without_python(mnt):
     out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, check=True).stdout
     assert out.split() == [str(errno.ENOTTY)] * 10
     assert mnt.stats()["native_answers"] - before >= 20  # isatty() and TCGETS per open
+    draft_file = mnt.p("ds", "draft", "new.txt")
+    with open(draft_file, "w") as f:
+        f.write("x")
+    before = mnt.stats()["native_answers"]
+    for name in ("security.capability", "security.selinux"):
+        with pytest.raises(OSError) as e:
+            os.getxattr(draft_file, name)
+        assert e.value.errno == errno.ENODATA
+    assert mnt.stats()["native_answers"] - before == 2
+    assert os.getxattr(mnt.path, "user.artifactfs.project")  # other names still reach the mount

@@ -61,6 +61,9 @@ class Operations(pyfuse3.Operations):
         self.no_open = no_open
         self.enable_atomic_o_trunc = not no_open  # O_TRUNC then arrives as a SETATTR (patched pyfuse3)
         self.enable_cache_symlinks = True  # every link inode keeps its target (nodes.AliasNode; patched pyfuse3)
+        # no node stores security.* (setxattr refuses it): the kernel's security.capability
+        # lookup before a file's first write is answered ENODATA without Python (patched pyfuse3)
+        self.enodata_xattr_prefix = b"security."
         self.on_open: list[OpenHook] = []  # hook(node, pid, flags) after each open/create is answered (lineage.py)
         self._counters = table.ctx.reader.counters  # OPEN requests answered: "opens" in user.artifactfs.stats
         self._handles: dict[int, Handle] = {}

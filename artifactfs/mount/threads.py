@@ -8,7 +8,7 @@ counted by one CapacityLimiter sized by the mount option `--threads`
 thread: its stores wait for the loop, so they must not hold a pool thread.
 
 Outside the pool, the patched pyfuse3 (third_party/pyfuse3) reads /dev/fuse in
-one native thread, which answers IOCTLs itself ("native_answers" in stats)."""
+one native thread, which answers IOCTLs and security.* GETXATTRs itself ("native_answers" in stats)."""
 from __future__ import annotations
 
 from collections.abc import Callable

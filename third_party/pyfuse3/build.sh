@@ -6,8 +6,9 @@
 #   handle (the mount then serves files without OPEN), and
 #   Operations.enable_atomic_o_trunc = False keeps O_TRUNC a SETATTR;
 # - Operations.enable_cache_symlinks = True lets the kernel cache symlink targets;
-# - one native thread reads /dev/fuse (src/pyfuse3/fastpath.c): it answers IOCTL without
-#   Python and queues every other request for the trio workers.
+# - one native thread reads /dev/fuse (src/pyfuse3/fastpath.c): it answers IOCTL, and
+#   GETXATTR of names starting with Operations.enodata_xattr_prefix, without Python and
+#   queues every other request for the trio workers.
 # The source is the pinned sdist from the package index, regenerated with a pinned Cython
 # in a throw-away build venv.  Nothing is done when PYTHON already has this build.
 #
@@ -16,7 +17,7 @@ set -eu
 PY=$1
 VERSION=3.5.0
 CYTHON=3.2.4
-LOCAL=artifactfs.4  # bump when artifactfs.patch changes
+LOCAL=artifactfs.5  # bump when artifactfs.patch changes
 here=$(cd "$(dirname "$0")" && pwd)
 
 if "$PY" -c "import sys; from importlib.metadata import version; sys.exit(version('pyfuse3') != '$VERSION+$LOCAL')" 2>/dev/null; then
