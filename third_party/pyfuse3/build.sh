@@ -17,7 +17,7 @@ set -eu
 PY=$1
 VERSION=3.5.0
 CYTHON=3.2.4
-LOCAL=artifactfs.5  # bump when artifactfs.patch changes
+LOCAL=artifactfs.6  # bump when artifactfs.patch changes
 here=$(cd "$(dirname "$0")" && pwd)
 
 if "$PY" -c "import sys; from importlib.metadata import version; sys.exit(version('pyfuse3') != '$VERSION+$LOCAL')" 2>/dev/null; then
