@@ -168,10 +168,10 @@ class DraftCollectionNode(CollectionNode):
             raise fuse_error(errno.EEXIST)
         version = await self.ctx.run(reg.resolve, project, self.name, ref)
         await self.ctx.run(reg.set_alias, project, self.name, alias, version)
-        await self.state(0)
-        sep = ":" if name.startswith(self.name + ":") else PLAIN
-        tag = "" if sep == ":" else sep  # the inode keys of nodes.CollectionNode._child
-        return self.table.make("alias", ("alias" + tag, self.name, alias, str(version)), self, alias, sep, version)
+        node = self._child(name, await self.state(0))
+        if node is None:  # removed again meanwhile by another writer
+            raise fuse_error(errno.ENOENT)
+        return node
 
     async def symlink(self, name: str, target: str) -> Node:
         alias = self._alias_of(name)

@@ -157,10 +157,8 @@ class CollectionNode(Node):
         if before is None or before is st:
             return
         for sep in (":", PLAIN):
-            tag = "" if sep == ":" else sep  # the inode keys of _child
-            gone = [(f"v{n}", ("ver" + tag, self.name, str(n), "")) for n in before.versions - st.versions]
-            gone += [(a, ("alias" + tag, self.name, a, str(n)))
-                     for a, n in before.aliases.items() if st.aliases.get(a) != n]
+            gone = [(f"v{n}", self._version_key(sep, n)) for n in before.versions - st.versions]
+            gone += [(a, self._alias_key(sep, a, n)) for a, n in before.aliases.items() if st.aliases.get(a) != n]
             for name, key in gone:
                 if self.table.held(key):  # held, but its name may be gone already (ENOENT)
                     try:
@@ -202,11 +200,19 @@ class CollectionNode(Node):
         if n is not None:
             if n not in st.versions:
                 return None
-            return self.table.make("version", ("ver" + tag, self.name, str(n), ""), n, self)
+            return self.table.make("version", self._version_key(sep, n), n, self)
         if rest in st.aliases:
             n = st.aliases[rest]
-            return self.table.make("alias", ("alias" + tag, self.name, rest, str(n)), self, rest, sep, n)
+            return self.table.make("alias", self._alias_key(sep, rest, n), self, rest, sep, n)
         return None
+
+    def _version_key(self, sep: str, n: int) -> Key:
+        """The inode key of version folder `NAME{sep}vN` (each spelling its own tree)."""
+        return ("ver" + ("" if sep == ":" else sep), self.name, str(n), "")
+
+    def _alias_key(self, sep: str, alias: str, n: int) -> Key:
+        """The inode key of alias link `NAME{sep}ALIAS` while it points at vN."""
+        return ("alias" + ("" if sep == ":" else sep), self.name, alias, str(n))
 
     async def children(self) -> Sequence[tuple[str, Node]]:
         st = await self.state()
