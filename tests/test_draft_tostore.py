@@ -273,7 +273,7 @@ def test_sync_fsyncs_only_our_objects_while_they_are_few(reg, monkeypatch):
 
 @pytest.mark.parametrize("size", [CHUNK_SIZE + 1, 2 * CHUNK_SIZE, 3 * CHUNK_SIZE - 5])
 def test_put_of_a_big_file_copies_chunks_in_the_kernel_and_hashes_them_in_place(reg, tmp_path, size):
-    """upload_file into a local store (LocalStore.put_hashed): the same entry as
+    """upload_file into a local store (LocalStore.copy_in, then name): the same entry as
     hashing alone, every blob its chunk, no temporary object left, and a second
     upload finds every chunk present."""
     data = randbytes(size)

@@ -280,14 +280,6 @@ class LocalStore(ObjectStore):
         self._unsynced.add(final, new=True)
         return True
 
-    def put_hashed(self, src: int, offset: int, length: int, key_of: Callable[[memoryview], str]) -> int:
-        """Store up to `length` bytes of fd `src` from `offset` under the key that
-        key_of(their bytes) gives, unless present: copy_in() then name().  Returns
-        the bytes stored, short only at the end of `src` (0: nothing stored, key_of
-        not called)."""
-        incoming = self.copy_in(src, offset, length)
-        return 0 if incoming is None else self.name(incoming, key_of)
-
     def copy_in(self, src: int, offset: int, length: int) -> "Incoming | None":
         """Up to `length` bytes of fd `src` from `offset`, copied by the kernel
         (copy_file_range(2)) into a new temporary object; None at the end of `src`.
