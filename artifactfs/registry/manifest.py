@@ -72,7 +72,7 @@ class FileEntry:
 
     def with_mtime(self, mtime_ns: int | None) -> "FileEntry":
         """This entry with `mtime_ns` set (None: removed)."""
-        extra = {k: v for k, v in self.extra.items() if k != MTIME_KEY}
+        extra = dict(_but_mtime(self.extra))
         if mtime_ns is not None:
             extra[MTIME_KEY] = int(mtime_ns)
         return FileEntry(self.digest, self.size, self.chunks, self.executable, self.ref, extra, self.pack)
