@@ -102,10 +102,18 @@ def _setattr(draft: Draft, ino: Inode, attr: pyfuse3.EntryAttributes, fields: py
 
 
 class DraftHandle(Handle):
-    """An open draft file: everything goes to its inode (no state of its own)."""
+    """An open draft file: everything goes to its inode (no state of its own).
 
-    def __init__(self, node: "DraftNode"):
+    A file opened write-only (cp's, torch.save's and tar's new files) is opened
+    with FOPEN_DIRECT_IO: the kernel hands the writer's own pages to the daemon
+    instead of first copying them into the FUSE file's page cache, which cost
+    the writer as much CPU as the daemon's whole write (docs/drafts.md).  Such a
+    descriptor cannot be mmap'ed or read, and the kernel drops the cached pages
+    a direct write covers, so readers through other descriptors stay coherent."""
+
+    def __init__(self, node: "DraftNode", flags: int):
         self.node = node
+        self.direct_io = flags & os.O_ACCMODE == os.O_WRONLY
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
         return await self.node.read(off, size)
@@ -179,7 +187,7 @@ class DraftNode(Node):
 
     async def create(self, name: str, mode: int, flags: int) -> tuple[Node, Handle]:
         node = await self._make(name, stat.S_IFREG | (mode & 0o7777))
-        return node, DraftHandle(node)
+        return node, DraftHandle(node, flags)
 
     async def mknod(self, name: str, mode: int, rdev: int) -> Node:
         return await self._make(name, mode, rdev)
@@ -216,7 +224,7 @@ class DraftNode(Node):
             raise fuse_error(errno.EISDIR)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
             await self.live.change(filedata.truncate, self.draft, self.inode, 0)
-        return DraftHandle(self)
+        return DraftHandle(self, flags)
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
         while True:

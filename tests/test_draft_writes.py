@@ -1,0 +1,77 @@
+"""How bytes written into draft/ travel (issue 10), through a real mount: a file
+created write-only is written with FOPEN_DIRECT_IO (no page of it cached by the
+writer's copy, readers through other descriptors and mappings still see every
+write)."""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+import pytest
+from conftest import randbytes
+from draft_helpers import version_files
+from mountutil import cli, mount_factory  # noqa: F401  (fixture)
+
+from artifactfs.registry.versions import Registry
+
+MiB = 1 << 20
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    url = str(tmp_path / "store")
+    Registry.open(url, create=True)
+    return url
+
+
+def cached_pages(path: str, size: int) -> int:
+    """Pages of the file's first `size` bytes in the page cache (mincore(2) of a
+    mapping nobody touches, so looking does not read anything in)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+            assert _libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+            return sum(v & 1 for v in vec)
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_created_write_only_is_written_around_the_page_cache(store, mount_factory):
+    m = mount_factory(store)
+    os.mkdir(m.p("w"))
+    d = m.p("w", "draft")
+    first, second = randbytes(4 * MiB), randbytes(8192)
+    w = os.open(f"{d}/f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # a CREATE: the reply sets direct I/O
+    try:
+        os.write(w, first)
+        assert cached_pages(f"{d}/f", len(first)) == 0, "a write-only descriptor's writes filled the page cache"
+        r = os.open(f"{d}/f", os.O_RDONLY)
+        try:
+            mapped = mmap.mmap(r, len(first), prot=mmap.PROT_READ)
+            assert os.pread(r, 16, 0) == first[:16] and mapped[MiB:MiB + 16] == first[MiB:MiB + 16]
+            assert cached_pages(f"{d}/f", len(first)) > 0  # the reader cached pages ...
+            os.pwrite(w, second, MiB - 100)                 # ... which a direct write over them drops
+            expect = first[:MiB - 100] + second + first[MiB - 100 + len(second):]
+            assert os.pread(r, len(first), 0) == expect
+            assert mapped[:] == expect
+            mapped.close()
+        finally:
+            os.close(r)
+        os.write(w, b"tail")  # the descriptor's offset was not moved by pwrite
+    finally:
+        os.close(w)
+    assert os.path.getsize(f"{d}/f") == len(first) + 4
+    done = cli("sync", d, env=m.env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert version_files(Registry.open(store), "w", 0) == {"f": (expect + b"tail", False)}
