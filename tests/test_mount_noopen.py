@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 
@@ -143,3 +144,41 @@ def test_isatty_ioctls_and_security_xattrs_are_answered_without_python(mnt):
         assert e.value.errno == errno.ENODATA
     assert mnt.stats()["native_answers"] - before == 2
     assert os.getxattr(mnt.path, "user.artifactfs.project")  # other names still reach the mount
+
+
+def test_getattr_after_a_read_is_answered_without_python_for_version_files_only(mnt):
+    """Every READ the kernel sends marks the file's atime stale, so the next
+    stat() (Python's open() makes one) asks GETATTR again.  A version file's
+    attributes carry the long timeout (immutable): the patched pyfuse3's reader
+    thread answers that GETATTR from the attributes pinned at LOOKUP.  A draft
+    file's attributes change, so its GETATTR still reaches Python."""
+    if not hasattr(pyfuse3, "fastpath_answered"):
+        skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/artifactfs.patch (make setup builds it)")
+
+    def read_through_the_daemon(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: the next read is a READ
+            assert os.read(fd, 100)
+        finally:
+            os.close(fd)
+
+    path = mnt.p("ds", "ds:v0", "a.txt")
+    read_through_the_daemon(path)
+    before = mnt.stats()["native_answers"]
+    st = os.stat(path)
+    assert (st.st_size, stat.S_IMODE(st.st_mode), stat.S_ISREG(st.st_mode)) == (6, 0o444, True)
+    assert mnt.stats()["native_answers"] - before == 1
+    os.stat(path)  # the attributes are fresh again: no request at all
+    assert mnt.stats()["native_answers"] - before == 1
+
+    draft_file = mnt.p("ds", "draft", "grows.txt")
+    with open(draft_file, "wb") as f:
+        f.write(b"12345")
+    for size, more in ((5, b"678"), (8, b"")):
+        read_through_the_daemon(draft_file)
+        before = mnt.stats()["native_answers"]
+        assert os.stat(draft_file).st_size == size
+        assert mnt.stats()["native_answers"] == before
+        with open(draft_file, "ab") as f:
+            f.write(more)

@@ -16,7 +16,7 @@ from ..drafts.posixnames import NAME_MAX
 from .context import CALLER
 from .errnos import to_fuse_error
 from .handles import Handle
-from .inodes import InodeTable, Node
+from .inodes import LONG_TIMEOUT, InodeTable, Node
 from .noopen import AVAILABLE as NO_OPEN_AVAILABLE
 from .noopen import HANDLE_BASE, InodeHandles
 
@@ -64,6 +64,10 @@ class Operations(pyfuse3.Operations):
         # no node stores security.* (setxattr refuses it): the kernel's security.capability
         # lookup before a file's first write is answered ENODATA without Python (patched pyfuse3)
         self.enodata_xattr_prefix = b"security."
+        # attributes given with the long timeout (immutable version contents) never change while
+        # the kernel holds the inode: its GETATTRs, one after each file's READs, which mark atime
+        # stale, are answered without Python (patched pyfuse3)
+        self.native_attr_timeout = LONG_TIMEOUT
         self.on_open: list[OpenHook] = []  # hook(node, pid, flags) after each open/create is answered (lineage.py)
         self._counters = table.ctx.reader.counters  # OPEN requests answered: "opens" in user.artifactfs.stats
         self._handles: dict[int, Handle] = {}

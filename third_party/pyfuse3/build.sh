@@ -7,8 +7,9 @@
 #   Operations.enable_atomic_o_trunc = False keeps O_TRUNC a SETATTR;
 # - Operations.enable_cache_symlinks = True lets the kernel cache symlink targets;
 # - one native thread reads /dev/fuse (src/pyfuse3/fastpath.c): it answers IOCTL, and
-#   GETXATTR of names starting with Operations.enodata_xattr_prefix, without Python and
-#   queues every other request for the trio workers.
+#   GETXATTR of names starting with Operations.enodata_xattr_prefix, and GETATTR of inodes
+#   whose last reply gave an attribute timeout >= Operations.native_attr_timeout, without
+#   Python, and queues every other request for the trio workers.
 # The source is the pinned sdist from the package index, regenerated with a pinned Cython
 # in a throw-away build venv.  Nothing is done when PYTHON already has this build.
 #
@@ -17,7 +18,7 @@ set -eu
 PY=$1
 VERSION=3.5.0
 CYTHON=3.2.4
-LOCAL=artifactfs.6  # bump when artifactfs.patch changes
+LOCAL=artifactfs.7  # bump when artifactfs.patch changes
 here=$(cd "$(dirname "$0")" && pwd)
 
 if "$PY" -c "import sys; from importlib.metadata import version; sys.exit(version('pyfuse3') != '$VERSION+$LOCAL')" 2>/dev/null; then
