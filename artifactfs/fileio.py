@@ -22,20 +22,20 @@ def write_new(path: str, data: bytes, mode: int, fsync: bool) -> None:
     os.close(fd)
 
 
-def copy_range(src: int, dst: int, offset: int, length: int) -> int:
-    """Copy up to `length` bytes of fd `src` from `offset` to the start of fd `dst`
-    (a new, empty file) inside the kernel (copy_file_range(2): no user-space
-    buffer; a reflink where the filesystem shares extents); read/write where the
-    kernel refuses (another filesystem type, an old kernel).  Returns the bytes
-    copied: fewer than `length` only at the end of the source."""
+def copy_range(src: int, dst: int, offset: int, length: int, at: int = 0) -> int:
+    """Copy up to `length` bytes of fd `src` from `offset` to fd `dst` at offset
+    `at` inside the kernel (copy_file_range(2): no user-space buffer; a reflink
+    where the filesystem shares extents); read/write where the kernel refuses
+    (another filesystem type, an old kernel).  Returns the bytes copied: fewer
+    than `length` only at the end of the source."""
     done = 0
     while done < length:
         try:
-            n = os.copy_file_range(src, dst, length - done, offset + done, done)
+            n = os.copy_file_range(src, dst, length - done, offset + done, at + done)
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-            n = _copy_by_hand(src, dst, offset + done, done, length - done)
+            n = _copy_by_hand(src, dst, offset + done, at + done, length - done)
         if n == 0:
             break
         done += n

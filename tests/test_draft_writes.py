@@ -1,18 +1,24 @@
 """How bytes written into draft/ travel (issue 10), through a real mount: a file
 created write-only is written with FOPEN_DIRECT_IO (no page of it cached by the
 writer's copy, readers through other descriptors and mappings still see every
-write)."""
+write); a big file copied in is staged one file per chunk, each linked into
+the local store as its blob."""
 from __future__ import annotations
 
 import ctypes
+import glob
 import mmap
 import os
+import subprocess
 
 import pytest
+import xxhash
 from conftest import randbytes
 from draft_helpers import version_files
-from mountutil import cli, mount_factory  # noqa: F401  (fixture)
+from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
 
+from artifactfs.registry.keys import blob_key
+from artifactfs.registry.manifest import CHUNK_SIZE
 from artifactfs.registry.versions import Registry
 
 MiB = 1 << 20
@@ -75,3 +81,30 @@ def test_a_file_created_write_only_is_written_around_the_page_cache(store, mount
     done = cli("sync", d, env=m.env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert version_files(Registry.open(store), "w", 0) == {"f": (expect + b"tail", False)}
+
+
+def test_cp_of_a_big_file_stages_chunks_that_become_their_blobs(store, mount_factory, tmp_path):
+    """A big file copied in by cp is staged one file per chunk, and each complete
+    chunk is linked into the local store as its blob while cp still runs (no
+    copy of the bytes); sync publishes it and the draft gives its pieces back."""
+    m = mount_factory(store)
+    os.mkdir(m.p("w"))
+    src = tmp_path / "big.bin"
+    payload = randbytes(3 * CHUNK_SIZE + 7)
+    src.write_bytes(payload)
+    subprocess.run(["cp", str(src), m.p("w", "draft", "big.bin")], check=True)
+    data = glob.glob(os.path.join(m.env["XDG_STATE_HOME"], "artifactfs", "drafts", "*", "proj", "*", "w", "data"))
+    assert len(data) == 1
+    names = sorted(os.listdir(data[0]))
+    i = names[0].split(".")[0]
+    assert names == [f"{i}.c0", f"{i}.c1", f"{i}.c2", f"{i}.t"]
+    for k in range(3):
+        key = xxhash.xxh3_128_hexdigest(payload[k * CHUNK_SIZE:(k + 1) * CHUNK_SIZE])
+        blob = os.path.join(store, blob_key(key))
+        wait_for(lambda: os.path.exists(blob), 60, f"chunk {k} in the store")
+        assert os.stat(blob).st_ino == os.stat(os.path.join(data[0], f"{i}.c{k}")).st_ino, "linked, not copied"
+    assert open(m.p("w", "draft", "big.bin"), "rb").read() == payload
+    done = cli("sync", m.p("w", "draft"), env=m.env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert version_files(Registry.open(store), "w", 0) == {"big.bin": (payload, False)}
+    assert os.listdir(data[0]) == []

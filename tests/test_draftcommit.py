@@ -96,9 +96,9 @@ def test_only_changed_files_are_hashed(reg, pub, monkeypatch):
     hashed: list[str] = []
     real_store = commit.store_staged
 
-    def counting(registry, paths, known):
+    def counting(registry, paths, where, known):
         hashed.extend(os.path.basename(p) for p in paths)
-        return real_store(registry, paths, known)
+        return real_store(registry, paths, where, known)
     monkeypatch.setattr(commit, "store_staged", counting)
 
     def ids(path: str) -> str:

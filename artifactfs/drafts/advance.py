@@ -14,13 +14,16 @@ reclaim() then gives back the disk space of staged files committed as they
 are: the same inode shows the committed entry instead of its data file, so
 whoever holds it reads the same bytes.  A data file that became the blob
 itself (a file of one chunk into a local store, linked) holds no space of its
-own: it stays, staged, and the commit's stamp spares the next commit reading it."""
+own: it stays, staged, and the commit's stamp spares the next commit reading it.
+A file kept as one file per chunk (datafiles.py) is given back whole: its
+pieces are blobs too, but the store keeps its own names of them."""
 from __future__ import annotations
 
 import os
 import stat
 
 from ..registry.manifest import DirEntry, Entry, FileEntry
+from .datafiles import data_stat, remove_pieces
 from .engine import Draft, mode_of
 from .inode import Inode
 
@@ -94,18 +97,21 @@ def reclaim(draft: Draft) -> int:
     the base entry again; their data files are removed.  Run with the draft's
     changes held off.  Returns how many files were given back."""
     stamps = draft.db.stamps()
-    done: list[str] = []
+    done: list[Inode] = []
     with draft.change():
         _reclaim_dir(draft, draft.root, stamps, done)
-    for path in done:
+    for ino in done:
+        path, n = draft.data_path(ino), ino.sealed
+        ino.sealed, ino.running = 0, None
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        remove_pieces(path, n)
     return len(done)
 
 
-def _reclaim_dir(draft: Draft, d: Inode, stamps: dict, done: list[str]) -> None:
+def _reclaim_dir(draft: Draft, d: Inode, stamps: dict, done: list[Inode]) -> None:
     base = _tree(draft, d.tree)
     for name, row in draft.db.children(d.id):
         if row is None:
@@ -119,12 +125,11 @@ def _reclaim_dir(draft: Draft, d: Inode, stamps: dict, done: list[str]) -> None:
         ino = draft.load(row.id)
         if not ino.staged:
             continue  # a second name of a file given back already
-        path = draft.data_path(ino)
         try:
-            st = os.stat(path)
+            st = data_stat(draft, ino)
         except FileNotFoundError:
             continue
-        if st.st_nlink > 1:
+        if st.st_nlink > 1 and not ino.sealed:
             continue  # the data file is the version's blob itself (tostore.py): nothing to give back
         content = FileEntry.from_json(rec[4])
         if ([st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] != rec[:4] or b.mtime_ns != st.st_mtime_ns
@@ -135,4 +140,4 @@ def _reclaim_dir(draft: Draft, d: Inode, stamps: dict, done: list[str]) -> None:
         ino.staged, ino.base = False, b
         ino.atime, ino.mtime, ino.ctime = st.st_atime_ns, st.st_mtime_ns, max(ino.ctime, st.st_ctime_ns)
         draft.db.put(ino.row())
-        done.append(path)
+        done.append(ino)

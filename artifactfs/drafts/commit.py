@@ -29,6 +29,7 @@ from ..registry.names import check_component
 from ..registry.versions import Registry
 from ..timestamps import iso_ns
 from .advance import advance
+from .datafiles import DataStat, data_stat, join, pieces
 from .engine import Draft
 from .inode import Inode
 from .tostore import store_staged
@@ -45,7 +46,7 @@ class Staged:
 
     path: str
     ino: Inode
-    st: os.stat_result
+    st: DataStat
     base: Entry | None
 
 
@@ -147,7 +148,7 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
             _scan_dir(draft, ino, path, b.tree if isinstance(b, DirEntry) else None, out)
         elif ino.is_reg and ino.staged:
             try:
-                out.staged.append(Staged(path, ino, os.stat(draft.data_path(ino)), b))
+                out.staged.append(Staged(path, ino, data_stat(draft, ino), b))
             except FileNotFoundError:
                 pass  # not possible while the draft is held still; nothing to add
         elif ino.is_reg:
@@ -185,7 +186,7 @@ def _note_owner_and_mode(draft: Draft, ino: Inode, path: str, out: Scan) -> None
         out.leave("mode bits", path)
 
 
-def _stamp(st: os.stat_result) -> list[int]:
+def _stamp(st: DataStat) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -214,8 +215,13 @@ def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple
             entries[s.ino.id] = FileEntry.from_json(rec[4])
         elif s.ino.id not in entries:
             todo[s.ino.id] = s
+    known_now = [_known(s) for s in todo.values()]
+    for s, k in zip(todo.values(), known_now):
+        if k is None and s.ino.sealed:
+            with s.ino.lock:
+                join(draft, s.ino)  # (not while its digest follows it, see datafiles.py; defensive)
     found = store_staged(registry, [draft.data_path(s.ino) for s in todo.values()],
-                         [_known(s) for s in todo.values()])
+                         [pieces(draft, s.ino, s.st.st_size) for s in todo.values()], known_now)
     for s, e in zip(todo.values(), found):
         entries[s.ino.id] = e
     probe = os.path.join(draft.dir, "\\probe")
@@ -224,7 +230,7 @@ def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple
     horizon = os.stat(probe).st_ctime_ns
     stamps = {}
     for s in staged:
-        st = os.stat(draft.data_path(s.ino))
+        st = data_stat(draft, s.ino)
         if _stamp(st)[:3] == _stamp(s.st)[:3] and st.st_ctime_ns < horizon:
             stamps[s.ino.id] = _stamp(st) + [entries[s.ino.id].to_json()]
     return entries, stamps

@@ -26,11 +26,13 @@ from weakref import WeakValueDictionary
 import xxhash
 
 from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry, TreeIO
+from .datafiles import remove_pieces
 from .inode import DraftState, Inode
 from .meta import DB_FILE, MetaDB
 from .posixnames import NAME_MAX, check_name, posix_error
 
 ROOT = 1
+_NOT_RESTORED = ("lock", "running", "sealed")  # what a failed change leaves: kept under the inode's lock
 STATE_KEY = "draft"
 Fetch = Callable[[FileEntry, int], None]
 """Writes the whole content of a base file into an open file descriptor."""
@@ -61,6 +63,7 @@ class Draft:
         self._saved: list[tuple[Inode, dict]] | None = None
         self._made: list[tuple[Inode, Inode | None, str]] = []
         self.digesting: dict[int, Inode] = {}  # files hashed while written, kept until the commit (filedata.py)
+        self.seal_chunks = False  # keep big files written in order as one file per chunk (datafiles.py)
         self.root = self.load(ROOT)
 
     @classmethod
@@ -126,15 +129,13 @@ class Draft:
     def touch(self, *inodes: Inode) -> None:
         assert self._saved is not None
         for ino in inodes:
-            self._saved.append((ino, {k: v for k, v in ino.__dict__.items() if k != "lock"}))
+            self._saved.append((ino, {k: v for k, v in ino.__dict__.items() if k not in _NOT_RESTORED}))
 
     @property
-    def dirty(self) -> bool:
-        """Has anything changed since the last commit (attributes for the next included)?"""
+    def dirty(self) -> bool:  # anything changed since the last commit (attributes for the next included)?
         return self.state.dirty or bool(self.state.attrs)
 
-    def mark_dirty(self) -> None:
-        """The first change after a commit records that the draft has changes."""
+    def mark_dirty(self) -> None:  # the first change after a commit records that the draft has changes
         if not self.state.dirty:
             with self.change():
                 self._dirty()
@@ -227,8 +228,7 @@ class Draft:
                     out[name] = self.virtual(d, name, entry)
         return sorted(out.items())
 
-    def visible(self, d: Inode) -> bool:
-        """Does the folder show anything?"""
+    def visible(self, d: Inode) -> bool:  # does the folder show anything?
         with self.db.lock:
             if d.id and self.db.has_children(d.id):
                 return True
@@ -483,13 +483,13 @@ class Draft:
                 self.digesting.pop(ino.id, None)
                 with suppress(FileNotFoundError):
                     os.unlink(self.data_path(ino))
+                remove_pieces(self.data_path(ino), ino.sealed)
 
     def _dirty(self) -> None:
         if not self.state.dirty:
             self.state.dirty = True
             self.save_state()
 
-    # -- attributes ----------------------------------------------------------------------
     def data_path(self, ino: Inode) -> str:
         return os.path.join(self.data, str(ino.id))
 

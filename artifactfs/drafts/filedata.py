@@ -12,18 +12,21 @@ syncs meta.db, for a power cut.
 A file written in order is hashed as it is written (Inode.running), and its
 inode is kept in memory until the next commit (Draft.digesting, up to
 DIGESTS_KEPT files), also when the kernel forgets it meanwhile, which it does
-a few thousand files into a copy: the commit then needs not read it again."""
+a few thousand files into a copy: the commit then needs not read it again.
+Such a file past its first chunk is kept as one file per chunk where that lets
+the chunks become blobs of a local store without a copy (datafiles.py)."""
 from __future__ import annotations
 
 import errno
 import os
 
 from ..chunks.digests import RunningDigest
-from ..fileio import copy_range
+from ..registry.manifest import CHUNK_SIZE
+from . import datafiles
+from .datafiles import make_anew, open_own, unlink_quiet
 from .engine import Draft
 from .inode import Attr, Inode
 
-TMP_SUFFIX = ".tmp"
 DIGESTS_KEPT = 50_000  # staged files kept in memory for their running digest until the commit (~2 KB each)
 
 
@@ -32,12 +35,25 @@ def attributes(draft: Draft, ino: Inode) -> Attr:
     mtime are its data file's, its ctime the later of the two."""
     if ino.is_reg and ino.staged:
         try:
-            st = os.stat(draft.data_path(ino))
+            st = stat_data(draft, ino)
             return Attr(ino.mode, ino.nlink, ino.uid, ino.gid, 0, st.st_size, st.st_blocks, st.st_atime_ns,
                         st.st_mtime_ns, max(ino.ctime, st.st_ctime_ns))
         except FileNotFoundError:
             pass  # given back after a commit meanwhile: the base shows the same bytes
     return shown(ino)
+
+
+def stat_data(draft: Draft, ino: Inode) -> datafiles.DataStat:
+    """The data of a staged inode (FileNotFoundError: given back); a sealed file's
+    under its lock, so that no seal or join moves its pieces meanwhile."""
+    if not ino.sealed:
+        try:
+            return datafiles.data_stat(draft, ino)
+        except FileNotFoundError:
+            if not ino.sealed:
+                raise  # (else sealed meanwhile)
+    with ino.lock:
+        return datafiles.data_stat(draft, ino)
 
 
 def shown(ino: Inode) -> Attr:
@@ -55,6 +71,10 @@ def read(draft: Draft, ino: Inode, off: int, size: int) -> bytes | None:
     """`size` bytes at `off`, or None when the inode is not staged (read its base)."""
     if not ino.staged:
         return None
+    if ino.sealed:
+        with ino.lock:
+            if ino.sealed:
+                return datafiles.read_sealed(draft, ino, off, size)
     try:
         fd = os.open(draft.data_path(ino), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -72,7 +92,16 @@ def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
     stage(draft, ino, keep=True)
     draft.mark_dirty()
     with ino.lock:
-        fd, size = _open_own(draft, ino)
+        running = ino.running
+        in_order = running is not None and off == running.size
+        if ino.sealed and not in_order:
+            datafiles.join(draft, ino)  # (the write below ends the running digest)
+        if in_order and (ino.sealed or (draft.seal_chunks and off + len(data) > CHUNK_SIZE)):
+            done = datafiles.append_sealing(draft, ino, data)
+            if len(draft.digesting) < DIGESTS_KEPT:
+                draft.digesting[ino.id] = ino
+            return done
+        fd, size = open_own(draft.data_path(ino))
         try:
             if ino.running is None and off == 0 and size == 0:
                 ino.running = RunningDigest()
@@ -92,33 +121,6 @@ def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
             os.close(fd)
 
 
-def _open_own(draft: Draft, ino: Inode) -> tuple[int, int]:
-    """The data file opened for writing (fd, size in bytes), never shared: a data
-    file a commit made into a blob of a local store (a hard link, tostore.py) is
-    copied first, and the copy renamed over it, so a blob never changes (called
-    under ino.lock)."""
-    path = draft.data_path(ino)
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if st.st_nlink <= 1:
-        return fd, st.st_size
-    tmp = path + TMP_SUFFIX
-    try:
-        new = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            if copy_range(fd, new, 0, st.st_size) != st.st_size:
-                raise OSError(errno.EIO, "a data file shrank while it was copied")
-            os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
-            os.replace(tmp, path)
-        except BaseException:
-            os.close(new)
-            _unlink_quiet(tmp)
-            raise
-    finally:
-        os.close(fd)
-    return new, st.st_size
-
-
 def stage(draft: Draft, ino: Inode, keep: bool) -> None:
     """Give a regular file its own data file (copy-up): the base bytes are fetched
     unless `keep` is False (O_TRUNC, truncate to 0).  On any error (ENOSPC, an
@@ -133,26 +135,19 @@ def stage(draft: Draft, ino: Inode, keep: bool) -> None:
         with draft.change(ino):
             draft.materialize(ino)
         final = draft.data_path(ino)
-        tmp = final + TMP_SUFFIX
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                if keep and ino.base is not None:
-                    draft.fetch(ino.base, fd)
-                os.utime(fd, ns=(ino.atime, ino.mtime))
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            _unlink_quiet(tmp)
-            raise
+
+        def fill(fd: int) -> tuple[int, int]:
+            if keep and ino.base is not None:
+                draft.fetch(ino.base, fd)
+            return ino.atime, ino.mtime
+        make_anew(final, fill)
         ino.running = None if keep and ino.base is not None and ino.base.size else RunningDigest()
         try:
             with draft.change(ino):
                 ino.staged, ino.base = True, None
                 draft.db.put(ino.row())
         except BaseException:
-            _unlink_quiet(final)
+            unlink_quiet(final)
             raise
 
 
@@ -160,7 +155,17 @@ def truncate(draft: Draft, ino: Inode, size: int) -> None:
     stage(draft, ino, keep=size > 0)
     draft.mark_dirty()
     with ino.lock:
-        fd, _ = _open_own(draft, ino)
+        if ino.sealed and ino.running is not None and size in (0, ino.running.size):
+            if size:
+                return  # (the size it has)
+            fd = os.open(draft.data_path(ino), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)  # one empty data file again; the pieces go (datafiles.py)
+            datafiles.remove_pieces(draft.data_path(ino), ino.sealed)
+            ino.sealed, ino.running = 0, RunningDigest()
+            return
+        if ino.sealed:
+            datafiles.join(draft, ino)
+        fd, _ = open_own(draft.data_path(ino))
         try:
             os.ftruncate(fd, size)
         finally:
@@ -175,9 +180,14 @@ def truncate(draft: Draft, ino: Inode, size: int) -> None:
 def set_times(draft: Draft, ino: Inode, atime: int | None, mtime: int | None) -> None:
     """utimensat(2): None leaves a time as it is (UTIME_OMIT); ctime moves to now."""
     if ino.staged:
-        path = draft.data_path(ino)
-        st = os.stat(path)
-        os.utime(path, ns=(st.st_atime_ns if atime is None else atime, st.st_mtime_ns if mtime is None else mtime))
+        with ino.lock:
+            path = draft.data_path(ino)
+            if ino.sealed:  # a sealed file's times are its tail's
+                path = datafiles.tail_path(path)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            st = os.stat(path)
+            os.utime(path, ns=(st.st_atime_ns if atime is None else atime,
+                               st.st_mtime_ns if mtime is None else mtime))
         draft.set_attrs(ino)
     else:
         draft.set_attrs(ino, atime=atime, mtime=mtime)
@@ -186,20 +196,6 @@ def set_times(draft: Draft, ino: Inode, atime: int | None, mtime: int | None) ->
 def fsync(draft: Draft, ino: Inode, datasync: bool) -> None:
     """The inode's bytes and the draft's namespace, durable."""
     if ino.staged:
-        try:
-            fd = os.open(draft.data_path(ino), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = -1
-        if fd >= 0:
-            try:
-                (os.fdatasync if datasync else os.fsync)(fd)
-            finally:
-                os.close(fd)
+        datafiles.fsync_all(draft, ino, datasync)
     draft.db.sync()
 
-
-def _unlink_quiet(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

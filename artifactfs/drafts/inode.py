@@ -46,6 +46,7 @@ class Inode:
     token: str = ""                     # identity as shown (st_ino): "i<id>", or "v<hash>" from where it shows
     lock: threading.Lock = field(default_factory=threading.Lock)  # copy-up of this file, its writes
     running: RunningDigest | None = None  # the data file's digests, while written in order
+    sealed: int = 0                     # chunks of a staged file kept as files of their own (datafiles.py)
 
     @property
     def is_dir(self) -> bool:

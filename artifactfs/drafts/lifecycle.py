@@ -15,6 +15,7 @@ from ..registry.manifest import FileEntry
 from ..registry.names import check_name
 from ..registry.versions import Registry, VersionInfo
 from ..timestamps import iso_ns
+from .datafiles import rejoin
 from .engine import Draft, Fetch
 from .inode import DraftState, Inode
 from .meta import DB_FILE
@@ -56,12 +57,14 @@ def base_gone(registry: Registry, draft: Draft) -> bool:
 
 def recover(draft: Draft) -> None:
     """After a process ended: inodes without names go, with data files no row
-    claims (a create or copy-up killed half-way)."""
+    claims (a create or copy-up killed half-way); files kept one file per chunk
+    become one data file again (datafiles.rejoin)."""
     with draft.db.lock:
         for ino in draft.db.orphans():
             with draft.change():
                 draft.db.delete(ino)
         staged = draft.db.staged_ids()
+        rejoin(draft.data, staged)
         for name in os.listdir(draft.data):
             if not name.isdigit() or int(name) not in staged:
                 os.unlink(os.path.join(draft.data, name))
@@ -88,6 +91,7 @@ def export_files(draft_dir: str) -> None:
     of the data files; symlinks recreated; nothing is fetched)."""
     draft = Draft(draft_dir, _NoTrees(), _no_fetch, (os.getuid(), os.getgid()))
     try:
+        rejoin(draft.data, draft.db.staged_ids())
         _export(draft, draft.root, os.path.join(draft_dir, "files"))
     finally:
         draft.close()

@@ -27,7 +27,7 @@ from ..drafts.engine import Draft
 from ..drafts.inode import Inode
 from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, put_aside
 from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
-from ..drafts.tostore import store_ahead, stores_ahead
+from ..drafts.tostore import seals_chunks, store_ahead, stores_ahead
 from ..errors import ArtifactfsError, ConflictError
 from ..registry.manifest import CHUNK_SIZE, FileEntry
 from ..registry.versions import VersionInfo
@@ -96,6 +96,10 @@ class LiveDraft:
         self.on_advance: list[Callable[[list[Inode]], Any]] = []
         self._warmed: str | None = None
         self._ahead: dict[int, Ahead] = {}  # by inode id
+        try:
+            draft.seal_chunks = seals_chunks(ctx.registry.store, draft.data)
+        except OSError as e:  # only an optimisation
+            log.warning("big files of the draft of %s are copied into the store: %s", self.name, e)
 
     async def change(self, fn: Callable[..., T], *args: Any) -> T:
         """A change of the draft (namespace, attributes or bytes), in a worker thread."""
@@ -118,8 +122,9 @@ class LiveDraft:
     def _store_ahead(self, ino: Inode) -> None:
         """A file written in order, past its first chunk: its complete chunks go to
         a local store in the background (tostore.store_ahead), so that sync finds
-        them there, mostly on disk already.  Files of one chunk are left to the
-        commit, which links the data file itself into the store."""
+        them there, mostly on disk already; when the draft seals chunks, each once
+        sealed (linked, not copied: drafts/datafiles.py).  Files of one chunk are
+        left to the commit, which links the data file itself into the store."""
         running, nursery = ino.running, self.ctx.reader.nursery
         if (running is None or running.size <= CHUNK_SIZE or nursery is None
                 or not stores_ahead(self.ctx.registry.store)):
@@ -127,19 +132,23 @@ class LiveDraft:
         state = self._ahead.get(ino.id)
         if state is None or state.running is not running:
             state = self._ahead[ino.id] = Ahead(running)
-        if not state.busy and state.next < len(running.keys):
+        if not state.busy and state.next < self._complete(ino, running):
             state.busy = True
             nursery.start_soon(self._store_chunks, ino, state)
 
     async def _store_chunks(self, ino: Inode, state: Ahead) -> None:
         try:
-            while state.next < len(state.running.keys) and ino.running is state.running:
+            while state.next < self._complete(ino, state.running) and ino.running is state.running:
                 await self.change(store_ahead, self.ctx.registry.store, self.draft, ino, state.running, state.next)
                 state.next += 1
         except (ArtifactfsError, OSError) as e:  # only an optimisation: the commit stores what is missing
             log.warning("could not store a chunk of the draft of %s ahead of its commit: %s", self.name, e)
         finally:
             state.busy = False
+
+    def _complete(self, ino: Inode, running: RunningDigest) -> int:
+        """How many chunks of a file written in order can be stored ahead now."""
+        return ino.sealed if self.draft.seal_chunks else len(running.keys)
 
     def _warm(self) -> None:
         """Once per base, in the background: what the next commit will need anyway."""
