@@ -18,13 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from artifactfs.drafts import commit
-from artifactfs.drafts.advance import reclaim
+from artifactfs.drafts.advance import advance, reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes, scan
 from artifactfs.errors import ConflictError, PathConflictError
 from artifactfs.registry.manifest import DirEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry.treedigest import TreeDigests
 from artifactfs.registry.keys import blob_key
 from artifactfs.registry.versions import Registry
+from artifactfs.timestamps import iso_ns
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 BASE = {"a/x": b"ax", "a/y": (b"ay" * 1000, True), "b/c/d": b"bcd", "b/e": b"be", "top": b"t"}
@@ -432,3 +433,39 @@ def test_a_new_collections_draft_is_clean_after_its_first_commit(reg):
     reclaim(d.draft)
     assert not d.draft.dirty
     assert d.listdir("") == ["x", "z"]
+
+
+@pytest.mark.parametrize("how", ["commit", "follow"])
+def test_an_untouched_draft_shows_the_newer_latest_exactly(reg, pub, how):
+    """A draft with nothing changed since its last commit, whose entries are all
+    rows (a staged file, a chmod'ed one, a symlink, a hard link, a folder), moves
+    to another writer's newer version: it shows that version exactly, and its
+    next commit publishes nothing.  Before, those rows stayed and the next commit
+    published them again, undoing the other writer's removals."""
+    publish(reg, pub, "ds", {"keep": b"k"})
+    d = draft_of(reg)
+    write(d, "new.txt", b"mine")
+    write(d, "exe", b"#!/bin/sh\n")
+    d.chmod("exe", 0o755)
+    d.symlink("new.txt", "link")
+    write(d, "pair", b"two names")
+    d.link("pair", "pair.hard")
+    d.makedirs("sub/deeper")
+    write(d, "sub/deeper/f", b"f")
+    write(d, "changed", b"old")
+    assert commit_draft(reg, d.draft).line == "ds:v1"
+    assert not d.draft.dirty
+    # another writer: removes everything but `keep` and `changed`, which it rewrites
+    their = publish(reg, pub, "ds", {"new.txt": None, "exe": None, "link": None, "pair": None, "pair.hard": None,
+                                    "sub/deeper/f": None, "changed": b"theirs"})
+    assert version_files(reg, "ds", their) == expected({"keep": b"k", "changed": b"theirs"})
+    if how == "commit":
+        assert commit_draft(reg, d.draft).line == f"ds:v{their} (unchanged)"
+    else:  # what the mount does by itself once it sees the newer latest (LiveDraft.follow)
+        info = reg.version("proj", "ds", their)
+        advance(d.draft, their, info.root, iso_ns(info.created_at), None, untouched=True)
+    assert sorted(d.listdir()) == ["changed", "keep"]
+    assert d.read("changed") == b"theirs"
+    assert changes_of(reg, d) == {}
+    assert commit_draft(reg, d.draft).line == f"ds:v{their} (unchanged)"
+    assert reg.latest("proj", "ds") == their

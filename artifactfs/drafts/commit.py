@@ -69,6 +69,7 @@ class CommitResult:
     created: bool
     changes: int
     left_out: dict[str, list[str]] = field(default_factory=dict)
+    advanced: list[Inode] = field(default_factory=list)  # inodes shown anew once the draft moved on (advance)
 
     @property
     def line(self) -> str:
@@ -322,6 +323,6 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
                                             base=latest, exact_base=True, **attrs)
         except PreconditionFailed:
             continue  # someone published meanwhile: rebase onto the new latest
-        advance(draft, info.version, info.root, iso_ns(info.created_at), stamps)
-        return CommitResult(st.collection, info.version, created, len(changes), found.left_out)
+        advanced = advance(draft, info.version, info.root, iso_ns(info.created_at), stamps, untouched=not changes)
+        return CommitResult(st.collection, info.version, created, len(changes), found.left_out, advanced)
     raise ConflictError(f"{st.collection}: could not commit, other writers keep publishing")

@@ -185,7 +185,7 @@ class LiveDraft:
                  time.monotonic() - started, result.changes, given_back)
         if result.note:
             log.info("%s", result.note)
-        await self._advanced([])
+        await self._advanced(result.advanced)
         return result
 
     async def follow(self, latest: int | None, version: Callable[[int], Awaitable[VersionInfo]]) -> None:
@@ -200,7 +200,8 @@ class LiveDraft:
                 if (st.base is not None and latest <= st.base) or self.dirty():
                     return
                 info = await version(latest)
-                changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), {})
+                changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), None,
+                                             True)
         except (ArtifactfsError, OSError) as e:
             log.warning("the draft of %s stays on v%s for now: %s", self.name, st.base, e)
             return
