@@ -21,9 +21,9 @@ from artifactfs.drafts import commit
 from artifactfs.drafts.advance import advance, reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes, scan
 from artifactfs.errors import ConflictError, PathConflictError
+from artifactfs.registry.keys import blob_key
 from artifactfs.registry.manifest import DirEntry, apply_changes, artifact_digest, walk
 from artifactfs.registry.treedigest import TreeDigests
-from artifactfs.registry.keys import blob_key
 from artifactfs.registry.versions import Registry
 from artifactfs.timestamps import iso_ns
 

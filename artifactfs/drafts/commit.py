@@ -29,7 +29,8 @@ from ..registry.names import check_component
 from ..registry.versions import Registry
 from ..timestamps import iso_ns
 from .advance import advance
-from .datafiles import DataStat, data_stat, join, pieces
+from .datafiles import DataStat, data_stat, pieces
+from .datafiles import join as join_pieces
 from .engine import Draft
 from .inode import Inode
 from .tostore import store_staged
@@ -220,7 +221,7 @@ def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple
     for s, k in zip(todo.values(), known_now):
         if k is None and s.ino.sealed:
             with s.ino.lock:
-                join(draft, s.ino)  # (not while its digest follows it, see datafiles.py; defensive)
+                join_pieces(draft, s.ino)  # (not while its digest follows it, see datafiles.py; defensive)
     found = store_staged(registry, [draft.data_path(s.ino) for s in todo.values()],
                          [pieces(draft, s.ino, s.st.st_size) for s in todo.values()], known_now)
     for s, e in zip(todo.values(), found):
