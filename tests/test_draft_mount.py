@@ -7,6 +7,7 @@ import errno
 import json
 import mmap
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -14,7 +15,7 @@ import subprocess
 import pytest
 import xxhash
 from conftest import randbytes
-from draft_helpers import dir_files, publish, version_files
+from draft_helpers import dir_files, errno_of, publish, version_files
 from mountutil import cli, is_mounted, mount_factory, wait_for  # noqa: F401  (fixture)
 
 from artifactfs.drafts.syncclient import sockaddr
@@ -147,8 +148,17 @@ def test_new_collection_by_mkdir(store, mount_factory):
     os.mkdir(m.p("empty"))
     os.rmdir(m.p("empty"))
     assert "empty" not in os.listdir(m.p())
-    done = sync(m, m.p("weights"), m.p("tokens", "draft"))
-    assert done.stdout.splitlines() == ["weights:v0", "tokens:v0"]
+    os.mkdir(m.p("typo"))  # written to and emptied again: nothing to publish, and rmdir still works
+    with open(m.p("typo", "draft", "x"), "wb") as f:
+        f.write(b"x")
+    assert oserror(lambda: os.rmdir(m.p("typo"))) == errno.ENOTEMPTY
+    os.unlink(m.p("typo", "draft", "x"))
+    empty = sync(m, m.p("typo"), ok=False)
+    assert empty.returncode == 1 and "typo: the draft of this new collection is empty" in empty.stderr
+    done = sync(m, m.p())  # every draft with something to publish: not typo
+    assert sorted(done.stdout.splitlines()) == ["tokens:v0", "weights:v0"]
+    os.rmdir(m.p("typo"))
+    assert "typo" not in os.listdir(m.p())
     assert reg.collection("proj", "weights").type == "model"
     assert reg.collection("proj", "tokens").type == "tokenized"
     assert oserror(lambda: os.setxattr(m.p("tokens"), "user.artifact.type", b"other")) == errno.EPERM
@@ -233,6 +243,15 @@ def test_sync_paths_errors_and_conflicts(store, mount_factory, tmp_path):
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     missing = cli("sync", m.p("nope"), env=m.env)
     assert missing.returncode == 1 and "nope" in missing.stderr
+    with open(f"{d}/later", "wb") as f:
+        f.write(b"l")
+    typo = cli("sync", os.path.join(d, "no-such-file"), env=m.env)  # a typo commits nothing
+    assert typo.returncode == 1 and typo.stderr == f"Error: {d}/no-such-file: no such file or folder\n"
+    assert Registry.open(store).latest("proj", "ds") == 2
+    os.kill(m.pid, signal.SIGKILL)  # a dead daemon: sync says so, and how to get the drafts back
+    wait_for(lambda: errno_of(lambda: os.stat(m.path)) == errno.ENOTCONN, 60, "the mount to lose its daemon")
+    gone = cli("sync", d, env=m.env)
+    assert gone.returncode == 1 and "is gone" in gone.stderr and "artifactfs mount" in gone.stderr
 
 
 def test_stat_of_a_placeholder_and_open_descriptors_across_copy_up(store, mount_factory):

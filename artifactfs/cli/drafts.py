@@ -7,6 +7,7 @@ only when every version is durable and prints one line per collection:
 `NAME:vN`, or `NAME:vM (unchanged)` when the content equals latest."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -32,11 +33,24 @@ def locate(path: str, points: list[str]) -> tuple[str, str | None]:
     if best is None:
         raise ArtifactfsError(f"{path} is not inside an artifactfs mount")
     parts = [p for p in os.path.relpath(real, best).split("/") if p not in ("", ".")]
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        raise ArtifactfsError(f"{path}: no such file or folder") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise ArtifactfsError(_gone(best)) from None
+        raise
     if not parts:
         return best, None
     if len(parts) > 1 and parts[1] != "draft":
         raise ArtifactfsError(f"{path} is not a draft folder, a collection folder or the mountpoint")
     return best, parts[0]
+
+
+def _gone(point: str) -> str:
+    return (f"the daemon of {point} is gone (its drafts are kept on disk): "
+            f"`artifactfs mount {point}` serves them again")
 
 
 def _metadata(pairs: tuple[str, ...]) -> dict:
@@ -79,7 +93,9 @@ def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, 
     for point, collections in targets.items():
         try:
             address = os.getxattr(point, CONTROL_XATTR).decode()
-        except OSError:
+        except OSError as e:
+            if e.errno == errno.ENOTCONN:
+                raise ArtifactfsError(_gone(point)) from None
             raise ArtifactfsError(f"{point} is mounted read-only or by a daemon without drafts") from None
         failures += commit_drafts(address, collections, {"aliases": list(aliases), "tags": list(tags),
                                                          "description": description, "metadata": meta})

@@ -99,7 +99,7 @@ class ControlServer:
                  "description": req.get("description"), "metadata": dict(req.get("metadata") or {})}
         names = req.get("collections")
         if names is None:
-            names = [n for n, live in sorted(self.drafts.live.items()) if live.dirty()]
+            names = [n for n, live in sorted(self.drafts.live.items()) if await live.has_changes()]
         results = []
         for name in names:
             try:

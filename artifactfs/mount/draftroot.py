@@ -80,7 +80,7 @@ class DraftRootNode(RootNode):
         live = self.drafts.live.get(name)
         if live is None:
             raise fuse_error(errno.ENOENT)
-        if live.dirty():
+        if await live.has_changes():
             raise fuse_error(errno.ENOTEMPTY)
         await self.drafts.discard(name)
 

@@ -166,10 +166,20 @@ class LiveDraft:
     def dirty(self) -> bool:
         return self.draft.dirty
 
+    async def has_changes(self) -> bool:
+        """Something to publish: dirty, and not a new collection whose draft shows nothing
+        (made and emptied again: publishing an empty v0 of a typo helps nobody)."""
+        if not self.draft.dirty:
+            return False
+        return self.draft.state.base is not None or await self.ctx.run(self.draft.visible, self.draft.root)
+
     async def commit(self, **attrs: Any) -> CommitResult:
         """Publish the draft (see drafts.commit); returns once the version is durable."""
         started = time.monotonic()
         async with self.gate.commit():
+            if self.draft.state.base is None and not await self.has_changes():
+                raise ArtifactfsError(f"{self.name}: the draft of this new collection is empty, nothing to publish "
+                                      "(rmdir its folder to drop it)")
             try:
                 result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
             except ConflictError:
@@ -288,7 +298,7 @@ class Drafts:
         lines = []
         for name, live in sorted(self.live.items()):
             try:
-                if live.dirty():
+                if await live.has_changes():
                     lines.append((await live.commit()).line)
             except Exception as e:  # one failing draft must not keep the others from committing
                 log.error("could not commit the draft of %s: %s (it is kept for the next mount)", name, e)
