@@ -198,6 +198,7 @@ def test_umount_timeout_stops_the_daemon_under_a_reader_that_never_closes(store,
         start = time.monotonic()
         done = m.umount("--timeout", "1")
         assert done.returncode == 0, done.stderr
+        assert "were still open after 1 s: its daemon was stopped" in done.stderr  # said, not silent
         assert 1 <= time.monotonic() - start < 15
         assert not is_mounted(m.path)
         wait_for(lambda: gone(pid), 60, "the daemon to exit")

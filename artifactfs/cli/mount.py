@@ -212,6 +212,9 @@ def umount_cmd(mountpoint: str, timeout: float) -> None:
         os.kill(pid, signal.SIGTERM)
         if not _wait_gone(pid, STOP_TIMEOUT):
             raise ArtifactfsError(f"unmounted {mountpoint}, but its daemon (pid {pid}) did not exit")
+        click.echo(f"files of {mountpoint} were still open after {timeout:g} s: its daemon was stopped, their "
+                   f"reads and writes now fail (ENOTCONN); what was written meanwhile is committed, see "
+                   f"{log_path(real)}", err=True)
     if failures:
         raise ArtifactfsError(f"unmounted {mountpoint}; {failures} draft(s) could not be committed and stay "
                               "on disk for the next mount (see above)")
