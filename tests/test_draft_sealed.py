@@ -178,6 +178,21 @@ def test_a_restart_joins_what_a_killed_daemon_left(reg, step):
     assert version_files(reg, "w", 0)["big"] == (data, False)
 
 
+def test_a_first_write_past_the_first_chunk_is_never_sealed(reg):
+    """Only a data file of exactly one chunk is sealed: one that got bigger in one
+    write (in-process; FUSE writes are 1 MiB at most) stays one data file."""
+    p = sealing(reg)
+    data = randbytes(2 * CHUNK_SIZE + 3)
+    p.held = p.create("big")
+    p.write("big", data[:CHUNK_SIZE + 1], 0)
+    p.write("big", data[CHUNK_SIZE + 1:], CHUNK_SIZE + 1)
+    ino = p.node("big")
+    assert ino.sealed == 0 and names(p) == [str(ino.id)] and ino.running is not None
+    assert p.read("big") == data
+    commit_draft(reg, p.draft)
+    assert version_files(reg, "w", 0)["big"] == (data, False)
+
+
 def test_without_a_local_store_nothing_is_sealed(reg, tmp_path):
     p = Paths(open_test_draft(reg, "w"))
     assert p.draft.seal_chunks is False  # the default; the mount turns it on (livedraft.py)

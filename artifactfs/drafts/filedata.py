@@ -96,7 +96,7 @@ def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
         in_order = running is not None and off == running.size
         if ino.sealed and not in_order:
             datafiles.join(draft, ino)  # (the write below ends the running digest)
-        if in_order and (ino.sealed or (draft.seal_chunks and off + len(data) > CHUNK_SIZE)):
+        if in_order and (ino.sealed or (draft.seal_chunks and off <= CHUNK_SIZE < off + len(data))):
             done = datafiles.append_sealing(draft, ino, data)
             if len(draft.digesting) < DIGESTS_KEPT:
                 draft.digesting[ino.id] = ino
