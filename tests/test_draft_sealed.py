@@ -199,3 +199,55 @@ def test_without_a_local_store_nothing_is_sealed(reg, tmp_path):
     p.held = p.create("big")
     write_in_order(p, "big", randbytes(2 * CHUNK_SIZE + 1))
     assert names(p) == [str(p.node("big").id)]
+
+
+def test_random_operations_on_a_sealing_file_match_a_model(reg):
+    """Seeded random appends (most crossing chunk ends), reads, writes elsewhere,
+    truncates, times, chunks stored ahead and restarts of the draft, each checked
+    against a bytearray model; then the commit publishes exactly the model."""
+    rnd = random.Random(10)
+    p = sealing(reg)
+    p.held = p.create("f")
+    model = bytearray()
+    seen = {"sealed": 0, "joined": 0}
+    for step in range(150):
+        ino = p.node("f")
+        before = ino.sealed
+        op = rnd.choice(["append"] * 16 + ["read", "overwrite", "truncate", "ahead", "ahead", "utime", "restart"])
+        if op == "append" and len(model) < 4 * CHUNK_SIZE:
+            chunk = randbytes(rnd.choice([1, 4096, 1 << 20, 3 << 20, 5 << 20]))
+            p.write("f", chunk, len(model))
+            model += chunk
+        elif op == "overwrite" and model and rnd.random() < 0.5:
+            off = rnd.randrange(len(model))
+            piece = randbytes(rnd.choice([1, 5000, 1 << 20]))
+            p.write("f", piece, off)
+            model[off:off + len(piece)] = piece
+        elif op == "truncate" or len(model) >= 4 * CHUNK_SIZE:
+            size = rnd.choice([0, 0, len(model), rnd.randrange(len(model) + 1)])
+            p.truncate("f", size)
+            model = model[:size]
+        elif op == "ahead" and ino.running is not None:
+            for k in range(len(ino.running.keys)):
+                store_ahead(reg.store, p.draft, ino, ino.running, k)
+        elif op == "utime":
+            filedata.set_times(p.draft, ino, None, 1_500_000_000_000_000_000 + step)
+            assert p.stat("f").mtime == 1_500_000_000_000_000_000 + step
+        elif op == "restart" and rnd.random() < 0.5:
+            p.draft.close()
+            p = Paths(open_test_draft(reg, "w"))  # recover() joins what is sealed
+            p.draft.seal_chunks = True
+            p.held = p.node("f")
+            assert p.node("f").sealed == 0
+        off = rnd.randrange(len(model) + 1)
+        assert filedata.read(p.draft, p.node("f"), off, 3 << 20) == bytes(model[off:off + (3 << 20)]), step
+        assert p.stat("f").size == len(model), step
+        seen["sealed"] = max(seen["sealed"], p.node("f").sealed)
+        seen["joined"] += before > 0 and p.node("f").sealed == 0 and op != "restart"
+    assert seen["sealed"] >= 3 and seen["joined"] >= 2, seen  # (the seed does reach both)
+    assert p.read("f") == bytes(model)
+    commit_draft(reg, p.draft)
+    assert version_files(reg, "w", 0)["f"] == (bytes(model), False)
+    for key in reg.lookup(reg.version("proj", "w", 0).root, "f").chunks:
+        with open(blob(reg, key), "rb") as f:
+            assert xxhash.xxh3_128_hexdigest(f.read()) == key
