@@ -33,18 +33,23 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..fileio import copy_range
 from ..registry.manifest import CHUNK_SIZE
-
-if TYPE_CHECKING:
-    from .engine import Draft
-    from .inode import Inode
+from .inode import Inode
 
 TMP_SUFFIX = ".tmp"
 TAIL_SUFFIX = ".t"
 _PIECE = re.compile(r"^(\d+)\.(?:c(\d+)|t)$")
+
+
+class Draft(Protocol):
+    """What this module needs of a draft (engine.Draft): its data/ folder."""
+
+    data: str
+
+    def data_path(self, ino: Inode) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ def tail_path(whole: str) -> str:
     return whole + TAIL_SUFFIX
 
 
-def data_stat(draft: "Draft", ino: "Inode") -> DataStat:
+def data_stat(draft: Draft, ino: Inode) -> DataStat:
     """The data's stat; FileNotFoundError when the inode has none (given back)."""
     whole, n = draft.data_path(ino), ino.sealed
     if not n:
@@ -97,7 +102,7 @@ def data_stat(draft: "Draft", ino: "Inode") -> DataStat:
     return DataStat.of(st, n * CHUNK_SIZE + tail, n * CHUNK_SIZE // 512 + blocks)
 
 
-def pieces(draft: "Draft", ino: "Inode", size: int) -> list[Piece]:
+def pieces(draft: Draft, ino: Inode, size: int) -> list[Piece]:
     """The file's consecutive CHUNK_SIZE pieces of `size` bytes, where they are."""
     whole, n = draft.data_path(ino), ino.sealed
     out = [Piece(chunk_path(whole, k), 0, CHUNK_SIZE) for k in range(n)]
@@ -106,7 +111,7 @@ def pieces(draft: "Draft", ino: "Inode", size: int) -> list[Piece]:
     return out
 
 
-def read_sealed(draft: "Draft", ino: "Inode", off: int, size: int) -> bytes:
+def read_sealed(draft: Draft, ino: Inode, off: int, size: int) -> bytes:
     """`size` bytes at `off` of a sealed file (fewer at its end)."""
     whole, n, out = draft.data_path(ino), ino.sealed, []
     while size > 0:
@@ -156,7 +161,7 @@ def open_own(path: str, create: bool = False) -> tuple[int, int]:
     return new, st.st_size
 
 
-def append_sealing(draft: "Draft", ino: "Inode", data: bytes) -> int:
+def append_sealing(draft: Draft, ino: Inode, data: bytes) -> int:
     """Write `data` at the end of a file written in order (ino.running follows
     it), sealing each full chunk first; the running digest takes exactly the
     bytes written, also when a write fails half-way.  Returns the bytes written."""
@@ -180,7 +185,7 @@ def append_sealing(draft: "Draft", ino: "Inode", data: bytes) -> int:
     return done
 
 
-def join(draft: "Draft", ino: "Inode") -> None:
+def join(draft: Draft, ino: Inode) -> None:
     """One data file again from the pieces of a sealed file (a copy)."""
     join_files(draft.data_path(ino), ino.sealed)
     ino.sealed = 0
@@ -253,7 +258,7 @@ def rejoin(data_dir: str, staged: set[int]) -> None:
             join_files(whole, n)
 
 
-def fsync_all(draft: "Draft", ino: "Inode", datasync: bool) -> None:
+def fsync_all(draft: Draft, ino: Inode, datasync: bool) -> None:
     """fsync the data file, or every piece of a sealed file and the data folder."""
     whole, n = draft.data_path(ino), ino.sealed
     for path in [whole] if not n else [chunk_path(whole, k) for k in range(n)] + [tail_path(whole), draft.data]:
