@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 from conftest import skip_or_fail
-from mountutil import mounted
-from test_mount_read import PROJECT, commit
+from mountutil import cli, mounted
+from test_mount_read import commit
 
 from artifactfs.registry.versions import Registry
 
@@ -81,3 +81,16 @@ def test_rsync_copies_a_version(mnt, tmp_path):
     assert out.returncode == 0, out.stderr
     assert (dest / "pkgs" / "hello_af.py").read_bytes() == b"VALUE = 'v1'\n"
     assert (dest / "x.tar").stat().st_size == os.stat(mnt.p("w", "w:v1", "x.tar")).st_size
+
+
+def test_the_cli_takes_a_path_into_the_mount_for_a_name(mnt):
+    """`artifactfs info /mnt/af/w/w:latest` names what the mount shows there: a
+    version folder (through an alias link: the version it points at), anything
+    inside one, or a collection folder; a path outside any mount stays an error."""
+    for path, shown in ((mnt.p("w", "w:v0"), "w:v0"), (mnt.p("w", "w:best"), "w:v1"),
+                        (mnt.p("w", "w@v0", "pkgs", "hello_af.py"), "w:v0"), (mnt.p("w"), "w:v1")):
+        done = cli("info", path, env=mnt.env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[0].split() == ["name:", shown], done.stdout
+    done = cli("info", os.path.join(os.path.dirname(mnt.path), "not", "w:v0"), env=mnt.env)
+    assert done.returncode != 0 and "Traceback" not in done.stderr

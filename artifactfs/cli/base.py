@@ -41,9 +41,55 @@ class Ctx:
         return Registry.open(self.store_url, create=create)
 
     def ref(self, text: str) -> Ref:
-        """'[project/]name[:alias]', its project filled in with the default project."""
+        """'[project/]name[:alias]', its project filled in with the default project;
+        or a path into an artifactfs mount (mount_ref), which also selects the
+        mount's store unless --store or ARTIFACTFS_STORE names one."""
+        found = mount_ref(text)
+        if found is not None:
+            if self.store is None and not os.environ.get("ARTIFACTFS_STORE"):
+                self.store = found.store
+            text = found.ref
         ref = split_ref(text)
         return Ref(ref.project or self.project, ref.collection, ref.alias)
+
+
+@dataclass(frozen=True)
+class MountRef:
+    ref: str    # 'project/NAME:vN' or 'project/NAME'
+    store: str  # the mount's store URL
+
+
+def mount_ref(text: str) -> MountRef | None:
+    """What a path into an artifactfs mount names: the version of a version folder
+    (through an alias link too: the version it points at now) or of anything in
+    one, the collection of a collection folder; None for anything else.  From the
+    folders' xattrs (docs/mount-semantics.md), so `artifactfs info
+    /mnt/af/ds/ds:latest` names what the mount shows."""
+    if "/" not in text:
+        return None  # a plain NAME:ALIAS, even where a folder of that name is in the cwd
+    from ..mount.state import FSTYPE, mounts
+    real = os.path.realpath(text)
+    points = [m.mountpoint for m in mounts() if m.fstype == FSTYPE]
+    top = max((m for m in points if real.startswith(m.rstrip("/") + "/")), key=len, default=None)
+    if top is None:
+        return None
+
+    def xattr(path: str, name: str) -> str:
+        return os.getxattr(path, name).decode()
+    try:
+        project, store = xattr(top, "user.artifactfs.project"), xattr(top, "user.artifactfs.store")
+        here = real
+        while here != top:
+            names = os.listxattr(here, follow_symlinks=False)
+            if "user.artifact.version" in names:
+                return MountRef(f"{project}/{xattr(here, 'user.artifact.name')}:"
+                                f"{xattr(here, 'user.artifact.version')}", store)
+            if os.path.dirname(here) == top and "user.artifact.name" in names:
+                return MountRef(f"{project}/{xattr(here, 'user.artifact.name')}", store)
+            here = os.path.dirname(here)
+    except OSError:
+        return None
+    return None
 
 
 class Terminated(KeyboardInterrupt):

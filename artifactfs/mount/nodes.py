@@ -128,7 +128,8 @@ class RootNode(Node):
                  **self.ctx.threads.stats(), "inodes": len(self.table), "trees_loaded": self.ctx.trees_loaded}
         return {"user.artifactfs.stats": json.dumps(stats, sort_keys=True).encode(),
                 "user.artifactfs.pid": str(os.getpid()).encode(),
-                "user.artifactfs.project": self.ctx.project.encode()}
+                "user.artifactfs.project": self.ctx.project.encode(),
+                "user.artifactfs.store": self.ctx.registry.store.url.encode()}
 
 
 class CollectionNode(Node):
