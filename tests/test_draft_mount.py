@@ -185,6 +185,22 @@ def test_attributes_for_the_next_commit(store, mount_factory):
         os.getxattr(d, "user.artifact.aliases")     # used once, then cleared
 
 
+def test_a_version_folders_aliases_xattr_follows_a_link_moved_through_the_mount(store, mount_factory, tmp_path):
+    """The xattrs of a version folder are re-read every --refresh seconds, but an
+    alias moved through this very mount shows there at once, as its link does."""
+    publish(Registry.open(store), str(tmp_path / "pub"), "ds", {"top": b"v1"})
+    m = mount_factory(store, "--refresh", "3600")
+    c = m.p("ds")
+
+    def aliases(version: str) -> bytes:
+        return os.getxattr(f"{c}/{version}", "user.artifact.aliases")
+    assert (aliases("ds:v0"), aliases("ds:v1")) == (b"", b"latest")
+    os.symlink("ds:v1", f"{c}/ds:best")
+    assert aliases("ds:v1") == b"best,latest"
+    assert os.system(f"cd '{c}' && ln -sfn ds:v0 ds:best") == 0
+    assert (aliases("ds:v0"), aliases("ds:v1")) == (b"best", b"latest")
+
+
 def test_aliases_through_symlinks(store, mount_factory, tmp_path):
     reg = Registry.open(store)
     publish(reg, str(tmp_path / "pub"), "ds", {"top": b"v1"})

@@ -19,7 +19,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyfuse3
 import trio
@@ -357,7 +357,11 @@ class VersionRootNode(VersionDirNode):
 
     async def _get(self, max_age: float) -> VersionInfo:
         aliases = (await self.collection.state()).aliases  # the collection's copy: no listing per version
-        return await self._info.get(max_age, aliases)
+        info = await self._info.get(max_age, aliases)
+        mine = sorted(a for a, n in aliases.items() if n == self.version)
+        if info.aliases != mine:  # an alias moved since (ln -sfn through this mount): as the links show
+            info = replace(info, aliases=mine)
+        return info
 
     async def load(self) -> VersionInfo:
         info = await self._get(float("inf"))
