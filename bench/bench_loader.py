@@ -10,7 +10,9 @@ the same files in a local folder, in the same run (issue 9).
       NAME@vN, against the local file
 Targets: (e) >= 0.9 x local warm, >= 0.8 x cold; (f) within 3 x local.
 With --compare-opens every mount step is also run on a mount with --send-opens
-(OPEN and RELEASE requests kept: what a stock pyfuse3 gives, docs/mount-semantics.md).
+(OPEN and RELEASE requests kept: what a stock pyfuse3 gives, docs/mount-semantics.md);
+with --compare-reads on a mount with --python-reads (every READ answered by Python,
+none by pyfuse3's native threads).
 
   .venv/bin/python bench/bench_loader.py
   .venv/bin/python bench/bench_loader.py --files 2000 --repeat 3
@@ -151,12 +153,14 @@ def main(argv: list[str] | None = None) -> Table:
     ap.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
     ap.add_argument("--warm", action="store_true", help="do not drop the page cache (no cold steps)")
     ap.add_argument("--compare-opens", action="store_true", help="also every mount step with --send-opens")
+    ap.add_argument("--compare-reads", action="store_true", help="also every mount step with --python-reads")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", default=None, help="append the markdown table to this file")
     args = ap.parse_args(argv)
     table = Table(f"training loader over {args.files} small files, and warm 4 KiB opens")
-    modes = {"mount": ()} | ({"mount --send-opens": ("--send-opens",)} if args.compare_opens else {})
+    modes = {"mount": ()} | ({"mount --send-opens": ("--send-opens",)} if args.compare_opens else {}) \
+        | ({"mount --python-reads": ("--python-reads",)} if args.compare_reads else {})
     with workdir(args.workdir, args.keep) as work:
         os.environ.update(ARTIFACTFS_PROJECT="default", ARTIFACTFS_HASH_CACHE=os.path.join(work, "digests.sqlite"))
         cold = not args.warm and drop_caches()

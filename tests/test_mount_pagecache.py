@@ -1,6 +1,9 @@
 """Small files read ahead are stored into the kernel page cache (FUSE
 notify_store), on a real mount: the bytes a reader then gets are right, and
-they reach it without a READ request to the daemon."""
+they reach it without a READ request to the daemon.  The mounts here use
+--python-reads: reads of a local store's small files are otherwise answered by
+pyfuse3's native threads, without the chunk reader and its read-ahead
+(test_mount_native.py)."""
 from __future__ import annotations
 
 import os
@@ -28,7 +31,7 @@ def test_small_files_read_in_order_come_from_the_page_cache(tmp_path):
     Registry.open(store, create=True)
     files = {f"d/{i:03}.bin": randbytes(20_000 + 37 * i) for i in range(60)}
     commit(store, "pc", str(tmp_path / "src"), files)
-    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache"), "--python-reads") as m:
         root = m.p("pc", "pc:v0", "d")
         names = sorted(os.listdir(root))  # the kernel now knows every file's inode
 
@@ -62,7 +65,7 @@ def test_files_read_ahead_are_bounded_in_bytes(tmp_path):
     size = 2 * 1024 * 1024 + 1
     files = {f"s/{i:02}.bin": randbytes(size) for i in range(30)}
     commit(store, "pw", str(tmp_path / "src"), files)
-    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache"), "--python-reads") as m:
         root = m.p("pw", "pw:v0", "s")
         names = sorted(os.listdir(root))
         for name in names[:2]:  # in order: read-ahead starts, up to 32 MiB of the next files
@@ -79,7 +82,7 @@ def test_a_folder_read_in_no_order_is_fetched_into_the_page_cache(tmp_path):
     Registry.open(store, create=True)
     files = {f"cls/{i:03}.bin": os.urandom(3000 + 11 * i) for i in range(60)}
     commit(store, "sh", str(tmp_path / "src"), files)
-    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache"), "--python-reads") as m:
         root = m.p("sh", "sh:v0", "cls")
         names = sorted(os.listdir(root))
         order = [names[i] for i in (40, 3, 25, 10)]  # scattered: not the next name each time

@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import xxhash
 
@@ -43,6 +44,15 @@ STALE_TMP = 3600.0  # seconds after which a temporary file is a crashed writer's
 _KEY = re.compile(r"[0-9a-f]{32}")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCopy:
+    """A local file holding one blob: its path, and whether a read records a use
+    (sets its mtime, the cache's recency) (ChunkCache.local_copy)."""
+
+    path: str
+    touch: bool
 
 
 def default_cache_dir() -> str:
@@ -135,6 +145,19 @@ class ChunkCache:
             return
         self.store.prefetch([blob_key(k) for k in keys
                              if _KEY.fullmatch(k) and not locate(k) and not os.path.exists(self._path(k))])
+
+    def local_copy(self, key: str) -> LocalCopy | None:
+        """Where blob `key` is (or will be, once fetched) a whole file of its own on
+        this machine: the local store's blob file, else this cache's copy (whose
+        mtime is its recency).  None for an invalid key.  The file may be missing
+        (a packed blob, a blob not fetched yet) and its bytes must still be checked
+        against the key, as read_chunk does."""
+        if not _KEY.fullmatch(key):
+            return None
+        if self._in_place:
+            path = self.store.local_path(blob_key(key))
+            return None if path is None else LocalCopy(path, touch=False)
+        return LocalCopy(self._path(key), touch=True)
 
     def _read_in_place(self, key: str, length: int, where: str) -> bytes:
         path = self.store.local_path(blob_key(key))

@@ -138,12 +138,14 @@ def _spawn(opts: MountOptions) -> None:
 @click.option("--send-opens", is_flag=True, help="Have the kernel send every open and close to the daemon "
               "(as with a stock pyfuse3): a use recorded at every open, EROFS when opening a version file "
               "for writing; slower.")
+@click.option("--python-reads", is_flag=True, help="Have the daemon's Python code answer every read, also "
+              "of the small version files pyfuse3's native threads could answer (for comparisons).")
 @click.option("--debug", is_flag=True, help="Log at debug level.")
 @click.pass_context
 def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str | None,
               cache_dir: str | None, cache_size: str, memory: str, inode_limit: int, threads: int, refresh: float,
               foreground: bool, allow_other: bool, read_only: bool, default_type: str, send_opens: bool,
-              debug: bool) -> None:
+              python_reads: bool, debug: bool) -> None:
     """Mount the collections of a project at MOUNTPOINT (returns once the mount is live)."""
     parent = c.obj
     store = store or getattr(parent, "store", None) or default_store_url()
@@ -162,7 +164,8 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
         cache_size=_size(cache_size, "--cache-size"), memory=_size(memory, "--memory"), inode_limit=inode_limit,
         threads=threads,
         refresh=refresh, foreground=foreground, allow_other=allow_other, read_only=read_only, debug=debug,
-        default_type=check_type(default_type), send_opens=send_opens)
+        default_type=check_type(default_type), send_opens=send_opens,
+        native_reads=not python_reads)
     if foreground:
         from ..mount import daemon  # pyfuse3 and trio: loaded only by the process that serves
         daemon.run(opts)

@@ -12,6 +12,7 @@ Modules, each importing only those listed before it:
   handles     Handle, the base class of open files
   refreshing  a store listing re-read once stale (served stale while unreachable)
   reader      ChunkReader (chunk memory cache, read-ahead), FileReader
+  nativereads small version files whose READs pyfuse3's native threads answer
   context     MountContext: what every node shares
   inodes      Node, the base class of every node kind, and the InodeTable
   refreader   reading reference entries from their URI

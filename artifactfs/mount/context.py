@@ -1,5 +1,5 @@
 """What every node of one mount shares: the registry and project, the chunk
-reader, the worker threads for blocking calls (threads.py), the refresh period,
+reader (and the native reads beside it), the worker threads for blocking calls (threads.py), the refresh period,
 and who made the request being served.  Nothing here knows node kinds: the
 inode table (inodes.py) holds the nodes, each node holds this context."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..registry.versions import Registry
+from .nativereads import NativeReads
 from .reader import ChunkReader
 from .threads import Threads
 
@@ -31,6 +32,7 @@ class MountContext:
     project: str
     reader: ChunkReader
     threads: Threads
+    native: NativeReads | None = None  # version files read by pyfuse3's native threads (nativereads.py)
     refresh: float = 5.0  # seconds a listing of collections, versions or aliases is shown before re-reading it
     cache_size: int = 0  # the on-disk cache's limit in bytes, reported by statfs
     trees_loaded: int = 0  # directory objects read by version folders (shown in the stats xattr)

@@ -25,6 +25,7 @@ from .evict import InodeLimit
 from .inodes import InodeTable
 from .nodes import default_node_classes
 from .ops import Operations
+from .nativereads import NativeReads
 from .options import MountOptions
 from .pagecache import PageFeeder
 from .parts import MountParts
@@ -44,6 +45,7 @@ def build(opts: MountOptions) -> MountParts:
     cache = ChunkCache(registry, opts.cache_dir, opts.cache_size)
     reader = ChunkReader(cache, opts.memory, threads, feeder=PageFeeder())
     ctx = MountContext(registry=registry, project=opts.project, reader=reader, threads=threads,
+                       native=NativeReads(cache, enabled=opts.native_reads),
                        refresh=opts.refresh, cache_size=opts.cache_size)
     table = InodeTable(ctx, default_node_classes())
     table.set_root(table.kinds["root"](ctx, ("root",)))

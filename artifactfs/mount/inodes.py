@@ -70,6 +70,9 @@ class Node:
         """Fresh attributes; nodes whose attributes change refresh here."""
         return self.attributes()
 
+    def added(self) -> None:
+        """The node entered the table (its `ino` and `table` are set)."""
+
     def forgotten(self) -> None:
         """The kernel dropped its last reference (the node leaves the table)."""
 
@@ -191,6 +194,7 @@ class InodeTable:
         node.table = self
         self._nodes[ino] = node
         self._by_key[key] = node
+        node.added()
         return node
 
     def __getitem__(self, ino: int) -> Node:
@@ -222,6 +226,7 @@ class InodeTable:
             return found
         self._nodes[node.ino] = node
         self._by_key[node.key] = node
+        node.added()
         return node
 
     def remember(self, node: Node) -> None:

@@ -33,6 +33,7 @@ from .context import MountContext
 from .errnos import fuse_error
 from .handles import Handle
 from .inodes import LONG_TIMEOUT, Key, Node
+from .nativereads import NativeReads
 from .reader import FileReader
 from .refreader import ReferenceReader
 from .refreshing import Refreshing
@@ -125,7 +126,7 @@ class RootNode(Node):
 
     async def xattrs(self) -> dict[str, bytes]:
         stats = {**await self.ctx.run(self.ctx.reader.cache.stats), **self.ctx.reader.stats(),
-                 **self.ctx.threads.stats(), "inodes": len(self.table), "trees_loaded": self.ctx.trees_loaded}
+                 **self.ctx.threads.stats(), **NativeReads.stats(), "inodes": len(self.table), "trees_loaded": self.ctx.trees_loaded}
         return {"user.artifactfs.stats": json.dumps(stats, sort_keys=True).encode(),
                 "user.artifactfs.pid": str(os.getpid()).encode(),
                 "user.artifactfs.project": self.ctx.project.encode(),
@@ -388,6 +389,14 @@ class VersionFileNode(Node):
         self.ref = ref
         self.entry = entry
         self.mode = stat.S_IFREG | (0o555 if entry.executable else 0o444)
+
+    def added(self) -> None:
+        if self.ctx.native is not None:  # READs answered without Python where possible
+            self.ctx.native.register(self.ino, self.entry)
+
+    def forgotten(self) -> None:
+        if self.ctx.native is not None:
+            self.ctx.native.unregister(self.ino)
 
     def size(self) -> int:
         return self.entry.size

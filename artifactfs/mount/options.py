@@ -27,6 +27,7 @@ class MountOptions:
     debug: bool = False
     default_type: str = "dataset"  # of collections made with mkdir (drafts)
     send_opens: bool = False  # keep OPEN/RELEASE requests even when pyfuse3 could do without (noopen.py)
+    native_reads: bool = True  # READs of small version files answered by pyfuse3's native threads (nativereads.py)
 
     def fuse_options(self) -> set[str]:
         opts = {"fsname=artifactfs", "subtype=artifactfs", "default_permissions"}

@@ -1,0 +1,62 @@
+"""Version files whose READs are answered without Python, where pyfuse3 allows it.
+
+The pyfuse3 that `make setup` and `make install` build (third_party/pyfuse3:
+fastpath.c) reads /dev/fuse in native threads.  A file registered with it
+(`pyfuse3.fastpath_register`: inode, blob digest, length, path of a local file)
+has its READs answered by those threads, without the GIL and without a trip
+through the trio loop and a worker thread: the thread reads the whole file,
+checks its length and XXH3-128 against the blob key, and replies with the
+requested range.  (Its GETATTRs are answered there too, from the attributes
+pinned at LOOKUP: ops.Operations.native_attr_timeout.)  A file it cannot answer so (missing: a packed blob, a blob
+not in the cache yet; wrong length or digest: corrupted) goes to Operations.read
+as before, which fetches, verifies, and answers EIO on a mismatch: a corrupted
+blob never reaches a program, natively or not.
+
+Registered: version files whose content is one blob of at most
+FASTPATH_FILE_MAX bytes (the native threads hash the whole file on every READ,
+so a big file stays with the chunk reader and its read-ahead), from the moment
+the inode table holds their node (before the LOOKUP or listing that hands them
+to the kernel is answered) until the kernel forgets them."""
+from __future__ import annotations
+
+import os
+
+import pyfuse3
+
+from ..chunks.cache import ChunkCache
+from ..registry.manifest import FileEntry
+
+AVAILABLE = hasattr(pyfuse3, "fastpath_register")
+FILE_MAX: int = getattr(pyfuse3, "FASTPATH_FILE_MAX", 0)
+
+
+class NativeReads:
+    """Registers version files with the native reader threads (a no-op when
+    `enabled` is False or pyfuse3 cannot)."""
+
+    def __init__(self, cache: ChunkCache, enabled: bool = AVAILABLE):
+        self.cache = cache
+        self.enabled = enabled and AVAILABLE
+
+    def register(self, ino: int, entry: FileEntry) -> bool:
+        """Have the native threads answer READs of inode `ino`, whose content is
+        `entry`, if they can; whether it was registered."""
+        if not self.enabled or entry.ref is not None or len(entry.chunks) != 1 or entry.size > FILE_MAX:
+            return False
+        copy = self.cache.local_copy(entry.chunks[0])
+        if copy is None:
+            return False
+        pyfuse3.fastpath_register(ino, bytes.fromhex(entry.chunks[0]), entry.size, os.fsencode(copy.path),
+                                  copy.touch)
+        return True
+
+    def unregister(self, ino: int) -> None:
+        """READs of inode `ino` go to Python again (the kernel forgot it)."""
+        if self.enabled:
+            pyfuse3.fastpath_unregister(ino)
+
+    @staticmethod
+    def stats() -> dict[str, int]:
+        """READs answered by the native threads so far (the stats xattr)."""
+        reads = getattr(pyfuse3, "fastpath_reads", None)
+        return {"native_reads": int(reads()) if reads is not None else 0}
