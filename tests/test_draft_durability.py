@@ -3,6 +3,7 @@ killed with SIGKILL during writes or during a commit leaves the draft as it was
 for the next mount, and two mounts committing to one collection lose nothing."""
 from __future__ import annotations
 
+import glob
 import os
 import random
 import signal
@@ -182,6 +183,35 @@ def test_sigkill_while_chunks_are_stored_ahead(store, tmp_path):
         assert cli("sync", m.p("ds", "draft"), env=env).stdout == "ds:v1\n"
     check_version_complete(reg, "proj", "ds", 1)
     assert version_files(reg, "ds", 1)["model.bin"] == (payload, False)
+
+
+def test_sigkill_in_the_middle_of_a_big_file_keeps_every_answered_write(store, tmp_path):
+    """A daemon killed while a big file is still open for writing, staged one file
+    per chunk (two sealed, some linked into the store, a tail): the next mount
+    joins the pieces and shows every byte whose write was answered, and its sync
+    publishes exactly that."""
+    env = env_for(tmp_path)
+    payload = randbytes(2 * CHUNK_SIZE + 3 * (1 << 20))
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        fd = os.open(m.p("ds", "draft", "partial.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for off in range(0, len(payload), 1 << 20):
+                assert os.write(fd, payload[off:off + (1 << 20)]) == 1 << 20
+            data = glob.glob(os.path.join(env["XDG_STATE_HOME"], "artifactfs", "drafts", "*", "proj", "*", "ds",
+                                          "data"))[0]
+            assert sorted(n.partition(".")[2] for n in os.listdir(data)) == ["c0", "c1", "t"]
+            kill_daemon(m)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # (the mount is gone)
+    assert Registry.open(store).versions("proj", "ds") == [0]
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        assert sorted(n for n in os.listdir(data) if "." in n) == [], "joined into one data file"
+        assert open(m.p("ds", "draft", "partial.bin"), "rb").read() == payload
+        assert cli("sync", m.p("ds", "draft"), env=env).stdout == "ds:v1\n"
+    assert version_files(Registry.open(store), "ds", 1)["partial.bin"] == (payload, False)
 
 
 def _blob_count(store: str) -> int:
