@@ -155,3 +155,26 @@ def test_over_s3_a_cached_blob_is_read_natively_and_a_corrupted_copy_fetched_aga
         assert _read(path) == data  # the bad copy is refused natively; Python has the verified bytes
         s3 = m.stats()
         assert s3["native_reads"] == s2["native_reads"] and s3["reads"] > s2["reads"]
+
+
+def test_a_folder_read_natively_is_read_ahead_after_four_files(tmp_path):
+    """Four files of a folder read natively (in any order): the native read-ahead
+    asks the kernel for the blobs of all of the folder's registered files, and
+    only that folder's."""
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    files = {f"a/{i:02}.bin": randbytes(2000 + 13 * i) for i in range(30)}
+    files.update({f"b/{i:02}.bin": randbytes(3000 + 7 * i) for i in range(10)})
+    commit(store, "r", str(tmp_path / "src"), files)
+    with mounted(store, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache")) as m:
+        root = m.p("r", "r:v0")
+        os.listdir(os.path.join(root, "b"))  # known to the kernel, registered, never read
+        names = sorted(os.listdir(os.path.join(root, "a")))
+        for name in (names[20], names[3], names[11]):
+            assert _read(os.path.join(root, "a", name)) == files[f"a/{name}"]
+        assert m.stats()["native_readahead"] == 0
+        assert _read(os.path.join(root, "a", names[7])) == files[f"a/{names[7]}"]
+        wait_for(lambda: m.stats()["native_readahead"] >= 30, 60, "folder a/ to be read ahead")
+        for name in names:
+            assert _read(os.path.join(root, "a", name)) == files[f"a/{name}"]
+        assert m.stats()["native_readahead"] == 30  # not b/

@@ -16,7 +16,14 @@ Registered: version files whose content is one blob of at most
 FASTPATH_FILE_MAX bytes (the native threads hash the whole file on every READ,
 so a big file stays with the chunk reader and its read-ahead), from the moment
 the inode table holds their node (before the LOOKUP or listing that hands them
-to the kernel is answered) until the kernel forgets them."""
+to the kernel is answered) until the kernel forgets them.
+
+Read-ahead (fastpath.c): once 4 files of one folder were read natively, a
+native thread asks the kernel to fetch all the folder's registered files
+(posix_fadvise WILLNEED on each blob file) if they add up to at most 64 MiB,
+at most a quarter of the RAM over the mount's life: a shuffled loader then
+finds the blobs in the page cache, where the disk got them ahead of it.  It
+stands in for siblings.py's policy, which never sees these reads."""
 from __future__ import annotations
 
 import os
@@ -38,16 +45,17 @@ class NativeReads:
         self.cache = cache
         self.enabled = enabled and AVAILABLE
 
-    def register(self, ino: int, entry: FileEntry) -> bool:
+    def register(self, ino: int, entry: FileEntry, folder: int) -> bool:
         """Have the native threads answer READs of inode `ino`, whose content is
-        `entry`, if they can; whether it was registered."""
+        `entry`, if they can; whether it was registered.  `folder` (an id of the
+        file's folder, not 0) groups the files the native read-ahead fetches together."""
         if not self.enabled or entry.ref is not None or len(entry.chunks) != 1 or entry.size > FILE_MAX:
             return False
         copy = self.cache.local_copy(entry.chunks[0])
         if copy is None:
             return False
         pyfuse3.fastpath_register(ino, bytes.fromhex(entry.chunks[0]), entry.size, os.fsencode(copy.path),
-                                  copy.touch)
+                                  copy.touch, folder)
         return True
 
     def unregister(self, ino: int) -> None:
@@ -57,6 +65,8 @@ class NativeReads:
 
     @staticmethod
     def stats() -> dict[str, int]:
-        """READs answered by the native threads so far (the stats xattr)."""
-        reads = getattr(pyfuse3, "fastpath_reads", None)
-        return {"native_reads": int(reads()) if reads is not None else 0}
+        """READs answered by the native threads so far, and files their read-ahead
+        advised the kernel to fetch (the stats xattr)."""
+        reads, ahead = getattr(pyfuse3, "fastpath_reads", None), getattr(pyfuse3, "fastpath_ahead", None)
+        return {"native_reads": int(reads()) if reads is not None else 0,
+                "native_readahead": int(ahead()) if ahead is not None else 0}

@@ -32,7 +32,7 @@ from . import portfolios
 from .context import MountContext
 from .errnos import fuse_error
 from .handles import Handle
-from .inodes import LONG_TIMEOUT, Key, Node
+from .inodes import LONG_TIMEOUT, Key, Node, ino_of
 from .nativereads import NativeReads
 from .reader import FileReader
 from .refreader import ReferenceReader
@@ -392,7 +392,8 @@ class VersionFileNode(Node):
 
     def added(self) -> None:
         if self.ctx.native is not None:  # READs answered without Python where possible
-            self.ctx.native.register(self.ino, self.entry)
+            folder = ino_of(self.key[:3] + (posixpath.dirname(self.key[3]),))
+            self.ctx.native.register(self.ino, self.entry, folder)
 
     def forgotten(self) -> None:
         if self.ctx.native is not None:
