@@ -19,11 +19,14 @@ the inode table holds their node (before the LOOKUP or listing that hands them
 to the kernel is answered) until the kernel forgets them.
 
 Read-ahead (fastpath.c): once 4 files of one folder were read natively, a
-native thread asks the kernel to fetch all the folder's registered files
-(posix_fadvise WILLNEED on each blob file) if they add up to at most 64 MiB,
-at most a quarter of the RAM over the mount's life: a shuffled loader then
-finds the blobs in the page cache, where the disk got them ahead of it.  It
-stands in for siblings.py's policy, which never sees these reads."""
+native thread reads the folder's other registered files ahead, if they add up
+to at most 64 MiB, at most a quarter of the RAM over the mount's life: it asks
+the kernel to fetch all their blob files at once (posix_fadvise WILLNEED),
+then verifies each and stores it into the kernel's page cache of its inode
+(FUSE notify_store), as pagecache.py does for Python's read-ahead.  A shuffled
+loader then reads them without a READ, and without the GETATTR the kernel
+sends after a READ (atime).  It stands in for siblings.py's policy, which
+never sees these reads."""
 from __future__ import annotations
 
 import os
@@ -66,7 +69,7 @@ class NativeReads:
     @staticmethod
     def stats() -> dict[str, int]:
         """READs answered by the native threads so far, and files their read-ahead
-        advised the kernel to fetch (the stats xattr)."""
+        stored into the kernel page cache (the stats xattr)."""
         reads, ahead = getattr(pyfuse3, "fastpath_reads", None), getattr(pyfuse3, "fastpath_ahead", None)
         return {"native_reads": int(reads()) if reads is not None else 0,
                 "native_readahead": int(ahead()) if ahead is not None else 0}
