@@ -17,9 +17,11 @@ from draft_helpers import Paths, dir_files, open_test_draft, publish, version_fi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from artifactfs.api.lifecycle import delete_version
 from artifactfs.drafts import commit
 from artifactfs.drafts.advance import advance, reclaim
 from artifactfs.drafts.commit import commit_draft, draft_changes, scan
+from artifactfs.drafts.lifecycle import base_gone
 from artifactfs.errors import ConflictError, PathConflictError
 from artifactfs.registry.keys import blob_key
 from artifactfs.registry.manifest import DirEntry, apply_changes, artifact_digest, walk
@@ -463,9 +465,33 @@ def test_an_untouched_draft_shows_the_newer_latest_exactly(reg, pub, how):
         assert commit_draft(reg, d.draft).line == f"ds:v{their} (unchanged)"
     else:  # what the mount does by itself once it sees the newer latest (LiveDraft.follow)
         info = reg.version("proj", "ds", their)
-        advance(d.draft, their, info.root, iso_ns(info.created_at), None, untouched=True)
+        advance(d.draft, their, info.root, iso_ns(info.created_at), None)
     assert sorted(d.listdir()) == ["changed", "keep"]
     assert d.read("changed") == b"theirs"
     assert changes_of(reg, d) == {}
     assert commit_draft(reg, d.draft).line == f"ds:v{their} (unchanged)"
     assert reg.latest("proj", "ds") == their
+
+
+def test_a_draft_whose_base_was_deleted_shows_what_its_commit_published(reg, pub):
+    """The draft's base (its own last commit) is deleted, then the draft commits
+    another change: the deletion counts as the other side's change (what only the
+    deleted version had is not published), and the draft then shows exactly the
+    new version, so its next commit publishes nothing again.  An untouched draft
+    on a deleted base shows the latest left; a new mount sets a draft on a
+    deleted base aside (lifecycle.base_gone)."""
+    publish(reg, pub, "ds", {"x": b"x"})
+    d = draft_of(reg)
+    write(d, "a.txt", b"a")
+    assert commit_draft(reg, d.draft).line == "ds:v1"
+    write(d, "b.txt", b"b")
+    delete_version(reg, "proj", "ds", 1)
+    assert base_gone(reg, d.draft)
+    assert commit_draft(reg, d.draft).line == "ds:v2"
+    assert version_files(reg, "ds", 2) == expected({"x": b"x", "b.txt": b"b"})
+    assert sorted(d.listdir()) == ["b.txt", "x"]
+    assert commit_draft(reg, d.draft).line == "ds:v2 (unchanged)"
+    delete_version(reg, "proj", "ds", 2)  # untouched now: it follows the latest left, v0
+    info = reg.version("proj", "ds", 0)
+    advance(d.draft, 0, info.root, iso_ns(info.created_at), None)
+    assert sorted(d.listdir()) == ["x"] and changes_of(reg, d) == {}

@@ -5,10 +5,20 @@ transaction (a killed process leaves the draft on the old base or the new).
 Only folders with rows are visited: a folder overlaying the old base sub-tree
 gets the new one (so everything nobody changed follows at once, the other
 writer's changes included); after a commit, plain folders (made by the user)
-overlay what was just committed; whiteouts of names the new version no longer
-has are dropped (the deletion is committed, and a name someone adds back later
-must show); files still equal to the old base follow the new one.  Folders the
-user moved stay as they are (the commit took them as they are).
+overlay what was just committed.  Folders the user moved stay as they are
+(the commit took them as they are).
+
+Every other entry with a row was either taken by the commit (its changes:
+`kept`, it stays as it is) or shows what the old base has at its name: then
+it shows what the new version has there, whatever kind the entry is (staged,
+linked, a symlink, chmod'ed): a regular file with one name keeps its inode and
+shows the new entry; anything else loses the name and the version's entry
+shows there.  Only what a version cannot hold (a fifo, a name left out) stays.
+So a draft shows the version it advanced to exactly, plus the user's changes:
+when the commit was rebased onto another writer's version (or an untouched
+draft follows one), their changes show, and the next commit does not publish
+the old entries again, undoing theirs.  Whiteouts go once the version has no
+such name, or when they were not the commit's (the version has the name).
 
 reclaim() then gives back the disk space of staged files committed as they
 are: the same inode shows the committed entry instead of its data file, so
@@ -16,21 +26,13 @@ whoever holds it reads the same bytes.  A data file that became the blob
 itself (a file of one chunk into a local store, linked) holds no space of its
 own: it stays, staged, and the commit's stamp spares the next commit reading it.
 A file kept as one file per chunk (datafiles.py) is given back whole: its
-pieces are blobs too, but the store keeps its own names of them.
-
-An *untouched* draft (no change since its base: docs/drafts.md) that moves to
-a newer latest shows that latest exactly: every entry it has rows for shows
-what the old base has at its name (that is what untouched means), so a name
-the new version changed or removed shows the new version's entry, whatever
-kind the entry is (staged, linked, a symlink, chmod'ed).  A regular file with
-one name keeps its inode and shows the new entry; anything else loses the name
-and the base's entry shows there.  Only what a version cannot hold (a fifo, a
-name left out) stays as it is.  Otherwise the next commit would publish the
-old entries again, undoing the other writer's change."""
+pieces are blobs too, but the store keeps its own names of them."""
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
+from dataclasses import dataclass
 
 from ..registry.manifest import DirEntry, Entry, FileEntry
 from .datafiles import data_stat, remove_pieces
@@ -39,18 +41,19 @@ from .inode import Inode
 
 
 def advance(draft: Draft, version: int, root: str, mtime_ns: int, stamps: dict | None,
-            untouched: bool = False) -> list[Inode]:
-    """Make `version` (whose tree is `root`, made at mtime_ns) the draft's base;
-    `stamps` are the staged files' stamps its commit recorded (None: keep
-    those of the last commit).  `untouched`: the draft shows its base exactly
-    (as a commit would record it), so it is to show `version` exactly.  Returns
-    the inodes whose bytes or names changed (the mount drops what the kernel
-    cached of them)."""
+            kept: Collection[str] = ()) -> list[Inode]:
+    """Make `version` (whose tree is `root`, made at mtime_ns) the draft's base.
+    `stamps` are the staged files' stamps its commit recorded (None: keep those
+    of the last commit); `kept` are the paths that commit took from the draft
+    (its changes; none when an untouched draft follows a newer latest): every
+    other entry with a row shows what the old base has at its name, and so
+    shows what `version` has there.  Returns the inodes whose bytes or names
+    changed (the mount drops what the kernel cached of them)."""
     changed: list[Inode] = []
     given_back: list[Inode] = []
     with draft.change():
-        _merge(draft, draft.root, draft.state.base_root, root, mtime_ns, changed,
-               given_back if untouched else None)
+        _merge(draft, draft.root, "", draft.state.base_root, root, mtime_ns,
+               _Moved(set(kept), _folders_of(kept), changed, given_back))
         st = draft.state
         st.base, st.base_root, st.base_mtime_ns = version, root, mtime_ns
         st.attrs, st.dirty = {}, False
@@ -63,6 +66,27 @@ def advance(draft: Draft, version: int, root: str, mtime_ns: int, stamps: dict |
     return changed
 
 
+@dataclass
+class _Moved:
+    """What one advance keeps and collects as it walks the folders with rows."""
+
+    kept: set[str]              # paths the commit took from the draft: they stay as they are
+    kept_in: set[str]           # the folders those paths are in (at any depth)
+    changed: list[Inode]        # inodes whose bytes or names changed
+    given_back: list[Inode]     # staged files that show a version's entry now (data to remove)
+
+
+def _folders_of(paths: Collection[str]) -> set[str]:
+    out: set[str] = set()
+    for p in paths:
+        while "/" in p:
+            p = p.rsplit("/", 1)[0]
+            if p in out:
+                break
+            out.add(p)
+    return out
+
+
 def _tree(draft: Draft, key: str | None) -> dict[str, Entry]:
     return draft.io.load(key) if key else {}
 
@@ -71,11 +95,9 @@ def _sub(e: Entry | None) -> str | None:
     return e.tree if isinstance(e, DirEntry) else None
 
 
-def _merge(draft: Draft, d: Inode, old: str | None, new: str | None, mtime_ns: int, changed: list[Inode],
-           untouched: list[Inode] | None) -> None:
-    """Folder d, whose version content goes from tree `old` to `new`.  `untouched`:
-    the draft has no change since `old` (it collects the staged files whose data
-    is to be removed), None after a commit."""
+def _merge(draft: Draft, d: Inode, prefix: str, old: str | None, new: str | None, mtime_ns: int,
+           moved: _Moved) -> None:
+    """Folder d (at path `prefix`), whose version content goes from tree `old` to `new`."""
     if d.tree is not None and d.tree not in (old, new):
         return  # a folder the user moved here: the commit took it as it is
     if d.tree != new:
@@ -84,57 +106,37 @@ def _merge(draft: Draft, d: Inode, old: str | None, new: str | None, mtime_ns: i
         draft.db.put(d.row())
     a, b = _tree(draft, old), _tree(draft, new)
     for name, row in draft.db.children(d.id):
+        path = f"{prefix}/{name}" if prefix else name
         if row is None:
-            if name not in b or untouched is not None:  # the deletion is in the version now,
-                draft.db.drop_dentry(d.id, name)  # or (untouched) the new version has the name again
+            if name not in b or path not in moved.kept:  # the deletion is in the version now,
+                draft.db.drop_dentry(d.id, name)  # or the new version has the name again
         elif stat.S_ISDIR(row.mode):
             sub = draft.load(row.id)
-            _merge(draft, sub, _sub(a.get(name)), _sub(b.get(name)), mtime_ns, changed, untouched)
-            if (untouched is not None and isinstance(a.get(name), DirEntry) and not isinstance(b.get(name), DirEntry)
-                    and not draft.db.children(sub.id)):
-                _lose_name(draft, d, name, sub, changed)  # a folder of the old base the new one has not
-        elif untouched is not None:
-            _show_new(draft, d, name, draft.load(row.id), a.get(name), b.get(name), mtime_ns, changed, untouched)
-        elif not row.staged and row.base is not None:
-            _follow(draft, d, name, draft.load(row.id), a.get(name), b.get(name), mtime_ns, changed)
-
-
-def _follow(draft: Draft, d: Inode, name: str, ino: Inode, o: Entry | None, n: Entry | None, mtime_ns: int,
-            changed: list[Inode]) -> None:
-    """A file with a row but showing the old base exactly follows the new base."""
-    if o == n or not isinstance(o, FileEntry):
-        return
-    if (ino.base != o or ino.mode != mode_of(o) or (ino.uid, ino.gid) != draft.owner or ino.nlink != 1
-            or ino.mtime != (o.mtime_ns or draft.state.base_mtime_ns)):
-        return  # the user's (a chmod, a link, a time)
-    draft.touch(ino)
-    if isinstance(n, FileEntry):
-        ino.base, ino.mode = n, mode_of(n)
-        ino.atime = ino.mtime = n.mtime_ns or mtime_ns
-        draft.db.put(ino.row())
-    else:  # gone, or not a file any more: the new base shows
-        draft.db.drop_dentry(d.id, name)
-        ino.nlink = 0
-        draft.db.put(ino.row())
-    changed.append(ino)
+            _merge(draft, sub, path, _sub(a.get(name)), _sub(b.get(name)), mtime_ns, moved)
+            if (isinstance(a.get(name), DirEntry) and not isinstance(b.get(name), DirEntry)
+                    and path not in moved.kept and path not in moved.kept_in and not draft.db.children(sub.id)):
+                _lose_name(draft, d, name, sub, moved.changed)  # emptied by the other writer, not by the user
+        elif path not in moved.kept:
+            _show_new(draft, d, name, draft.load(row.id), a.get(name), b.get(name), mtime_ns, moved)
 
 
 def _show_new(draft: Draft, d: Inode, name: str, ino: Inode, o: Entry | None, n: Entry | None, mtime_ns: int,
-              changed: list[Inode], given_back: list[Inode]) -> None:
-    """An untouched draft's entry `name`, which shows `o`, when the base moves on to `n`."""
+              moved: _Moved) -> None:
+    """Entry `name` of folder d, not changed by the user since the old base (so it
+    shows `o`, what that base has there), when the base moves on to `n`."""
     if o is None or o == n:
         return  # not from a version (a fifo, a name left out), or the same in the new one
     if isinstance(n, FileEntry) and ino.is_reg and ino.nlink == 1:
         draft.touch(ino)
         if ino.staged:
-            given_back.append(ino)
+            moved.given_back.append(ino)
         ino.staged, ino.base, ino.mode = False, n, mode_of(n)
         ino.uid, ino.gid = draft.owner
         ino.atime = ino.mtime = n.mtime_ns or mtime_ns
         draft.db.put(ino.row())
-        changed.append(ino)
+        moved.changed.append(ino)
     else:
-        _lose_name(draft, d, name, ino, changed)
+        _lose_name(draft, d, name, ino, moved.changed)
 
 
 def _lose_name(draft: Draft, d: Inode, name: str, ino: Inode, changed: list[Inode]) -> None:

@@ -324,6 +324,6 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
                                             base=latest, exact_base=True, **attrs)
         except PreconditionFailed:
             continue  # someone published meanwhile: rebase onto the new latest
-        advanced = advance(draft, info.version, info.root, iso_ns(info.created_at), stamps, untouched=not changes)
+        advanced = advance(draft, info.version, info.root, iso_ns(info.created_at), stamps, kept=changes)
         return CommitResult(st.collection, info.version, created, len(changes), found.left_out, advanced)
     raise ConflictError(f"{st.collection}: could not commit, other writers keep publishing")

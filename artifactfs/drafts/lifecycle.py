@@ -44,15 +44,17 @@ LATEST = Latest()
 
 
 def base_gone(registry: Registry, draft: Draft) -> bool:
-    """Is the version the draft started from no longer in the store?  (Only a
-    definite answer counts: an unreachable store is not a missing base.)"""
+    """Is the version the draft started from no longer in the store (deleted, or
+    gone with its collection)?  (Only a definite answer counts: an unreachable
+    store is not a missing base.)"""
     st = draft.state
     if st.base is None:
         return False
     try:
-        return registry.version(st.project, st.collection, st.base).root != st.base_root
+        info = registry.version(st.project, st.collection, st.base)
     except NotFoundError:
         return True
+    return info.deleted or info.root != st.base_root
 
 
 def recover(draft: Draft) -> None:

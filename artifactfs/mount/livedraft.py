@@ -203,19 +203,28 @@ class LiveDraft:
         record).  While the store is unreachable it stays where it is, logged: the
         folder must stay listable."""
         st = self.draft.state
-        if latest is None or (st.base is not None and latest <= st.base) or self.dirty():
-            return  # (a listing older than the draft's own commit must not move it back)
+        if latest is None or latest == st.base or self.dirty():
+            return
+        if st.base is not None and latest < st.base and not await self._base_deleted():
+            return  # a listing older than the draft's own commit must not move it back
         try:
             async with self.gate.commit():
-                if (st.base is not None and latest <= st.base) or self.dirty():
+                if (latest == st.base or self.dirty()
+                        or (st.base is not None and latest < st.base and not await self._base_deleted())):
                     return
                 info = await version(latest)
-                changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), None,
-                                             True)
+                changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), None)
         except (ArtifactfsError, OSError) as e:
             log.warning("the draft of %s stays on v%s for now: %s", self.name, st.base, e)
             return
         await self._advanced(changed)
+
+    async def _base_deleted(self) -> bool:
+        """Its base was deleted: an untouched draft then shows the latest left."""
+        try:
+            return await self.ctx.run(base_gone, self.ctx.registry, self.draft)
+        except (ArtifactfsError, OSError):
+            return False
 
     async def _advanced(self, changed: list[Inode]) -> None:
         for hook in self.on_advance:
