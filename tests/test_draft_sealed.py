@@ -5,6 +5,7 @@ fsync see one file; any other write, a truncate and a restart join the pieces
 into one data file again; a restart in the middle of any step loses nothing."""
 from __future__ import annotations
 
+import gc
 import os
 import random
 
@@ -93,6 +94,23 @@ def test_a_big_file_written_in_order_is_sealed_chunk_by_chunk_and_linked_into_th
     assert list(entry.chunks[:3]) == running.keys
     assert reclaim(p.draft) == 1 and names(p) == [], "given back whole"
     assert p.read("big") == data
+
+
+def test_a_sealed_file_the_kernel_forgot_stays_sealed(reg, monkeypatch):
+    """Nothing but the draft holds the inode of a sealed file (the kernel forgot it,
+    more files were written in order than Draft.digesting keeps): its next lookup
+    still knows its pieces, and the commit publishes it whole."""
+    p = sealing(reg)
+    data = randbytes(SIZE)
+    p.create("big")
+    write_in_order(p, "big", data, seed=5)
+    p.draft.digesting.clear()
+    gc.collect()
+    ino = p.node("big")
+    assert ino.sealed == 3 and p.stat("big").size == SIZE and p.read("big") == data
+    commit_without_reading(reg, p, monkeypatch)
+    assert version_files(reg, "w", 0)["big"] == (data, False)
+    assert reclaim(p.draft) == 1 and names(p) == [] and p.draft.sealed_files == {}
 
 
 def test_a_write_out_of_order_joins_the_pieces_and_no_blob_changes(reg):

@@ -29,13 +29,12 @@ A file kept as one file per chunk (datafiles.py) is given back whole: its
 pieces are blobs too, but the store keeps its own names of them."""
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..registry.manifest import DirEntry, Entry, FileEntry
-from .datafiles import data_stat, remove_pieces
+from .datafiles import data_stat, remove_data
 from .engine import Draft, mode_of
 from .inode import Inode
 
@@ -151,13 +150,8 @@ def _lose_name(draft: Draft, d: Inode, name: str, ino: Inode, changed: list[Inod
 def _remove_data(draft: Draft, inodes: list[Inode]) -> None:
     """Remove the data files (or pieces) of staged files that show a base entry now."""
     for ino in inodes:
-        path, n = draft.data_path(ino), ino.sealed
-        ino.sealed, ino.running = 0, None
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        remove_pieces(path, n)
+        remove_data(draft, ino)
+        ino.running = None
 
 
 def reclaim(draft: Draft) -> int:

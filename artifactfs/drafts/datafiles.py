@@ -45,9 +45,12 @@ _PIECE = re.compile(r"^(\d+)\.(?:c(\d+)|t)$")
 
 
 class Draft(Protocol):
-    """What this module needs of a draft (engine.Draft): its data/ folder."""
+    """What this module needs of a draft (engine.Draft): its data/ folder, and
+    the sealed files' inodes, held so that what Inode.sealed says outlives the
+    kernel forgetting them (a new Inode object would say 0)."""
 
     data: str
+    sealed_files: dict[int, Inode]
 
     def data_path(self, ino: Inode) -> str: ...
 
@@ -172,7 +175,7 @@ def append_sealing(draft: Draft, ino: Inode, data: bytes) -> int:
         start = ino.sealed * CHUNK_SIZE  # where the data file (or the tail) begins
         if running.size - start >= CHUNK_SIZE:
             os.rename(whole if not ino.sealed else tail_path(whole), chunk_path(whole, ino.sealed))
-            ino.sealed += 1
+            set_sealed(draft, ino, ino.sealed + 1)
             continue
         part = view[done:done + start + CHUNK_SIZE - running.size]
         fd, _ = open_own(whole if not ino.sealed else tail_path(whole), create=bool(ino.sealed))
@@ -188,7 +191,16 @@ def append_sealing(draft: Draft, ino: Inode, data: bytes) -> int:
 def join(draft: Draft, ino: Inode) -> None:
     """One data file again from the pieces of a sealed file (a copy)."""
     join_files(draft.data_path(ino), ino.sealed)
-    ino.sealed = 0
+    set_sealed(draft, ino, 0)
+
+
+def set_sealed(draft: Draft, ino: Inode, n: int) -> None:
+    """Record that `n` chunks of the inode are sealed (0: one data file or none)."""
+    ino.sealed = n
+    if n:
+        draft.sealed_files[ino.id] = ino
+    else:
+        draft.sealed_files.pop(ino.id, None)
 
 
 def join_files(whole: str, n: int) -> None:
@@ -234,6 +246,13 @@ def _copy_all(path: str, dst: int, at: int) -> None:
             raise OSError(errno.EIO, f"{path} shrank while it was copied")
     finally:
         os.close(src)
+
+
+def remove_data(draft: Draft, ino: Inode) -> None:
+    """Remove the inode's data file, or all its pieces."""
+    unlink_quiet(draft.data_path(ino))
+    remove_pieces(draft.data_path(ino), ino.sealed)
+    set_sealed(draft, ino, 0)
 
 
 def remove_pieces(whole: str, n: int) -> None:

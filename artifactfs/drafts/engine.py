@@ -20,13 +20,13 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from weakref import WeakValueDictionary
 
 import xxhash
 
 from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry, TreeIO
-from .datafiles import remove_pieces
+from .datafiles import remove_data
 from .inode import DraftState, Inode
 from .meta import DB_FILE, MetaDB
 from .posixnames import NAME_MAX, check_name, posix_error
@@ -64,6 +64,7 @@ class Draft:
         self._made: list[tuple[Inode, Inode | None, str]] = []
         self.digesting: dict[int, Inode] = {}  # files hashed while written, kept until the commit (filedata.py)
         self.seal_chunks = False  # keep big files written in order as one file per chunk (datafiles.py)
+        self.sealed_files: dict[int, Inode] = {}  # ... those that are, by id
         self.root = self.load(ROOT)
 
     @classmethod
@@ -481,9 +482,7 @@ class Draft:
                     self.db.delete(ino.id)
                 self._by_id.pop(ino.id, None)
                 self.digesting.pop(ino.id, None)
-                with suppress(FileNotFoundError):
-                    os.unlink(self.data_path(ino))
-                remove_pieces(self.data_path(ino), ino.sealed)
+                remove_data(self, ino)
 
     def _dirty(self) -> None:
         if not self.state.dirty:

@@ -161,7 +161,8 @@ def truncate(draft: Draft, ino: Inode, size: int) -> None:
             fd = os.open(draft.data_path(ino), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             os.close(fd)  # one empty data file again; the pieces go (datafiles.py)
             datafiles.remove_pieces(draft.data_path(ino), ino.sealed)
-            ino.sealed, ino.running = 0, RunningDigest()
+            datafiles.set_sealed(draft, ino, 0)
+            ino.running = RunningDigest()
             return
         if ino.sealed:
             datafiles.join(draft, ino)
