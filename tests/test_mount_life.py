@@ -18,6 +18,7 @@ from conftest import randbytes, skip_or_fail
 from mountutil import cli, force_unmount, gone, is_mounted, mount_factory, mounted, need_fuse, wait_for  # noqa: F401
 from test_mount_read import PROJECT, commit
 
+from artifactfs.registry.manifest import walk
 from artifactfs.registry.versions import Registry
 
 UNIT = os.path.join(os.path.dirname(__file__), "..", "systemd", "artifactfs@.service")
@@ -323,3 +324,44 @@ def test_fstab_helper(store, tmp_path):
         assert cli("umount", str(mnt), env=env).returncode == 0
     finally:
         force_unmount(str(mnt), env)
+
+
+def test_one_state_dir_two_mount_namespaces_same_mountpoint_path(store, tmp_path):
+    """Containers (or machines sharing a home on NFS) that share one state dir and
+    mount at the same path are two mounts: each sync reaches its own daemon, and
+    umount stops its own.  Before, the second daemon took over the first one's
+    control socket, mount record and log, so the first mount's sync committed the
+    other's draft."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        skip_or_fail("unshare and nsenter (util-linux) are needed")
+    env = _env(tmp_path)
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        with open(m.p("ds", "draft", "host.txt"), "wb") as f:
+            f.write(b"host")
+        cmd = [sys.executable, "-m", "artifactfs", "--store", store, "--project", PROJECT]
+        script = ("set -e; umount -l \"$1\"; \"${@:2}\" mount \"$1\"; echo ns > \"$1/ds/draft/ns.txt\"; "
+                  "python3 -c 'import os, sys; print(os.getxattr(sys.argv[1], \"user.artifactfs.pid\").decode())' \"$1\"")
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "-",
+                               m.path, *cmd], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        other = int(done.stdout.split()[-1])
+        try:
+            assert other != m.pid
+            assert cli("sync", m.p("ds", "draft"), env=env, check=True).stdout == "ds:v1\n"
+            reg = Registry.open(store)
+
+            def paths(n: int) -> list[str]:
+                return sorted(p for p, _ in walk(reg, reg.version(PROJECT, "ds", n).root))
+            assert paths(1) == ["a.txt", "big.bin", "host.txt"]
+            inside = subprocess.run(["nsenter", "-t", str(other), "-m", *cmd, "sync", m.p("ds", "draft")],
+                                    capture_output=True, text=True, env=env, timeout=120)
+            assert inside.returncode == 0 and inside.stdout == "ds:v2\n", inside.stderr
+            assert paths(2) == ["a.txt", "big.bin", "host.txt", "ns.txt"]
+            gone_ = subprocess.run(["nsenter", "-t", str(other), "-m", *cmd, "umount", m.path],
+                                   capture_output=True, text=True, env=env, timeout=120)
+            assert gone_.returncode == 0, gone_.stderr
+            wait_for(lambda: gone(other), 60, "the other namespace's daemon to exit")
+            assert gone(other) and not gone(m.pid) and is_mounted(m.path)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(other, signal.SIGKILL)

@@ -23,6 +23,7 @@ from ..drafts.syncclient import sockaddr
 from ..errors import ArtifactfsError, NotFoundError
 from ..paths import state_dir
 from .livedraft import Drafts, LiveDraft
+from .state import host_key
 
 log = logging.getLogger("artifactfs.mount")
 XATTR = "user.artifactfs.control"
@@ -32,7 +33,7 @@ SUN_PATH_MAX = 107
 
 def control_address(mountpoint: str) -> str:
     """A socket path under the state dir; '@name' (Linux abstract) if that path is too long."""
-    key = xxhash.xxh3_64_hexdigest(os.path.realpath(mountpoint).encode())
+    key = xxhash.xxh3_64_hexdigest(f"{host_key()}\0{os.path.realpath(mountpoint)}".encode())
     d = os.path.join(state_dir(), "control")
     os.makedirs(d, mode=0o700, exist_ok=True)
     path = os.path.join(d, f"{key}.sock")

@@ -22,9 +22,21 @@ def real_mountpoint(path: str) -> str:
 
 
 def _escaped(mountpoint: str) -> str:
-    """File name for a mountpoint.  Callers pass the real path: resolving it here
-    could stat a mount whose daemon is this very (not yet serving) process."""
-    return quote(mountpoint, safe="")
+    """File name for a mountpoint on this host, in this mount namespace
+    (host_key): one state dir may be shared by machines (a home on NFS) or by
+    containers, where the same path is another mount.  Callers pass the real
+    path: resolving it here could stat a mount whose daemon is this very (not
+    yet serving) process."""
+    return f"{quote(mountpoint, safe='')}@{host_key()}"
+
+
+def host_key() -> str:
+    """'<hostname>-<mount namespace inode>': which mount a mountpoint path means."""
+    try:
+        ns = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        ns = 0
+    return f"{quote(socket.gethostname(), safe='')}-{ns}"
 
 
 def record_path(mountpoint: str) -> str:
