@@ -372,6 +372,12 @@ def test_api_lookups(logged, tmp_path):
     assert [c.name for c in api.artifact_collections(type="model")] == ["weights"]
     assert api.artifact_collections("empty-project") == []
     assert [a.name for a in api.artifact_versions("data")] == ["data:v0"]
+    # W&B's order, Api.artifact_versions(type_name, name), and its newer name Api.artifacts
+    assert [a.name for a in api.artifact_versions("model", "weights")] == ["weights:v0"]
+    assert [a.name for a in api.artifacts("model", "weights")] == ["weights:v0"]
+    with pytest.raises(NotFoundError):
+        api.artifact_versions("model", "data")  # data is a dataset: not mixed up with a collection named so
+    assert [f.name for f in api.artifact("weights:v0").files()] == ["w"]  # a W&B File's name
 
 
 @pytest.mark.local_store  # a file:// URL of the same store

@@ -312,6 +312,9 @@ def test_fstab_helper(store, tmp_path):
     helper = [sys.executable, "-m", "artifactfs.cli.fstab"]
     bad = subprocess.run(helper + [store, str(mnt), "-o", "rw,bogus=1"], capture_output=True, text=True, env=env)
     _one_line_error(bad, "unknown option 'bogus=1'")
+    fake = subprocess.run(helper + [store, str(mnt), "-fv", "-o", f"project={PROJECT}"], capture_output=True,
+                          text=True, env=env, timeout=60)  # mount -f: options checked, nothing mounted
+    assert fake.returncode == 0 and not is_mounted(str(mnt)), fake.stderr
     try:
         done = subprocess.run(helper + [store, str(mnt), "-n", "-o", f"project={PROJECT},ro,_netdev,refresh=1,"
                                         f"cache_dir={tmp_path / 'cache'},x-systemd.automount"],

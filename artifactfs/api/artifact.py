@@ -337,7 +337,11 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         full = os.path.abspath(local_path)
         return next((p for p, lp in self._local.items() if lp == full), None)
 
-    def files(self, names: list[str] | None = None) -> list[ManifestEntry]:
+    def files(self, names: list[str] | None = None, per_page: int = 50) -> list[ManifestEntry]:
+        """The artifact's files (W&B: an iterator of `File`; here a list of entries,
+        each with the `name`, `size` and `download()` a File has), all or those
+        `names` (paths from the root); per_page is accepted and unused.
+        ArtifactNotLoggedError unless logged."""
         self._need_logged("files()")
         entries = self._entries()
         wanted = sorted(entries) if names is None else [normalize_path(n) for n in names]

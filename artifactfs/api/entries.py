@@ -21,6 +21,11 @@ class ManifestEntry:
     local_path: str | None = None
     _download: Callable[[str, str | None], str] | None = None  # the owning Artifact's
 
+    @property
+    def name(self) -> str:
+        """The path from the artifact's root, as a W&B `File` from `files()` names it."""
+        return self.path
+
     def download(self, root: str | None = None) -> str:
         """Download this one file under root (default: the artifact's default root);
         the local path written.  ArtifactNotLoggedError unless the artifact is logged."""

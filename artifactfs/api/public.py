@@ -30,15 +30,24 @@ class Api:
             raise UsageError(f"{name} has type {info.type!r}, not {type!r}")
         return Artifact._from_version(self.registry, info)
 
-    def artifact_versions(self, name: str, type: str | None = None) -> list[Artifact]:
-        """The collection's versions that are not deleted, oldest first."""
+    def artifact_versions(self, type_name: str, name: str | None = None, per_page: int = 50) -> list[Artifact]:
+        """W&B's Api.artifact_versions(type_name, name): the versions of collection
+        `name` that are not deleted, oldest first; with one argument, that is the
+        name (of any type).  NotFoundError for an unknown name, or a collection
+        of another type than type_name.  per_page is accepted and unused."""
+        if name is None:
+            name, type_name = type_name, None
         self._check_entity(name)
         ref = split_ref(name)
         project, collection = ref.project or self.project, ref.collection
-        self.registry.collection(project, collection)  # NotFoundError for an unknown name
+        info = self.registry.collection(project, collection)  # NotFoundError for an unknown name
+        if type_name is not None and info.type != type_name:
+            raise NotFoundError(f"{collection} is a collection of type {info.type!r}, not {type_name!r}")
         aliases = self.registry.aliases(project, collection)
         return [Artifact._from_version(self.registry, self.registry.version(project, collection, n, aliases))
                 for n in self.registry.versions(project, collection)]
+
+    artifacts = artifact_versions  # W&B's newer name for it: Api.artifacts(type_name, name)
 
     def artifact_collections(self, project: str | None = None, type: str | None = None) -> list[CollectionInfo]:
         return [c for c in self.registry.collections(project or self.project) if type is None or c.type == type]

@@ -35,7 +35,7 @@ def translate(source: str, mountpoint: str, options: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    options, positional = "", []
+    options, positional, fake = "", [], False
     while argv:
         arg = argv.pop(0)
         if arg == "-o" and argv:
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         elif arg.startswith("-o") and len(arg) > 2:
             options = ",".join(filter(None, [options, arg[2:]]))
         elif arg.startswith("-"):
-            continue  # -s (sloppy), -f (fake), -n (no mtab), -v (verbose): nothing to do
+            fake = fake or "f" in arg[1:]  # -f (fake): check everything, mount nothing (mount(8))
+            continue  # -s (sloppy), -n (no mtab), -v (verbose): nothing to do
         else:
             positional.append(arg)
     if len(positional) != 2:
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         print(e, file=sys.stderr)
         sys.exit(1)
+    if fake:
+        return
     from .main import main as cli
     cli(args)
 
