@@ -36,6 +36,7 @@ import xxhash
 from ..errors import CorruptStoreError, DigestMismatchError, ObjectNotFound, UsageError
 from ..registry.packs import locate
 from ..registry.versions import Registry, blob_key
+from .damaged import damaged_blob
 from .packs import PackReader, read_located
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,6 @@ def parse_size(text: str) -> int:
 
 def _mismatch(key: str, where: str) -> DigestMismatchError:
     return DigestMismatchError(f"{where}: data does not match its digest (blob {key})")
-
-
-def _verify(data: bytes, key: str, length: int, where: str) -> None:
-    if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
-        raise _mismatch(key, where)
 
 
 def _read_file(path: str, length: int) -> bytes:
@@ -170,8 +166,12 @@ class ChunkCache:
             except ObjectNotFound:
                 raise self._missing(key, where) from None
         self._count(bytes_fetched=len(data), fetches=1)
-        _verify(data, key, length, where)
+        self._verify_stored(data, key, length, where)
         return data
+
+    def _verify_stored(self, data: bytes, key: str, length: int, where: str) -> None:
+        if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
+            raise damaged_blob(self.store, key, length, where)
 
     def _path(self, key: str) -> str:
         return os.path.join(self._blobs, key[:2], key)
@@ -234,7 +234,7 @@ class ChunkCache:
         except ObjectNotFound:
             raise self._missing(key, where) from None
         self._count(bytes_fetched=len(data), fetches=1)
-        _verify(data, key, length, where)
+        self._verify_stored(data, key, length, where)
         return data
 
     def _missing(self, key: str, where: str) -> ObjectNotFound:

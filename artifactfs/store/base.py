@@ -8,7 +8,7 @@ Keys are '/'-separated relative strings.  Semantics every backend provides:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -94,6 +94,13 @@ class ObjectStore(abc.ABC):
 
     def local_path(self, key: str) -> str | None:
         """A filesystem path holding the object, for in-place reads; None if remote."""
+        return None
+
+    def set_aside(self, key: str, damaged: Callable[[bytes], bool]) -> str | None:
+        """Move object `key` out of the way if `damaged(its bytes)` still holds, to
+        a key nobody reads, so the key can be written again; that key, or None
+        when it was not moved (not damaged, gone, or a store that cannot do it
+        safely: only the local store does)."""
         return None
 
     def remove_temporaries(self, older_than: float) -> int:

@@ -23,6 +23,7 @@ import xxhash
 
 from ..errors import ObjectNotFound, PreconditionFailed, StoreError
 from ..fileio import copy_range, write_new
+from .aside import move_aside
 from .base import ObjectStat, ObjectStore
 from .locks import LinkLock
 
@@ -347,6 +348,10 @@ class LocalStore(ObjectStore):
             os.close(incoming.fd)
             incoming.fd = -1
         os.unlink(incoming.tmp)
+
+    def set_aside(self, key: str, damaged: Callable[[bytes], bool]) -> str | None:
+        aside = f"damaged/{key}.{time.strftime('%Y%m%dT%H%M%S')}"
+        return aside if move_aside(self._path(key), self._path(aside), damaged) else None
 
     def _link(self, path: str, final: str) -> bool:
         """link(2) `path` as `final`; False when `final` exists already."""
