@@ -164,6 +164,12 @@ def test_fallocate_and_what_a_version_leaves_out(store, mount_factory):
     note = done.stderr.strip()
     assert note.count("\n") == 0 and "fifos: fifo" in note and "devices: null" in note
     assert "ownership: old" in note and "mode bits: pre" in note
+    with open(f"{d}/more", "wb") as f:  # the next commit names only what changed since: fifo, device stay
+        f.write(b"m")
+    again = cli("sync", d, env=m.env, timeout=120)
+    assert again.returncode == 0 and again.stdout == "ds:v2\n", again.stderr
+    assert "fifos: fifo" in again.stderr and "ownership" not in again.stderr and "mode bits" not in again.stderr
+    assert cli("sync", d, env=m.env, timeout=120).stderr == "", "nothing published: no note"
     got = committed(store, 1)
     assert sorted(got) == ["old", "pre"] and got["pre"][1] is True
     assert stat.S_ISFIFO(os.stat(f"{d}/fifo").st_mode), "kept in the draft"

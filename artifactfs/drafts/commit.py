@@ -181,6 +181,11 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
 
 
 def _note_owner_and_mode(draft: Draft, ino: Inode, path: str, out: Scan) -> None:
+    """The owner and mode bits a version cannot keep, of inodes changed since the
+    base was made (a tree copied from a version keeps 0444 files and 0555
+    folders: the note would otherwise name them at every commit)."""
+    if ino.ctime <= draft.state.base_mtime_ns:
+        return
     if (ino.uid, ino.gid) != draft.owner:
         out.leave("ownership", path)
     bits = ino.mode & 0o7777
@@ -325,5 +330,6 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
         except PreconditionFailed:
             continue  # someone published meanwhile: rebase onto the new latest
         advanced = advance(draft, info.version, info.root, iso_ns(info.created_at), stamps, kept=changes)
-        return CommitResult(st.collection, info.version, created, len(changes), found.left_out, advanced)
+        return CommitResult(st.collection, info.version, created, len(changes), found.left_out if created else {},
+                            advanced)
     raise ConflictError(f"{st.collection}: could not commit, other writers keep publishing")
