@@ -29,6 +29,7 @@ sends after a READ (atime).  It stands in for siblings.py's policy, which
 never sees these reads."""
 from __future__ import annotations
 
+import logging
 import os
 
 import pyfuse3
@@ -36,6 +37,7 @@ import pyfuse3
 from ..chunks.cache import ChunkCache
 from ..registry.manifest import FileEntry
 
+log = logging.getLogger("artifactfs.mount")
 AVAILABLE = hasattr(pyfuse3, "fastpath_register")
 FILE_MAX: int = getattr(pyfuse3, "FASTPATH_FILE_MAX", 0)
 
@@ -57,8 +59,12 @@ class NativeReads:
         copy = self.cache.local_copy(entry.chunks[0])
         if copy is None:
             return False
-        pyfuse3.fastpath_register(ino, bytes.fromhex(entry.chunks[0]), entry.size, os.fsencode(copy.path),
-                                  copy.touch, folder)
+        try:
+            pyfuse3.fastpath_register(ino, bytes.fromhex(entry.chunks[0]), entry.size, os.fsencode(copy.path),
+                                      copy.touch, folder)
+        except OSError as e:  # a path longer than PATH_MAX, no memory: Python reads the file
+            log.debug("inode %d left to the Python reader: %s", ino, e)
+            return False
         return True
 
     def unregister(self, ino: int) -> None:
