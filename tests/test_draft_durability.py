@@ -3,6 +3,7 @@ killed with SIGKILL during writes or during a commit leaves the draft as it was
 for the next mount, and two mounts committing to one collection lose nothing."""
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import random
@@ -12,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import randbytes
+from conftest import randbytes, skip_or_fail
 from core_util import check_version_complete
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, force_unmount, is_mounted, mounted, wait_for
@@ -282,3 +283,40 @@ def test_a_draft_that_cannot_commit_at_unmount_is_kept(store, tmp_path):
             f.write(b"more")
         assert cli("sync", m.p("ds"), env=env).stdout == "ds:v2\n"
     assert version_files(Registry.open(store), "ds", 2)["keep/a"] == (b"theirs", False)
+
+
+def test_a_draft_that_cannot_be_recovered_for_lack_of_space_does_not_stop_the_mount(tmp_path):
+    """After a crash, a big file staged one file per chunk is joined again at the
+    next start: a copy.  With the disk too full for it, that one draft gives
+    ENOSPC (its files stay as they are), and the mount still starts and serves
+    everything else; once there is room, the draft opens with every byte."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(fs)]).returncode != 0:
+        skip_or_fail("needs root to mount a tmpfs")
+    try:
+        store = str(fs / "store")
+        publish(Registry.open(store, create=True), str(tmp_path / "pub"), "ds", BASE)
+        env = {**os.environ, "XDG_STATE_HOME": str(fs / "state")}
+        payload = randbytes(2 * CHUNK_SIZE + 3 * (1 << 20))
+        with mounted(store, tmp_path / "mnt", env=env) as m:
+            with open(m.p("ds", "draft", "partial.bin"), "wb") as f:
+                f.write(payload)
+            kill_daemon(m)
+        st = os.statvfs(fs)
+        filler = fs / "filler"
+        with open(filler, "wb") as f:
+            f.truncate(st.f_bavail * st.f_frsize - (4 << 20))
+            os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - (4 << 20))
+        with mounted(store, tmp_path / "mnt", env=env) as m:
+            assert sorted(os.listdir(m.p("ds", "ds:v0"))) == sorted({p.split("/")[0] for p in BASE})
+            with pytest.raises(OSError) as e:
+                os.listdir(m.p("ds", "draft"))
+            assert e.value.errno == errno.ENOSPC
+            assert "the draft of ds could not be opened" in m.log
+            os.unlink(filler)
+            assert open(m.p("ds", "draft", "partial.bin"), "rb").read() == payload
+            assert cli("sync", m.p("ds", "draft"), env=env).stdout == "ds:v1\n"
+        assert version_files(Registry.open(store), "ds", 1)["partial.bin"] == (payload, False)
+    finally:
+        subprocess.run(["umount", "-l", str(fs)])

@@ -3,6 +3,7 @@ rebase onto a newer latest, conflicts refused with the draft untouched, and a
 committing process killed at random points never leaves a partial version."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -326,6 +327,7 @@ def test_killed_commit_leaves_no_partial_version(tmp_path, monkeypatch):
 
 
 CONCURRENT = r"""
+import errno
 import os
 import sys
 from artifactfs.chunks import download, upload
@@ -495,3 +497,24 @@ def test_a_draft_whose_base_was_deleted_shows_what_its_commit_published(reg, pub
     info = reg.version("proj", "ds", 0)
     advance(d.draft, 0, info.root, iso_ns(info.created_at), None)
     assert sorted(d.listdir()) == ["x"] and changes_of(reg, d) == {}
+
+
+def test_a_draft_that_cannot_move_onto_its_published_version_says_so_and_catches_up(reg, pub, monkeypatch):
+    """Once the version is durable it is published, whatever happens next: if the
+    draft cannot move onto it (its state dir is full: the step fails with ENOSPC,
+    injected here), the commit still returns the version, with a note, and the
+    draft's next commit finds nothing new."""
+    publish(reg, pub, "ds", BASE)
+    d = draft_of(reg)
+    write(d, "a/x", b"mine")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "no space left for the draft's database")
+    monkeypatch.setattr(commit, "advance", full)
+    r = commit_draft(reg, d.draft)
+    assert r.line == "ds:v1" and "could not move onto it (no space left" in (r.note or "")
+    assert version_files(reg, "ds", 1) == expected(BASE, a__x=b"mine")
+    monkeypatch.undo()
+    assert d.draft.state.base == 0 and d.read("a/x") == b"mine"
+    assert commit_draft(reg, d.draft).line == "ds:v1 (unchanged)"
+    assert d.draft.state.base == 1 and not d.draft.dirty

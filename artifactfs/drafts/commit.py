@@ -71,6 +71,7 @@ class CommitResult:
     changes: int
     left_out: dict[str, list[str]] = field(default_factory=dict)
     advanced: list[Inode] = field(default_factory=list)  # inodes shown anew once the draft moved on (advance)
+    behind: str | None = None  # why the draft could not move onto the version (a full state dir), if it could not
 
     @property
     def line(self) -> str:
@@ -78,14 +79,19 @@ class CommitResult:
 
     @property
     def note(self) -> str | None:
-        """One line naming what stayed in the draft only, or None."""
-        if not self.left_out:
-            return None
-        parts = []
-        for what, paths in sorted(self.left_out.items()):
-            more = f" (+{len(paths) - LEFT_OUT_SHOWN} more)" if len(paths) > LEFT_OUT_SHOWN else ""
-            parts.append(f"{what}: {', '.join(sorted(paths)[:LEFT_OUT_SHOWN])}{more}")
-        return f"{self.line}: kept in the draft only (a version cannot hold them): " + "; ".join(parts)
+        """One line naming what stayed in the draft only, and whether the draft
+        stayed behind the version, or None."""
+        notes = []
+        if self.left_out:
+            parts = []
+            for what, paths in sorted(self.left_out.items()):
+                more = f" (+{len(paths) - LEFT_OUT_SHOWN} more)" if len(paths) > LEFT_OUT_SHOWN else ""
+                parts.append(f"{what}: {', '.join(sorted(paths)[:LEFT_OUT_SHOWN])}{more}")
+            notes.append("kept in the draft only (a version cannot hold them): " + "; ".join(parts))
+        if self.behind:
+            notes.append(f"published, but the draft could not move onto it ({self.behind}); it shows the same "
+                         "files, and the next sync once there is room says it is unchanged")
+        return f"{self.line}: " + "; ".join(notes) if notes else None
 
 
 def join(prefix: str, name: str) -> str:
@@ -329,7 +335,10 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
                                             base=latest, exact_base=True, **attrs)
         except PreconditionFailed:
             continue  # someone published meanwhile: rebase onto the new latest
-        advanced = advance(draft, info.version, info.root, iso_ns(info.created_at), stamps, kept=changes)
-        return CommitResult(st.collection, info.version, created, len(changes), found.left_out if created else {},
-                            advanced)
+        result = CommitResult(st.collection, info.version, created, len(changes), found.left_out if created else {})
+        try:
+            result.advanced = advance(draft, info.version, info.root, iso_ns(info.created_at), stamps, kept=changes)
+        except OSError as e:  # the version is durable: only the draft stays behind (its next commit catches up)
+            result.behind = e.strerror or str(e)
+        return result
     raise ConflictError(f"{st.collection}: could not commit, other writers keep publishing")

@@ -248,7 +248,14 @@ class Drafts:
             log.info("drafts of an earlier store at %s (made again since) are kept in %s", reg.store.url, other)
         for name in sorted(os.listdir(self.dir)):
             if is_draft(os.path.join(self.dir, name)):
-                self._load(name)
+                try:
+                    self._load(name)
+                except OSError as e:  # (a full disk: recovery may copy a file whole) one draft, not the mount
+                    log.error("the draft of %s could not be opened: %s; it stays on disk as it is, and its "
+                              "folder gives this error until it can be opened (free space, then use it again)",
+                              name, e.strerror or e)
+                except Exception:  # a bug, or a damaged draft: its traceback, and the other drafts still serve
+                    log.exception("the draft of %s could not be opened; it stays on disk as it is", name)
 
     def _load(self, name: str) -> None:
         """A draft found at start: kept, or set aside when its base is gone."""
