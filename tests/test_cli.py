@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import randbytes
+from draft_helpers import publish
+
+from artifactfs.registry.versions import Registry
 
 
 def run(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
@@ -70,6 +74,24 @@ def test_verify_names_each_bad_file(cli_env, data, tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 1
     assert "a.txt: content does not match" in p.stderr and "sub/b.bin: missing" in p.stderr
+    run(["get", "ds", str(tmp_path / "right")], cli_env)
+    shutil.rmtree(dest / "sub")  # a right copy, reached through a symlink: verify follows nothing
+    os.symlink(tmp_path / "right" / "sub", dest / "sub")
+    p = subprocess.run([sys.executable, "-m", "artifactfs", "verify", "ds", str(dest)], env=cli_env,
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "sub/b.bin: a symlink or file where a folder belongs" in p.stderr
+
+
+def test_verify_of_paths_longer_than_path_max(cli_env, tmp_path):
+    """get and verify a file 20 folders of 250 bytes deep (5,000 bytes: more than
+    PATH_MAX): each folder is opened from its parent's descriptor."""
+    deep = "/".join(f"{i:02d}" + "d" * 248 for i in range(20)) + "/leaf"
+    publish(Registry.open(cli_env["ARTIFACTFS_STORE"], create=True), str(tmp_path / "pub"), "deep", {deep: b"deep"},
+            project=cli_env["ARTIFACTFS_PROJECT"])
+    run(["get", "deep", str(tmp_path / "out")], cli_env)
+    ok = subprocess.run([sys.executable, "-m", "artifactfs", "verify", "deep", str(tmp_path / "out")], env=cli_env,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_get_prefix(cli_env, data, tmp_path):
