@@ -5,7 +5,7 @@ one OPEN with ENOSYS; from then on it keeps every file's page cache across
 opens (FOPEN_KEEP_CACHE) and sends READ, WRITE and FSYNC without a file handle
 (fh 0).  A warm `open() + read() + close()` from Python then costs one request
 to the daemon instead of three: the IOCTL of `isatty()`, which the patched
-pyfuse3 answers (ENOTTY) in its native reader thread, without Python or the
+pyfuse3 answers (ENOTTY) in its native reader threads, without Python or the
 trio loop (third_party/pyfuse3: fastpath.c; threads.py counts them).
 
 Stock pyfuse3 (3.5) passes those handlers only the file handle, so the mount

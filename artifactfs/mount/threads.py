@@ -8,7 +8,9 @@ counted by one CapacityLimiter sized by the mount option `--threads`
 thread: its stores wait for the loop, so they must not hold a pool thread.
 
 Outside the pool, the patched pyfuse3 (third_party/pyfuse3) reads /dev/fuse in
-one native thread, which answers IOCTLs and security.* GETXATTRs itself ("native_answers" in stats)."""
+native threads, which answer IOCTLs, security.* GETXATTRs, pinned GETATTRs and READs of
+registered files (nativereads.py) themselves ("native_answers" in stats), and one more native
+thread reads registered folders ahead."""
 from __future__ import annotations
 
 from collections.abc import Callable
