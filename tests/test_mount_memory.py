@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 
+import pyfuse3
 import pytest
+from conftest import skip_or_fail
 from mountutil import mounted, wait_for
 
 from artifactfs.api.artifact import Artifact
@@ -58,3 +60,21 @@ def test_no_limit_keeps_what_the_kernel_holds(store, tmp_path):
             for name in names:
                 os.stat(os.path.join(dirpath, name))
         assert inodes(m) > FOLDERS * PER_FOLDER  # nothing evicted: the limit above is what frees them
+
+
+def test_the_native_attribute_pins_give_memory_back_when_the_kernel_forgets(store, tmp_path):
+    """The patched pyfuse3 pins the attributes of every version inode the kernel
+    holds (fastpath.c); once the kernel forgot them (drop_caches), its table
+    shrinks again instead of keeping the size of the largest walk."""
+    if not hasattr(pyfuse3, "fastpath_pins"):
+        skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/artifactfs.patch (make setup builds it)")
+    with mounted(store, tmp_path / "mnt", "--inode-limit", "0") as m:
+        for dirpath, _, names in os.walk(m.p("wide", "wide:v0")):
+            for name in names:
+                os.stat(os.path.join(dirpath, name))
+        walked = m.stats()
+        assert walked["attrs_pinned"] > FOLDERS * PER_FOLDER and walked["attr_pin_slots"] >= 8192
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        wait_for(lambda: m.stats()["attr_pin_slots"] <= 2048, 60, "the pin table to shrink")
+        assert m.stats()["attrs_pinned"] < 256

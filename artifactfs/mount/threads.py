@@ -35,9 +35,14 @@ class Threads:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     def stats(self) -> dict[str, int]:
-        """Threads busy now, callers waiting for one, and the requests the native
-        reader thread answered without Python (0 with a stock pyfuse3) (the stats xattr)."""
+        """Threads busy now, callers waiting for one, the requests the native
+        reader thread answered without Python, and the inodes whose attributes it
+        holds pinned and the slots of its table for them (0 with a stock pyfuse3)
+        (the stats xattr)."""
         answered = getattr(pyfuse3, "fastpath_answered", None)
+        pins = getattr(pyfuse3, "fastpath_pins", None)
+        pinned, slots = pins() if pins is not None else (0, 0)
         return {"threads": int(self.limiter.total_tokens), "threads_busy": self.limiter.borrowed_tokens,
                 "threads_waiting": self.limiter.statistics().tasks_waiting,
-                "native_answers": int(answered()) if answered is not None else 0}
+                "native_answers": int(answered()) if answered is not None else 0,
+                "attrs_pinned": int(pinned), "attr_pin_slots": int(slots)}
