@@ -6,13 +6,14 @@ import fcntl
 import multiprocessing
 import os
 import stat
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import xxhash
-from conftest import flipped, randbytes
+from conftest import flipped, randbytes, skip_or_fail
 from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 
 from artifactfs.chunks.cache import ChunkCache, default_cache_dir, parse_size
@@ -283,3 +284,29 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_cache_dir() == "/somewhere/cache/artifactfs"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == os.path.expanduser("~/.cache/artifactfs")
+
+
+def test_a_cache_disk_that_fills_below_the_cap_lowers_the_cap(s3_reg: Registry, tmp_path, caplog) -> None:
+    """A cache dir on a disk smaller than --cache-size: reads stay right, the cap
+    falls to what fits (one warning, not one per blob), and the oldest blobs make
+    room for new ones instead of nothing being cached any more."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)]).returncode != 0:
+        skip_or_fail("needs root to mount a tmpfs")
+    try:
+        blobs = [randbytes(MiB) for _ in range(12)]
+        keys = [put_blob(s3_reg, b) for b in blobs]
+        s3_reg.store.sync()
+        cache = ChunkCache(s3_reg, str(disk), 10 << 30)
+        with caplog.at_level("WARNING", logger="artifactfs"):
+            for key, data in zip(keys, blobs):
+                assert cache.read_chunk(key, MiB, "f") == data
+        assert cache.max_bytes < 6 * MiB
+        held = cached_files(str(disk))
+        assert keys[-1] in held and keys[0] not in held, "the newest stay, the oldest made room"
+        assert sum(held.values()) <= cache.max_bytes
+        assert sum("is full" in r.getMessage() for r in caplog.records) == 1
+        assert not [r for r in caplog.records if "cannot cache" in r.getMessage()]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])

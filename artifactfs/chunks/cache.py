@@ -20,6 +20,7 @@ place and the cache directory is not touched."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -241,8 +242,10 @@ class ChunkCache:
         return ObjectNotFound(f"{where}: blob {key} is missing from {self.store.url}")
 
     # -- adding and evicting (under the lock) -------------------------------------
-    def _keep(self, key: str, data: bytes) -> None:
-        """Store a verified blob; a full disk only costs the caching, not the read."""
+    def _keep(self, key: str, data: bytes, retry: bool = True) -> None:
+        """Store a verified blob; a full disk only costs the caching, not the read.
+        A disk that fills before the cap lowers the cap to what the cache holds
+        (once, logged), and the oldest blobs make room from then on."""
         if len(data) > self.max_bytes:
             return  # would never fit
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
@@ -255,9 +258,11 @@ class ChunkCache:
             finally:
                 os.close(fd)
         except OSError as e:
-            log.warning("cannot cache blob %s in %s: %s", key, self.cache_dir, e.strerror)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if e.errno == errno.ENOSPC and retry and self._fit_to_disk(len(data)):
+                return self._keep(key, data, retry=False)
+            log.warning("cannot cache blob %s in %s: %s", key, self.cache_dir, e.strerror)
             return
         _touch(tmp)
         path = self._path(key)
@@ -271,6 +276,23 @@ class ChunkCache:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             os.rename(tmp, path)
             self._set_total(total + len(data))
+
+    def _fit_to_disk(self, incoming: int) -> bool:
+        """The cache's disk is full below the cap: the cap becomes what the cache
+        holds now less `incoming` (a new blob is written before older ones make
+        room), and the oldest blobs make room for it.  False when there is
+        nothing to evict."""
+        with self._exclusive():
+            total = self._total()
+            if total <= incoming:
+                return False
+            if self.max_bytes > total:  # the first time: said once
+                log.warning("the disk of the cache %s is full at %d bytes, below its cap of %d: this mount "
+                            "keeps less there from now on (the oldest blobs make room)", self.cache_dir, total,
+                            self.max_bytes)
+            self.max_bytes = total - incoming
+            self._set_total(self._evict(incoming))
+        return True
 
     def _evict(self, incoming: int) -> int:
         """Remove least recently used files until `incoming` more bytes leave the cache
