@@ -306,9 +306,12 @@ def test_a_corrupt_chunk_is_eio_never_wrong_bytes(store, tmp_path, caplog):
         await parts.ops.release(fi.fh)
         assert parts.ctx.reader.counters["fetch_errors"] == 2
     serve(parts, body)
-    lines = [r for r in caplog.records if r.levelno == logging.ERROR]
+    lines = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "artifactfs.mount"]
     assert len(lines) == 2 and all("c:v0/big.bin" in r.getMessage() for r in lines)
+    # the first read found the damage and set the blob aside (store/aside.py): the second finds it missing
+    assert "moved aside to damaged/" in lines[0].getMessage() and "missing" in lines[1].getMessage()
     assert all(r.exc_info is None for r in lines)  # a user-facing error: no traceback
+    assert [r for r in caplog.records if "is damaged: moved aside" in r.getMessage()]
 
 
 def test_sequential_reads_fetch_ahead_random_ones_do_not(store, tmp_path):
