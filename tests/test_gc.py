@@ -216,3 +216,6 @@ def test_gc_removes_temporaries_of_writes_killed_midway(tmp_path):
     assert "removed 2 temporary files of writes that never finished" in out
     assert [os.path.exists(p) for p in old + [fresh]] == [False, False, True]
     assert check_version_complete(Registry.open(store), art.project, "d", 0) == 1
+    subprocess.run([sys.executable, "-m", "artifactfs", "--store", store, "gc", "--grace", "0"],
+                   capture_output=True, text=True, check=True)
+    assert os.path.exists(fresh), "--grace 0 keeps the temporary files of writes that may be in progress"

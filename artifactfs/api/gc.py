@@ -24,6 +24,7 @@ from .links import delete as delete_artifact
 
 log = logging.getLogger("artifactfs.gc")
 GRACE = 3600.0
+TEMPORARY_AGE = 3600.0  # s: a temporary file this recent may be a write in progress, whatever the grace
 KEEP_DELETED = 86400.0
 WAIT = 600.0
 HEARTBEAT_EVERY = 30.0
@@ -163,7 +164,7 @@ def collect(registry: Registry, dry_run: bool = False, grace: float = GRACE,
                     report.blobs += 1
         if sweep is not None:
             gcstate.drop_stale_markers(store, started)
-            report.temporaries = store.remove_temporaries(grace)
+            report.temporaries = store.remove_temporaries(max(grace, TEMPORARY_AGE))
     finally:
         if sweep is not None:
             gcstate.end_sweep(store, sweep)
