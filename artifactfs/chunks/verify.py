@@ -26,8 +26,11 @@ def verify_dir(root: str, items: Iterable[tuple[str, Leaf]]) -> list[str]:
     from its parent's descriptor, so paths longer than PATH_MAX work too): a
     symlink where a file or folder belongs is a problem, a symlink entry must
     be a symlink with the same target."""
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return [f"{shown(path)}: missing" for path, _ in items]
     problems = []
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     parent: tuple[str, int] | None = None  # the folder of the last entry, held open for the next ones
     try:
         for path, entry in items:
