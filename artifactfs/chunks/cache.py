@@ -37,7 +37,7 @@ import xxhash
 from ..errors import CorruptStoreError, DigestMismatchError, ObjectNotFound, UsageError
 from ..registry.packs import locate
 from ..registry.versions import Registry, blob_key
-from .damaged import damaged_blob
+from .damaged import check_stored
 from .packs import PackReader, read_located
 
 log = logging.getLogger(__name__)
@@ -167,12 +167,8 @@ class ChunkCache:
             except ObjectNotFound:
                 raise self._missing(key, where) from None
         self._count(bytes_fetched=len(data), fetches=1)
-        self._verify_stored(data, key, length, where)
+        check_stored(self.store, data, key, length, where)
         return data
-
-    def _verify_stored(self, data: bytes, key: str, length: int, where: str) -> None:
-        if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
-            raise damaged_blob(self.store, key, length, where)
 
     def _path(self, key: str) -> str:
         return os.path.join(self._blobs, key[:2], key)
@@ -235,7 +231,7 @@ class ChunkCache:
         except ObjectNotFound:
             raise self._missing(key, where) from None
         self._count(bytes_fetched=len(data), fetches=1)
-        self._verify_stored(data, key, length, where)
+        check_stored(self.store, data, key, length, where)
         return data
 
     def _missing(self, key: str, where: str) -> ObjectNotFound:

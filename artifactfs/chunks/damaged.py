@@ -1,6 +1,6 @@
-"""The error for a blob whose stored bytes do not hash to its key, after the
-store was asked to set the blob aside (store/aside.py), so that putting the
-right bytes again repairs it."""
+"""Checking a blob read from the store against its key; a damaged one is set
+aside where the store can (store/aside.py), so that putting the right bytes
+again repairs it."""
 from __future__ import annotations
 
 import logging
@@ -26,3 +26,9 @@ def damaged_blob(store: ObjectStore, key: str, length: int, where: str) -> Diges
                   key, store.url, aside)
         text += f"; moved aside to {aside}: put the right bytes again to repair it"
     return DigestMismatchError(text)
+
+
+def check_stored(store: ObjectStore, data: bytes | memoryview, key: str, length: int, where: str) -> None:
+    """Raise damaged_blob unless `data`, read from the store, is blob `key` of `length` bytes."""
+    if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
+        raise damaged_blob(store, key, length, where)

@@ -18,15 +18,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-import xxhash
-
 from ..errors import LocalFileError, ObjectNotFound, StoreError, shown
 from ..registry.manifest import FileEntry, Leaf, SymlinkEntry
 from ..registry.names import check_path
 from ..registry.versions import Registry, blob_key
 from . import packs, references
 from .buffers import WORKERS, Progress, chunk_buffer, read_full, write_full
-from .damaged import damaged_blob
+from .damaged import check_stored, damaged_blob
 from .verify import fd_matches
 
 DIR_BATCH = 256          # directory fds held open at once while downloading
@@ -39,13 +37,8 @@ def read_chunk(registry: Registry, entry: FileEntry, index: int, where: str) -> 
     if entry.pack is not None:
         return packs.read_span(registry.store, key, entry.pack, entry.size, where)
     data = registry.get_blob(key)
-    _verify(registry, data, key, entry.chunk_span(index)[1], where)
+    check_stored(registry.store, data, key, entry.chunk_span(index)[1], where)
     return data
-
-
-def _verify(registry: Registry, data: bytes | memoryview, key: str, length: int, where: str) -> None:
-    if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
-        raise damaged_blob(registry.store, key, length, where)
 
 
 def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: str, buf: memoryview) -> memoryview:
@@ -67,7 +60,7 @@ def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: st
         n = read_full(fd, view)
     finally:
         os.close(fd)
-    _verify(registry, view[:n], key, length, where)
+    check_stored(registry.store, view[:n], key, length, where)
     return view
 
 
