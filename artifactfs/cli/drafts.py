@@ -1,4 +1,5 @@
-"""`artifactfs sync`: commit drafts of a running mount as new versions.
+"""`artifactfs sync`: commit drafts of a running mount as new versions;
+`artifactfs discard`: throw away their changes.
 
 PATH (default: the current directory) is a draft folder (or a folder inside one),
 a collection folder, or the mountpoint itself (every draft with changes).  The
@@ -81,15 +82,38 @@ def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, 
     for t in tags:
         check_name(t, "tag")
     meta = _metadata(metadata)
+    failures = 0
+    for address, collections in _targets(paths or (os.getcwd(),)):
+        failures += commit_drafts(address, collections, {"aliases": list(aliases), "tags": list(tags),
+                                                         "description": description, "metadata": meta})
+    if failures:
+        sys.exit(1)
+
+
+@click.command(name="discard")
+@click.argument("paths", nargs=-1, type=click.Path(), required=True)
+def discard_cmd(paths: tuple[str, ...]) -> None:
+    """Throw away every change of drafts: each then shows its collection's latest version."""
+    failures = 0
+    for address, collections in _targets(paths):
+        if collections is None:
+            raise ArtifactfsError("discard takes draft or collection folders, not a whole mount")
+        failures += _report(request(address, {"op": "discard", "collections": collections}))
+    if failures:
+        sys.exit(1)
+
+
+def _targets(paths: tuple[str, ...]) -> list[tuple[str, list[str] | None]]:
+    """(control socket address, collections or None for every draft with changes) per mount."""
     points = _mountpoints()
     targets: dict[str, list[str] | None] = {}
-    for path in paths or (os.getcwd(),):
+    for path in paths:
         point, collection = locate(path, points)
         if collection is None or targets.get(point, []) is None:
             targets[point] = None
         elif collection not in targets.setdefault(point, []):  # type: ignore[operator]
             targets[point].append(collection)  # type: ignore[union-attr]
-    failures = 0
+    out = []
     for point, collections in targets.items():
         try:
             address = os.getxattr(point, CONTROL_XATTR).decode()
@@ -97,10 +121,8 @@ def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, 
             if e.errno == errno.ENOTCONN:
                 raise ArtifactfsError(_gone(point)) from None
             raise ArtifactfsError(f"{point} is mounted read-only or by a daemon without drafts") from None
-        failures += commit_drafts(address, collections, {"aliases": list(aliases), "tags": list(tags),
-                                                         "description": description, "metadata": meta})
-    if failures:
-        sys.exit(1)
+        out.append((address, collections))
+    return out
 
 
 def commit_drafts(address: str, collections: list[str] | None, attrs: dict | None = None) -> int:
@@ -109,7 +131,11 @@ def commit_drafts(address: str, collections: list[str] | None, attrs: dict | Non
     print one line per version on stdout and one `Error:` line per draft that could
     not be committed (a conflict, an unreachable store) on stderr; return how many
     could not be.  ArtifactfsError if the daemon cannot be asked at all."""
-    reply = request(address, {"op": "sync", "collections": collections, **(attrs or {})})
+    return _report(request(address, {"op": "sync", "collections": collections, **(attrs or {})}))
+
+
+def _report(reply: dict) -> int:
+    """Print a control reply's lines (stdout) and errors (stderr); how many failed."""
     if "error" in reply:
         raise ArtifactfsError(reply["error"])
     failures = 0

@@ -30,6 +30,7 @@ pieces are blobs too, but the store keeps its own names of them."""
 from __future__ import annotations
 
 import stat
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -142,8 +143,7 @@ def _lose_name(draft: Draft, d: Inode, name: str, ino: Inode, changed: list[Inod
     """`name` leaves folder d; the new base's entry there, if any, shows instead."""
     draft.touch(ino)
     draft.db.drop_dentry(d.id, name)
-    ino.nlink = 0 if ino.is_dir else ino.nlink - 1
-    draft.db.put(ino.row())
+    draft.unlinked(ino, time.time_ns())
     changed.append(ino)
 
 

@@ -291,8 +291,8 @@ class Draft:
         else:
             self.db.drop_dentry(d.id, name)
 
-    def _unlinked(self, ino: Inode, t: int) -> None:
-        """One name of `ino` is gone."""
+    def unlinked(self, ino: Inode, t: int) -> None:
+        """One name of `ino` is gone (at time t, ns); in a change(), with `ino` touched."""
         ino.nlink = 0 if ino.is_dir else ino.nlink - 1
         ino.ctime = t
         if ino.id:
@@ -383,7 +383,7 @@ class Draft:
             self._drop_name(d, name)
             if folder and ino.id:
                 self.db.delete_entries(ino.id)
-            self._unlinked(ino, t)
+            self.unlinked(ino, t)
             self._stamp_dir(d, t, -1 if folder else 0)
             self._dirty()
         return ino
@@ -443,7 +443,7 @@ class Draft:
                         links[nd.token] -= 1
                         if dst.id:
                             self.db.delete_entries(dst.id)
-                    self._unlinked(dst, t)
+                    self.unlinked(dst, t)
                     lost = dst
             self.db.set_dentry(nd.id, nname, src.id)
             src.ctime = t

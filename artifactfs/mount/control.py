@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 import trio
 import xxhash
@@ -94,6 +95,8 @@ class ControlServer:
                 log.info("a sync client left before its answer (%s)", e)
 
     async def dispatch(self, req: dict) -> dict:
+        if req.get("op") == "discard":
+            return {"results": [await self._one(name, "discard", self._discard) for name in req["collections"]]}
         if req.get("op") != "sync":
             return {"error": f"unknown request {req.get('op')!r}"}
         attrs = {"aliases": list(req.get("aliases") or ()), "tags": list(req.get("tags") or ()),
@@ -101,24 +104,31 @@ class ControlServer:
         names = req.get("collections")
         if names is None:
             names = [n for n, live in sorted(self.drafts.live.items()) if await live.has_changes()]
-        results = []
-        for name in names:
-            try:
-                live = await self._existing(name)
-                result = await live.commit(**attrs)
-                results.append({"collection": name, "line": result.line, "note": result.note})
-            except ArtifactfsError as e:  # a conflict, an unreachable store ...
-                text = str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}"
-                log.error("sync of %s failed: %s", name, e)
-                results.append({"collection": name, "error": text})
-            except OSError as e:
-                log.exception("sync of %s failed", name)
-                results.append({"collection": name, "error": f"{name}: {e.strerror or e}"})
-            except Exception:  # a bug: its traceback goes to the log, and the mount goes on serving
-                log.exception("sync of %s failed", name)
-                results.append({"collection": name, "error": f"{name}: internal error (the mount's log "
-                                                            "has the traceback); the draft is kept"})
-        return {"results": results}
+        async def commit(name: str) -> dict:
+            result = await (await self._existing(name)).commit(**attrs)
+            return {"line": result.line, "note": result.note}
+
+        return {"results": [await self._one(name, "sync", commit) for name in names]}
+
+    async def _discard(self, name: str) -> dict:
+        return {"line": await (await self._existing(name)).discard_changes()}
+
+    async def _one(self, name: str, what: str, do: Callable[[str], Awaitable[dict]]) -> dict:
+        """One collection's part of a request: {"collection", "line"[, "note"]} or
+        {"collection", "error"}: one failing draft does not stop the others."""
+        try:
+            return {"collection": name, **await do(name)}
+        except ArtifactfsError as e:  # a conflict, an unreachable store ...
+            text = str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}"
+            log.error("%s of %s failed: %s", what, name, e)
+            return {"collection": name, "error": text}
+        except OSError as e:
+            log.exception("%s of %s failed", what, name)
+            return {"collection": name, "error": f"{name}: {e.strerror or e}"}
+        except Exception:  # a bug: its traceback goes to the log, and the mount goes on serving
+            log.exception("%s of %s failed", what, name)
+            return {"collection": name, "error": f"{name}: internal error (the mount's log has the traceback); "
+                                                 "the draft is kept"}
 
     async def _existing(self, name: str) -> LiveDraft:
         if name not in self.drafts.live:

@@ -160,8 +160,13 @@ class DraftNode(Node):
         return self.attributes()
 
     def node_of(self, ino: Inode, attr: Attr) -> "DraftNode":
-        node = self.table.make("draft", ("draft", self.live.name, str(ino.token)), self.live, ino, attr)
+        key = ("draft", self.live.name, str(ino.token))
+        node = self.table.make("draft", key, self.live, ino, attr)
         assert isinstance(node, DraftNode)
+        if node.inode is not ino:  # its inode lost the name and a base entry shows there again (discard,
+            self.table.detach(node)  # advance), with the same token: a new inode for the kernel too
+            node = self.table.make("draft", key, self.live, ino, attr)
+            assert isinstance(node, DraftNode)
         node.attr = attr
         return node
 

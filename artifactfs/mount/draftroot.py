@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import pyfuse3
 
 from ..drafts import filedata
+from ..drafts.engine import Draft
 from ..drafts.inode import Inode
 from ..registry.names import check_alias, check_name, parse_version
 from ..registry.versions import CollectionInfo, VersionInfo
@@ -225,20 +226,28 @@ def install(parts: MountParts, default_type: str) -> None:
     table.set_root(root)
     server = ControlServer(drafts, root.control)
 
-    async def invalidate(changed: list[Inode], live: LiveDraft) -> None:
-        """After a commit: show the new version at once, and drop cached pages of
-        draft files whose content moved with the base (another writer's files)."""
+    async def invalidate(changed: list[Inode], names: Sequence[tuple[Inode, str]], live: LiveDraft) -> None:
+        """After a commit or a discard: show the new version at once, drop cached
+        pages of draft files whose content moved with the base (another writer's
+        files) and the kernel's dentries of `names` that went; an inode left without
+        a name that the kernel does not hold goes now (else when it is forgotten)."""
+        node_of = {id(n.inode): n.ino for n in table.nodes() if isinstance(n, DraftNode) and n.live is live}
+        inodes = [node_of[id(ino)] for ino in changed if id(ino) in node_of]
+        orphans = [ino for ino in changed if ino.nlink <= 0 and id(ino) not in node_of]
+        for folder, name in names:
+            if id(folder) in node_of:
+                pyfuse3.invalidate_entry_async(node_of[id(folder)], os.fsencode(name), ignore_enoent=True)
         await root.collections(0)
         coll = table.find(("coll", live.name))
         if isinstance(coll, CollectionNode):
             await coll.state(0)
-        nodes = [table.find(("draft", live.name, str(ino.token))) for ino in changed]
-        inodes = [node.ino for node in nodes if node is not None]
         if inodes:
             await ctx.run(_invalidate, inodes)  # one worker-thread trip for all of them
+        if orphans:
+            await live.read(_forget, live.draft, orphans)
 
     def watch(live: LiveDraft) -> None:
-        live.on_advance.append(lambda changed: invalidate(changed, live))
+        live.on_advance.append(lambda changed, names: invalidate(changed, names, live))
 
     drafts.on_new.append(watch)
     for live in drafts.live.values():
@@ -261,3 +270,8 @@ def _invalidate(inodes: list[int]) -> None:
             pyfuse3.invalidate_inode(ino, False)
         except OSError:
             pass  # the kernel no longer knows it, or the session has ended
+
+
+def _forget(draft: Draft, inodes: list[Inode]) -> None:
+    for ino in inodes:
+        draft.forget(ino)

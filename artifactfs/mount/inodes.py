@@ -210,6 +210,13 @@ class InodeTable:
         """The live node for `key`, without making one."""
         return self._by_key.get(key)
 
+    def detach(self, node: Node) -> None:
+        """`node` no longer answers for its key (the inode it showed lost its name and
+        another now shows there): the next lookup makes a new node, while the kernel
+        keeps using this one by its number until it forgets it."""
+        if self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+
     def held(self, key: Key) -> bool:
         """Whether the kernel holds the node of `key` (looked up and not forgotten)."""
         node = self._by_key.get(key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +26,7 @@ from ..drafts.commit import CommitResult, commit_draft, warm_digests
 from ..drafts.engine import Draft
 from ..drafts.inode import Inode
 from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, put_aside
+from ..drafts.revert import discard_changes
 from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
 from ..drafts.tostore import seals_chunks, store_ahead, stores_ahead
 from ..errors import ArtifactfsError, ConflictError
@@ -93,7 +94,7 @@ class LiveDraft:
         self.draft = draft
         self.name = draft.state.collection
         self.gate = Gate()
-        self.on_advance: list[Callable[[list[Inode]], Any]] = []
+        self.on_advance: list[Callable[[list[Inode], Sequence[tuple[Inode, str]]], Any]] = []
         self._warmed: str | None = None
         self._ahead: dict[int, Ahead] = {}  # by inode id
         try:
@@ -219,6 +220,26 @@ class LiveDraft:
             return
         await self._advanced(changed)
 
+    async def discard_changes(self) -> str:
+        """Drop every change of the draft (drafts/revert.py): it shows the collection's
+        latest version again.  Returns the line `artifactfs discard` prints;
+        ArtifactfsError when there is no version to go back to."""
+        async with self.gate.commit():
+            st, reg = self.draft.state, self.ctx.registry
+            latest = await self.ctx.run(reg.latest, st.project, self.name)
+            if latest is None:
+                raise ArtifactfsError(f"{self.name}: no version to go back to; remove the collection's folder "
+                                      "(rm -r) to drop its draft")
+            if not self.dirty() and latest == st.base:
+                return f"{self.name}: no changes to discard (the draft shows {self.name}:v{latest})"
+            info = await self.ctx.run(reg.version, st.project, self.name, latest)
+            gone = await self.ctx.run(discard_changes, self.draft, latest, info.root, iso_ns(info.created_at))
+        self._ahead = {i: a for i, a in self._ahead.items() if a.busy}
+        log.info("discarded the changes of the draft of %s (%d names went); it shows v%d", self.name,
+                 len(gone.names), latest)
+        await self._advanced(gone.changed, gone.names)
+        return f"{self.name}: changes discarded; the draft shows {self.name}:v{latest}"
+
     async def _base_deleted(self) -> bool:
         """Its base was deleted: an untouched draft then shows the latest left."""
         try:
@@ -226,9 +247,10 @@ class LiveDraft:
         except (ArtifactfsError, OSError):
             return False
 
-    async def _advanced(self, changed: list[Inode]) -> None:
+    async def _advanced(self, changed: list[Inode], names: Sequence[tuple[Inode, str]] = ()) -> None:
+        """Tell the mount which inodes changed (bytes or names) and which names went."""
         for hook in self.on_advance:
-            await hook(changed)
+            await hook(changed, names)
 
 
 class Drafts:
