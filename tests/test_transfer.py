@@ -60,6 +60,29 @@ def test_chunking_round_trip(reg, tmp_path, size):
     assert (tmp_path / "out" / "d" / "f").read_bytes() == data
 
 
+def test_sparse_file_comes_back_sparse_without_reading_its_holes(reg, tmp_path):
+    """Whole chunks of zeros (holes, or zeros written out) are left as holes by
+    get, as `cp --sparse=auto` leaves them, and their blob is never read: its key
+    says what it holds.  Before, a 1 GiB sparse checkpoint came back 1 GiB on disk."""
+    src = str(tmp_path / "src" / "sparse")
+    os.makedirs(os.path.dirname(src))
+    with open(src, "wb") as f:
+        f.write(b"head")
+        f.seek(3 * CHUNK_SIZE)
+        f.write(b"middle")
+        f.truncate(6 * CHUNK_SIZE)           # three whole chunks of zeros at the end
+    entry = upload.upload_file(reg, src)
+    zeros = download.zero_chunk_key()
+    assert entry.chunks.count(zeros) == 4    # chunks 1, 2 (hole), 4, 5 (end)
+    reg.store.delete(blob_key(zeros))        # never read: its absence must not matter
+    download.download_many(reg, str(tmp_path / "out"), [("sparse", entry)])
+    out = str(tmp_path / "out" / "sparse")
+    with open(src, "rb") as a, open(out, "rb") as b:
+        assert a.read() == b.read()
+    assert os.stat(out).st_size == 6 * CHUNK_SIZE
+    assert os.stat(out).st_blocks * 512 <= 2 * CHUNK_SIZE  # chunks 0 and 3 only
+
+
 def test_unchanged_file_is_not_read_again(reg, tmp_path, digest_cache):
     path = write(tmp_path / "src" / "big", randbytes(4 << 20))
     first = upload.upload_many(reg, [path])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
 import threading
@@ -18,8 +19,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+import xxhash
+
 from ..errors import LocalFileError, ObjectNotFound, StoreError, shown
-from ..registry.manifest import FileEntry, Leaf, SymlinkEntry
+from ..registry.manifest import CHUNK_SIZE, FileEntry, Leaf, SymlinkEntry
 from ..registry.names import check_path
 from ..registry.versions import Registry, blob_key
 from . import packs, references
@@ -39,6 +42,12 @@ def read_chunk(registry: Registry, entry: FileEntry, index: int, where: str) -> 
     data = registry.get_blob(key)
     check_stored(registry.store, data, key, entry.chunk_span(index)[1], where)
     return data
+
+
+@functools.cache
+def zero_chunk_key() -> str:
+    """The key of a whole chunk (CHUNK_SIZE bytes) of zeros: a hole of a sparse file."""
+    return xxhash.xxh3_128_hexdigest(bytes(CHUNK_SIZE))
 
 
 def _read_chunk_into(registry: Registry, entry: FileEntry, index: int, where: str, buf: memoryview) -> memoryview:
@@ -127,11 +136,18 @@ def _file_into(registry: Registry, dir_fd: int, name: str, path: str, where: str
                  0o755 if entry.executable else 0o644, dir_fd=dir_fd)
     try:
         run.begin(dir_fd, tmp)
+        holes = False
         for view in _pieces(registry, entry, path):
             run.check()
-            write_full(fd, view)
+            if view is None:  # a chunk of zeros: left a hole, as `cp --sparse=auto` does
+                os.lseek(fd, CHUNK_SIZE, os.SEEK_CUR)
+                holes = True
+            else:
+                write_full(fd, view)
             if progress:
-                progress(len(view))
+                progress(CHUNK_SIZE if view is None else len(view))
+        if holes:
+            os.ftruncate(fd, entry.size)  # (a hole at the end has no bytes written after it)
         if entry.mtime_ns is not None:
             os.utime(fd, ns=(time.time_ns(), entry.mtime_ns))
         os.close(fd)
@@ -243,17 +259,22 @@ def _stop_workers(futures: list[Future], run: _Run) -> None:
     wait(futures)
 
 
-def _pieces(registry: Registry, entry: FileEntry, path: str) -> Iterator[memoryview | bytes]:
+def _pieces(registry: Registry, entry: FileEntry, path: str) -> Iterator[memoryview | bytes | None]:
     """The verified bytes of a file, piece by piece: its blobs, or for a reference
-    the bytes at its URI (references.pieces checks them)."""
+    the bytes at its URI (references.pieces checks them).  None stands for a whole
+    chunk of zeros, known by its key alone: nothing is read for it."""
     if entry.ref is not None:
         yield from references.pieces(entry)
         return
     chunks = entry.chunks
-    registry.store.prefetch([blob_key(k) for k in chunks[1:1 + PREFETCH]])
+    zeros = zero_chunk_key()
+    registry.store.prefetch([blob_key(k) for k in chunks[1:1 + PREFETCH] if k != zeros])
     for i in range(len(chunks)):
-        if i + PREFETCH < len(chunks):  # one more ahead for each one taken
+        if i + PREFETCH < len(chunks) and chunks[i + PREFETCH] != zeros:  # one more ahead for each one taken
             registry.store.prefetch([blob_key(chunks[i + PREFETCH])])
+        if chunks[i] == zeros:
+            yield None
+            continue
         try:
             view = _read_chunk_into(registry, entry, i, path, chunk_buffer())
         except OSError as e:
