@@ -9,17 +9,9 @@ import os
 import pytest
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
+from test_draft_mount import BASE, store  # noqa: F401  (fixture)
 
 from artifactfs.registry.versions import Registry
-
-BASE = {"a/x": b"ax", "a/y": (b"ay" * 5000, True), "b/c/d": b"bcd", "top": b"t"}
-
-
-@pytest.fixture
-def store(tmp_path) -> str:
-    url = str(tmp_path / "store")
-    publish(Registry.open(url, create=True), str(tmp_path / "pub"), "ds", BASE)
-    return url
 
 
 def staged_files(m) -> list[str]:
