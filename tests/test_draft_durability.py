@@ -320,3 +320,53 @@ def test_a_draft_that_cannot_be_recovered_for_lack_of_space_does_not_stop_the_mo
         assert version_files(Registry.open(store), "ds", 1)["partial.bin"] == (payload, False)
     finally:
         subprocess.run(["umount", "-l", str(fs)])
+
+
+def test_a_full_state_dir_can_still_be_emptied(tmp_path):
+    """Writes into a draft fill the state dir's filesystem.  Removing a staged
+    file is a meta.db transaction: before the reserve (drafts/reserve.py) every
+    `rm` failed with ENOSPC, and so did the sync that would have freed room.
+    Now `rm` and `sync` work, creating a file still gets ENOSPC (it takes room),
+    and the reserve is made again once there is room."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(fs)]).returncode != 0:
+        skip_or_fail("needs root to mount a tmpfs")
+    try:
+        store = str(tmp_path / "store")
+        publish(Registry.open(store, create=True), str(tmp_path / "pub"), "ds", BASE)
+        env = {**os.environ, "XDG_STATE_HOME": str(fs / "state")}
+        with mounted(store, tmp_path / "mnt", env=env) as m:
+            reserves = glob.glob(str(fs / "state" / "**" / "reserve"), recursive=True)
+            assert len(reserves) == 1 and os.stat(reserves[0]).st_size == 8 << 20
+            d = m.p("ds", "draft")
+            written = []
+            for i in range(100):
+                try:
+                    with open(f"{d}/f{i}", "wb") as f:
+                        f.write(randbytes(1 << 20))
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC
+                    break
+                written.append(f"f{i}")
+            else:
+                raise AssertionError("the state dir never filled up")
+            failed = f"f{i}"  # (made, and as far as the room went, written)
+            with pytest.raises(OSError) as e:
+                with open(f"{d}/more", "wb") as f:
+                    f.write(randbytes(1 << 20))
+            assert e.value.errno == errno.ENOSPC
+            for name in written[:4]:
+                os.unlink(f"{d}/{name}")
+            assert not os.path.exists(reserves[0])    # given back for the first unlink
+            assert "its reserve of 8 MiB is given back" in m.log
+            assert cli("sync", d, env=env).stdout == "ds:v1\n"
+            for name in [*written[4:], failed]:       # committed; removing them frees their room
+                os.unlink(f"{d}/{name}")
+            assert cli("sync", d, env=env).stdout == "ds:v2\n"
+            wait_for(lambda: os.path.exists(reserves[0]), 30, "the reserve to be made again")
+        reg = Registry.open(store)
+        assert set(version_files(reg, "ds", 1)) == {*BASE, *written[4:], failed}
+        assert set(version_files(reg, "ds", 2)) == set(BASE)
+    finally:
+        subprocess.run(["umount", "-l", str(fs)])

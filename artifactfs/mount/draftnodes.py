@@ -212,23 +212,24 @@ class DraftNode(Node):
         return target
 
     async def unlink(self, name: str) -> None:
-        await self.live.change(self.draft.unlink, self.inode, name)
+        await self.live.change(self.draft.unlink, self.inode, name, frees_space=True)
 
     async def rmdir(self, name: str) -> None:
-        await self.live.change(self.draft.rmdir, self.inode, name)
+        await self.live.change(self.draft.rmdir, self.inode, name, frees_space=True)
 
     async def rename(self, name: str, new_parent: Node, new_name: str, flags: int) -> None:
         if not isinstance(new_parent, DraftNode) or new_parent.live is not self.live:
             raise fuse_error(errno.EXDEV)
         await self.live.change(self.draft.rename, self.inode, name, new_parent.inode, _valid(new_name),
-                               bool(flags & pyfuse3.RENAME_NOREPLACE), bool(flags & pyfuse3.RENAME_EXCHANGE))
+                               bool(flags & pyfuse3.RENAME_NOREPLACE), bool(flags & pyfuse3.RENAME_EXCHANGE),
+                               frees_space=True)
 
     # -- files ---------------------------------------------------------------------
     async def open(self, flags: int) -> Handle:
         if self.inode.is_dir:
             raise fuse_error(errno.EISDIR)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
-            await self.live.change(filedata.truncate, self.draft, self.inode, 0)
+            await self.live.change(filedata.truncate, self.draft, self.inode, 0, frees_space=True)
         return DraftHandle(self, flags)
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
@@ -258,7 +259,8 @@ class DraftNode(Node):
 
     async def setattr(self, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None) -> pyfuse3.EntryAttributes:
-        self.attr = await self.live.change(_setattr, self.draft, self.inode, attr, fields)
+        self.attr = await self.live.change(_setattr, self.draft, self.inode, attr, fields,
+                                           frees_space=fields.update_size)
         return self.attributes()
 
     # -- attributes for the next commit (on the draft folder itself) -------------------

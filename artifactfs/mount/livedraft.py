@@ -8,6 +8,7 @@ Writes are never buffered here: each one reaches the data file before the
 writer is answered, so a killed daemon loses nothing a writer had written."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from ..drafts.commit import CommitResult, commit_draft, warm_digests
 from ..drafts.engine import Draft
 from ..drafts.inode import Inode
 from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, put_aside
+from ..drafts.reserve import RESERVE, SpaceReserve
 from ..drafts.revert import discard_changes
 from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
 from ..drafts.tostore import seals_chunks, store_ahead, stores_ahead
@@ -89,9 +91,10 @@ class Ahead:
 
 
 class LiveDraft:
-    def __init__(self, ctx: MountContext, draft: Draft):
+    def __init__(self, ctx: MountContext, draft: Draft, reserve: SpaceReserve):
         self.ctx = ctx
         self.draft = draft
+        self.reserve = reserve
         self.name = draft.state.collection
         self.gate = Gate()
         self.on_advance: list[Callable[[list[Inode], Sequence[tuple[Inode, str]]], Any]] = []
@@ -102,14 +105,32 @@ class LiveDraft:
         except OSError as e:  # only an optimisation
             log.warning("big files of the draft of %s are copied into the store: %s", self.name, e)
 
-    async def change(self, fn: Callable[..., T], *args: Any) -> T:
-        """A change of the draft (namespace, attributes or bytes), in a worker thread."""
+    async def change(self, fn: Callable[..., T], *args: Any, frees_space: bool = False) -> T:
+        """A change of the draft (namespace, attributes or bytes), in a worker thread.
+        One that `frees_space` may use the state dir's reserve (drafts/reserve.py)."""
         self._warm()
         await self.gate.enter()
         try:
-            return await self.ctx.run(fn, *args)
+            if not frees_space:
+                return await self.ctx.run(fn, *args)
+            return await self._with_reserve(fn, *args)
         finally:
             self.gate.leave()
+
+    async def _with_reserve(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a worker thread; on ENOSPC once more with the reserve given
+        back (fn fails as a whole: a meta.db transaction), which is made again once
+        there is room."""
+        try:
+            done = await self.ctx.run(fn, *args)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not await self.ctx.run(self.reserve.release):
+                raise
+            log.warning("the state dir is full: its reserve of %d MiB is given back so that a change of the "
+                        "draft of %s that frees room can go on", RESERVE >> 20, self.name)
+            done = await self.ctx.run(fn, *args)
+        await self.ctx.run(self.reserve.restore)
+        return done
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.ctx.run(fn, *args)
@@ -182,7 +203,7 @@ class LiveDraft:
                 raise ArtifactfsError(f"{self.name}: the draft of this new collection is empty, nothing to publish "
                                       "(rmdir its folder to drop it)")
             try:
-                result = await self.ctx.run(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
+                result = await self._with_reserve(partial(commit_draft, self.ctx.registry, self.draft, **attrs))
             except ConflictError:
                 await self._advanced([])  # the folders show the version the conflict names
                 raise
@@ -266,6 +287,13 @@ class Drafts:
         self._opening = trio.Lock()
         self.on_new: list[Callable[[LiveDraft], None]] = []
         self.owner = (ctx.uid, ctx.gid)
+        self.reserve = SpaceReserve(self.dir)
+        try:
+            if not self.reserve.restore():
+                log.warning("no room for the %d MiB reserve of the state dir %s: on a full disk, removing files "
+                            "from a draft may fail until there is room", RESERVE >> 20, self.dir)
+        except OSError as e:
+            log.warning("could not make the reserve of the state dir %s: %s", self.dir, e.strerror or e)
         for other in earlier_stores(reg.identity, reg.store.url):
             log.info("drafts of an earlier store at %s (made again since) are kept in %s", reg.store.url, other)
         for name in sorted(os.listdir(self.dir)):
@@ -292,7 +320,7 @@ class Drafts:
             draft.close()
             put_aside(draft.dir, f"its base {name}:v{draft.state.base} is no longer in the store")
             return
-        self.live[name] = LiveDraft(self.ctx, draft)
+        self.live[name] = LiveDraft(self.ctx, draft, self.reserve)
         if self.live[name].dirty():
             log.info("draft of %s found with changes not yet committed (base %s)", name,
                      "none" if draft.state.base is None else f"v{draft.state.base}")
@@ -317,7 +345,7 @@ class Drafts:
             if name not in self.live:
                 draft = await self.ctx.run(open_draft, self.ctx.registry, self.dir, self.ctx.project, name,
                                            self._fetch_from_cache, self.owner, type_ or self.default_type, base)
-                self.live[name] = LiveDraft(self.ctx, draft)
+                self.live[name] = LiveDraft(self.ctx, draft, self.reserve)
                 for hook in self.on_new:
                     hook(self.live[name])
             return self.live[name]
