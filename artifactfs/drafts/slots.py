@@ -23,6 +23,7 @@ import xxhash
 from ..fileio import write_new
 from ..paths import state_dir
 from .meta import DB_FILE
+from .reserve import SpaceReserve
 
 TMP = "\\tmp."
 SET_ASIDE = "set-aside"
@@ -108,6 +109,7 @@ def _adopt(base: str, mine: str) -> None:
             for name in os.listdir(path):
                 if is_draft(os.path.join(path, name)) and not os.path.exists(os.path.join(mine, name)):
                     os.rename(os.path.join(path, name), os.path.join(mine, name))
+            SpaceReserve(path).release()  # (an idle slot holds no room back)
         finally:
             os.close(fd)
 
