@@ -1,5 +1,6 @@
 """`artifactfs sync`: commit drafts of a running mount as new versions;
-`artifactfs discard`: throw away their changes.
+`artifactfs status`: what sync would publish; `artifactfs discard`: throw
+away their changes.
 
 PATH (default: the current directory) is a draft folder (or a folder inside one),
 a collection folder, or the mountpoint itself (every draft with changes).  The
@@ -99,6 +100,17 @@ def discard_cmd(paths: tuple[str, ...]) -> None:
         if collections is None:
             raise ArtifactfsError("discard takes draft or collection folders, not a whole mount")
         failures += _report(request(address, {"op": "discard", "collections": collections}))
+    if failures:
+        sys.exit(1)
+
+
+@click.command(name="status")
+@click.argument("paths", nargs=-1, type=click.Path())
+def status_cmd(paths: tuple[str, ...]) -> None:
+    """Show what sync would publish from drafts: A added, M changed, D removed (default: the current directory)."""
+    failures = 0
+    for address, collections in _targets(paths or (os.getcwd(),)):
+        failures += _report(request(address, {"op": "status", "collections": collections}))
     if failures:
         sys.exit(1)
 

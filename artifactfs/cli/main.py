@@ -29,7 +29,7 @@ from .base import (
     pinned,
     progress,
 )
-from .drafts import discard_cmd, sync_cmd
+from .drafts import discard_cmd, status_cmd, sync_cmd
 from .lifecycle import COMMANDS
 from .mount import mount_cmd, umount_cmd
 
@@ -319,5 +319,5 @@ def verify(c: Ctx, name: str, directory: str | None) -> None:
     click.echo(f"{art.name}: {len(items)} files OK")
 
 
-for _command in (mount_cmd, umount_cmd, sync_cmd, discard_cmd, *COMMANDS):  # cli/mount.py, cli/drafts.py, cli/lifecycle.py
+for _command in (mount_cmd, umount_cmd, sync_cmd, status_cmd, discard_cmd, *COMMANDS):  # cli/mount.py, cli/drafts.py, cli/lifecycle.py
     main.add_command(_command)

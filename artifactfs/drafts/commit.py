@@ -83,15 +83,20 @@ class CommitResult:
         stayed behind the version, or None."""
         notes = []
         if self.left_out:
-            parts = []
-            for what, paths in sorted(self.left_out.items()):
-                more = f" (+{len(paths) - LEFT_OUT_SHOWN} more)" if len(paths) > LEFT_OUT_SHOWN else ""
-                parts.append(f"{what}: {', '.join(sorted(paths)[:LEFT_OUT_SHOWN])}{more}")
-            notes.append("kept in the draft only (a version cannot hold them): " + "; ".join(parts))
+            notes.append(left_out_text(self.left_out))
         if self.behind:
             notes.append(f"published, but the draft could not move onto it ({self.behind}); it shows the same "
                          "files, and the next sync once there is room says it is unchanged")
         return f"{self.line}: " + "; ".join(notes) if notes else None
+
+
+def left_out_text(left_out: dict[str, list[str]]) -> str:
+    """One line naming what a version cannot hold, a few paths of each kind."""
+    parts = []
+    for what, paths in sorted(left_out.items()):
+        more = f" (+{len(paths) - LEFT_OUT_SHOWN} more)" if len(paths) > LEFT_OUT_SHOWN else ""
+        parts.append(f"{what}: {', '.join(sorted(paths)[:LEFT_OUT_SHOWN])}{more}")
+    return "kept in the draft only (a version cannot hold them): " + "; ".join(parts)
 
 
 def join(prefix: str, name: str) -> str:
@@ -212,9 +217,11 @@ def _known(s: Staged) -> Digests | None:
     return RunningDigest().result() if s.st.st_size == 0 else None
 
 
-def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple[dict[int, FileEntry], dict]:
+def hash_staged(registry: Registry | None, draft: Draft,
+                staged: list[Staged]) -> tuple[dict[int, FileEntry], dict]:
     """Content entries of the staged files by inode (stored in the registry's blobs
-    as they are hashed; a file hashed while written is not read, tostore.py), and
+    as they are hashed, if there is one; a file hashed while written is not read,
+    tostore.py), and
     the stamps to record once the commit is durable.  A stamp is recorded only if
     the file's ctime is older than a probe written afterwards, so any later write
     is sure to change it (timestamps are coarse).  Storing may change a data
@@ -249,8 +256,9 @@ def hash_staged(registry: Registry, draft: Draft, staged: list[Staged]) -> tuple
     return entries, stamps
 
 
-def draft_changes(registry: Registry, draft: Draft) -> tuple[Scan, dict]:
-    """All changes of the draft relative to its base, and the stamps."""
+def draft_changes(registry: Registry | None, draft: Draft) -> tuple[Scan, dict]:
+    """All changes of the draft relative to its base, and the stamps (registry None:
+    the staged files' blobs are not stored)."""
     found = scan(draft)
     entries, stamps = hash_staged(registry, draft, found.staged)
     for s in found.staged:

@@ -41,18 +41,20 @@ def store_known(store: LocalStore, where: list[Piece], known: Digests) -> FileEn
     return entry
 
 
-def store_staged(registry: Registry, paths: list[str], where: list[list[Piece]],
+def store_staged(registry: Registry | None, paths: list[str], where: list[list[Piece]],
                  known: list[Digests | None]) -> list[FileEntry]:
     """Entries of staged files, their chunks stored: into a local store those with
     `known` digests without reading them, from `where` their chunks are; the
     others (one data file each at `paths`; every file, for other stores) read,
-    hashed and stored in parallel."""
+    hashed and stored in parallel.  Without a registry nothing is stored: the
+    entries only (`artifactfs status`)."""
     out: list[FileEntry | None] = [None] * len(paths)
-    store = registry.store
-    if isinstance(store, LocalStore):
-        for i, k in enumerate(known):
-            if k is not None:
-                out[i] = store_known(store, where[i], k)
+    store = registry.store if registry is not None else None
+    for i, k in enumerate(known):
+        if k is not None and isinstance(store, LocalStore):
+            out[i] = store_known(store, where[i], k)
+        elif k is not None and store is None:
+            out[i] = FileEntry(k.digest, k.size, k.chunks)
     todo = [i for i, e in enumerate(out) if e is None]
     for i, e in zip(todo, upload.upload_many(registry, [paths[i] for i in todo])):
         out[i] = FileEntry(e.digest, e.size, e.chunks, pack=e.pack)  # content only: no mode or mtime

@@ -97,6 +97,11 @@ class ControlServer:
     async def dispatch(self, req: dict) -> dict:
         if req.get("op") == "discard":
             return {"results": [await self._one(name, "discard", self._discard) for name in req["collections"]]}
+        if req.get("op") == "status":
+            names = req.get("collections")
+            if names is None:
+                names = [n for n, live in sorted(self.drafts.live.items()) if await live.has_changes()]
+            return {"results": [await self._one(name, "status", self._status) for name in names]}
         if req.get("op") != "sync":
             return {"error": f"unknown request {req.get('op')!r}"}
         attrs = {"aliases": list(req.get("aliases") or ()), "tags": list(req.get("tags") or ()),
@@ -109,6 +114,9 @@ class ControlServer:
             return {"line": result.line, "note": result.note}
 
         return {"results": [await self._one(name, "sync", commit) for name in names]}
+
+    async def _status(self, name: str) -> dict:
+        return {"line": await (await self._existing(name)).status()}
 
     async def _discard(self, name: str) -> dict:
         return {"line": await (await self._existing(name)).discard_changes()}

@@ -30,6 +30,7 @@ from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, p
 from ..drafts.reserve import RESERVE, SpaceReserve
 from ..drafts.revert import discard_changes
 from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
+from ..drafts.status import draft_status
 from ..drafts.tostore import seals_chunks, store_ahead, stores_ahead
 from ..errors import ArtifactfsError, ConflictError
 from ..registry.manifest import CHUNK_SIZE, FileEntry
@@ -240,6 +241,11 @@ class LiveDraft:
             log.warning("the draft of %s stays on v%s for now: %s", self.name, st.base, e)
             return
         await self._advanced(changed)
+
+    async def status(self) -> str:
+        """What a sync would publish now (drafts/status.py), as `artifactfs status` prints it.
+        Changes go on meanwhile: the draft is not held still for it."""
+        return (await self.ctx.run(draft_status, self.ctx.registry, self.draft)).text()
 
     async def discard_changes(self) -> str:
         """Drop every change of the draft (drafts/revert.py): it shows the collection's

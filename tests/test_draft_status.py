@@ -1,5 +1,6 @@
-"""`artifactfs discard`: every change of a draft goes and it shows its
-collection's latest version again (drafts/revert.py), through a real mount;
+"""`artifactfs status` (what sync would publish, drafts/status.py) and
+`artifactfs discard` (every change of a draft goes and it shows its
+collection's latest version again, drafts/revert.py), through a real mount;
 open files keep their bytes as unlinked files do."""
 from __future__ import annotations
 
@@ -96,3 +97,36 @@ def test_discard_follows_latest_and_reports_errors(store, mount_factory, tmp_pat
                           ((), "Missing argument")]:
         done = cli("discard", *args, env=m.env)
         assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_status_shows_what_sync_would_publish(store, mount_factory, tmp_path):
+    """`artifactfs status`: A/M/D per path as a commit finds the changes (a file
+    written back with its bytes is no change), what is pending, what a version
+    cannot hold, and a newer latest; nothing is stored."""
+    m = mount_factory(store, "--refresh", "1")
+    d = m.p("ds", "draft")
+    done = cli("status", d, env=m.env)
+    assert done.returncode == 0 and done.stdout == "ds: draft of ds:v0: no changes\n"
+    with open(f"{d}/a/x", "ab") as f:
+        f.write(b"+more")
+    with open(f"{d}/top", "wb") as f:              # the same bytes again: no change
+        f.write(BASE["top"])
+    os.utime(f"{d}/top", ns=(os.stat(m.p("ds", "ds:v0", "top")).st_mtime_ns,) * 2)
+    with open(f"{d}/new", "wb") as f:
+        f.write(b"new")
+    os.remove(f"{d}/b/c/d")
+    os.mkfifo(f"{d}/pipe")
+    os.setxattr(d, "user.artifact.aliases", b"best")
+    reg = Registry.open(store)
+    v1 = publish(reg, str(tmp_path / "pub2"), "ds", {"theirs": b"theirs"})
+    blobs = sorted(reg.store.list("blobs/"))
+    done = cli("status", m.p("ds"), env=m.env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"ds: draft of ds:v0; latest is ds:v{v1}, sync applies the changes onto it: 3 changes",
+        "M a/x", "D b/c/d", "A new",
+        "for the next version: aliases best",
+        "kept in the draft only (a version cannot hold them): empty folders: b/c; fifos: pipe"]
+    assert sorted(reg.store.list("blobs/")) == blobs  # nothing stored by status
+    assert cli("sync", d, env=m.env).stdout == f"ds:v{v1 + 1}\n"
+    assert cli("status", m.path, env=m.env).stdout == ""   # the mountpoint: every draft with changes (none)
