@@ -1,9 +1,13 @@
 """Shared, generic fixtures.  Feature-specific helpers live in their own modules."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import subprocess
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +47,19 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` ("1m", "40m") mounted at `path` (made) for a full disk;
+    unmounted afterwards.  Needs root (skip_or_fail otherwise)."""
+    path.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode != 0:
+        skip_or_fail("needs root to mount a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])
 
 
 @pytest.fixture(autouse=True)

@@ -6,14 +6,13 @@ import fcntl
 import multiprocessing
 import os
 import stat
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import xxhash
-from conftest import flipped, randbytes, skip_or_fail
+from conftest import flipped, randbytes, tmpfs
 from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 
 from artifactfs.chunks.cache import ChunkCache, default_cache_dir, parse_size
@@ -290,11 +289,7 @@ def test_a_cache_disk_that_fills_below_the_cap_lowers_the_cap(s3_reg: Registry, 
     """A cache dir on a disk smaller than --cache-size: reads stay right, the cap
     falls to what fits (one warning, not one per blob), and the oldest blobs make
     room for new ones instead of nothing being cached any more."""
-    disk = tmp_path / "small"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)]).returncode != 0:
-        skip_or_fail("needs root to mount a tmpfs")
-    try:
+    with tmpfs(tmp_path / "small", "6m") as disk:
         blobs = [randbytes(MiB) for _ in range(12)]
         keys = [put_blob(s3_reg, b) for b in blobs]
         s3_reg.store.sync()
@@ -308,5 +303,3 @@ def test_a_cache_disk_that_fills_below_the_cap_lowers_the_cap(s3_reg: Registry, 
         assert sum(held.values()) <= cache.max_bytes
         assert sum("is full" in r.getMessage() for r in caplog.records) == 1
         assert not [r for r in caplog.records if "cannot cache" in r.getMessage()]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)])

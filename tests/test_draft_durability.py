@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import randbytes, skip_or_fail
+from conftest import randbytes, tmpfs
 from core_util import check_version_complete
 from draft_helpers import dir_files, publish, version_files
 from mountutil import cli, force_unmount, is_mounted, mounted, wait_for
@@ -290,11 +290,7 @@ def test_a_draft_that_cannot_be_recovered_for_lack_of_space_does_not_stop_the_mo
     next start: a copy.  With the disk too full for it, that one draft gives
     ENOSPC (its files stay as they are), and the mount still starts and serves
     everything else; once there is room, the draft opens with every byte."""
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(fs)]).returncode != 0:
-        skip_or_fail("needs root to mount a tmpfs")
-    try:
+    with tmpfs(tmp_path / "fs", "64m") as fs:
         store = str(fs / "store")
         publish(Registry.open(store, create=True), str(tmp_path / "pub"), "ds", BASE)
         env = {**os.environ, "XDG_STATE_HOME": str(fs / "state")}
@@ -318,8 +314,6 @@ def test_a_draft_that_cannot_be_recovered_for_lack_of_space_does_not_stop_the_mo
             assert open(m.p("ds", "draft", "partial.bin"), "rb").read() == payload
             assert cli("sync", m.p("ds", "draft"), env=env).stdout == "ds:v1\n"
         assert version_files(Registry.open(store), "ds", 1)["partial.bin"] == (payload, False)
-    finally:
-        subprocess.run(["umount", "-l", str(fs)])
 
 
 def test_a_full_state_dir_can_still_be_emptied(tmp_path):
@@ -328,11 +322,7 @@ def test_a_full_state_dir_can_still_be_emptied(tmp_path):
     `rm` failed with ENOSPC, and so did the sync that would have freed room.
     Now `rm` and `sync` work, creating a file still gets ENOSPC (it takes room),
     and the reserve is made again once there is room."""
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(fs)]).returncode != 0:
-        skip_or_fail("needs root to mount a tmpfs")
-    try:
+    with tmpfs(tmp_path / "fs", "40m") as fs:
         store = str(tmp_path / "store")
         publish(Registry.open(store, create=True), str(tmp_path / "pub"), "ds", BASE)
         env = {**os.environ, "XDG_STATE_HOME": str(fs / "state")}
@@ -368,5 +358,3 @@ def test_a_full_state_dir_can_still_be_emptied(tmp_path):
         reg = Registry.open(store)
         assert set(version_files(reg, "ds", 1)) == {*BASE, *written[4:], failed}
         assert set(version_files(reg, "ds", 2)) == set(BASE)
-    finally:
-        subprocess.run(["umount", "-l", str(fs)])

@@ -11,7 +11,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import randbytes, skip_or_fail
+from conftest import randbytes, tmpfs
 from draft_helpers import Paths, open_test_draft, publish
 
 from artifactfs.drafts import filedata
@@ -251,11 +251,7 @@ def test_failed_copy_up_leaves_the_base(reg, draft):
 
 def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg):
     """A real, tiny tmpfs as the state dir: the writer gets ENOSPC, earlier files stay."""
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode:
-        skip_or_fail("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "small", "1m") as small:
         monkeypatch.setenv("XDG_STATE_HOME", str(small))
         publish(reg, str(tmp_path / "pub"), "big", {"f": randbytes(700_000)})
         d = Paths(open_test_draft(reg, "big"))
@@ -268,8 +264,6 @@ def test_enospc_on_a_full_disk_keeps_what_was_staged(tmp_path, monkeypatch, reg)
         assert e.value.errno == errno.ENOSPC
         assert d.stat("f").size == 700_000 and not d.node("f").staged, "still the base file"
         assert d.read("kept") == b"k" * 100_000
-    finally:
-        subprocess.run(["umount", "-l", str(small)])
 
 
 def test_recover_removes_orphans_and_stray_data(draft):

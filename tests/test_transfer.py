@@ -3,11 +3,10 @@ that are verified, atomic and stay inside their root."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 import xxhash
-from conftest import flipped, randbytes, skip_or_fail
+from conftest import flipped, randbytes, tmpfs
 from mountutil import mounted
 
 from artifactfs.chunks import download, hashcache, upload, verify
@@ -205,17 +204,11 @@ def test_files_on_a_fuse_mount_are_never_remembered(reg, store_url, tmp_path, di
 
 def test_full_store_disk_is_a_store_error(tmp_path):
     """A real, tiny tmpfs holds the store: ENOSPC names the store, not the source file."""
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode:
-        skip_or_fail("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "small", "1m") as small:
         reg = Registry.open(str(small / "store"), create=True)
         src = write(tmp_path / "src" / "f", randbytes(3 << 20))
         with pytest.raises(StoreError, match="cannot write to the store.*No space left"):
             upload.upload_many(reg, [src])
-    finally:
-        subprocess.run(["umount", "-l", str(small)])
 
 
 @pytest.mark.parametrize("stored", [3, 40])  # few keys per directory: stat each; many: list it
