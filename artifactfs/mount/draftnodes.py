@@ -173,7 +173,7 @@ class DraftNode(Node):
     def forgotten(self) -> None:
         """An inode with no name left goes when the kernel forgets it."""
         if self.inode.nlink <= 0 and self.ctx.reader.nursery is not None:
-            self.ctx.reader.nursery.start_soon(self.live.read, self.draft.forget, self.inode)
+            self.ctx.reader.nursery.start_soon(self.live.forget, [self.inode])
 
     # -- folders -------------------------------------------------------------------
     async def lookup(self, name: str) -> Node:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import pyfuse3
 
 from ..drafts import filedata
-from ..drafts.engine import Draft
 from ..drafts.inode import Inode
 from ..registry.names import check_alias, check_name, parse_version
 from ..registry.versions import CollectionInfo, VersionInfo
@@ -64,8 +63,9 @@ class DraftRootNode(RootNode):
         return sorted(out.items())
 
     def _unborn(self, name: str) -> Node:
-        state = self.drafts.live[name].draft.state
-        return self._child(CollectionInfo(self.ctx.project, name, state.type, None, now_iso()))
+        live = self.drafts.live.get(name)
+        type_ = live.draft.state.type if live is not None else self.drafts.default_type  # (not opened yet)
+        return self._child(CollectionInfo(self.ctx.project, name, type_, None, now_iso()))
 
     async def mkdir(self, name: str, mode: int) -> Node:
         check_name(name, "collection name")
@@ -244,7 +244,7 @@ def install(parts: MountParts, default_type: str) -> None:
         if inodes:
             await ctx.run(_invalidate, inodes)  # one worker-thread trip for all of them
         if orphans:
-            await live.read(_forget, live.draft, orphans)
+            await live.forget(orphans)
 
     def watch(live: LiveDraft) -> None:
         live.on_advance.append(lambda changed, names: invalidate(changed, names, live))
@@ -270,8 +270,3 @@ def _invalidate(inodes: list[int]) -> None:
             pyfuse3.invalidate_inode(ino, False)
         except OSError:
             pass  # the kernel no longer knows it, or the session has ended
-
-
-def _forget(draft: Draft, inodes: list[Inode]) -> None:
-    for ino in inodes:
-        draft.forget(ino)

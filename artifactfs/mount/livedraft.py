@@ -136,6 +136,17 @@ class LiveDraft:
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.ctx.run(fn, *args)
 
+    async def forget(self, inodes: list[Inode]) -> None:
+        """Inodes left without names that nobody holds any more go, with their data
+        (Draft.forget; the reserve helps on a full disk).  One that cannot go now
+        stays until the next start removes it (lifecycle.recover): logged, never
+        raised, as it runs in the background or after a change that is done."""
+        try:
+            await self._with_reserve(_forget_all, self.draft, inodes)
+        except (ArtifactfsError, OSError) as e:
+            log.warning("the draft of %s keeps %d removed file(s) on disk until the next start: %s", self.name,
+                        len(inodes), e.strerror if isinstance(e, OSError) and e.strerror else e)
+
     async def write(self, ino: Inode, off: int, data: bytes) -> int:
         """pwrite(2) into a file of the draft (filedata.write); bytes written."""
         done = await self.change(filedata.write, self.draft, ino, off, data)
@@ -293,6 +304,7 @@ class Drafts:
         self._opening = trio.Lock()
         self.on_new: list[Callable[[LiveDraft], None]] = []
         self.owner = (ctx.uid, ctx.gid)
+        self.unopened: set[str] = set()  # drafts found at start that could not be opened yet (a full disk)
         self.reserve = SpaceReserve(self.dir)
         try:
             if not self.reserve.restore():
@@ -307,6 +319,7 @@ class Drafts:
                 try:
                     self._load(name)
                 except OSError as e:  # (a full disk: recovery may copy a file whole) one draft, not the mount
+                    self.unopened.add(name)
                     log.error("the draft of %s could not be opened: %s; it stays on disk as it is, and its "
                               "folder gives this error until it can be opened (free space, then use it again)",
                               name, e.strerror or e)
@@ -352,13 +365,15 @@ class Drafts:
                 draft = await self.ctx.run(open_draft, self.ctx.registry, self.dir, self.ctx.project, name,
                                            self._fetch_from_cache, self.owner, type_ or self.default_type, base)
                 self.live[name] = LiveDraft(self.ctx, draft, self.reserve)
+                self.unopened.discard(name)
                 for hook in self.on_new:
                     hook(self.live[name])
             return self.live[name]
 
     def unborn(self) -> list[str]:
-        """Collections that exist only as a draft so far (made with mkdir)."""
-        return sorted(n for n, d in self.live.items() if d.draft.state.base is None)
+        """Collections that exist only as a draft so far (made with mkdir), and drafts
+        that could not be opened at start (shown, so that using them tries again)."""
+        return sorted({n for n, d in self.live.items() if d.draft.state.base is None} | self.unopened)
 
     async def discard(self, name: str) -> None:
         live = self.live.pop(name)
@@ -381,3 +396,8 @@ class Drafts:
         for live in self.live.values():
             live.draft.close()
         os.close(self._lock_fd)
+
+
+def _forget_all(draft: Draft, inodes: list[Inode]) -> None:
+    for ino in inodes:
+        draft.forget(ino)
