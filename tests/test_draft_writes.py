@@ -10,6 +10,7 @@ import glob
 import mmap
 import os
 import subprocess
+import sys
 
 import pytest
 import xxhash
@@ -22,6 +23,7 @@ from artifactfs.registry.manifest import CHUNK_SIZE
 from artifactfs.registry.versions import Registry
 
 MiB = 1 << 20
+PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -108,3 +110,32 @@ def test_cp_of_a_big_file_stages_chunks_that_become_their_blobs(store, mount_fac
     assert done.returncode == 0, done.stderr
     assert version_files(Registry.open(store), "w", 0) == {"big.bin": (payload, False)}
     assert os.listdir(data[0]) == []
+
+
+def test_sync_and_umount_publish_what_a_shared_mapping_wrote(store, mount_factory):
+    """A program keeps a shared writable mapping of a draft file (numpy.memmap
+    'w+') and has not msync'ed: the kernel holds those pages dirty.  `sync` (and
+    `umount`) published the bytes the file had before; now the CLI writes the
+    mount back (syncfs) before the commit, so the version holds what the draft
+    shows.  (One page, and no other open of the file meanwhile: more dirty
+    pages, or an open, make the kernel write them back by itself, and the test
+    would pass without the fix.)"""
+    m = mount_factory(store)
+    os.mkdir(m.p("feat"))
+    path = m.p("feat", "draft", "f.bin")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import mmap, os, sys\n"
+         f"fd = os.open({path!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
+         f"os.ftruncate(fd, {PAGE})\n"
+         f"mm = mmap.mmap(fd, {PAGE})\n"
+         "mm[:] = b'\\x04' * len(mm)\n"
+         "print('written', flush=True)\n"
+         "sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "written\n"
+        done = cli("sync", m.p("feat", "draft"), env=m.env)
+        assert done.returncode == 0 and done.stdout == "feat:v0\n", done.stderr
+        assert version_files(Registry.open(store), "feat", 0)["f.bin"] == (b"\x04" * PAGE, False)
+    finally:
+        writer.communicate("", timeout=30)

@@ -9,6 +9,7 @@ only when every version is durable and prints one line per collection:
 `NAME:vN`, or `NAME:vM (unchanged)` when the content equals latest."""
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -22,6 +23,7 @@ from ..mount.state import FSTYPE, mounts
 from ..registry.names import check_alias, check_name
 
 CONTROL_XATTR = "user.artifactfs.control"
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _mountpoints() -> list[str]:
@@ -115,6 +117,21 @@ def status_cmd(paths: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+def flush_mount(point: str) -> None:
+    """syncfs(2) of the mount: the kernel writes back what programs wrote through a
+    shared mmap (numpy.memmap, torch's mmap'd saves) and did not msync yet, so that
+    the daemon's commit sees the bytes the draft's files show.  Without it a sync
+    published what those files held before such writes."""
+    fd = os.open(point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise ArtifactfsError(f"{point}: files written through mmap could not be written back before the "
+                                  f"commit: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
 def _targets(paths: tuple[str, ...]) -> list[tuple[str, list[str] | None]]:
     """(control socket address, collections or None for every draft with changes) per mount."""
     points = _mountpoints()
@@ -133,6 +150,7 @@ def _targets(paths: tuple[str, ...]) -> list[tuple[str, list[str] | None]]:
             if e.errno == errno.ENOTCONN:
                 raise ArtifactfsError(_gone(point)) from None
             raise ArtifactfsError(f"{point} is mounted read-only or by a daemon without drafts") from None
+        flush_mount(point)
         out.append((address, collections))
     return out
 

@@ -25,7 +25,7 @@ from ..mount.state import FSTYPE, find_mount, log_path, read_record, real_mountp
 from ..registry.names import check_name, check_type
 from ..registry.versions import Registry
 from ..store import default_store_url
-from .drafts import CONTROL_XATTR, commit_drafts
+from .drafts import CONTROL_XATTR, commit_drafts, flush_mount
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0  # after SIGTERM: the daemon may be committing drafts
@@ -230,6 +230,7 @@ def _commit_first(real: str) -> int:
         address = os.getxattr(real, CONTROL_XATTR).decode()
     except OSError:
         return 0
+    flush_mount(real)
     return commit_drafts(address, None)
 
 
