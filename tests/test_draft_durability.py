@@ -336,18 +336,23 @@ def test_a_full_state_dir_can_still_be_emptied(tmp_path):
             reserves = glob.glob(str(fs / "state" / "**" / "reserve"), recursive=True)
             assert len(reserves) == 1 and os.stat(reserves[0]).st_size == 8 << 20
             d = m.p("ds", "draft")
-            written = []
+            written, told = [], 0
             for i in range(100):
+                fd = os.open(f"{d}/f{i}", os.O_WRONLY | os.O_CREAT, 0o644)
                 try:
-                    with open(f"{d}/f{i}", "wb") as f:
-                        f.write(randbytes(1 << 20))
+                    told = 0  # what write(2) said landed, as dd counts it
+                    while told < 1 << 20:
+                        told += os.write(fd, randbytes((1 << 20) - told))
                 except OSError as e:
                     assert e.errno == errno.ENOSPC
                     break
+                finally:
+                    os.close(fd)
                 written.append(f"f{i}")
             else:
                 raise AssertionError("the state dir never filled up")
             failed = f"f{i}"  # (made, and as far as the room went, written)
+            assert os.stat(f"{d}/{failed}").st_size == told  # (a failed write had left more than it said)
             with pytest.raises(OSError) as e:
                 with open(f"{d}/more", "wb") as f:
                     f.write(randbytes(1 << 20))

@@ -181,11 +181,22 @@ def append_sealing(draft: Draft, ino: Inode, data: bytes) -> int:
         fd, _ = open_own(whole if not ino.sealed else tail_path(whole), create=bool(ino.sealed))
         try:
             n = os.pwrite(fd, part, running.size - start)
+        except OSError as e:
+            if short_write(e, done):
+                return done
+            raise
         finally:
             os.close(fd)
         running.add(running.size, part[:n])
         done += n
     return done
+
+
+def short_write(e: OSError, done: int) -> bool:
+    """A full disk (or quota) after `done` > 0 bytes of a write: answer them, as
+    write(2) does, rather than the error (POSIX; the writer then learns how much
+    landed, and gets ENOSPC at its next write)."""
+    return done > 0 and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def join(draft: Draft, ino: Inode) -> None:

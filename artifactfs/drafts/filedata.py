@@ -109,10 +109,14 @@ def write(draft: Draft, ino: Inode, off: int, data: bytes) -> int:
             try:
                 while done < len(view):
                     done += os.pwrite(fd, view[done:], off + done)
+            except OSError as e:
+                if not datafiles.short_write(e, done):
+                    ino.running = None
+                    raise
             except BaseException:
                 ino.running = None
                 raise
-            if ino.running is not None and not ino.running.add(off, view):
+            if ino.running is not None and not ino.running.add(off, view[:done]):
                 ino.running = None
             if ino.running is not None and len(draft.digesting) < DIGESTS_KEPT:
                 draft.digesting[ino.id] = ino  # (the kernel may forget it before the commit)
