@@ -8,7 +8,7 @@ import os
 import time
 
 from conftest import randbytes
-from mountutil import mounted
+from mountutil import cli, mounted
 from s3server import moto_server, s3_server, s3_url  # noqa: F401 (fixtures)
 from test_mount_read import commit
 
@@ -76,3 +76,24 @@ def test_listings_survive_an_unreachable_store(tmp_path, monkeypatch):
             assert _read(m.p("ds", "ds:v0", "a.txt")) == b"alive\n"
             assert time.monotonic() - start < 60
             assert "refresh failed" in m.log
+
+
+def test_debug_log_holds_no_credentials(tmp_path):
+    """--debug logs our own debug lines, but never botocore's and urllib3's, which
+    print each request's headers: the session token and the Authorization header
+    would land in the log file (and, with --foreground under systemd, the journal)."""
+    token = "SESSIONTOKEN" + randbytes(12).hex()
+    with moto_server(set_env=False) as server:
+        env = {**os.environ, **server.env, "AWS_SESSION_TOKEN": token}
+        url = server.new_bucket_url()
+        with mounted(url, tmp_path / "mnt", "--cache-dir", str(tmp_path / "cache"), "--debug", env=env) as m:
+            os.makedirs(m.p("ds", "draft"), exist_ok=True)
+            with open(m.p("ds", "draft", "a.txt"), "wb") as f:
+                f.write(b"secret-free\n")
+            assert cli("sync", m.path, env=env).returncode == 0
+            assert _read(m.p("ds", "ds:v0", "a.txt")) == b"secret-free\n"
+            log = m.log
+    assert token not in log
+    assert "authorization" not in log.lower()
+    assert "x-amz-security-token" not in log.lower()
+    assert " DEBUG artifactfs" in log  # --debug still does something

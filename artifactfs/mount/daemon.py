@@ -34,6 +34,7 @@ from .state import find_mount, log_path, remove_record, sd_notify, write_record
 from .threads import Threads
 
 log = logging.getLogger("artifactfs.mount")
+DEBUG_LOGGERS = ("artifactfs", "pyfuse3")  # what --debug lowers to DEBUG: never a library that logs requests
 READ_AHEAD_KB = 1024
 
 
@@ -131,13 +132,22 @@ def _raise_readahead(dev: tuple[int, int]) -> None:
 
 
 def setup_logging(opts: MountOptions) -> str:
+    """Log to the mount's log file (0600), and to stderr with --foreground (the
+    journal under systemd).  --debug lowers only our own loggers (and pyfuse3's)
+    to DEBUG: every other library stays at INFO, because botocore's and urllib3's
+    debug output holds request headers, i.e. Authorization and
+    X-Amz-Security-Token (docs/mount-semantics.md, "Errors and the log")."""
     path = log_path(opts.mountpoint)
     handlers: list[logging.Handler] = [logging.FileHandler(path)]
     os.chmod(path, 0o600)
     if opts.foreground:
         handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=logging.DEBUG if opts.debug else logging.INFO, handlers=handlers, force=True,
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in DEBUG_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if opts.debug else logging.NOTSET)
+    log.debug("debug log on for %s; other libraries stay at INFO (their debug lines hold credentials)",
+              ", ".join(DEBUG_LOGGERS))
     return path
 
 
