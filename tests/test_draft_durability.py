@@ -3,6 +3,7 @@ killed with SIGKILL during writes or during a commit leaves the draft as it was
 for the next mount, and two mounts committing to one collection lose nothing."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
@@ -396,3 +397,36 @@ def test_a_failure_to_remove_a_forgotten_file_does_not_stop_the_daemon(tmp_path)
         with open(m.p("ds", "draft", "after"), "wb") as f:  # the daemon still serves
             f.write(b"after")
         assert cli("sync", m.p("ds", "draft"), env=env).stdout == "ds:v1\n"
+
+
+def test_a_draft_changed_when_its_daemon_was_killed_waits_for_an_explicit_sync(tmp_path):
+    """A checkpoint is being written when the daemon is killed (or the machine
+    stops).  The next mount serves the draft as it was, but its unmount (or a
+    systemd stop) used to publish the half-written file as latest, exit 0.  Now
+    such a draft is committed only by an explicit sync (or discarded): umount
+    names it and exits 1; status says so too."""
+    store = str(tmp_path / "store")
+    publish(Registry.open(store, create=True), str(tmp_path / "pub"), "ds", BASE)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        fd = os.open(m.p("ds", "draft", "ckpt.pt"), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"half of it")
+        kill_daemon(m)                          # while it is being written
+        with contextlib.suppress(OSError):
+            os.close(fd)                        # (ENOTCONN: the mount is gone)
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        assert "not committed" not in m.log
+        status = cli("status", m.p("ds", "draft"), env=env).stdout
+        assert "A ckpt.pt" in status and "note: it was being changed when the mount's daemon stopped" in status
+        done = m.umount()
+        assert done.returncode == 1
+        assert "Error: ds: not committed: it was being changed when the mount's daemon stopped" in done.stderr
+    assert Registry.open(store).latest("proj", "ds") == 0
+    with mounted(store, tmp_path / "mnt", env=env) as m:  # a clean stop in between: still waiting
+        assert "note:" in cli("status", m.p("ds", "draft"), env=env).stdout
+        assert cli("sync", m.p("ds", "draft"), env=env).stdout == "ds:v1\n"
+        assert "note:" not in cli("status", m.p("ds", "draft"), env=env).stdout
+        with open(m.p("ds", "draft", "more"), "wb") as f:
+            f.write(b"more")
+        done = m.umount()
+        assert done.returncode == 0 and done.stdout == "ds:v2\n", done.stderr

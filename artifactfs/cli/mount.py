@@ -231,7 +231,7 @@ def _commit_first(real: str) -> int:
     except OSError:
         return 0
     flush_mount(real)
-    return commit_drafts(address, None)
+    return commit_drafts(address, None, unmount=True)
 
 
 def _daemon_pid(real: str) -> int | None:

@@ -4,7 +4,8 @@ address the daemon shows as the xattr user.artifactfs.control on the mount root.
 One JSON request line, one JSON reply line:
 
   {"op": "sync", "collections": ["a", "b"] | null (every dirty draft),
-   "aliases": [...], "tags": [...], "description": str | null, "metadata": {...}}
+   "aliases": [...], "tags": [...], "description": str | null, "metadata": {...},
+   "unmount": bool (umount's commit: drafts recovered after a crash wait for an explicit sync)}
   -> {"results": [{"collection": "a", "line": "a:v3"} | {"collection": "b", "error": "..."}]}
 
 The reply is sent only once every version is durable in the store."""
@@ -23,7 +24,7 @@ import xxhash
 from ..drafts.syncclient import sockaddr
 from ..errors import ArtifactfsError, NotFoundError
 from ..paths import state_dir
-from .livedraft import Drafts, LiveDraft
+from .livedraft import RECOVERED_NOTE, Drafts, LiveDraft
 from .state import host_key
 
 log = logging.getLogger("artifactfs.mount")
@@ -95,22 +96,23 @@ class ControlServer:
                 log.info("a sync client left before its answer (%s)", e)
 
     async def dispatch(self, req: dict) -> dict:
-        if req.get("op") == "discard":
-            return {"results": [await self._one(name, "discard", self._discard) for name in req["collections"]]}
-        if req.get("op") == "status":
-            names = req.get("collections")
-            if names is None:
-                names = [n for n, live in sorted(self.drafts.live.items()) if await live.has_changes()]
-            return {"results": [await self._one(name, "status", self._status) for name in names]}
-        if req.get("op") != "sync":
-            return {"error": f"unknown request {req.get('op')!r}"}
-        attrs = {"aliases": list(req.get("aliases") or ()), "tags": list(req.get("tags") or ()),
-                 "description": req.get("description"), "metadata": dict(req.get("metadata") or {})}
-        names = req.get("collections")
+        op, names = req.get("op"), req.get("collections")
+        if op == "discard":
+            return {"results": [await self._one(name, "discard", self._discard) for name in names]}
+        if op not in ("sync", "status"):
+            return {"error": f"unknown request {op!r}"}
         if names is None:
             names = [n for n, live in sorted(self.drafts.live.items()) if await live.has_changes()]
+        if op == "status":
+            return {"results": [await self._one(name, "status", self._status) for name in names]}
+        attrs = {"aliases": list(req.get("aliases") or ()), "tags": list(req.get("tags") or ()),
+                 "description": req.get("description"), "metadata": dict(req.get("metadata") or {})}
+
         async def commit(name: str) -> dict:
-            result = await (await self._existing(name)).commit(**attrs)
+            live = await self._existing(name)
+            if req.get("unmount") and live.recovered:  # (an explicit sync commits it)
+                raise ArtifactfsError(f"{name}: not committed: {RECOVERED_NOTE}")
+            result = await live.commit(**attrs)
             return {"line": result.line, "note": result.note}
 
         return {"results": [await self._one(name, "sync", commit) for name in names]}

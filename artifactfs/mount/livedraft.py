@@ -39,6 +39,11 @@ from ..timestamps import iso_ns
 from .context import MountContext
 
 log = logging.getLogger("artifactfs.mount")
+RUNNING = "\\running"      # in a drafts slot while its daemon runs: still there at start = a crash
+RECOVERED = "\\recovered"  # in a draft changed when its daemon did not stop cleanly
+RECOVERED_NOTE = ("it was being changed when the mount's daemon stopped without committing (killed or "
+                  "crashed), so a file being written then may be incomplete: check it, then `artifactfs sync` "
+                  "it, or `artifactfs discard` it")
 T = TypeVar("T")
 
 
@@ -200,6 +205,19 @@ class LiveDraft:
     def dirty(self) -> bool:
         return self.draft.dirty
 
+    @property
+    def recovered(self) -> bool:
+        """Changed when the daemon stopped without committing (killed, crashed): a file
+        being written then may be incomplete, so only an explicit sync commits it."""
+        return os.path.exists(os.path.join(self.draft.dir, RECOVERED))
+
+    def _checked(self) -> None:
+        """The user committed or discarded the recovered changes."""
+        try:
+            os.unlink(os.path.join(self.draft.dir, RECOVERED))
+        except FileNotFoundError:
+            pass
+
     async def has_changes(self) -> bool:
         """Something to publish: dirty, and not a new collection whose draft shows nothing
         (made and emptied again: publishing an empty v0 of a typo helps nobody)."""
@@ -225,6 +243,7 @@ class LiveDraft:
                 log.warning("could not give back the staging space of %s: %s", self.name, e)
                 given_back = 0
         self._ahead = {i: a for i, a in self._ahead.items() if a.busy}
+        self._checked()
         log.info("committed %s in %.3f s (%d changed paths, %d staged files given back)", result.line,
                  time.monotonic() - started, result.changes, given_back)
         if result.note:
@@ -256,7 +275,8 @@ class LiveDraft:
     async def status(self) -> str:
         """What a sync would publish now (drafts/status.py), as `artifactfs status` prints it.
         Changes go on meanwhile: the draft is not held still for it."""
-        return (await self.ctx.run(draft_status, self.ctx.registry, self.draft)).text()
+        text = (await self.ctx.run(draft_status, self.ctx.registry, self.draft)).text()
+        return f"{text}\nnote: {RECOVERED_NOTE}" if self.recovered else text
 
     async def discard_changes(self) -> str:
         """Drop every change of the draft (drafts/revert.py): it shows the collection's
@@ -273,6 +293,7 @@ class LiveDraft:
             info = await self.ctx.run(reg.version, st.project, self.name, latest)
             gone = await self.ctx.run(discard_changes, self.draft, latest, info.root, iso_ns(info.created_at))
         self._ahead = {i: a for i, a in self._ahead.items() if a.busy}
+        self._checked()
         log.info("discarded the changes of the draft of %s (%d names went); it shows v%d", self.name,
                  len(gone.names), latest)
         await self._advanced(gone.changed, gone.names)
@@ -305,6 +326,10 @@ class Drafts:
         self.on_new: list[Callable[[LiveDraft], None]] = []
         self.owner = (ctx.uid, ctx.gid)
         self.unopened: set[str] = set()  # drafts found at start that could not be opened yet (a full disk)
+        running = os.path.join(self.dir, RUNNING)
+        self.after_crash = os.path.exists(running)  # the last daemon of this slot did not stop cleanly
+        with open(running, "wb"):
+            pass
         self.reserve = SpaceReserve(self.dir)
         try:
             if not self.reserve.restore():
@@ -339,10 +364,14 @@ class Drafts:
             draft.close()
             put_aside(draft.dir, f"its base {name}:v{draft.state.base} is no longer in the store")
             return
-        self.live[name] = LiveDraft(self.ctx, draft, self.reserve)
-        if self.live[name].dirty():
-            log.info("draft of %s found with changes not yet committed (base %s)", name,
-                     "none" if draft.state.base is None else f"v{draft.state.base}")
+        live = self.live[name] = LiveDraft(self.ctx, draft, self.reserve)
+        if live.dirty() and self.after_crash and not live.recovered:
+            with open(os.path.join(draft.dir, RECOVERED), "wb"):
+                pass
+        if live.dirty():
+            log.info("draft of %s found with changes not yet committed (base %s)%s", name,
+                     "none" if draft.state.base is None else f"v{draft.state.base}",
+                     f": {RECOVERED_NOTE}" if live.recovered else "")
 
     def _fetch_from_cache(self, entry: FileEntry, fd: int) -> None:
         """Copy-up through the mount's shared, verified chunk cache."""
@@ -381,11 +410,15 @@ class Drafts:
             await self.ctx.run(discard, live.draft)
 
     async def commit_dirty(self) -> list[str]:
-        """Commit every draft with changes (at unmount); one line per draft, errors included."""
+        """Commit every draft with changes (at unmount); one line per draft, errors
+        included.  A draft recovered after a crash waits for an explicit sync."""
         lines = []
         for name, live in sorted(self.live.items()):
             try:
-                if await live.has_changes():
+                if await live.has_changes() and live.recovered:
+                    lines.append(f"{name}: not committed: {RECOVERED_NOTE}")
+                    log.warning("the draft of %s is not committed at unmount: %s", name, RECOVERED_NOTE)
+                elif await live.has_changes():
                     lines.append((await live.commit()).line)
             except Exception as e:  # one failing draft must not keep the others from committing
                 log.error("could not commit the draft of %s: %s (it is kept for the next mount)", name, e)
@@ -393,8 +426,13 @@ class Drafts:
         return lines
 
     def close(self) -> None:
+        """A clean stop (the drafts with changes were committed, or stay on purpose)."""
         for live in self.live.values():
             live.draft.close()
+        try:
+            os.unlink(os.path.join(self.dir, RUNNING))
+        except FileNotFoundError:
+            pass
         os.close(self._lock_fd)
 
 
