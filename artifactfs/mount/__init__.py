@@ -20,6 +20,7 @@ Modules, each importing only those listed before it:
   portfolios  portfolio links and model-registry/
   nodes       the read-only node kinds (root, collection, version, alias ...)
   livedraft   the drafts of the running mount and the gate of each
+  syncops     requests answered in pyfuse3's reader threads by a synchronous handler
   draftnodes  the node kind of draft/ contents
   control     the socket `artifactfs sync` talks to
   noopen      serving files without OPEN requests (kernel no_open, patched pyfuse3)

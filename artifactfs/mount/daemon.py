@@ -83,6 +83,7 @@ class Daemon:
             nursery.start_soon(self._announce, on_ready)
             for service in self.parts.services:
                 nursery.start_soon(service)
+            self.parts.ops.sync.install()
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
         sd_notify("STOPPING=1")

@@ -23,6 +23,7 @@ from ..drafts.engine import Draft
 from ..drafts.inode import Attr, Inode
 from ..errors import UsageError
 from ..registry.names import check_alias, check_name, check_type
+from . import syncops
 from .context import MountContext, caller
 from .errnos import fuse_error
 from .handles import Handle
@@ -124,6 +125,11 @@ class DraftHandle(Handle):
     async def fsync(self, datasync: bool) -> None:
         await self.node.fsync(datasync)
 
+    def write_now(self, off: int, buf: bytes) -> int | None:
+        return self.node.live.write_now(self.node.inode, off, buf)
+
+    releases_anywhere = True
+
 
 class DraftNode(Node):
     """A file, folder, symlink or special file of a draft; key ("draft", collection, token)."""
@@ -159,6 +165,18 @@ class DraftNode(Node):
         self.attr = attr or await self.live.read(filedata.attributes, self.draft, self.inode)
         return self.attributes()
 
+    def attributes_now(self) -> pyfuse3.EntryAttributes | None:
+        """From memory (a folder: the GETATTR after each create in it), or one
+        stat(2) of an unsealed data file, as the worker thread of getattr() does."""
+        ino = self.inode
+        attr = frommemory.attributes(self.draft, ino)
+        if attr is None and ino.is_reg and ino.staged and not ino.sealed:
+            attr = filedata.attributes(self.draft, ino)
+        if attr is None:
+            return None
+        self.attr = attr
+        return self.attributes()
+
     def node_of(self, ino: Inode, attr: Attr) -> "DraftNode":
         key = ("draft", self.live.name, str(ino.token))
         node = self.table.make("draft", key, self.live, ino, attr)
@@ -170,16 +188,23 @@ class DraftNode(Node):
         node.attr = attr
         return node
 
+    def added(self) -> None:
+        syncops.offer(self.ino, True)  # its requests may be answered in pyfuse3's reader threads
+
     def forgotten(self) -> None:
         """An inode with no name left goes when the kernel forgets it."""
+        syncops.offer(self.ino, False)
         if self.inode.nlink <= 0 and self.ctx.reader.nursery is not None:
             self.ctx.reader.nursery.start_soon(self.live.forget, [self.inode])
 
     # -- folders -------------------------------------------------------------------
     async def lookup(self, name: str) -> Node:
-        if frommemory.surely_absent(self.draft, self.inode, name):  # a new name (cp, tar): no worker thread
+        if self.absent_now(name):  # a new name (cp, tar): no worker thread
             raise fuse_error(errno.ENOENT)
         return self.node_of(*await self.live.read(_lookup, self.draft, self.inode, name))
+
+    def absent_now(self, name: str) -> bool:
+        return frommemory.surely_absent(self.draft, self.inode, name)
 
     async def children(self) -> Sequence[tuple[str, Node]]:
         found = await self.live.read(_listing, self.draft, self.inode)
@@ -189,6 +214,15 @@ class DraftNode(Node):
         ino, attr, self.attr = await self.live.change(_make, self.draft, self.inode, _valid(name), mode, rdev,
                                                       target)
         return self.node_of(ino, attr)
+
+    def create_now(self, name: str, mode: int, flags: int) -> tuple[Node, Handle] | None:
+        made = self.live.change_now(_make, self.draft, self.inode, _valid(name), stat.S_IFREG | (mode & 0o7777),
+                                    0, None)
+        if made is None:
+            return None
+        ino, attr, self.attr = made
+        node = self.node_of(ino, attr)
+        return node, DraftHandle(node, flags)
 
     async def create(self, name: str, mode: int, flags: int) -> tuple[Node, Handle]:
         node = await self._make(name, stat.S_IFREG | (mode & 0o7777))

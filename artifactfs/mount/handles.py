@@ -22,6 +22,13 @@ class Handle:
         """Write `buf` at offset `off`; the number of bytes written."""
         raise fuse_error(errno.EBADF)
 
+    def write_now(self, off: int, buf: bytes) -> int | None:
+        """write() in the calling thread, which is not the trio loop (syncops.py):
+        the bytes written, or None to have it go the trio way."""
+        return None
+
+    releases_anywhere = False  # release() does nothing: RELEASE may be answered in any thread (syncops.py)
+
     async def fsync(self, datasync: bool) -> None:
         pass
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ class Node:
         """Fresh attributes; nodes whose attributes change refresh here."""
         return self.attributes()
 
+    def attributes_now(self) -> pyfuse3.EntryAttributes | None:
+        """getattr() in the calling thread, which is not the trio loop (syncops.py),
+        or None to have it go the trio way."""
+        return None
+
     def added(self) -> None:
         """The node entered the table (its `ino` and `table` are set)."""
 
@@ -79,6 +85,16 @@ class Node:
     # -- directories -------------------------------------------------------------
     async def lookup(self, name: str) -> "Node":
         raise fuse_error(errno.ENOTDIR)
+
+    def create_now(self, name: str, mode: int, flags: int) -> tuple["Node", Handle] | None:
+        """create() in the calling thread, which is not the trio loop (syncops.py),
+        or None to have it go the trio way."""
+        return None
+
+    def absent_now(self, name: str) -> bool:
+        """Surely no entry `name`, known in the calling thread, which is not the trio
+        loop (syncops.py); False: ask lookup()."""
+        return False
 
     async def children(self) -> Sequence[tuple[str, "Node"]]:
         """The entries of a directory, in listing order."""
@@ -166,6 +182,9 @@ class InodeTable:
         self._by_key: dict[Key, Node] = {}
         self._lookups: dict[int, int] = {}
         self._folders: OrderedDict[int, Dentry] = OrderedDict()
+        # Nodes are also made and remembered in pyfuse3's reader threads (syncops.py): each
+        # read-then-write of the tables, and compact()'s swap, is one step under this lock.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -183,17 +202,18 @@ class InodeTable:
 
     def node(self, key: Key, make: Callable[[], N]) -> N:
         """The live node for `key`, or a new one from make() (which must carry that key)."""
-        found = self._by_key.get(key)
-        if found is not None:
-            return found  # type: ignore[return-value]
-        node = make()
-        ino = ino_of(key)
-        while ino in self._nodes:  # a 64-bit hash collision: astronomically rare
-            ino = (ino + 1) & _INO_MASK or 2
-        node.ino = ino
-        node.table = self
-        self._nodes[ino] = node
-        self._by_key[key] = node
+        with self._lock:
+            found = self._by_key.get(key)
+            if found is not None:
+                return found  # type: ignore[return-value]
+            node = make()
+            ino = ino_of(key)
+            while ino in self._nodes:  # a 64-bit hash collision: astronomically rare
+                ino = (ino + 1) & _INO_MASK or 2
+            node.ino = ino
+            node.table = self
+            self._nodes[ino] = node
+            self._by_key[key] = node
         node.added()
         return node
 
@@ -228,17 +248,19 @@ class InodeTable:
     def live(self, node: Node) -> Node:
         """The node the table holds for node's key, re-inserting `node` if it was
         forgotten meanwhile (a directory listing outlives the kernel's references)."""
-        found = self._by_key.get(node.key)
-        if found is not None:
-            return found
-        self._nodes[node.ino] = node
-        self._by_key[node.key] = node
+        with self._lock:
+            found = self._by_key.get(node.key)
+            if found is not None:
+                return found
+            self._nodes[node.ino] = node
+            self._by_key[node.key] = node
         node.added()
         return node
 
     def remember(self, node: Node) -> None:
         """The kernel now holds one more reference (lookup, readdirplus, create...)."""
-        self._lookups[node.ino] = self._lookups.get(node.ino, 0) + 1
+        with self._lock:
+            self._lookups[node.ino] = self._lookups.get(node.ino, 0) + 1
 
     def used(self, parent: int, name: str, node: Node | None = None) -> None:
         """Folder `parent` was used (a lookup in it, a listing); `node`, its entry
@@ -264,22 +286,25 @@ class InodeTable:
     def compact(self) -> None:
         """Re-make the tables at their present size: a dict keeps the hash table of
         the most entries it ever held (15 MB for 100,000 inodes after all are forgotten)."""
-        self._nodes, self._by_key, self._lookups = dict(self._nodes), dict(self._by_key), dict(self._lookups)
-        self._folders = OrderedDict(self._folders)
+        with self._lock:
+            self._nodes, self._by_key, self._lookups = dict(self._nodes), dict(self._by_key), dict(self._lookups)
+            self._folders = OrderedDict(self._folders)
 
     def forget(self, ino: int, n: int) -> None:
-        left = self._lookups.get(ino, 0) - n
-        if left > 0:
-            self._lookups[ino] = left
-            return
-        self._lookups.pop(ino, None)
-        self._folders.pop(ino, None)
-        if ino != pyfuse3.ROOT_INODE:
+        with self._lock:
+            left = self._lookups.get(ino, 0) - n
+            if left > 0:
+                self._lookups[ino] = left
+                return
+            self._lookups.pop(ino, None)
+            self._folders.pop(ino, None)
+            if ino == pyfuse3.ROOT_INODE:
+                return
             node = self._nodes.pop(ino, None)
             if node is not None and self._by_key.get(node.key) is node:
                 del self._by_key[node.key]
-            if node is not None:
-                node.forgotten()
+        if node is not None:
+            node.forgotten()
 
 
 class SymlinkNode(Node):

@@ -47,9 +47,11 @@ class UseRecorder:
         self.writers: dict[str, RunRecord] = {}  # draft collection -> the run of its last writer
 
     def opened(self, node: Node, pid: int, flags: int) -> None:
-        """An open(2) or create(2) answered for process `pid` (called on the trio loop);
-        when the kernel sends no OPEN, a lookup (a file), a listing (O_DIRECTORY)
-        or a truncation instead (ops.py)."""
+        """An open(2) or create(2) answered for process `pid` (called on the trio loop,
+        or, for a file created in a draft, in pyfuse3's reader thread: syncops.py;
+        that case only reads and sets one key of `writers`); when the kernel sends
+        no OPEN, a lookup (a file), a listing (O_DIRECTORY) or a truncation instead
+        (ops.py)."""
         if pid <= 0 or pid == os.getpid():
             return
         if isinstance(node, VersionFileNode) or (  # a listed folder, when OPEN is not sent (noopen.py)

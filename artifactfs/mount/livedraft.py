@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -49,15 +50,25 @@ T = TypeVar("T")
 
 class Gate:
     """Many changes at once, or one commit; a commit waiting keeps new changes out.
-    Plain counters: trio switches tasks only at awaits, so no lock is needed."""
+
+    Changes enter from the trio loop (enter/leave: plain counters, as trio
+    switches tasks only at awaits) or from any other thread (try_enter/
+    leave_thread: a write answered in pyfuse3's reader thread, syncops.py),
+    which never waits: while a commit waits or runs it is refused, and the
+    request goes the trio way.  `_lock` orders the threads' counter against the
+    commit's flags: once a commit counts itself as waiting, no thread enters."""
 
     def __init__(self) -> None:
         self._changes = 0
+        self._threads = 0  # changes in flight in other threads
         self._committing = False
         self._waiting = 0
         self._lot = trio.lowlevel.ParkingLot()
+        self._lock = threading.Lock()
+        self.token: trio.lowlevel.TrioToken | None = None  # to wake the loop from a thread
 
     async def enter(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
         while self._committing or self._waiting:
             await self._lot.park()
         self._changes += 1
@@ -67,17 +78,39 @@ class Gate:
         if self._waiting and not self._changes:
             self._lot.unpark_all()
 
+    def try_enter(self) -> bool:
+        """From any thread: enter unless a commit waits or runs (then False)."""
+        with self._lock:
+            if self._committing or self._waiting or self.token is None:
+                return False
+            self._threads += 1
+            return True
+
+    def leave_thread(self) -> None:
+        """From any thread, after try_enter(): a waiting commit re-checks on the loop."""
+        with self._lock:
+            self._threads -= 1
+            wake = self._waiting and not self._threads
+        if wake and self.token is not None:
+            try:
+                self.token.run_sync_soon(self._lot.unpark_all)
+            except trio.RunFinishedError:
+                pass  # the loop has ended: no commit waits on it
+
     @asynccontextmanager
     async def commit(self) -> AsyncIterator[None]:
-        self._waiting += 1
+        self.token = trio.lowlevel.current_trio_token()
+        with self._lock:
+            self._waiting += 1
         try:
-            while self._committing or self._changes:
+            while self._committing or self._changes or self._threads:
                 await self._lot.park()
+            self._committing = True  # (still counted as waiting: no thread got in meanwhile)
         finally:
-            self._waiting -= 1
+            with self._lock:
+                self._waiting -= 1
             if not self._waiting:
                 self._lot.unpark_all()  # (re-check: they park again behind us)
-        self._committing = True
         try:
             yield
         finally:
@@ -156,6 +189,31 @@ class LiveDraft:
         """pwrite(2) into a file of the draft (filedata.write); bytes written."""
         done = await self.change(filedata.write, self.draft, ino, off, data)
         self._store_ahead(ino)
+        return done
+
+    def change_now(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """change() in the calling thread, which is not the trio loop (a request
+        answered in pyfuse3's reader thread, syncops.py); None (fn not called) when
+        it must go the trio way: a commit waits or runs, or the draft's base was
+        not prepared yet (_warm).  fn must not return None."""
+        if self._warmed != self.draft.state.base_root or not self.gate.try_enter():
+            return None
+        try:
+            return fn(*args)
+        finally:
+            self.gate.leave_thread()
+
+    def write_now(self, ino: Inode, off: int, data: bytes) -> int | None:
+        """write() in the calling thread (change_now), or None."""
+        done = self.change_now(filedata.write, self.draft, ino, off, data)
+        running, state = ino.running, self._ahead.get(ino.id)
+        if (done is not None and running is not None and running.size > CHUNK_SIZE and self.gate.token is not None
+                and (state is None or state.running is not running
+                     or (not state.busy and state.next < self._complete(ino, running)))):
+            try:  # (a hint read outside the loop: _store_ahead looks again there)
+                self.gate.token.run_sync_soon(self._store_ahead, ino)
+            except trio.RunFinishedError:
+                pass  # the mount has ended: the commit at unmount stores what is missing
         return done
 
     def _store_ahead(self, ino: Inode) -> None:

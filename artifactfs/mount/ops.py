@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .handles import Handle
 from .inodes import LONG_TIMEOUT, InodeTable, Node
 from .noopen import AVAILABLE as NO_OPEN_AVAILABLE
 from .noopen import HANDLE_BASE, InodeHandles
+from .syncops import SyncAnswers
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 OpenHook = Callable[[Node, int, int], None]
@@ -73,16 +75,15 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._by_inode = InodeHandles(table)
         self._dirs: dict[int, OpenDir] = {}
-        self._next_fh = HANDLE_BASE
+        self._fh_numbers = itertools.count(HANDLE_BASE)  # (next() is one step: handles are also made in threads)
+        self.sync = SyncAnswers(table, self._handles, self._fh, self._opened)  # syncops.py
 
     def _fh(self) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        return fh
+        return next(self._fh_numbers)
 
-    def _opened(self, node: Node, ctx: pyfuse3.RequestContext, flags: int) -> None:
+    def _opened(self, node: Node, pid: int, flags: int) -> None:
         for hook in self.on_open:
-            hook(node, ctx.pid, flags)
+            hook(node, pid, flags)
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         self.table.remember(node)
@@ -100,7 +101,7 @@ class Operations(pyfuse3.Operations):
         self.table.remember(node)
         self.table.used(parent_inode, text, node)
         if self.no_open and ctx is not None:
-            self._opened(node, ctx, os.O_RDONLY)
+            self._opened(node, ctx.pid, os.O_RDONLY)
         return attrs
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -118,7 +119,7 @@ class Operations(pyfuse3.Operations):
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.table[inode]
         if self.no_open and fields.update_size:  # open(O_TRUNC) sends no OPEN
-            self._opened(node, ctx, os.O_WRONLY)
+            self._opened(node, ctx.pid, os.O_WRONLY)
         return await node.setattr(attr, fields, fh)
 
     @_mapped
@@ -133,7 +134,7 @@ class Operations(pyfuse3.Operations):
         self._dirs[fh] = OpenDir(inode, await node.children())
         self.table.used(inode, "")
         if self.no_open:
-            self._opened(node, ctx, os.O_RDONLY | os.O_DIRECTORY)
+            self._opened(node, ctx.pid, os.O_RDONLY | os.O_DIRECTORY)
         return fh
 
     @_mapped
@@ -163,7 +164,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self.table[inode]
         handle = await node.open(flags)
-        self._opened(node, ctx, flags)
+        self._opened(node, ctx.pid, flags)
         self._counters["opens"] += 1
         fh = self._fh()
         self._handles[fh] = handle
@@ -202,7 +203,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node, handle = await self.table[parent_inode].create(os.fsdecode(name), mode, flags)
-        self._opened(node, ctx, flags)
+        self._opened(node, ctx.pid, flags)
         fh = self._fh()
         self._handles[fh] = handle
         info = pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)

@@ -10,7 +10,8 @@ thread: its stores wait for the loop, so they must not hold a pool thread.
 Outside the pool, the patched pyfuse3 (third_party/pyfuse3) reads /dev/fuse in
 native threads, which answer IOCTLs, security.* GETXATTRs, pinned GETATTRs and READs of
 registered files (nativereads.py) themselves ("native_answers" in stats), and one more native
-thread reads registered folders ahead."""
+thread reads registered folders ahead.  Those reader threads also run syncops.py's handler
+(draft WRITEs among others: "sync_answers"), at most 4 at a time, outside the pool."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -37,12 +38,16 @@ class Threads:
     def stats(self) -> dict[str, int]:
         """Threads busy now, callers waiting for one, the requests the native
         reader thread answered without Python, and the inodes whose attributes it
-        holds pinned and the slots of its table for them (0 with a stock pyfuse3)
-        (the stats xattr)."""
+        holds pinned and the slots of its table for them, and of its answers those a
+        synchronous Python handler gave in the reader threads (syncops.py) (0 with a
+        stock pyfuse3) (the stats xattr)."""
         answered = getattr(pyfuse3, "fastpath_answered", None)
         pins = getattr(pyfuse3, "fastpath_pins", None)
         pinned, slots = pins() if pins is not None else (0, 0)
+        sync = getattr(pyfuse3, "fastpath_sync_stats", None)
+        calls, declined = sync() if sync is not None else (0, 0)
         return {"threads": int(self.limiter.total_tokens), "threads_busy": self.limiter.borrowed_tokens,
                 "threads_waiting": self.limiter.statistics().tasks_waiting,
                 "native_answers": int(answered()) if answered is not None else 0,
-                "attrs_pinned": int(pinned), "attr_pin_slots": int(slots)}
+                "attrs_pinned": int(pinned), "attr_pin_slots": int(slots),
+                "sync_answers": int(calls - declined)}
