@@ -234,8 +234,9 @@ class InodeTable:
         """`node` no longer answers for its key (the inode it showed lost its name and
         another now shows there): the next lookup makes a new node, while the kernel
         keeps using this one by its number until it forgets it."""
-        if self._by_key.get(node.key) is node:
-            del self._by_key[node.key]
+        with self._lock:
+            if self._by_key.get(node.key) is node:
+                del self._by_key[node.key]
 
     def held(self, key: Key) -> bool:
         """Whether the kernel holds the node of `key` (looked up and not forgotten)."""
