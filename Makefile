@@ -60,13 +60,15 @@ install:
 	$(SUDO) install -d $(BINDIR) $(SBINDIR) $(UNITDIR)
 	$(SUDO) ln -sfn $(INSTALL_VENV)/bin/artifactfs $(BINDIR)/artifactfs
 	$(SUDO) ln -sfn $(INSTALL_VENV)/bin/mount.artifactfs $(SBINDIR)/mount.artifactfs
+	$(SUDO) ln -sfn $(INSTALL_VENV)/bin/mount.artifactfs $(SBINDIR)/mount.fuse.artifactfs
 	$(SUDO) sh -c "sed 's|/usr/local/bin/artifactfs|$(BINDIR)/artifactfs|g' systemd/artifactfs@.service \
 		> $(UNITDIR)/artifactfs@.service && chmod 0644 $(UNITDIR)/artifactfs@.service"
 	@if [ -d /run/systemd/system ] && [ "$(UNITDIR)" = /etc/systemd/system ]; then $(SUDO) systemctl daemon-reload; fi
-	@echo "== installed $(BINDIR)/artifactfs, $(SBINDIR)/mount.artifactfs, $(UNITDIR)/artifactfs@.service"
+	@echo "== installed $(BINDIR)/artifactfs, $(SBINDIR)/mount.artifactfs (and mount.fuse.artifactfs), $(UNITDIR)/artifactfs@.service"
 
 uninstall:
-	$(SUDO) rm -f $(BINDIR)/artifactfs $(SBINDIR)/mount.artifactfs $(UNITDIR)/artifactfs@.service
+	$(SUDO) rm -f $(BINDIR)/artifactfs $(SBINDIR)/mount.artifactfs $(SBINDIR)/mount.fuse.artifactfs \
+		$(UNITDIR)/artifactfs@.service
 	$(SUDO) rm -rf $(INSTALL_VENV)
 
 clean:

@@ -288,8 +288,9 @@ def test_make_install_puts_the_cli_where_the_unit_runs_it(tmp_path):
     version = subprocess.run([os.path.join(dirs["BINDIR"], "artifactfs"), "--version"], capture_output=True,
                              text=True, env=env)
     assert version.returncode == 0 and "artifactfs" in version.stdout, version.stderr
-    helper = subprocess.run([os.path.join(dirs["SBINDIR"], "mount.artifactfs")], capture_output=True, text=True)
-    assert helper.returncode != 0 and "usage" in helper.stderr.lower(), helper.stderr
+    for name in ("mount.artifactfs", "mount.fuse.artifactfs"):  # -t artifactfs, -t fuse.artifactfs (/proc/mounts)
+        helper = subprocess.run([os.path.join(dirs["SBINDIR"], name)], capture_output=True, text=True)
+        assert helper.returncode != 0 and "usage" in helper.stderr.lower(), helper.stderr
     with open(UNIT) as f:
         text = f.read()
     assert "Type=notify" in text and "ExecStop=/usr/local/bin/artifactfs umount %f" in text
@@ -312,6 +313,10 @@ def test_fstab_helper(store, tmp_path):
     helper = [sys.executable, "-m", "artifactfs.cli.fstab"]
     bad = subprocess.run(helper + [store, str(mnt), "-o", "rw,bogus=1"], capture_output=True, text=True, env=env)
     _one_line_error(bad, "unknown option 'bogus=1'")
+    from artifactfs.cli.fstab import translate  # every flag of `artifactfs mount`, and the endpoint
+    assert translate("s3://b", "/m", "send_opens,cache_size=5G,endpoint=http://h:9000,ro,_netdev") == [
+        "--store", "s3://b", "--endpoint-url", "http://h:9000", "mount", "--send-opens", "--cache-size", "5G",
+        "--read-only", "/m"]
     fake = subprocess.run(helper + [store, str(mnt), "-fv", "-o", f"project={PROJECT}"], capture_output=True,
                           text=True, env=env, timeout=60)  # mount -f: options checked, nothing mounted
     assert fake.returncode == 0 and not is_mounted(str(mnt)), fake.stderr

@@ -3,34 +3,56 @@
 
     s3://bucket/prefix  /mnt/af  artifactfs  project=vision,cache_size=50G,_netdev  0 0
 
-mount(8) calls `mount.artifactfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`; the
-options become `artifactfs mount` flags.  Generic mount options that concern
+mount(8) calls `mount.artifactfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]` (and
+`mount.fuse.artifactfs`, the same program, for `-t fuse.artifactfs`, the type
+/proc/mounts shows); the options become `artifactfs mount` flags: each flag
+of `artifactfs mount` spelled with '_' (`cache_size=50G`, `send_opens`), `ro`,
+and `endpoint=URL` (`--endpoint-url`).  Generic mount options that concern
 mount(8) or systemd, not us, are ignored."""
 from __future__ import annotations
 
 import sys
 
-# option=value -> flag
-VALUED = {"project": "--project", "cache_dir": "--cache-dir", "cache_size": "--cache-size",
-          "memory": "--memory", "inode_limit": "--inode-limit", "threads": "--threads", "refresh": "--refresh",
-          "default_type": "--default-type"}
-FLAGS = {"ro": "--read-only", "allow_other": "--allow-other", "debug": "--debug"}
+ALIASES = {"ro": "read_only"}  # mount(8)'s spelling
+NOT_FROM_FSTAB = {"foreground", "store"}  # the source is the store; mount(8) must get its prompt back
+GLOBAL = {"endpoint_url": "--endpoint-url", "endpoint": "--endpoint-url"}  # options of `artifactfs` itself
 IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev", "nodev",
            "nosuid", "dev", "suid", "exec", "noexec", "atime", "noatime", "relatime", "async", "sync"}
 
 
+def mount_options() -> tuple[dict[str, str], dict[str, str]]:
+    """(option=value -> flag, option -> flag) of `artifactfs mount`, spelled with
+    '_' as fstab does (`cache_size=50G`, `send_opens`): every option of the command
+    line, so that the two never drift apart."""
+    import click
+
+    from .mount import mount_cmd
+    valued, flags = {}, {}
+    for param in mount_cmd.params:
+        if isinstance(param, click.Option):
+            flag = max(param.opts, key=len)
+            key = flag.lstrip("-").replace("-", "_")
+            if key not in NOT_FROM_FSTAB:
+                (flags if param.is_flag else valued)[key] = flag
+    return valued, flags
+
+
 def translate(source: str, mountpoint: str, options: str) -> list[str]:
     """The `artifactfs` command line for one fstab entry; ValueError for an unknown option."""
-    args = ["--store", source, "mount"]
+    valued, flags = mount_options()
+    before, args = ["--store", source], ["mount"]
     for opt in filter(None, options.split(",")):
         key, sep, value = opt.partition("=")
-        if key in VALUED and sep:
-            args += [VALUED[key], value]
-        elif key in FLAGS and not sep:
-            args.append(FLAGS[key])
+        key = ALIASES.get(key, key)
+        if key in GLOBAL and sep:
+            before += [GLOBAL[key], value]
+        elif key in valued and sep:
+            args += [valued[key], value]
+        elif key in flags and not sep:
+            args.append(flags[key])
         elif not (key in IGNORED or key.startswith(("x-", "comment="))):
             raise ValueError(f"mount.artifactfs: unknown option {opt!r}")
-    return args + [mountpoint]
+    return before + args + [mountpoint]
 
 
 def main(argv: list[str] | None = None) -> None:
