@@ -14,6 +14,7 @@ BENCH_PACKAGES := rclone s3fs
 
 # `make install` (as root): the CLI in its own venv, linked where the unit and mount(8) look.
 INSTALL_VENV ?= /opt/artifactfs
+PYTHON3 ?= python3  # the Python the installed venv is made from (every user must be able to run it)
 BINDIR ?= /usr/local/bin
 SBINDIR ?= /sbin
 UNITDIR ?= /etc/systemd/system
@@ -54,7 +55,7 @@ bench: setup
 
 install:
 	$(call apt,$(RUN_PACKAGES))
-	test -x $(INSTALL_VENV)/bin/python || $(SUDO) python3 -m venv $(INSTALL_VENV)
+	test -x $(INSTALL_VENV)/bin/python || $(SUDO) $(PYTHON3) -m venv $(INSTALL_VENV)
 	$(SUDO) sh third_party/pyfuse3/build.sh $(INSTALL_VENV)/bin/python
 	$(SUDO) $(INSTALL_VENV)/bin/python -m pip install -q --upgrade '.[s3]'
 	$(SUDO) install -d $(BINDIR) $(SBINDIR) $(UNITDIR)
@@ -65,6 +66,11 @@ install:
 		> $(UNITDIR)/artifactfs@.service && chmod 0644 $(UNITDIR)/artifactfs@.service"
 	@if [ -d /run/systemd/system ] && [ "$(UNITDIR)" = /etc/systemd/system ]; then $(SUDO) systemctl daemon-reload; fi
 	@echo "== installed $(BINDIR)/artifactfs, $(SBINDIR)/mount.artifactfs (and mount.fuse.artifactfs), $(UNITDIR)/artifactfs@.service"
+	@$(INSTALL_VENV)/bin/python -c 'import os, sys; p = os.path.realpath(sys.executable); d = [x for x in \
+		[p] + [os.path.dirname(p)[:i] or "/" for i, c in enumerate(os.path.dirname(p) + "/") if c == "/"] \
+		if not os.stat(x).st_mode & 0o001]; d and print(f"warning: other users cannot run artifactfs: its " \
+		f"Python {p} is in {d[-1]}, which only its owner may enter; PYTHON3=/usr/bin/python3 make install " \
+		"builds on a Python every user can run", file=sys.stderr)'
 
 uninstall:
 	$(SUDO) rm -f $(BINDIR)/artifactfs $(SBINDIR)/mount.artifactfs $(SBINDIR)/mount.fuse.artifactfs \
