@@ -1,6 +1,7 @@
 """The W&B-shaped Python API: Artifact and Api (seed reference)."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -134,6 +135,17 @@ def test_add_file(env, src):
         art.add_file(os.path.join(src, "missing"))
     with pytest.raises(InvalidNameError):
         art.add_file(os.path.join(src, "a.txt"), name="../escape")
+
+
+def test_add_file_is_tmp_names_the_file_by_its_digest(env, src):
+    """W&B: is_tmp renames the file deterministically (the part of its name
+    before the first dot becomes 20 hex digits of its digest); it was ignored."""
+    art = Artifact("data", "dataset")
+    entry = art.add_file(os.path.join(src, "a.txt"), name="out/tmp.data.json", is_tmp=True)
+    stem = base64.b64decode(entry.digest).hex()[:20]
+    assert entry.path == f"out/{stem}.data.json" and list(art.manifest.entries) == [entry.path]
+    again = art.add_file(os.path.join(src, "a.txt"), name="tmp", is_tmp=True)
+    assert again.path == stem
 
 
 def test_add_dir_merge_rule(env, src, tmp_path):

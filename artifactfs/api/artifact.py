@@ -1,6 +1,7 @@
 """`Artifact`: the W&B-shaped Python API over the registry (see the seed reference)."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as _dt
 import os
@@ -253,13 +254,20 @@ class Artifact(ArtifactLifecycle, TypedObjects):
 
     def add_file(self, local_path: str, name: str | None = None, is_tmp: bool | None = False,
                  skip_cache: bool | None = False, policy: str = "mutable", overwrite: bool = False) -> ManifestEntry:
-        """Add one local file (hashed and stored now) under `name` (default: its basename)."""
+        """Add one local file (hashed and stored now) under `name` (default: its basename).
+        is_tmp: the name's part before its first dot becomes the first 20 hex digits
+        of the file's digest, so that temporary files of one name do not collide
+        (W&B's rule, with our XXH3-128 digest: `tmp.json` -> `<20 hex>.json`)."""
         self._need_draft()
         _check_policy(policy)
         if not os.path.isfile(local_path):
             raise ArtifactfsError(f"cannot add {local_path}: not a file or not found")
         path = normalize_path(name or os.path.basename(local_path))
         entry = upload.upload_file(self._reg(), local_path)
+        if is_tmp:
+            folder, _, base = path.rpartition("/")
+            stem = base64.b64decode(entry.digest).hex()[:20]
+            path = "/".join(filter(None, [folder, ".".join([stem, *base.split(".")[1:]])]))
         self._stage(path, entry, os.path.abspath(local_path), overwrite)
         return self._manifest_entry(path, entry)
 
