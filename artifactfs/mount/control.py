@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 
 import trio
 import xxhash
 
-from ..drafts.syncclient import sockaddr
+from ..drafts.syncclient import peer_uid, sockaddr
 from ..errors import ArtifactfsError, NotFoundError
 from ..paths import state_dir
 from .livedraft import RECOVERED_NOTE, Drafts, LiveDraft
@@ -34,17 +34,16 @@ SUN_PATH_MAX = 107
 
 
 def control_address(mountpoint: str) -> str:
-    """A socket path under the state dir; '@name' (Linux abstract) if that path is too long."""
+    """A socket path under the state dir; if that path is too long, '@name' (a
+    Linux abstract socket) with a random name: abstract names have no owner or
+    mode, so a predictable one could be bound first by any local user (the mount
+    would fail, or a fake daemon would answer).  Clients read the address from
+    the root's xattr, so nothing needs to guess it."""
     key = xxhash.xxh3_64_hexdigest(f"{host_key()}\0{os.path.realpath(mountpoint)}".encode())
     d = os.path.join(state_dir(), "control")
     os.makedirs(d, mode=0o700, exist_ok=True)
     path = os.path.join(d, f"{key}.sock")
-    return path if len(os.fsencode(path)) <= SUN_PATH_MAX else f"@artifactfs-{os.getuid()}-{key}"
-
-
-def _peer_uid(sock: trio.socket.SocketType) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    return path if len(os.fsencode(path)) <= SUN_PATH_MAX else f"@artifactfs-{os.getuid()}-{secrets.token_hex(16)}"
 
 
 class ControlServer:
@@ -78,7 +77,7 @@ class ControlServer:
         costs it the answer, nothing else: what was committed stays committed and
         the mount goes on serving."""
         async with stream:
-            if _peer_uid(stream.socket) not in (os.getuid(), 0):
+            if peer_uid(stream.socket) not in (os.getuid(), 0):
                 return
             try:
                 data = b""
