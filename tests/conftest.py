@@ -51,10 +51,10 @@ def skip_or_fail(reason: str) -> None:
 
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of `size` ("1m", "40m") mounted at `path` (made) for a full disk;
+    """A real tmpfs of `size` ("1m", "40m"), private (0700), mounted at `path` (made) for a full disk;
     unmounted afterwards.  Needs root (skip_or_fail otherwise)."""
     path.mkdir(exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)]).returncode != 0:
         skip_or_fail("needs root to mount a tmpfs")
     try:
         yield path

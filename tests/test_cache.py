@@ -303,3 +303,22 @@ def test_a_cache_disk_that_fills_below_the_cap_lowers_the_cap(s3_reg: Registry, 
         assert sum(held.values()) <= cache.max_bytes
         assert sum("is full" in r.getMessage() for r in caplog.records) == 1
         assert not [r for r in caplog.records if "cannot cache" in r.getMessage()]
+
+
+def test_a_symlink_in_place_of_a_blob_is_not_followed(s3_reg: Registry, cache_dir: str, tmp_path) -> None:
+    """A symlink where a cached blob should be is neither read nor touched through
+    (even when its target holds the right bytes): it is replaced by a fetched copy."""
+    data = randbytes(MiB)
+    key = put_blob(s3_reg, data)
+    s3_reg.store.sync()
+    cache = ChunkCache(s3_reg, cache_dir, 100 * MiB)
+    outside = tmp_path / "outside"
+    outside.write_bytes(data)
+    os.utime(outside, ns=(1, 1))
+    link = os.path.join(cache_dir, "blobs", key[:2], key)
+    os.makedirs(os.path.dirname(link))
+    os.symlink(outside, link)
+    assert cache.read_chunk(key, MiB, "f") == data
+    assert cache.stats()["fetches"] == 1
+    assert stat.S_ISREG(os.lstat(link).st_mode)
+    assert os.stat(outside).st_mtime_ns == 1

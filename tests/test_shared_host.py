@@ -14,6 +14,7 @@ import xxhash
 from conftest import skip_or_fail
 from draft_helpers import publish
 from mountutil import cli, mounted
+from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 
 from artifactfs.drafts.syncclient import request, sockaddr
 from artifactfs.errors import ArtifactfsError
@@ -48,13 +49,12 @@ def squatter(address: str, uid: int = OTHER_UID) -> Iterator[int]:
                 s.listen(1)
                 os.write(ready_w, b"ready")
                 conn, _ = s.accept()
-                with conn:
-                    conn.sendall(json.dumps({"results": [{"collection": "ds", "line": "ds:v99"}]}).encode() + b"\n")
+                data = b""
+                with conn, contextlib.suppress(OSError):  # the client may be gone already
                     conn.settimeout(30)
-                    data = b""
-                    with contextlib.suppress(OSError):
-                        while chunk := conn.recv(65536):
-                            data += chunk
+                    conn.sendall(json.dumps({"results": [{"collection": "ds", "line": "ds:v99"}]}).encode() + b"\n")
+                    while chunk := conn.recv(65536):
+                        data += chunk
                 os.write(got_w, data or b"-")
             code = 0
         finally:
@@ -98,3 +98,75 @@ def test_an_abstract_control_name_taken_by_another_user(tmp_path):
             request(old_name, {"op": "sync", "collections": ["ds"], "metadata": {"secret": "s"}})
         assert os.read(got, 65536) == b"-"  # it got nothing
     assert Registry.open(store).versions("proj", "ds") == [0, 1]
+
+
+def _shared_dir(path) -> str:
+    path.mkdir()
+    os.chmod(path, 0o1777)  # like /tmp
+    return str(path)
+
+
+def _planted(tmp_path) -> tuple[str, dict]:
+    """A sticky, world-writable dir in which another user planted the cache's own
+    names as symlinks into a victim dir; returns (cache dir, victim paths)."""
+    victim = tmp_path / "victim"
+    (victim / "blobs").mkdir(parents=True)
+    (victim / "size").write_text("precious")
+    cache = _shared_dir(tmp_path / "shared")
+    for name, target in (("size", victim / "size"), ("lock", victim / "made-through-lock"),
+                         ("blobs", victim / "blobs")):
+        os.symlink(target, os.path.join(cache, name))
+        if os.geteuid() == 0:
+            os.lchown(os.path.join(cache, name), OTHER_UID, OTHER_UID)
+    return cache, {"victim": victim}
+
+
+def _private_with(tmp_path, name: str) -> str:
+    """A private cache dir of this user holding a symlink `name` to outside."""
+    cache = tmp_path / "own"
+    cache.mkdir(mode=0o700)
+    (tmp_path / "outside").mkdir(exist_ok=True)
+    os.symlink(tmp_path / "outside" / name, cache / name)
+    return str(cache)
+
+
+def _others(tmp_path) -> str:
+    need_root()
+    cache = tmp_path / "others"
+    cache.mkdir(mode=0o700)
+    os.chown(cache, OTHER_UID, OTHER_UID)
+    return str(cache)
+
+
+@pytest.mark.parametrize("case, why", [
+    ("shared", "is writable by other users (mode 1777)"),
+    ("planted", "is writable by other users (mode 1777)"),
+    ("others", f"is owned by uid {OTHER_UID}"),
+    ("own-lock", "lock is a symbolic link"),
+    ("own-blobs", "blobs is a symbolic link"),
+])
+def test_a_cache_dir_others_can_write_to_is_refused(s3_url, tmp_path, case, why):
+    """--cache-dir in a shared place (a 1777 dir with the cache's names planted as
+    symlinks by another user), a dir of another user, or symlinks in place of the
+    cache's own files: one line, exit 1, and nothing written through the links
+    (the root daemon used to create files through `lock` and blobs through `blobs`)."""
+    publish(Registry.open(s3_url, create=True), str(tmp_path / "pub"), "ds", {"a.txt": b"a"})
+    victim = tmp_path / "victim"
+    cache = {"shared": lambda: _shared_dir(tmp_path / "shared"), "planted": lambda: _planted(tmp_path)[0],
+             "others": lambda: _others(tmp_path), "own-lock": lambda: _private_with(tmp_path, "lock"),
+             "own-blobs": lambda: _private_with(tmp_path, "blobs")}[case]()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = cli("--store", s3_url, "--project", "proj", "mount", str(mnt), "--cache-dir", cache,
+               env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}, timeout=120)
+    if done.returncode == 0:
+        with contextlib.suppress(OSError):
+            open(mnt / "ds" / "ds:v0" / "a.txt", "rb").read()  # what the old daemon did: cache a blob
+        cli("umount", str(mnt), env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}, timeout=60)
+    if case == "planted":
+        assert (victim / "size").read_text() == "precious"
+        assert not (victim / "made-through-lock").exists()
+        assert os.listdir(victim / "blobs") == []
+    assert not (tmp_path / "outside" / "lock").exists()
+    assert done.returncode == 1, done.stdout
+    assert why in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr

@@ -16,7 +16,14 @@ Adding and removing files (and the size file) happen under the lock, so the tota
 stays <= max_bytes across all processes.  Recency is each file's mtime, set by
 os.utime when it is written and on every hit; eviction removes the oldest first, down
 to LOW_WATER of the cap so that it runs rarely.  For a local store blobs are read in
-place and the cache directory is not touched."""
+place and the cache directory is not touched.
+
+The directory must be private to the daemon's user: owned by it and writable by
+no one else (a `--cache-dir` in a shared place such as /tmp is refused, one
+UsageError line), since anyone who can add entries there could plant symlinks
+the daemon, often root, would follow.  The cache's own files (lock, size,
+blobs/, tmp/, each blob) are never followed through a symlink (O_NOFOLLOW,
+lstat/fstat checks)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +32,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -75,11 +83,11 @@ def _mismatch(key: str, where: str) -> DigestMismatchError:
     return DigestMismatchError(f"{where}: data does not match its digest (blob {key})")
 
 
-def _read_file(path: str, length: int) -> bytes:
+def _read_file(path: str, length: int, flags: int = 0) -> bytes:
     """The file's bytes, up to length + 1 of them (one more than expected shows a
-    file that is too long).  open, read until EOF, close: about half the system
-    calls of a FileIO.readall, each of which lets go of the GIL."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    file that is too long).  open (with extra `flags`), read until EOF, close: about
+    half the system calls of a FileIO.readall, each of which lets go of the GIL."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         data = os.read(fd, length + 1)
         while 0 < len(data) <= length and (more := os.read(fd, length + 1 - len(data))):
@@ -89,11 +97,27 @@ def _read_file(path: str, length: int) -> bytes:
         os.close(fd)
 
 
+def _private(path: str, st: os.stat_result, kind: str) -> None:
+    """UsageError unless `st` (of `path`) is a `kind` ('dir' or 'file') owned by this
+    process's user and writable by no one else."""
+    uid = os.geteuid()
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"cache dir: {path} is a symbolic link; remove it (the cache never follows links there)")
+    if not (stat.S_ISDIR if kind == "dir" else stat.S_ISREG)(st.st_mode):
+        raise UsageError(f"cache dir: {path} is not a {'directory' if kind == 'dir' else 'regular file'}")
+    if st.st_uid != uid:
+        raise UsageError(f"cache dir: {path} is owned by uid {st.st_uid}, not by this user (uid {uid}): "
+                         "use a directory of your own")
+    if st.st_mode & 0o022:
+        raise UsageError(f"cache dir: {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}): "
+                         "use a private directory (chmod go-w), not a shared one")
+
+
 def _touch(path: str) -> None:
     """Record a use.  Explicit nanoseconds: the kernel's own file clock is coarse."""
     now = time.time_ns()
     with contextlib.suppress(FileNotFoundError):
-        os.utime(path, ns=(now, now))
+        os.utime(path, ns=(now, now), follow_symlinks=False)
 
 
 class ChunkCache:
@@ -116,9 +140,13 @@ class ChunkCache:
             return
         self._blobs = os.path.join(self.cache_dir, "blobs")
         self._tmp = os.path.join(self.cache_dir, "tmp")
-        for d in (self.cache_dir, self._blobs, self._tmp):
-            os.makedirs(d, mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(self.cache_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        _private(self.cache_dir, os.stat(self.cache_dir), "dir")  # a link to a private dir is fine
+        for d in (self._blobs, self._tmp):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d, 0o700)
+            _private(d, os.lstat(d), "dir")
+        self._lock_fd = self._open_own("lock", os.O_RDWR | os.O_CREAT)
         with self._exclusive():
             self._remove_stale_tmp()
             self._set_total(sum(size for _, size, _ in self._scan()))
@@ -177,9 +205,13 @@ class ChunkCache:
         """The blob from the cache directory if there and intact; a bad copy is removed."""
         path = self._path(key)
         try:
-            data = _read_file(path, length)
+            data = _read_file(path, length, os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            data = b""  # a symlink where a blob should be: removed below, like a corrupt copy
         if len(data) != length or xxhash.xxh3_128_hexdigest(data) != key:
             log.warning("cached copy of blob %s is corrupt; fetching it again", key)
             with self._exclusive():
@@ -339,17 +371,40 @@ class ChunkCache:
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def _open_own(self, name: str, flags: int) -> int:
+        """A descriptor of the cache's own file `name`, never through a symlink;
+        UsageError if it is not a regular file of ours."""
+        path = os.path.join(self.cache_dir, name)
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                _private(path, os.lstat(path), "file")  # names the symlink
+            raise
+        try:
+            _private(path, os.fstat(fd), "file")
+        except UsageError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _read_size(self) -> int:
+        """The size file's total; FileNotFoundError or ValueError if missing or unreadable."""
+        fd = self._open_own("size", os.O_RDONLY)
+        with open(fd, closefd=True) as f:
+            return int(f.read())
+
     def _total(self) -> int:
         """The shared total (under the lock); rescanned if the size file is unreadable."""
         try:
-            with open(os.path.join(self.cache_dir, "size")) as f:
-                return int(f.read())
+            return self._read_size()
         except (FileNotFoundError, ValueError):
             return sum(size for _, size, _ in self._scan())
 
     def _set_total(self, total: int) -> None:
         tmp = os.path.join(self._tmp, f"size-{uuid.uuid4().hex}")
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", closefd=True) as f:
             f.write(str(total))
         os.replace(tmp, os.path.join(self.cache_dir, "size"))
         self._size = total
@@ -366,8 +421,7 @@ class ChunkCache:
         size of cache_dir, as last seen by any process sharing it)."""
         if not self._in_place:
             with contextlib.suppress(FileNotFoundError, ValueError):
-                with open(os.path.join(self.cache_dir, "size")) as f:
-                    self._size = int(f.read())
+                self._size = self._read_size()
         with self._mutex:
             return {**self._counts, "cache_bytes": self._size}
 
