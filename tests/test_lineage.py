@@ -7,30 +7,82 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from core_util import write_files
 
 import artifactfs
 from artifactfs import Api, Artifact
 
 
-def run_py(code: str, **env: str) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+SECRET = "hunter2-7f3a9c"
+
+
+def run_py(code: str, *args: str, **env: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                          env={**os.environ, **env}, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
+def stored_bytes(store: str) -> bytes:
+    """Every object of a local store, concatenated."""
+    out = b""
+    for dirpath, _, names in os.walk(store):
+        for n in names:
+            with open(os.path.join(dirpath, n), "rb") as f:
+                out += f.read()
+    return out
+
+
 def test_logged_by_holds_the_run_record(env, tmp_path):
     src = write_files(str(tmp_path / "src"), {"a": "1"})
     run_py(f"import artifactfs as a; x = a.Artifact('m', 'model'); x.add_dir({src!r}); x.save()",
-           WANDB_RUN_ID="wb-123", SLURM_JOB_ID="777", ARTIFACTFS_STEP="42")
+           f"--password={SECRET}", WANDB_RUN_ID="wb-123", SLURM_JOB_ID="777", ARTIFACTFS_STEP="42")
     art = Api().artifact("m:v0")
     run = art.logged_by()
     assert run.run_ids == {"WANDB_RUN_ID": "wb-123", "SLURM_JOB_ID": "777"}
-    assert run.host == socket.gethostname() and run.cwd == os.getcwd()
-    assert run.command[0] == sys.executable and "-c" in run.command
+    assert run.host == socket.gethostname()
+    assert run.program == f"{os.path.basename(sys.executable)} -c"  # not the code, not the arguments
     assert run.started_at and run.pid > 0 and run.user
     assert art.history_step == 42
+    assert set(run.to_json()) == {"id", "program", "user", "host", "started_at", "pid", "run_ids", "step"}
+    assert SECRET.encode() not in stored_bytes(env)
+
+
+def test_a_script_is_named_and_its_arguments_are_not_stored(env, tmp_path):
+    """Command lines hold secrets (--password=..., --hf-token=...), and the store is
+    shared: a run record keeps the script's name, never an argument or the cwd."""
+    art = Artifact("m", "model")
+    art.add_dir(write_files(str(tmp_path / "src"), {"a": "1"}))
+    art.save()
+    script = tmp_path / "train.py"
+    script.write_text("import sys, artifactfs as a; a.Api().artifact('m:v0').download(sys.argv[1])\n")
+    subprocess.run([sys.executable, "-u", str(script), str(tmp_path / "out"), f"--hf-token={SECRET}"], check=True,
+                   env=os.environ, cwd=str(tmp_path), timeout=120)
+    (use,) = Api().artifact("m:v0").used_by()
+    assert use.run.program == "train.py"
+    assert SECRET.encode() not in stored_bytes(env) and str(tmp_path).encode() not in stored_bytes(env)
+
+
+def test_records_of_older_versions_show_no_arguments(env, tmp_path):
+    """Records written before: the command line and cwd stay in the store, but
+    lineage shows only the program's name."""
+    from mountutil import cli
+    art = Artifact("m", "model")
+    art.add_dir(write_files(str(tmp_path / "src"), {"a": "1"}))
+    art.save()
+    old = {"id": "old-run", "command": ["/usr/bin/python3", "train.py", f"--password={SECRET}"], "user": "ann",
+           "host": "gpu3", "cwd": "/home/ann/exp", "started_at": "2026-01-01T00:00:00+00:00", "pid": 42,
+           "run_ids": {}, "step": None}
+    use = {"run": old, "at": "2026-01-01T00:00:01+00:00", "via": "mount", "path": "a"}
+    uses = os.path.join(env, "projects", "proj", "collections", "m", "uses", "v0")
+    os.makedirs(uses, exist_ok=True)
+    with open(os.path.join(uses, "old-run.json"), "w") as f:
+        json.dump(use, f)
+    text = cli("lineage", "m:v0").stdout
+    assert "old-run" in text and "train.py" in text and SECRET not in text and "/home/ann" not in text
+    d = json.loads(cli("lineage", "m:v0", "--json").stdout)
+    assert d["used_by"][0]["run"]["program"] == "train.py" and SECRET not in json.dumps(d)
 
 
 def test_run_id_and_step_from_the_api(env, tmp_path, monkeypatch):
@@ -64,7 +116,7 @@ def test_used_by_records_each_using_process_once(env, tmp_path):
 
 def test_lineage_cli(env, tmp_path):
     from mountutil import cli
-    src = write_files(str(tmp_path / "src"), {"a": "1"})
+    src = write_files(str(tmp_path / SECRET), {"a": "1"})
     cli("put", src, "m", "--type", "model", env={**os.environ, "ARTIFACTFS_RUN_ID": "producer"})
     cli("get", "m:v0", str(tmp_path / "out"), env={**os.environ, "ARTIFACTFS_RUN_ID": "consumer"})
     d = json.loads(cli("lineage", "m:v0", "--json").stdout)
@@ -72,6 +124,8 @@ def test_lineage_cli(env, tmp_path):
     assert [u["run"]["id"] for u in d["used_by"]] == ["consumer"]
     text = cli("lineage", "m:v0").stdout
     assert "producer" in text and "consumer" in text
+    assert d["logged_by"]["program"] == "artifactfs"  # `python -m artifactfs put SRC ...`
+    assert SECRET not in text and SECRET.encode() not in stored_bytes(env)
 
 
 def test_an_entry_download_and_get_record_a_use(env, tmp_path):
@@ -87,3 +141,18 @@ def test_an_entry_download_and_get_record_a_use(env, tmp_path):
     art2.save()
     assert Api().artifact("n:v0").get("cfg") == {"k": 2}
     assert [u.via for u in art2.used_by()] == ["api"]
+
+
+@pytest.mark.parametrize("argv, program", [
+    (["/usr/bin/cat", "f"], "cat"),
+    (["/opt/venv/bin/python3.11", "-u", "-W", "ignore", "/home/ann/train.py", "--password=x"], "train.py"),
+    (["python", "-m", "torch.distributed.run", "--nproc-per-node=8", "train.py"], "torch.distributed.run"),
+    (["python3", "-c", "import os; os.environ['TOKEN']", "--token=x"], "python3 -c"),
+    (["sh", "-c", "echo $SECRET > f"], "sh -c"),
+    (["bash", "/opt/run.sh", "secret"], "run.sh"),
+    (["ray::Worker --token=x"], "ray::Worker"),  # a title written over argv (setproctitle)
+    ([], ""),
+])
+def test_a_run_record_names_the_program_only(argv, program):
+    from artifactfs.registry.runinfo import program_of
+    assert program_of(argv) == program

@@ -158,9 +158,10 @@ class ArtifactLifecycle:
         lineage.record_own_use(self._reg(), info)
 
     def logged_by(self) -> RunRecord | None:
-        """The run (process) that logged the source version: id, command, user, host,
-        cwd, started_at, pid, run_ids (WANDB_RUN_ID, SLURM_JOB_ID, MLFLOW_RUN_ID,
-        ARTIFACTFS_RUN_ID) and step.  None for versions from before lineage."""
+        """The run (process) that logged the source version: id, program (its name,
+        never its arguments), user, host, started_at, pid, run_ids (WANDB_RUN_ID,
+        SLURM_JOB_ID, MLFLOW_RUN_ID, ARTIFACTFS_RUN_ID) and step.  None for
+        versions from before lineage."""
         return lineage.logged_by(self._source())
 
     def used_by(self) -> list[lineage.Use]:

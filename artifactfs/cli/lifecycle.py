@@ -122,7 +122,7 @@ def _run_line(run: RunRecord) -> str:
     ids = " ".join(f"{k}={v}" for k, v in run.run_ids.items())
     step = f" step {run.step}" if run.step is not None else ""
     return (f"run {run.id} {run.user}@{run.host} pid {run.pid} started {run.started_at or '?'}{step}"
-            f"{' ' + ids if ids else ''}: {' '.join(run.command)}")
+            f"{' ' + ids if ids else ''}: {run.program or '?'}")
 
 
 @click.command()

@@ -1,9 +1,11 @@
 """Run records: which process produced or used a version (lineage, docs/api.md).
 
-A run is one process.  Its record holds an id, the command line, user, host,
-working directory, start time, the run ids of the tools around it found in its
-environment (W&B, Slurm, MLflow, or ARTIFACTFS_RUN_ID) and the history step it
-reported (ARTIFACTFS_STEP or set_step()).  The id is ARTIFACTFS_RUN_ID when set,
+A run is one process.  Its record holds an id, the program's name, user, host,
+pid, start time, the run ids of the tools around it found in its environment
+(W&B, Slurm, MLflow, or ARTIFACTFS_RUN_ID) and the history step it reported
+(ARTIFACTFS_STEP or set_step()).  Never its arguments or working directory:
+records go to a store other people read, and command lines hold secrets
+(--password=..., --hf-token=...) as often as not (program_of()).  The id is ARTIFACTFS_RUN_ID when set,
 else a hash of (host, boot time, pid, process start time): the same process gets
 the same id whether it is asked by itself (the Python API) or seen through the
 mount (/proc of the FUSE request's pid), so its uses and products line up."""
@@ -12,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import pwd
+import re
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
@@ -23,16 +26,18 @@ from ..errors import UsageError
 
 RUN_ID_VARIABLES = ("ARTIFACTFS_RUN_ID", "WANDB_RUN_ID", "SLURM_JOB_ID", "MLFLOW_RUN_ID")
 STEP_VARIABLE = "ARTIFACTFS_STEP"
+# programs that run a script named by their first argument (python3.11 train.py)
+_INTERPRETER = re.compile(r"(python|pypy)[\d.]*|sh|bash|dash|zsh|ksh|perl|ruby|node|Rscript|julia")
+_OPTIONS_WITH_VALUE = {"-W", "-X", "-Q"}  # python's: skipped with their value on the way to the script
 _step: int | None = None
 
 
 @dataclass
 class RunRecord:
     id: str
-    command: list[str]
+    program: str                    # program_of(argv): a name, never an argument
     user: str
     host: str
-    cwd: str | None
     started_at: str | None          # ISO 8601, UTC
     pid: int
     run_ids: dict[str, str] = field(default_factory=dict)  # variable -> value, as found
@@ -43,9 +48,37 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, d: dict) -> "RunRecord":
-        return cls(id=str(d["id"]), command=list(d.get("command") or []), user=str(d.get("user", "")),
-                   host=str(d.get("host", "")), cwd=d.get("cwd"), started_at=d.get("started_at"),
-                   pid=int(d.get("pid", 0)), run_ids=dict(d.get("run_ids") or {}), step=d.get("step"))
+        """A stored record; one written before `program` existed held the whole
+        command line and cwd: only the program's name is taken from it."""
+        program = d["program"] if "program" in d else program_of([str(a) for a in d.get("command") or []])
+        return cls(id=str(d["id"]), program=str(program), user=str(d.get("user", "")), host=str(d.get("host", "")),
+                   started_at=d.get("started_at"), pid=int(d.get("pid", 0)), run_ids=dict(d.get("run_ids") or {}),
+                   step=d.get("step"))
+
+
+def program_of(argv: list[str]) -> str:
+    """What a run record keeps of a command line: the program's name, no argument.
+    `/usr/bin/cat f` -> "cat"; an interpreter running a script gives the script's
+    name: `python3 -u /x/train.py --lr 1` -> "train.py", `sh run.sh` -> "run.sh";
+    `python -m torch.distributed.run ...` -> "torch.distributed.run";
+    `python -c CODE`, `sh -c CMD` -> "python -c", "sh -c" (the code is an argument).
+    A title a process wrote over its argv (setproctitle) is cut at its first space.
+    "" for an empty command line (a kernel thread, a zombie)."""
+    words = argv[0].split() if argv else []
+    name = os.path.basename(words[0]) if words else ""
+    if not _INTERPRETER.fullmatch(name):
+        return name
+    rest = iter(argv[1:])
+    for arg in rest:
+        if arg == "-m":
+            return os.path.basename(next(rest, "")) or name
+        if arg in ("-c", "-e"):
+            return f"{name} {arg}"
+        if arg in _OPTIONS_WITH_VALUE:
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return os.path.basename(arg) or name
+    return name
 
 
 def set_step(step: int | None) -> None:
@@ -99,8 +132,12 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
-def _record(pid: int, command: list[str], uid: int, cwd: str | None, env: dict[str, str],
-            step: int | None) -> RunRecord:
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+
+
+def _record(pid: int, argv: list[str], uid: int, env: dict[str, str], step: int | None) -> RunRecord:
     host = socket.gethostname()
     boot = _boot_time()  # fixed while the machine runs
     try:
@@ -111,35 +148,30 @@ def _record(pid: int, command: list[str], uid: int, cwd: str | None, env: dict[s
         ticks, started_at = 0, None
     run_ids = {k: env[k] for k in RUN_ID_VARIABLES if env.get(k)}
     run_id = run_ids.get("ARTIFACTFS_RUN_ID") or xxhash.xxh3_128_hexdigest(f"{host}:{boot}:{pid}:{ticks}".encode())
-    return RunRecord(run_id, command, _user(uid), host, cwd, started_at, pid, run_ids, step)
+    return RunRecord(run_id, program_of(argv), _user(uid), host, started_at, pid, run_ids, step)
 
 
 def current_run() -> RunRecord:
-    """This process's record (the step as reported now)."""
-    try:
-        cwd: str | None = os.getcwd()
-    except OSError:
-        cwd = None
+    """This process's record (the step as reported now).  Its command line is read
+    from /proc as the mount reads it, so both see the same program."""
     step = _step if _step is not None else _parse_step(os.environ.get(STEP_VARIABLE))
-    return _record(os.getpid(), [sys.executable, *sys.argv] if sys.argv and sys.argv[0] else [sys.executable],
-                   os.getuid(), cwd, dict(os.environ), step)
+    try:
+        argv = _cmdline(os.getpid())
+    except OSError:
+        argv = [sys.executable, *sys.argv]
+    return _record(os.getpid(), argv, os.getuid(), dict(os.environ), step)
 
 
 def process_run(pid: int) -> RunRecord | None:
     """The record of another process of this host, read from /proc (None once it has
     exited).  Reading its environment needs the same user or root, as ps(1) does."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            command = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        argv = _cmdline(pid)
         uid = os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return None
     try:
-        cwd: str | None = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        cwd = None
-    try:
         env = _environ(pid)
     except OSError:
         env = {}
-    return _record(pid, command, uid, cwd, env, _parse_step(env.get(STEP_VARIABLE)))
+    return _record(pid, argv, uid, env, _parse_step(env.get(STEP_VARIABLE)))
