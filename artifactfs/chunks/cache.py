@@ -99,7 +99,8 @@ def _read_file(path: str, length: int, flags: int = 0) -> bytes:
 
 def _private(path: str, st: os.stat_result, kind: str) -> None:
     """UsageError unless `st` (of `path`) is a `kind` ('dir' or 'file') owned by this
-    process's user and writable by no one else."""
+    process's user, and, a dir, writable by no one else (then no one else can put
+    or replace entries in it; the modes of the files inside do not matter)."""
     uid = os.geteuid()
     if stat.S_ISLNK(st.st_mode):
         raise UsageError(f"cache dir: {path} is a symbolic link; remove it (the cache never follows links there)")
@@ -108,7 +109,7 @@ def _private(path: str, st: os.stat_result, kind: str) -> None:
     if st.st_uid != uid:
         raise UsageError(f"cache dir: {path} is owned by uid {st.st_uid}, not by this user (uid {uid}): "
                          "use a directory of your own")
-    if st.st_mode & 0o022:
+    if kind == "dir" and st.st_mode & 0o022:
         raise UsageError(f"cache dir: {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}): "
                          "use a private directory (chmod go-w), not a shared one")
 
@@ -389,8 +390,14 @@ class ChunkCache:
         return fd
 
     def _read_size(self) -> int:
-        """The size file's total; FileNotFoundError or ValueError if missing or unreadable."""
-        fd = self._open_own("size", os.O_RDONLY)
+        """The size file's total; FileNotFoundError or ValueError if missing or
+        unreadable (a symlink counts as unreadable: _set_total replaces it)."""
+        try:
+            fd = os.open(os.path.join(self.cache_dir, "size"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ValueError("the size file is a symbolic link") from None
+            raise
         with open(fd, closefd=True) as f:
             return int(f.read())
 
