@@ -9,12 +9,13 @@ it may belong to a writer that has stored its files and not yet committed."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..errors import ArtifactfsError, ObjectNotFound
+from ..errors import ArtifactfsError, CorruptStoreError, ObjectNotFound, shown
 from ..registry import gcstate
 from ..registry.keys import BLOBS, PACKS, TREES, tree_object_key
 from ..registry.manifest import DirEntry, FileEntry
@@ -46,6 +47,31 @@ class GcReport:
         return dict(self.__dict__)
 
 
+def _unlisted_roots(registry: Registry, listed: set[str]) -> set[str]:
+    """Root trees named by version records that the registry does not list (a
+    collection or record name the format cannot hold, written by something else:
+    skipped with a warning everywhere else).  gc keeps what they name, as live, and
+    never deletes them; a record that does not parse may name anything, so gc then
+    deletes nothing (CorruptStoreError naming it)."""
+    roots = set()
+    for key in registry.store.list("projects/"):
+        parts = key.split("/")
+        if len(parts) != 6 or parts[2] != "collections" or parts[4] != "versions" \
+                or not key.endswith(".json") or key.endswith(".attrs.json") or key in listed:
+            continue
+        try:
+            root = json.loads(registry.store.get(key))["root"]
+            if not isinstance(root, str):
+                raise TypeError(f"root is {root!r}")
+        except ObjectNotFound:
+            continue
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptStoreError(f"gc deletes nothing: version record {shown(key)} does not parse ({e!r}) "
+                                    "and may name objects; repair or remove it") from None
+        roots.add(root)
+    return roots
+
+
 def _all_versions(registry: Registry) -> Iterator[tuple[VersionInfo, bool]]:
     """(version, is_deleted) for every version record of the store."""
     for project in registry.projects():
@@ -55,7 +81,7 @@ def _all_versions(registry: Registry) -> Iterator[tuple[VersionInfo, bool]]:
                 try:
                     info = registry.version(project, coll.name, n, aliases={})
                 except ArtifactfsError:
-                    continue
+                    continue  # gone since listed; a damaged record stops _unlisted_roots
                 yield info, n in gone or info.deleted
 
 
@@ -94,35 +120,42 @@ def _mark(registry: Registry, now: float, keep_deleted: float, expiring: set[tup
     objects: set[str] = set()
     live = 0
 
-    def visit(key: str) -> None:
+    def visit(key: str, needed: bool = True) -> None:
+        """Mark tree `key` and what it reaches.  A missing tree is damage only
+        where something `needed` it: a deleted version's trees may have been swept
+        already by a gc with a shorter --keep-deleted, and are then not reported."""
         if key in trees:
             return
         trees.add(key)
         try:
             tree = registry.load(key)
         except ObjectNotFound:
-            log.warning("tree %s is missing", key)
+            (log.warning if needed else log.debug)("tree %s is missing", key)
             return
         for entry in tree.values():
             if isinstance(entry, DirEntry):
-                visit(entry.tree)
+                visit(entry.tree, needed)
             elif isinstance(entry, FileEntry):
                 objects.update(entry.object_keys())
 
     for root in gcstate.pinned_roots(registry.store, now):  # bases of running mounts' drafts
         visit(root)
+    listed: set[str] = set()
+    kept: list[str] = []  # roots of deleted versions still within keep_deleted
     for info, deleted in _all_versions(registry):
         beat()
+        listed.add(registry.version_key(info.project, info.collection, info.version))
         if (info.project, info.collection, info.version) in expiring:
             deleted, at = True, now
         else:
             at = dt.datetime.fromisoformat(info.deleted_at).timestamp() if info.deleted_at else 0.0
-        if deleted:
-            if now - at >= keep_deleted:
-                continue
-        else:
+        if not deleted:
             live += 1
-        visit(info.root)
+            visit(info.root)
+        elif now - at < keep_deleted:
+            kept.append(info.root)
+    for root in kept + sorted(_unlisted_roots(registry, listed)):  # after every live tree is marked
+        visit(root, needed=False)
     return {tree_object_key(t) for t in trees}, objects, live
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -90,6 +91,27 @@ def mount_ref(text: str) -> MountRef | None:
     except OSError:
         return None
     return None
+
+
+class _Warnings(logging.StreamHandler):
+    """`warning: MESSAGE` on stderr, unless logging is set up (a --foreground mount logs itself)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("warning: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+def warnings_on_stderr(*names: str) -> None:
+    """Show what loggers `names` warn about (files put leaves out, store entries
+    ignored) as one `warning:` line each on stderr."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _Warnings) for h in logger.handlers):
+            logger.addHandler(_Warnings())
 
 
 class Terminated(KeyboardInterrupt):

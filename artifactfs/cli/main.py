@@ -5,9 +5,7 @@ is cli/base.py's Group."""
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 
 import click
 
@@ -28,6 +26,7 @@ from .base import (
     pass_ctx,
     pinned,
     progress,
+    warnings_on_stderr,
 )
 from .drafts import discard_cmd, status_cmd, sync_cmd
 from .lifecycle import COMMANDS
@@ -45,6 +44,7 @@ def main(ctx: click.Context, store: str | None, project: str | None, endpoint_ur
     """Versioned ML artifacts as plain folders."""
     if endpoint_url:  # the environment carries it to the store and to a mount's daemon
         os.environ["ARTIFACTFS_S3_ENDPOINT"] = endpoint_url
+    warnings_on_stderr("artifactfs.put", "artifactfs.registry")  # files left out, store entries ignored
     ctx.obj = Ctx(store or os.environ.get("ARTIFACTFS_STORE") or None,
                   check_name(default_project() if project is None else project, "project"))
 
@@ -86,9 +86,6 @@ def put(c: Ctx, args: tuple[str, ...], type_: str, description: str | None,
     project, collection = ref.project, ref.collection
     if ref.alias:
         raise click.BadParameter("give the collection name without ':alias'", param_hint="NAME")
-    left_out = logging.StreamHandler(sys.stderr)  # fifos, sockets, devices: one line each
-    left_out.setFormatter(logging.Formatter("warning: %(message)s"))
-    logging.getLogger("artifactfs.put").addHandler(left_out)
     art = Artifact(collection, type_, description, parse_metadata(metadata), store=c.store_url)
     art.aliases, art.tags = list(alias), list(tag)
     if source is not None and os.path.isdir(source):

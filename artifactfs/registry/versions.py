@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
 import uuid
@@ -26,11 +27,14 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..errors import (
+    CorruptStoreError,
+    InvalidNameError,
     NotFoundError,
     ObjectNotFound,
     PreconditionFailed,
     StoreError,
     UsageError,
+    shown,
 )
 from ..store import ObjectStore, open_store
 from ..timestamps import now_iso
@@ -49,8 +53,17 @@ MARKER = "artifactfs-store.json"
 STORE_FORMAT = {"format": "artifactfs-store", "version": 1}
 MAX_METADATA_KEYS = 100
 CAS_RETRIES = 200
+log = logging.getLogger("artifactfs.registry")
+_skipped: set[str] = set()  # keys warned about, so each is reported once per process
 
 
+def skip_entry(key: str, why: str) -> None:
+    """Warn once per process that store entry `key` is ignored, and why: a name the
+    format cannot hold or a record that does not parse, written by something else
+    (docs/store-format.md 1.1).  Everything valid beside it keeps working."""
+    if key not in _skipped:
+        _skipped.add(key)
+        log.warning("ignoring %s in the store: %s", shown(key), why)
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict:
@@ -175,12 +188,22 @@ class Registry(TreeStore):
     def _ckey(project: str, name: str, leaf: str = "") -> str:
         return f"projects/{project}/collections/{name}/{leaf}"
 
-    def _vkey(self, project: str, name: str, version: int, suffix: str = ".json") -> str:
+    def version_key(self, project: str, name: str, version: int, suffix: str = ".json") -> str:
+        """The key of version record `v<N>.json` (or of its `suffix` sibling)."""
         return self._ckey(project, name, f"versions/v{version}{suffix}")
 
     # -- collections ---------------------------------------------------------
     def projects(self) -> list[str]:
-        return [k[len("projects/"):-1] for k in self.store.list("projects/", recursive=False) if k.endswith("/")]
+        """Names of the store's projects; a folder whose name is not a valid project
+        name is left out, with one warning (skip_entry)."""
+        out = []
+        for k in self.store.list("projects/", recursive=False):
+            if k.endswith("/"):
+                try:
+                    out.append(check_name(k[len("projects/"):-1], "project"))
+                except InvalidNameError as e:
+                    skip_entry(k, str(e))
+        return out
 
     def collections(self, project: str) -> list[CollectionInfo]:
         out = []
@@ -191,15 +214,22 @@ class Registry(TreeStore):
                     out.append(self.collection(project, k[len(prefix):-1]))
                 except NotFoundError:
                     continue  # being created: no collection.json yet
+                except (InvalidNameError, CorruptStoreError) as e:
+                    skip_entry(k, str(e))
         return out
 
     def collection(self, project: str, name: str) -> CollectionInfo:
+        """One collection's record; InvalidNameError for a name the format cannot
+        hold, CorruptStoreError for a collection.json that does not parse."""
+        key = self._ckey(project, check_name(name, "collection name"), "collection.json")
         try:
-            d = json.loads(self.store.get(self._ckey(project, check_name(name, "collection name"), "collection.json")))
+            d = json.loads(self.store.get(key))
+            return CollectionInfo(project, name, str(d["type"]), d.get("description"), str(d["created_at"]),
+                                  bool(d.get("portfolio", False)))
         except ObjectNotFound:
             raise NotFoundError(f"collection {project}/{name} not found") from None
-        return CollectionInfo(project, name, d["type"], d.get("description"), d["created_at"],
-                              bool(d.get("portfolio", False)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptStoreError(f"{shown(key)} is not a collection record ({e!r})") from None
 
     def ensure_collection(self, project: str, name: str, type_: str, portfolio: bool = False) -> CollectionInfo:
         """Create the collection if needed; refuse a type different from its own, and
@@ -228,8 +258,10 @@ class Registry(TreeStore):
             leaf = k[len(prefix):]
             if leaf.endswith(".json") and not leaf.endswith(".attrs.json"):
                 n = parse_version(leaf[:-5])
-                if n is not None:
+                if n is not None and leaf == f"v{n}.json":
                     out.append(n)
+                else:  # v007.json, notes.json: v<N>.json is the only spelling (store-format.md)
+                    skip_entry(k, "not a version record name (v<N>.json)")
         if not include_deleted and out:
             gone = self.deleted(project, name)
             out = [n for n in out if n not in gone]
@@ -247,12 +279,27 @@ class Registry(TreeStore):
         return vs[-1] if vs else None
 
     def aliases(self, project: str, name: str) -> dict[str, int]:
-        """alias -> version, 'latest' included."""
+        """alias -> version, 'latest' included.  An entry that is not a valid alias
+        naming a version number (written by something else) is left out, with one
+        warning (skip_entry)."""
+        key = self._ckey(project, name, "aliases.json")
         try:
-            d = json.loads(self.store.get(self._ckey(project, name, "aliases.json")))
+            d = json.loads(self.store.get(key))
         except ObjectNotFound:
             d = {}
-        out = {k: int(v) for k, v in d.items()}
+        except ValueError as e:
+            skip_entry(key, f"not JSON ({e})")
+            d = {}
+        out = {}
+        for alias, n in (d.items() if isinstance(d, dict) else ()):
+            try:
+                check_alias(alias)
+                if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                    raise InvalidNameError(f"alias {alias!r} names {n!r}, not a version number")
+            except InvalidNameError as e:
+                skip_entry(f"{key} [{alias!r}]", str(e))
+                continue
+            out[alias] = n
         latest = self.latest(project, name)
         if latest is not None:
             out["latest"] = latest
@@ -264,7 +311,7 @@ class Registry(TreeStore):
         alias = alias or "latest"
         n = parse_version(alias)
         if n is not None:
-            if not self.store.exists(self._vkey(project, name, n)):
+            if not self.store.exists(self.version_key(project, name, n)):
                 raise NotFoundError(f"version {name}:{alias} not found")
             if n in self.deleted(project, name):
                 raise NotFoundError(f"version {name}:{alias} was deleted")
@@ -278,20 +325,23 @@ class Registry(TreeStore):
                 aliases: Mapping[str, int] | None = None) -> VersionInfo:
         """One version.  Pass `aliases` (from aliases()) when reading many versions
         of a collection, so the collection is not listed again for each."""
+        key = self.version_key(project, name, version)
         try:
-            rec = json.loads(self.store.get(self._vkey(project, name, version)))
+            rec = json.loads(self.store.get(key))
+            info = VersionInfo(
+                project=project, collection=name, version=version, type=rec["type"], root=rec["root"],
+                digest=rec["digest"], size=rec["size"], file_count=rec["file_count"],
+                created_at=rec["created_at"], commit_hash=rec["commit_hash"], id=rec["id"],
+                base=rec.get("base"), description=rec.get("description"),
+                metadata=rec.get("metadata") or {}, tags=list(rec.get("tags") or []), ttl=rec.get("ttl"),
+                link=rec.get("link"), run=rec.get("run"),
+            )
         except ObjectNotFound:
             raise NotFoundError(f"version {name}:v{version} not found") from None
-        info = VersionInfo(
-            project=project, collection=name, version=version, type=rec["type"], root=rec["root"],
-            digest=rec["digest"], size=rec["size"], file_count=rec["file_count"],
-            created_at=rec["created_at"], commit_hash=rec["commit_hash"], id=rec["id"],
-            base=rec.get("base"), description=rec.get("description"),
-            metadata=rec.get("metadata") or {}, tags=list(rec.get("tags") or []), ttl=rec.get("ttl"),
-            link=rec.get("link"), run=rec.get("run"),
-        )
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptStoreError(f"{shown(key)} is not a version record ({e!r})") from None
         try:
-            attrs = json.loads(self.store.get(self._vkey(project, name, version, ".attrs.json")))
+            attrs = json.loads(self.store.get(self.version_key(project, name, version, ".attrs.json")))
             for f in ATTR_FIELDS:
                 if f in attrs:
                     setattr(info, f, attrs[f])
@@ -380,7 +430,7 @@ class Registry(TreeStore):
         n = start
         while True:
             record["version"] = n
-            if self.store.put_if_absent(self._vkey(project, name, n), json.dumps(record).encode()):
+            if self.store.put_if_absent(self.version_key(project, name, n), json.dumps(record).encode()):
                 return n
             if fail_on_race:
                 raise PreconditionFailed(f"{name}: v{n} was published concurrently")
@@ -427,7 +477,7 @@ class Registry(TreeStore):
             d["tags"] = sorted(set(d["tags"]))
             d["updated_at"] = now_iso()
             return d
-        self._cas_json(self._vkey(project, name, version, ".attrs.json"), wrapped)
+        self._cas_json(self.version_key(project, name, version, ".attrs.json"), wrapped)
         return self.version(project, name, version)
 
     def _cas_json(self, key: str, change: Callable[[dict], dict], must_exist: bool = False) -> dict:

@@ -1,0 +1,113 @@
+"""Entries of a shared store that the format cannot hold (written by another tool
+or by hand): a collection named '..' or 'a b', bad aliases, a version record
+spelled v007.json.  Each is skipped with one
+warning; everything valid keeps working in the CLI, the API and the mount, and gc
+keeps (never deletes) what they name (docs/store-format.md 1.1)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from core_util import write_files
+from mountutil import cli, mount_factory, wait_for  # noqa: F401 (fixture)
+from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
+
+from artifactfs import Api, Artifact
+from artifactfs.api.gc import collect
+from artifactfs.errors import CorruptStoreError, InvalidNameError
+from artifactfs.registry.keys import tree_object_key
+from artifactfs.registry.versions import Registry
+from artifactfs.store import open_store
+
+P = "proj"
+C = f"projects/{P}/collections"
+
+
+def env_for(url: str) -> dict[str, str]:
+    return {**os.environ, "ARTIFACTFS_STORE": url, "ARTIFACTFS_PROJECT": P}
+
+
+def put(url: str, name: str, src: str, files: dict) -> Artifact:
+    art = Artifact(name, "dataset", store=url)
+    art.add_dir(write_files(src, files))
+    return art.save(P)
+
+
+def add_strays(url: str) -> dict:
+    """Stray keys beside the valid collection 'good' (v0, alias 'ok'); returns
+    good:v0's record, which the strays copy."""
+    store = open_store(url)
+    record = json.loads(store.get(f"{C}/good/versions/v0.json"))
+    info = json.dumps({"name": "x", "type": "dataset", "description": None, "created_at": "2026-01-01T00:00:00Z"})
+    if url.startswith("s3://"):  # a local directory cannot hold a key with '..'; artifactfs refuses to write one
+        import boto3
+        client = boto3.client("s3", endpoint_url=os.environ["ARTIFACTFS_S3_ENDPOINT"], region_name="us-east-1")
+        client.put_object(Bucket=url[len("s3://"):], Key=f"{C}/../collection.json", Body=info.encode())
+        assert f"{C}/../" in store.list(f"{C}/", recursive=False)
+    store.put(f"{C}/a b/collection.json", info.encode())
+    store.put(f"{C}/good/versions/v007.json", json.dumps(record).encode())
+    store.put(f"{C}/good/aliases.json",
+              json.dumps({"ok": 0, "x/y": 0, "": 0, "../../../etc": 0, "v3": 0, "bad": "zero"}).encode())
+    return record
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> str:
+    url = str(tmp_path / "store") if request.param == "local" else request.getfixturevalue("s3_url")
+    put(url, "good", str(tmp_path / "src"), {"a.txt": "hello"})
+    return url
+
+
+def test_cli_and_api_skip_stray_entries_with_one_warning(store):
+    add_strays(store)
+    env = env_for(store)
+    done = cli("ls", env=env)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == ["good"]
+    assert [line for line in done.stderr.splitlines() if "'a b'" in line] != []
+    assert len([line for line in done.stderr.splitlines() if "a b" in line]) == 1
+    assert all(line.startswith("warning: ignoring ") for line in done.stderr.splitlines())
+    done = cli("ls", "good", env=env)
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()[1:]
+    assert [r.split()[:2] for r in rows] == [["v0", "latest,ok"]]
+    assert "v007.json" in done.stderr and "x/y" in done.stderr and "../../../etc" in done.stderr
+    api = Api(store=store, project=P)
+    assert [c.name for c in api.artifact_collections()] == ["good"]
+    assert sorted(api.artifact("good:latest").aliases) == ["latest", "ok"]
+    done = cli("gc", "--dry-run", env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_mount_skips_stray_entries_and_keeps_refreshing(store, mount_factory, tmp_path):  # noqa: F811
+    m = mount_factory(store, "--refresh", "0.2")
+    assert os.listdir(m.path) == ["good"]
+    add_strays(store)
+    put(store, "later", str(tmp_path / "src2"), {"b.txt": "x"})
+    wait_for(lambda: sorted(os.listdir(m.path)) == ["good", "later"], 60, "the new collection to appear")
+    wait_for(lambda: sorted(os.listdir(m.p("good"))) == ["draft", "good:latest", "good:ok", "good:v0"], 60,
+             "the valid aliases to be listed")
+    with open(m.p("good", "good:ok", "a.txt")) as f:
+        assert f.read() == "hello"
+    assert "refresh failed" not in m.log
+    assert "ignoring" in m.log and m.log.count("v007.json") == 1
+
+
+def test_gc_keeps_what_unlisted_records_name_and_stops_at_an_unparsable_one(store, tmp_path):
+    record = add_strays(store)
+    reg = Registry.open(store)
+    only_stray = put(store, "tmp", str(tmp_path / "src3"), {"c.txt": "only here"})
+    root = reg.get(P, "tmp").root
+    store_ = open_store(store)
+    store_.put(f"{C}/a b/versions/v0.json", json.dumps({**record, "root": root}).encode())
+    only_stray.delete()
+    report = collect(Registry.open(store), grace=0, keep_deleted=0)
+    assert store_.exists(tree_object_key(root)), "gc removed a tree a record it skips names"
+    assert store_.exists(f"{C}/a b/versions/v0.json") and store_.exists(f"{C}/good/versions/v007.json")
+    assert report.live_versions == 1
+    store_.put(f"{C}/good/versions/v9.json", b"{not json")
+    blobs = sorted(store_.list("blobs/")) + sorted(store_.list("packs/"))
+    with pytest.raises(CorruptStoreError, match="v9.json"):
+        collect(Registry.open(store), grace=0, keep_deleted=0)
+    assert sorted(store_.list("blobs/")) + sorted(store_.list("packs/")) == blobs
