@@ -1,6 +1,7 @@
 """Lineage through the Python API and the CLI: logged_by(), used_by(), history_step."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 from core_util import write_files
+from mountutil import cli, mount_factory, need_fuse  # noqa: F401 (fixture)
 
 import artifactfs
 from artifactfs import Api, Artifact
@@ -156,3 +158,37 @@ def test_an_entry_download_and_get_record_a_use(env, tmp_path):
 def test_a_run_record_names_the_program_only(argv, program):
     from artifactfs.registry.runinfo import program_of
     assert program_of(argv) == program
+
+
+@contextlib.contextmanager
+def read_only(path: str):
+    """`path` read-only for everyone, root included (a read-only bind mount; tests
+    run as root, whom chmod does not stop)."""
+    need_fuse()  # mount(8) privileges: where FUSE is usable, so is a bind mount (this machine, CI)
+    subprocess.run(["mount", "--bind", path, path], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", path], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], check=True)
+
+
+def test_a_read_only_user_gets_and_downloads_with_one_warning(env, tmp_path, mount_factory):
+    src = write_files(str(tmp_path / "src"), {"a.txt": "hello", "d/b.bin": "x" * 1000})
+    art = Artifact("ds", "dataset")
+    art.add_dir(src)
+    art.save()
+    with read_only(env):
+        done = cli("get", "ds:latest", str(tmp_path / "out"))
+        assert done.returncode == 0, done.stderr
+        assert open(tmp_path / "out" / "d" / "b.bin").read() == "x" * 1000
+        warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and "not recorded" in warnings[0] and "Read-only" in warnings[0], done.stderr
+        out = run_py(f"import artifactfs as a; print(a.Api().artifact('ds:v0').download({str(tmp_path / 'o2')!r}))")
+        assert open(tmp_path / "o2" / "a.txt").read() == "hello" and out.strip() == str(tmp_path / "o2")
+        m = mount_factory(env, "--read-only")
+        with open(m.p("ds", "ds:v0", "a.txt")) as f:
+            assert f.read() == "hello"
+        m.umount()
+        assert "was not recorded" in m.log or "could not record the use" in m.log
+    assert Api().artifact("ds:v0").used_by() == []

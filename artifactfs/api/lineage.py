@@ -11,15 +11,17 @@ Uses of a link are recorded on its source, so a source's used_by() covers its li
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from threading import Lock
 
-from ..errors import ObjectNotFound
+from ..errors import ArtifactfsError, ObjectNotFound
 from ..registry.runinfo import RunRecord, current_run
 from ..registry.versions import Registry, VersionInfo
 from ..timestamps import now_iso
 from .links import source_of
 
+log = logging.getLogger("artifactfs.lineage")
 _recorded: set[tuple[str, str, str, int, str]] = set()
 _recorded_lock = Lock()
 
@@ -56,14 +58,21 @@ def record_use(registry: Registry, info: VersionInfo, run: RunRecord, via: str,
 
 def record_own_use(registry: Registry, info: VersionInfo) -> None:
     """This process used `info` (a download or an open through the API); one store
-    write per process and version."""
+    write per process and version.  Best effort: a store this user may only read
+    (S3 credentials without PutObject, a read-only file system) gets one warning
+    (logger artifactfs.lineage) and the download or open goes on; W&B's
+    use_artifact likewise never fails a download for lineage."""
     run = current_run()
     key = (registry.store.url, info.project, info.collection, info.version, run.id)
     with _recorded_lock:
         if key in _recorded:
             return
         _recorded.add(key)
-    record_use(registry, info, run, "api")
+    try:
+        record_use(registry, info, run, "api")
+    except (ArtifactfsError, OSError) as e:
+        log.warning("the use of %s/%s was not recorded (lineage): %s", info.project, info.name,
+                    getattr(e, "strerror", None) or e)
 
 
 def uses(registry: Registry, info: VersionInfo) -> list[Use]:

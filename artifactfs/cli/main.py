@@ -44,7 +44,8 @@ def main(ctx: click.Context, store: str | None, project: str | None, endpoint_ur
     """Versioned ML artifacts as plain folders."""
     if endpoint_url:  # the environment carries it to the store and to a mount's daemon
         os.environ["ARTIFACTFS_S3_ENDPOINT"] = endpoint_url
-    warnings_on_stderr("artifactfs.put", "artifactfs.registry")  # files left out, store entries ignored
+    warnings_on_stderr("artifactfs.put", "artifactfs.registry", "artifactfs.lineage")  # files left out,
+    # store entries ignored, a use not recorded
     ctx.obj = Ctx(store or os.environ.get("ARTIFACTFS_STORE") or None,
                   check_name(default_project() if project is None else project, "project"))
 
