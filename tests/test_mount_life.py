@@ -373,3 +373,37 @@ def test_one_state_dir_two_mount_namespaces_same_mountpoint_path(store, tmp_path
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(other, signal.SIGKILL)
+
+
+def test_a_failed_mount_gives_the_cause_and_the_log(store, tmp_path):
+    """Where /dev/fuse is missing (a mount namespace with an empty /dev), the one
+    line names libfuse's own reason and the log's path, not just
+    'fuse_session_mount failed (see the log)'."""
+    need_fuse()
+    if shutil.which("unshare") is None:
+        skip_or_fail("unshare (util-linux) is needed")
+    env = _env(tmp_path)
+    (tmp_path / "mnt").mkdir()
+    script = 'set -e; mount -t tmpfs none /dev; mknod -m 666 /dev/null c 1 3; exec "${@:2}" mount "$1"'
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "-",
+                           str(tmp_path / "mnt"), sys.executable, "-m", "artifactfs", "--store", store],
+                          capture_output=True, text=True, env=env, timeout=120)
+    _one_line_error(done, "cannot mount on", "fuse: device not found", "(log: ")
+    log = done.stderr.strip().rpartition("(log: ")[2].rstrip(")")
+    assert "device not found" in open(log).read()
+
+
+def test_a_store_the_user_may_not_read_says_permission_denied(store, tmp_path):
+    """Root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH is held to the modes,
+    as any other user is."""
+    if shutil.which("setpriv") is None:
+        skip_or_fail("setpriv (util-linux) is needed")
+    os.chmod(store, 0)
+    try:
+        done = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable,
+                               "-m", "artifactfs", "--store", store, "ls"],
+                              capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    finally:
+        os.chmod(store, 0o755)
+    _one_line_error(done, "cannot read the store", "permission denied")
+    assert "not an artifactfs store" not in done.stderr

@@ -6,11 +6,13 @@ unmounted or signalled, run the shutdown hooks, and leave no mount behind.
 new session and waits on pipe FD for "ready" or "error: ..."."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyfuse3
@@ -68,11 +70,19 @@ class Daemon:
     dev: tuple[int, int] | None = None  # our mount's device, to unmount only our own
 
     def mount(self) -> None:
+        """ArtifactfsError naming the cause libfuse or fusermount3 gave (`fuse:
+        device not found ...`, `fusermount3: option allow_other only allowed if
+        'user_allow_other' is set in /etc/fuse.conf`) and the log's path."""
         opts = self.parts.opts
-        try:
-            pyfuse3.init(self.parts.ops, opts.mountpoint, opts.fuse_options())
-        except RuntimeError as e:
-            raise ArtifactfsError(f"cannot mount on {opts.mountpoint}: {e} (see the log)") from None
+        with _stderr_kept() as said:
+            try:
+                pyfuse3.init(self.parts.ops, opts.mountpoint, opts.fuse_options())
+            except RuntimeError as e:
+                failed = e
+            else:
+                return
+        cause = said()[-1:] or [str(failed)]
+        raise ArtifactfsError(f"cannot mount on {opts.mountpoint}: {cause[0]} (log: {log_path(opts.mountpoint)})")
 
     async def serve(self, on_ready: Callable[[], None]) -> None:
         """Serve until unmounted or SIGTERM/SIGINT; then run the shutdown hooks."""
@@ -120,6 +130,27 @@ class Daemon:
         m = find_mount(self.parts.opts.mountpoint)
         ours = m is not None and (self.dev is None or m.dev == self.dev)
         pyfuse3.close(unmount=ours)
+
+
+@contextlib.contextmanager
+def _stderr_kept() -> Iterator[Callable[[], list[str]]]:
+    """Keep what is written on file descriptor 2 inside the block (libfuse and the
+    fusermount3 it runs say why a mount failed only there), then write it on to
+    fd 2 (the log) all the same.  Yields a function giving its non-empty lines."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as kept:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield lambda: lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            kept.seek(0)
+            data = kept.read()
+            os.write(2, data)
+            lines += [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()]
 
 
 def _raise_readahead(dev: tuple[int, int]) -> None:

@@ -166,6 +166,8 @@ class Registry(TreeStore):
             self.created = self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name,
                                                                         "id": uuid.uuid4().hex}).encode())
             marker = json.loads(self.store.get(MARKER))
+        except PermissionError:
+            raise StoreError(f"cannot read the store {self.store.url}: permission denied") from None
         except (ValueError, OSError) as e:
             raise StoreError(f"{self.store.url} is not an artifactfs store ({e})") from None
         if not isinstance(marker, dict) or marker.get("format") != STORE_FORMAT["format"]:
