@@ -61,6 +61,10 @@ class StoreError(ArtifactfsError):
     """The store URL does not name a usable store."""
 
 
+class NoStoreError(StoreError):
+    """Nothing is at the store URL yet (a command that writes makes the store)."""
+
+
 class ObjectNotFound(StoreError, KeyError):
     """An object key is absent from the store."""
 

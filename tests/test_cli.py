@@ -241,3 +241,20 @@ def test_unchanged_put_says_metadata_was_not_changed(cli_env, data):
     assert info["metadata"] == {"k": 1} and info["description"] == "first" and info["tags"] == ["t"]
     p = run(["put", str(data), "ds", "--type", "dataset", "--metadata", "k=3"], cli_env)
     assert "keeps its metadata:" in p.stderr
+
+
+def test_an_entity_other_than_the_stores_is_refused_as_the_api_does(cli_env, data, tmp_path):
+    """'entity/project/name': the entity is the store's name ('store' here), in the
+    CLI as in Api().artifact(); before, put ignored another entity and wrote na/me."""
+    from artifactfs import Api, NotFoundError
+    p = run(["put", str(data), "bad/na/me", "--type", "dataset"], cli_env, ok=False)
+    assert p.returncode == 1 and "entity 'bad' is not this store's ('store')" in p.stderr
+    assert not os.path.exists(tmp_path / "store"), "a refused put made the store"
+    assert run(["put", str(data), "store/na/me", "--type", "dataset"], cli_env).stdout.strip() == "me:v0"
+    for args in (["put", str(data), "bad/na/me", "--type", "dataset"], ["ls", "bad/na/me"],
+                 ["get", "bad/na/me:v0", str(tmp_path / "out")], ["info", "bad/na/me"]):
+        assert "entity 'bad'" in run(args, cli_env, ok=False).stderr
+    assert run(["ls", "store/na/me"], cli_env).stdout.splitlines()[1].startswith("v0")
+    with pytest.raises(NotFoundError, match="entity 'bad'"):
+        Api(store=cli_env["ARTIFACTFS_STORE"]).artifact("bad/na/me:v0")
+    assert Api(store=cli_env["ARTIFACTFS_STORE"]).artifact("store/na/me:v0").name == "me:v0"

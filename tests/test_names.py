@@ -81,7 +81,7 @@ def test_parse_version():
     ("data:v3", Ref(None, "data", "v3")),
     ("data:best", Ref(None, "data", "best")),
     ("proj/data:latest", Ref("proj", "data", "latest")),
-    ("store/proj/data:v1", Ref("proj", "data", "v1")),
+    ("store/proj/data:v1", Ref("proj", "data", "v1", "store")),
 ])
 def test_split_ref(ref, expected):
     assert split_ref(ref) == expected

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import NotFoundError, UsageError
-from ..registry.names import split_ref
+from ..registry.names import Ref, split_ref
 from ..registry.versions import CollectionInfo, Registry
 from .artifact import Artifact, default_project
 
@@ -14,17 +14,19 @@ class Api:
         self.registry = Registry.open(store, create=False)
         self.project = project or default_project()
 
-    def _check_entity(self, name: str) -> None:
-        """'entity/project/name': the entity must be this store's (W&B looks it up)."""
-        parts = name.split(":")[0].split("/")
-        if len(parts) == 3 and parts[0] != self.registry.entity:
-            raise NotFoundError(f"{name}: entity {parts[0]!r} is not this store's ({self.registry.entity!r})")
+    def _ref(self, name: str) -> Ref:
+        """'[[entity/]project/]name[:alias]'; the entity must be this store's (W&B looks it up)."""
+        ref = split_ref(name)
+        try:
+            ref.check_entity(self.registry.entity)
+        except NotFoundError as e:
+            raise NotFoundError(f"{name}: {e}") from None
+        return ref
 
     def artifact(self, name: str, type: str | None = None) -> Artifact:
         """'[[entity/]project/]collection[:alias|:vN]' (default alias: latest).
         NotFoundError for a deleted version or another entity."""
-        self._check_entity(name)
-        ref = split_ref(name)
+        ref = self._ref(name)
         info = self.registry.get(ref.project or self.project, ref.collection, ref.alias)
         if type is not None and info.type != type:
             raise UsageError(f"{name} has type {info.type!r}, not {type!r}")
@@ -37,8 +39,7 @@ class Api:
         of another type than type_name.  per_page is accepted and unused."""
         if name is None:
             name, type_name = type_name, None
-        self._check_entity(name)
-        ref = split_ref(name)
+        ref = self._ref(name)
         project, collection = ref.project or self.project, ref.collection
         info = self.registry.collection(project, collection)  # NotFoundError for an unknown name
         if type_name is not None and info.type != type_name:

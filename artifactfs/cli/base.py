@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import ArtifactfsError, shown
+from ..errors import ArtifactfsError, NoStoreError, shown
 from ..registry.names import Ref, check_name, split_ref
 
 if TYPE_CHECKING:  # imported where used: `artifactfs sync` starts with this module alone (cli/__init__.py)
@@ -51,7 +51,21 @@ class Ctx:
                 self.store = found.store
             text = found.ref
         ref = split_ref(text)
+        if ref.entity is not None:
+            try:
+                ref.check_entity(self.entity())
+            except ArtifactfsError as e:
+                raise type(e)(f"{text}: {e}") from None
         return Ref(ref.project or self.project, ref.collection, ref.alias)
+
+    def entity(self) -> str:
+        """The store's name, the entity of 'entity/project/name' (the name a store
+        not made yet will get: put makes it)."""
+        from ..registry.versions import Registry, default_entity
+        try:
+            return Registry.open(self.store_url).entity
+        except NoStoreError:
+            return default_entity(self.store_url)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import InvalidNameError, shown
+from ..errors import InvalidNameError, NotFoundError, shown
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _VERSION = re.compile(r"^v(\d+)$")
@@ -104,15 +104,22 @@ class Ref:
     project: str | None  # None: the caller's default project
     collection: str
     alias: str | None  # an alias, 'vN', or None (W&B then means latest)
+    entity: str | None = None  # given in 'entity/project/name': must be the store's (check_entity)
+
+    def check_entity(self, entity: str) -> None:
+        """NotFoundError unless the entity given (if any) is `entity`, the store's
+        name: W&B looks the entity up, and another one is not found."""
+        if self.entity is not None and self.entity != entity:
+            raise NotFoundError(f"entity {self.entity!r} is not this store's ({entity!r})")
 
 
 def split_ref(ref: str) -> Ref:
     """Parse '[[entity/]project/]name[:alias|:vN]'; InvalidNameError for a bad one."""
-    project = None
+    project = entity = None
     if "/" in ref:
         parts = ref.split("/")
         if len(parts) == 3:  # entity/project/name: the entity is the store itself
-            parts = parts[1:]
+            entity, parts = parts[0], parts[1:]
         if len(parts) != 2:
             raise InvalidNameError(f"invalid artifact name {ref!r}")
         project, ref = parts
@@ -124,4 +131,4 @@ def split_ref(ref: str) -> Ref:
     if alias:
         if parse_version(alias) is None:
             check_alias(alias)
-    return Ref(project, name, alias or None)
+    return Ref(project, name, alias or None, entity)

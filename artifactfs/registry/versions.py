@@ -29,6 +29,7 @@ from urllib.parse import unquote
 from ..errors import (
     CorruptStoreError,
     InvalidNameError,
+    NoStoreError,
     NotFoundError,
     ObjectNotFound,
     PreconditionFailed,
@@ -64,6 +65,11 @@ def skip_entry(key: str, why: str) -> None:
     if key not in _skipped:
         _skipped.add(key)
         log.warning("ignoring %s in the store: %s", shown(key), why)
+
+
+def default_entity(url: str) -> str:
+    """The name (entity) a store made at `url` gets: the last component of its path."""
+    return os.path.basename(unquote(url).rstrip("/")) or "store"
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict:
@@ -160,9 +166,9 @@ class Registry(TreeStore):
                 raise StoreError(f"{self.store.url} is not an artifactfs store: it holds other files "
                                  f"and no {MARKER}") from None
             if not create:
-                raise StoreError(f"no artifactfs store at {self.store.url} "
+                raise NoStoreError(f"no artifactfs store at {self.store.url} "
                                  "(a command that writes, such as put, creates it)") from None
-            name = os.path.basename(unquote(self.store.url).rstrip("/")) or "store"
+            name = default_entity(self.store.url)
             self.created = self.store.put_if_absent(MARKER, json.dumps({**STORE_FORMAT, "name": name,
                                                                         "id": uuid.uuid4().hex}).encode())
             marker = json.loads(self.store.get(MARKER))
