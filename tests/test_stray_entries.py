@@ -1,10 +1,11 @@
 """Entries of a shared store that the format cannot hold (written by another tool
 or by hand): a collection named '..' or 'a b', bad aliases, a version record
-spelled v007.json.  Each is skipped with one
+spelled v007.json, aliases too long to be a file name.  Each is skipped with one
 warning; everything valid keeps working in the CLI, the API and the mount, and gc
 keeps (never deletes) what they name (docs/store-format.md 1.1)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -111,3 +112,24 @@ def test_gc_keeps_what_unlisted_records_name_and_stops_at_an_unparsable_one(stor
     with pytest.raises(CorruptStoreError, match="v9.json"):
         collect(Registry.open(store), grace=0, keep_deleted=0)
     assert sorted(store_.list("blobs/")) + sorted(store_.list("packs/")) == blobs
+
+
+def test_an_alias_too_long_for_a_file_name_is_refused_and_not_listed(store, mount_factory, tmp_path):  # noqa: F811
+    name = "n" * 128
+    put(store, name, str(tmp_path / "src4"), {"a": "1"})
+    env = env_for(store)
+    done = cli("alias", "add", f"{name}:v0", "a" * 127, env=env)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1 and "255 bytes" in done.stderr
+    reg = Registry.open(store)
+    with pytest.raises(InvalidNameError):
+        reg.set_alias(P, name, "a" * 127, 0)
+    reg.set_alias(P, name, "a" * 126, 0)  # 255 bytes: the longest that fits
+    open_store(store).put(f"{C}/{name}/aliases.json", json.dumps({"a" * 126: 0, "b" * 127: 0}).encode())
+    m = mount_factory(store)
+    listed = sorted(os.listdir(m.p(name)))
+    assert listed == sorted(["draft", f"{name}:latest", f"{name}:{'a' * 126}", f"{name}:v0"])
+    assert "longer than 255 bytes" in m.log
+    with pytest.raises(OSError) as e:  # an alias for the draft's next commit, through the mount
+        os.setxattr(m.p(name, "draft"), "user.artifact.aliases", b"b" * 127)
+    assert e.value.errno == errno.EINVAL
+    os.setxattr(m.p(name, "draft"), "user.artifact.aliases", b"b" * 126)

@@ -38,8 +38,8 @@ PENDING_ATTRS = ("description", "metadata", "aliases", "tags")
 WRITE_BLOCK = 1024 * 1024
 
 
-def _parse_attr(key: str, value: bytes) -> object:
-    """An attribute for the next commit, from its xattr bytes (EINVAL when invalid)."""
+def _parse_attr(key: str, value: bytes, collection: str) -> object:
+    """An attribute for the next commit of `collection`, from its xattr bytes (EINVAL when invalid)."""
     text = value.decode(errors="strict")
     if key == "metadata":
         data = json.loads(text) if text.strip() else {}
@@ -50,7 +50,7 @@ def _parse_attr(key: str, value: bytes) -> object:
         items = [p.strip() for p in text.split(",") if p.strip()]
         for item in items:
             if key == "aliases":
-                check_alias(item)
+                check_alias(item, collection)
             else:
                 check_name(item, "tag")
         return items
@@ -316,7 +316,7 @@ class DraftNode(Node):
         if not self.is_top or key not in PENDING_ATTRS + ("type",):
             raise fuse_error(errno.ENOTSUP)
         try:
-            parsed = _parse_attr(key, value)
+            parsed = _parse_attr(key, value, self.live.name)
         except (UnicodeDecodeError, ValueError) as e:
             raise UsageError(str(e)) from None
         if key == "type":

@@ -25,8 +25,8 @@ import pyfuse3
 import trio
 
 from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry
-from ..registry.names import parse_version
-from ..registry.versions import CollectionInfo, Registry, VersionInfo
+from ..registry.names import NAME_MAX, fits_name_max, parse_version
+from ..registry.versions import CollectionInfo, Registry, VersionInfo, skip_entry
 from ..timestamps import iso_ns
 from . import portfolios
 from .context import MountContext
@@ -220,6 +220,9 @@ class CollectionNode(Node):
         st = await self.state()
         names = [f"{self.name}:v{n}" for n in sorted(st.versions)]
         names += [f"{self.name}:{a}" for a in sorted(st.aliases)]
+        for name in [n for n in names if not fits_name_max(n)]:  # set by other tools: no program could open it
+            skip_entry(f"{self.ctx.project}/{name}", f"longer than {NAME_MAX} bytes, the most a file name may be")
+            names.remove(name)
         out = [(name, node) for name in names if (node := self._child(name, st)) is not None]
         errors: list[Exception] = []
 

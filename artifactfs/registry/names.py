@@ -13,6 +13,7 @@ from ..errors import InvalidNameError, NotFoundError, shown
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _VERSION = re.compile(r"^v(\d+)$")
 MAX_NAME = 128
+NAME_MAX = 255  # bytes of one file name (POSIX NAME_MAX on Linux)
 RESERVED_TYPES = ("job",)
 RESERVED_TYPE_PREFIXES = ("wandb-",)
 
@@ -28,12 +29,23 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-def check_alias(alias: str) -> str:
-    """Aliases may not look like a version number (that would shadow vN)."""
+def check_alias(alias: str, collection: str | None = None) -> str:
+    """Aliases may not look like a version number (that would shadow vN).  Given
+    the `collection`, also refuse an alias whose mount entries `COLLECTION:ALIAS`
+    and `COLLECTION@ALIAS` would be longer than a file name may be (NAME_MAX,
+    255 bytes): no program could reach them."""
     check_name(alias, "alias")
     if _VERSION.match(alias):
         raise InvalidNameError(f"invalid alias {alias!r}: it looks like a version number")
+    if collection is not None and not fits_name_max(f"{collection}:{alias}"):
+        raise InvalidNameError(f"invalid alias {alias!r}: {collection}:{alias} would be longer than "
+                               f"{NAME_MAX} bytes, which no file name may be")
     return alias
+
+
+def fits_name_max(name: str) -> bool:
+    """Can `name` be one file name (at most NAME_MAX bytes of UTF-8)?"""
+    return len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
 
 
 def check_type(type_: str) -> str:
@@ -74,8 +86,8 @@ def check_component(part: str, path: str | None = None) -> str:
         size = len(part.encode())
     except UnicodeEncodeError:
         raise InvalidNameError(f"invalid path {shown(where)}: a name that is not valid UTF-8") from None
-    if size > 255:
-        raise InvalidNameError(f"invalid path {where!r}: a name longer than 255 bytes")
+    if size > NAME_MAX:
+        raise InvalidNameError(f"invalid path {where!r}: a name longer than {NAME_MAX} bytes")
     return part
 
 

@@ -381,7 +381,7 @@ class Registry(TreeStore):
         when a gc that ran since removed objects the new root needs (docs/store-format.md 5.5)."""
         metadata = check_metadata(metadata)
         for a in aliases:
-            check_alias(a)
+            check_alias(a, name)
         for t in tags:
             check_name(t, "tag")
         self.ensure_collection(project, name, type_)
@@ -453,8 +453,9 @@ class Registry(TreeStore):
 
     # -- mutable state, all compare-and-swap -----------------------------------
     def set_alias(self, project: str, name: str, alias: str, version: int | None) -> None:
-        """Point `alias` at `version` (None removes it).  'latest' is managed."""
-        check_alias(alias)
+        """Point `alias` at `version` (None removes it).  'latest' is managed.
+        InvalidNameError for an alias the mount could not show (names.check_alias)."""
+        check_alias(alias, name if version is not None else None)
         if alias == "latest":
             raise UsageError("the alias 'latest' always points at the newest version and cannot be changed")
         if version is not None:
