@@ -18,6 +18,7 @@ from artifactfs.api.gc import GcReport, collect
 from artifactfs.api.lifecycle import set_default_ttl
 from artifactfs.registry import gcstate
 from artifactfs.registry.gcstate import ObjectsSwept
+from artifactfs.registry.keys import tree_object_key
 from artifactfs.registry.manifest import walk
 from artifactfs.registry.versions import Registry
 from artifactfs.store.local import TEMPORARY
@@ -219,3 +220,26 @@ def test_gc_removes_temporaries_of_writes_killed_midway(tmp_path):
     subprocess.run([sys.executable, "-m", "artifactfs", "--store", store, "gc", "--grace", "0"],
                    capture_output=True, text=True, check=True)
     assert os.path.exists(fresh), "--grace 0 keeps the temporary files of writes that may be in progress"
+
+
+def test_a_gc_after_keep_deleted_0_does_not_report_the_swept_trees_as_missing(store, tmp_path, caplog):
+    """After `gc --keep-deleted 0`, the deleted version's trees are gone, and it is
+    within a later gc's default --keep-deleted (1 day) again: a healthy store, not a
+    damaged one.  Before, every later gc warned `tree <key> is missing`."""
+    put(store, "d", str(tmp_path / "a"), {"shared": "same"})
+    gone = put(store, "d", str(tmp_path / "b"), {"shared": "same", "sub/only1": "one"})
+    reg = Registry.open(store)
+    root = reg.version("proj", "d", 1).root
+    gone.delete()
+    collect(reg, grace=0, keep_deleted=0)
+    assert not reg.store.exists(tree_object_key(root))
+    caplog.set_level("WARNING", logger="artifactfs.gc")
+    collect(Registry.open(store), grace=0)
+    collect(Registry.open(store), dry_run=True, grace=0)
+    assert [r.getMessage() for r in caplog.records if r.name == "artifactfs.gc"] == []
+    assert check_version_complete(Registry.open(store), "proj", "d", 0) == 1
+    # a tree missing below a live version is still reported
+    live_root = reg.version("proj", "d", 0).root
+    reg.store.delete(tree_object_key(live_root))
+    collect(Registry.open(store), dry_run=True, grace=0)
+    assert [r.getMessage() for r in caplog.records] == [f"tree {live_root} is missing"]
