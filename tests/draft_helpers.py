@@ -142,7 +142,7 @@ class Paths:
         return self.draft.make(d, name, stat.S_IFREG | mode, os.getuid(), os.getgid())
 
     def write(self, path: str, data: bytes, offset: int = 0, trunc: bool = False) -> None:
-        """Write into a file, made (with its folders) when missing."""
+        """Write all of `data` into a file, made (with its folders) when missing."""
         if "/" in path:
             self.makedirs(path.rsplit("/", 1)[0])
         try:
@@ -151,7 +151,9 @@ class Paths:
             ino = self.create(path)
         if trunc:
             filedata.truncate(self.draft, ino, 0)
-        filedata.write(self.draft, ino, offset, data)
+        done = 0
+        while done < len(data):  # as a program does after a short write (a full disk: the next one raises)
+            done += filedata.write(self.draft, ino, offset + done, data[done:])
 
     def read(self, path: str) -> bytes:
         ino = self._need(path)
