@@ -95,6 +95,29 @@ def test_mount_skips_stray_entries_and_keeps_refreshing(store, mount_factory, tm
     assert "ignoring" in m.log and m.log.count("v007.json") == 1
 
 
+def test_a_version_record_that_does_not_parse_is_left_out_of_listings(store, mount_factory, tmp_path):  # noqa: F811
+    put(store, "good", str(tmp_path / "src1"), {"a.txt": "v1"})
+    put(store, "good", str(tmp_path / "src2"), {"a.txt": "v2"})
+    store_ = open_store(store)
+    record = json.loads(store_.get(f"{C}/good/versions/v1.json"))
+    store_.put(f"{C}/good/versions/v1.json", json.dumps({**record, "root": "../../../etc"}).encode())
+    store_.put(f"{C}/good/versions/v2.attrs.json", b"{not json")
+    store_.put(f"{C}/deleted-list/collection.json", store_.get(f"{C}/good/collection.json"))
+    store_.put(f"{C}/deleted-list/deleted.json", b"[")
+    done = cli("ls", "good", env=env_for(store))
+    assert done.returncode == 0, done.stderr
+    assert [r.split()[0] for r in done.stdout.splitlines()[1:]] == ["v0", "v2"]
+    assert "v1.json" in done.stderr and "v2.attrs.json" in done.stderr
+    assert cli("ls", env=env_for(store)).returncode == 0
+    api = Api(store=store, project=P)
+    assert [a.version for a in api.artifact_versions("dataset", "good")] == ["v0", "v2"]
+    m = mount_factory(store)
+    assert sorted(os.listdir(m.p("good"))) == ["draft", "good:latest", "good:v0", "good:v2"]
+    with open(m.p("good", "good:v2", "a.txt")) as f:
+        assert f.read() == "v2"
+    assert "v1.json" in m.log
+
+
 def test_gc_keeps_what_unlisted_records_name_and_stops_at_an_unparsable_one(store, tmp_path):
     record = add_strays(store)
     reg = Registry.open(store)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from ..errors import ArtifactfsError, CorruptStoreError, ObjectNotFound, shown
 from ..registry import gcstate
 from ..registry.keys import BLOBS, PACKS, TREES, tree_object_key
-from ..registry.manifest import DirEntry, FileEntry
-from ..registry.versions import Registry, VersionInfo
+from ..registry.manifest import DirEntry, FileEntry, check_object_key
+from ..registry.versions import Registry, VersionInfo, skip_entry
 from .lifecycle import default_ttl, expires_at
 from .links import delete as delete_artifact
 
@@ -61,14 +61,15 @@ def _unlisted_roots(registry: Registry, listed: set[str]) -> set[str]:
             continue
         try:
             root = json.loads(registry.store.get(key))["root"]
-            if not isinstance(root, str):
-                raise TypeError(f"root is {root!r}")
         except ObjectNotFound:
             continue
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptStoreError(f"gc deletes nothing: version record {shown(key)} does not parse ({e!r}) "
                                     "and may name objects; repair or remove it") from None
-        roots.add(root)
+        try:
+            roots.add(check_object_key(str(root)))
+        except CorruptStoreError as e:  # names no tree: nothing to keep for it
+            skip_entry(key, str(e))
     return roots
 
 

@@ -94,8 +94,7 @@ def link(registry: Registry, source: VersionInfo, project: str, portfolio: str,
 
 def members(registry: Registry, project: str, portfolio: str) -> list[VersionInfo]:
     """The live links of a portfolio, in version order."""
-    aliases = registry.aliases(project, portfolio)
-    return [registry.version(project, portfolio, n, aliases) for n in registry.versions(project, portfolio)]
+    return registry.version_infos(project, portfolio)
 
 
 def unlink(registry: Registry, info: VersionInfo) -> None:

@@ -44,9 +44,7 @@ class Api:
         info = self.registry.collection(project, collection)  # NotFoundError for an unknown name
         if type_name is not None and info.type != type_name:
             raise NotFoundError(f"{collection} is a collection of type {info.type!r}, not {type_name!r}")
-        aliases = self.registry.aliases(project, collection)
-        return [Artifact._from_version(self.registry, self.registry.version(project, collection, n, aliases))
-                for n in self.registry.versions(project, collection)]
+        return [Artifact._from_version(self.registry, v) for v in self.registry.version_infos(project, collection)]
 
     artifacts = artifact_versions  # W&B's newer name for it: Api.artifacts(type_name, name)
 

@@ -154,12 +154,10 @@ def ls_cmd(c: Ctx, name: str | None) -> None:
         r = c.ref(name)
         project, coll = r.project, r.collection
         reg.collection(project, coll)
-        numbers = [reg.resolve(project, coll, r.alias)] if r.alias else reg.versions(project, coll)
+        infos = [reg.get(project, coll, r.alias)] if r.alias else reg.version_infos(project, coll)
         rows = [("VERSION", "ALIASES", "TAGS", "SIZE", "FILES", "CREATED")]
-        aliases = reg.aliases(project, coll)
-        for n in numbers:
-            v = reg.version(project, coll, n, aliases)
-            rows.append((f"v{n}", ",".join(v.aliases) or "-", ",".join(v.tags) or "-", human(v.size),
+        for v in infos:
+            rows.append((f"v{v.version}", ",".join(v.aliases) or "-", ",".join(v.tags) or "-", human(v.size),
                          str(v.file_count), v.created_at[:19].replace("T", " ")))
     _table(rows)
 

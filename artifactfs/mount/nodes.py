@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import pyfuse3
 import trio
 
+from ..errors import CorruptStoreError
 from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry
 from ..registry.names import NAME_MAX, fits_name_max, parse_version
 from ..registry.versions import CollectionInfo, Registry, VersionInfo, skip_entry
@@ -225,18 +226,22 @@ class CollectionNode(Node):
             names.remove(name)
         out = [(name, node) for name in names if (node := self._child(name, st)) is not None]
         errors: list[Exception] = []
+        damaged: set[Node] = set()
 
-        async def prepare(node: Node) -> None:
+        async def prepare(name: str, node: Node) -> None:
             try:
                 await self._prepare(node)
+            except CorruptStoreError as e:  # a record that does not parse: the others still list
+                skip_entry(f"{self.ctx.project}/{self.name}/{name}", str(e))
+                damaged.add(node)
             except Exception as e:  # reported below as itself, not as a trio ExceptionGroup
                 errors.append(e)
         async with trio.open_nursery() as nursery:  # version records, fetched in parallel
-            for _, node in out:
-                nursery.start_soon(prepare, node)
+            for name, node in out:
+                nursery.start_soon(prepare, name, node)
         if errors:
             raise errors[0]
-        return out
+        return [(name, node) for name, node in out if node not in damaged]
 
     async def xattrs(self) -> dict[str, bytes]:
         return collection_xattrs(self.info)

@@ -43,6 +43,7 @@ from . import gcstate, runinfo
 from .keys import blob_key
 from .manifest import (
     DirEntry,
+    check_object_key,
     same_content,
     walk,
 )
@@ -277,9 +278,13 @@ class Registry(TreeStore):
 
     def deleted(self, project: str, name: str) -> set[int]:
         """Numbers of the collection's deleted versions (deleted.json, lifecycle.py)."""
+        key = self._ckey(project, name, "deleted.json")
         try:
-            return set(json.loads(self.store.get(self._ckey(project, name, "deleted.json")))["versions"])
+            return {int(n) for n in json.loads(self.store.get(key))["versions"]}
         except ObjectNotFound:
+            return set()
+        except (ValueError, KeyError, TypeError) as e:  # gc then keeps them all: conservative
+            skip_entry(key, f"not a list of deleted versions ({e!r}); taken as none")
             return set()
 
     def latest(self, project: str, name: str) -> int | None:
@@ -337,7 +342,8 @@ class Registry(TreeStore):
         try:
             rec = json.loads(self.store.get(key))
             info = VersionInfo(
-                project=project, collection=name, version=version, type=rec["type"], root=rec["root"],
+                project=project, collection=name, version=version, type=rec["type"],
+                root=check_object_key(str(rec["root"])),
                 digest=rec["digest"], size=rec["size"], file_count=rec["file_count"],
                 created_at=rec["created_at"], commit_hash=rec["commit_hash"], id=rec["id"],
                 base=rec.get("base"), description=rec.get("description"),
@@ -346,19 +352,36 @@ class Registry(TreeStore):
             )
         except ObjectNotFound:
             raise NotFoundError(f"version {name}:v{version} not found") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise CorruptStoreError(f"{shown(key)} is not a version record ({e!r})") from None
+        except (ValueError, KeyError, TypeError, CorruptStoreError) as e:
+            raise CorruptStoreError(f"{shown(key)} is not a version record ({e})") from None
+        attrs_key = self.version_key(project, name, version, ".attrs.json")
         try:
-            attrs = json.loads(self.store.get(self.version_key(project, name, version, ".attrs.json")))
+            attrs = json.loads(self.store.get(attrs_key))
             for f in ATTR_FIELDS:
                 if f in attrs:
                     setattr(info, f, attrs[f])
         except ObjectNotFound:
             pass
+        except (ValueError, TypeError) as e:  # the record alone, as before any attribute was set
+            skip_entry(attrs_key, f"not an attributes record ({e!r})")
         if aliases is None:
             aliases = self.aliases(project, name)
         info.aliases = sorted(a for a, v in aliases.items() if v == version)
         return info
+
+    def version_infos(self, project: str, name: str) -> list[VersionInfo]:
+        """Every version that is not deleted, oldest first; a record that does not
+        parse is left out with one warning (skip_entry), so the others still list."""
+        aliases = self.aliases(project, name)
+        out = []
+        for n in self.versions(project, name):
+            try:
+                out.append(self.version(project, name, n, aliases))
+            except CorruptStoreError as e:
+                skip_entry(self.version_key(project, name, n), str(e))
+            except NotFoundError:
+                continue  # deleted since listed
+        return out
 
     def get(self, project: str, name: str, alias: str | None = None) -> VersionInfo:
         return self.version(project, name, self.resolve(project, name, alias))
