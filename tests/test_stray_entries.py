@@ -47,6 +47,7 @@ def add_strays(url: str) -> dict:
         client.put_object(Bucket=url[len("s3://"):], Key=f"{C}/../collection.json", Body=info.encode())
         assert f"{C}/../" in store.list(f"{C}/", recursive=False)
     store.put(f"{C}/a b/collection.json", info.encode())
+    store.put("projects/a b/collections/x/collection.json", info.encode())  # a project name nothing can hold
     store.put(f"{C}/good/versions/v007.json", json.dumps(record).encode())
     store.put(f"{C}/good/aliases.json",
               json.dumps({"ok": 0, "x/y": 0, "": 0, "../../../etc": 0, "v3": 0, "bad": "zero"}).encode())
@@ -79,6 +80,8 @@ def test_cli_and_api_skip_stray_entries_with_one_warning(store):
     assert sorted(api.artifact("good:latest").aliases) == ["latest", "ok"]
     done = cli("gc", "--dry-run", env=env)
     assert done.returncode == 0, done.stderr
+    done = cli("--project", "other", "ls", env=env)
+    assert done.returncode == 0 and "projects in this store: proj)" in done.stderr, done.stderr
 
 
 def test_mount_skips_stray_entries_and_keeps_refreshing(store, mount_factory, tmp_path):  # noqa: F811
