@@ -8,7 +8,8 @@ headers, deny access, reject credentials, or answer 503 for a while.
 
 Modes: "pass" (forward as is), "strip-conditional" (drop If-None-Match and
 If-Match before forwarding, as a service that does not implement them would),
-"deny" (403 AccessDenied), "bad-credentials" (403 InvalidAccessKeyId), "hang"
+"deny" (403 AccessDenied), "read-only" (403 AccessDenied for
+PUT, POST and DELETE: credentials with GetObject and ListBucket only), "bad-credentials" (403 InvalidAccessKeyId), "hang"
 (take requests and never answer, as a stalled service).  `hang_on` = (method,
 text): switch to "hang" when a request with that method and path arrives (that
 request is not forwarded either).
@@ -73,7 +74,7 @@ class S3Proxy:
                     proxy._released.wait()
                     self.close_connection = True
                     return
-                if mode == "deny":
+                if mode == "deny" or (mode == "read-only" and self.command not in ("GET", "HEAD")):
                     return self._error(403, "AccessDenied", "Access Denied")
                 if mode == "bad-credentials":
                     return self._error(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided "

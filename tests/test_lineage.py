@@ -11,6 +11,8 @@ import sys
 import pytest
 from core_util import write_files
 from mountutil import cli, mount_factory, need_fuse  # noqa: F401 (fixture)
+from s3proxy import proxy  # noqa: F401 (fixture)
+from s3server import s3_server  # noqa: F401 (fixture)
 
 import artifactfs
 from artifactfs import Api, Artifact
@@ -192,3 +194,31 @@ def test_a_read_only_user_gets_and_downloads_with_one_warning(env, tmp_path, mou
         m.umount()
         assert "was not recorded" in m.log or "could not record the use" in m.log
     assert Api().artifact("ds:v0").used_by() == []
+
+
+def test_a_read_only_s3_user_gets_with_one_warning(proxy, tmp_path):  # noqa: F811
+    """S3 credentials allowed GetObject and ListBucket only (the proxy answers
+    AccessDenied to every PUT, POST and DELETE)."""
+    url = proxy_bucket(proxy)
+    src = write_files(str(tmp_path / "src"), {"a.txt": "hello"})
+    art = Artifact("ds", "dataset", store=url)
+    art.add_dir(src)
+    art.save("proj")
+    proxy.mode = "read-only"
+    done = cli("--store", url, "--project", "proj", "get", "ds:latest", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert open(tmp_path / "out" / "a.txt").read() == "hello"
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "not recorded" in warnings[0] and "denied" in warnings[0].lower(), done.stderr
+    proxy.mode = "pass"
+    assert Api(store=url, project="proj").artifact("ds:v0").used_by() == []
+
+
+def proxy_bucket(proxy) -> str:
+    """A fresh bucket, made through the proxy (which forwards to the moto server)."""
+    import uuid
+
+    import boto3
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    boto3.client("s3", endpoint_url=proxy.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"
