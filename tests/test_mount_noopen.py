@@ -1,7 +1,10 @@
-"""Files served without OPEN requests (mount/noopen.py) against the same mount
-with --send-opens: the same bytes, draft writes and errors either way, and
-whether OPEN requests reached the daemon ("opens" in user.artifactfs.stats);
-and Operations called directly as the kernel calls it without OPEN."""
+"""The three ways a mount serves OPEN (mount/noopen.py: OpenMode): OPENs of
+version files answered by pyfuse3's native threads (the default), every OPEN
+through Python (--send-opens), no OPEN at all (--no-opens): the same bytes,
+draft writes and errors each way, and which OPEN requests reached the daemon's
+Python ("opens" in user.artifactfs.stats) or its native threads
+("native_opens"); and Operations called directly as the kernel calls it
+without OPEN."""
 from __future__ import annotations
 
 import errno
@@ -22,7 +25,7 @@ from artifactfs.mount import noopen
 from artifactfs.registry.versions import Registry
 
 FILES = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 64}
-MODES = {"no OPEN": (), "--send-opens": ("--send-opens",)}
+MODES = {"native OPEN": (), "--send-opens": ("--send-opens",), "--no-opens": ("--no-opens",)}
 
 
 @pytest.fixture
@@ -35,10 +38,10 @@ def store(tmp_path) -> str:
 
 @pytest.fixture(params=list(MODES), ids=list(MODES))
 def mnt(request, store, mount_factory):  # noqa: F811
-    if request.param == "no OPEN" and not noopen.AVAILABLE:
+    if request.param != "--send-opens" and not noopen.NATIVE_AVAILABLE:
         skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/artifactfs.patch (make setup builds it)")
     m = mount_factory(store, *MODES[request.param])
-    m.no_open = request.param == "no OPEN"
+    m.mode = request.param
     return m
 
 
@@ -47,8 +50,9 @@ def test_reads_and_the_open_requests_they_cost(mnt):
         for name, data in FILES.items():
             out = subprocess.run(["cat", mnt.p("ds", "ds:v0", name)], capture_output=True, check=True).stdout
             assert out == data
-    opens = mnt.stats()["opens"]
-    assert opens == 0 if mnt.no_open else opens >= 4
+    stats = mnt.stats()
+    assert stats["opens"] == (4 if mnt.mode == "--send-opens" else 0)
+    assert stats["native_opens"] == (4 if mnt.mode == "native OPEN" else 0)
 
 
 def test_draft_files_written_truncated_appended_and_fsynced(mnt):
@@ -81,7 +85,7 @@ def test_version_files_refuse_writes(mnt):
         open(path, "wb")
     assert e.value.errno == errno.EROFS
     with pytest.raises(OSError) as e:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # refused here with --send-opens ...
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # refused here when OPEN is sent ...
         try:
             os.write(fd, b"x")  # ... else here
         finally:
@@ -92,7 +96,7 @@ def test_version_files_refuse_writes(mnt):
 
 def test_operations_serve_reads_by_inode_without_a_handle(inprocess_store, tmp_path):  # noqa: F811
     parts, _ = _parts(inprocess_store, tmp_path, send_opens=False)
-    parts.ops.no_open = True  # as daemon.build sets it with the patched pyfuse3 (the kernel side is the mount's)
+    parts.ops.no_open = True  # as --no-opens sets it with the patched pyfuse3 (the kernel side is the mount's)
 
     async def body(parts) -> None:
         f = await lookup_path(parts, "c", "c:v0", "README.md")

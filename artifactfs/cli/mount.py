@@ -135,9 +135,11 @@ def _spawn(opts: MountOptions) -> None:
 @click.option("--read-only", is_flag=True, help="Mount read-only (ro).")
 @click.option("--default-type", metavar="TYPE", default="dataset", show_default=True,
               help="Type of collections created with mkdir.")
-@click.option("--send-opens", is_flag=True, help="Have the kernel send every open and close to the daemon "
-              "(as with a stock pyfuse3): a use recorded at every open, EROFS when opening a version file "
-              "for writing; slower.")
+@click.option("--send-opens", is_flag=True, help="Have the daemon's Python code answer every open and close "
+              "(as with a stock pyfuse3), also of version files: a use recorded at every open; slower.")
+@click.option("--no-opens", is_flag=True, help="Have the kernel send no open or close at all (faster warm opens); "
+              "but a process running as root can then open a version file for writing, and a writable "
+              "shared mmap of it changes what other readers see until its writeback fails.")
 @click.option("--python-reads", is_flag=True, help="Have the daemon's Python code answer every read, also "
               "of the small version files pyfuse3's native threads could answer (for comparisons).")
 @click.option("--debug", is_flag=True, help="Log at debug level.")
@@ -145,8 +147,10 @@ def _spawn(opts: MountOptions) -> None:
 def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str | None,
               cache_dir: str | None, cache_size: str, memory: str, inode_limit: int, threads: int, refresh: float,
               foreground: bool, allow_other: bool, read_only: bool, default_type: str, send_opens: bool,
-              python_reads: bool, debug: bool) -> None:
+              no_opens: bool, python_reads: bool, debug: bool) -> None:
     """Mount the collections of a project at MOUNTPOINT (returns once the mount is live)."""
+    if send_opens and no_opens:
+        raise click.UsageError("--send-opens and --no-opens exclude each other")
     parent = c.obj
     store = store or getattr(parent, "store", None) or default_store_url()
     if project is None:
@@ -164,7 +168,7 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
         cache_size=_size(cache_size, "--cache-size"), memory=_size(memory, "--memory"), inode_limit=inode_limit,
         threads=threads,
         refresh=refresh, foreground=foreground, allow_other=allow_other, read_only=read_only, debug=debug,
-        default_type=check_type(default_type), send_opens=send_opens,
+        default_type=check_type(default_type), send_opens=send_opens, no_opens=no_opens,
         native_reads=not python_reads)
     if foreground:
         from ..mount import daemon  # pyfuse3 and trio: loaded only by the process that serves

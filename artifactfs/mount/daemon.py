@@ -52,7 +52,7 @@ def build(opts: MountOptions) -> MountParts:
                        refresh=opts.refresh, cache_size=opts.cache_size)
     table = InodeTable(ctx, default_node_classes())
     table.set_root(table.kinds["root"](ctx, ("root",)))
-    parts = MountParts(opts, ctx, table, Operations(table, no_open=noopen.AVAILABLE and not opts.send_opens))
+    parts = MountParts(opts, ctx, table, Operations(table, noopen.OpenMode.choose(opts.send_opens, opts.no_opens)))
     parts.services.append(InodeLimit(table, opts.inode_limit, threads).run)
     lineage.install(parts)  # uses and draft writers
     if not opts.read_only:
@@ -114,7 +114,7 @@ class Daemon:
         await ctx.run(_raise_readahead, self.dev)
         log.info("mounted %s on %s (project %s, pid %d, %d worker threads)", ctx.registry.store.url,
                  opts.mountpoint, opts.project, os.getpid(), opts.threads)
-        log.info(noopen.describe(self.parts.ops.no_open, opts.send_opens))
+        log.info(noopen.describe(self.parts.ops.opens, opts.send_opens))
         on_ready()
 
     async def _signals(self) -> None:

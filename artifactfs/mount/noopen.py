@@ -1,25 +1,42 @@
-"""Files served without OPEN requests (the kernel's `no_open`), where pyfuse3 allows it.
+"""Who answers OPEN requests (OpenMode), and files served by inode, without a handle of ours.
 
-Linux stops sending OPEN and RELEASE to a FUSE mount once the filesystem answers
-one OPEN with ENOSYS; from then on it keeps every file's page cache across
-opens (FOPEN_KEEP_CACHE) and sends READ, WRITE and FSYNC without a file handle
-(fh 0).  A warm `open() + read() + close()` from Python then costs one request
-to the daemon instead of three: the IOCTL of `isatty()`, which the patched
-pyfuse3 answers (ENOTTY) in its native reader threads, without Python or the
-trio loop (third_party/pyfuse3: fastpath.c; threads.py counts them).
+NATIVE (the default with the patched pyfuse3): the kernel sends OPEN and
+RELEASE; pyfuse3's native reader threads answer those of version files
+themselves (third_party/pyfuse3: fastopen.c; a version file is a regular file
+whose attributes are pinned, ops.Operations.native_attr_timeout): EROFS for
+any write access, root's included, else fh = the inode number with
+keep_cache.  Every other OPEN (drafts, control files) is answered by Python,
+as with PYTHON.
 
-Stock pyfuse3 (3.5) passes those handlers only the file handle, so the mount
-could not tell which file a handle-less READ is for.  The pyfuse3 that
-`make setup` and `make install` build (third_party/pyfuse3) passes the inode
-number as `fh` when the kernel sends none, and says so with
-`pyfuse3.NO_OPEN_INODE_FH`.  Without it the mount answers OPEN as before
-(`AVAILABLE` is False): a `pip install`ed artifactfs works, with more requests
-per open.
+PYTHON (`--send-opens`, or a stock pyfuse3): every OPEN and RELEASE is
+answered by Python: the exact lineage record, at two round trips through
+Python per open().
+
+NONE (`--no-opens`): Linux stops sending OPEN and RELEASE to a FUSE mount
+once the filesystem answers one OPEN with ENOSYS; from then on it keeps every
+file's page cache across opens (FOPEN_KEEP_CACHE) and sends READ, WRITE and
+FSYNC without a file handle (fh 0).  A warm `open() + read() + close()` from
+Python then costs one request to the daemon instead of two (NATIVE) or three
+(PYTHON): the IOCTL of `isatty()`, which the patched pyfuse3 answers (ENOTTY)
+in its native reader threads (threads.py counts them).  The cost: an open for
+writing by root (whom the 0444 mode does not stop) succeeds, and a writable
+shared mmap of it changes the kernel's page cache of the file, which every
+reader shares, until the writeback is refused (docs/mount-semantics.md,
+"Writes").
+
+Stock pyfuse3 (3.5) passes the read/write handlers only the file handle, so
+the mount could not tell which file a handle-less READ is for.  The pyfuse3
+that `make setup` and `make install` build (third_party/pyfuse3) passes the
+inode number as `fh` when the kernel sends none, and says so with
+`pyfuse3.NO_OPEN_INODE_FH`; a natively opened file's handle is its inode
+number too.  Without it the mount answers every OPEN (`AVAILABLE` is False):
+a `pip install`ed artifactfs works, with more requests per open.
 
 Handles made by open/create are numbered from HANDLE_BASE up, and inode
 numbers are below 2**63 (inodes.ino_of), so a request's `fh` says which it is."""
 from __future__ import annotations
 
+import enum
 import os
 from collections import OrderedDict
 
@@ -29,6 +46,7 @@ from .handles import Handle
 from .inodes import InodeTable
 
 AVAILABLE = bool(getattr(pyfuse3, "NO_OPEN_INODE_FH", False))
+NATIVE_AVAILABLE = AVAILABLE and hasattr(pyfuse3, "fastpath_opens")
 HANDLE_BASE = 1 << 63  # the first handle open/create gives out: never an inode number
 KEPT_READERS = 64  # per-inode read handles kept (each may hold one chunk of up to 8 MiB in hand)
 
@@ -70,11 +88,38 @@ class InodeHandles:
         self._readers.pop(ino, None)
 
 
-def describe(no_open: bool, asked_for_opens: bool) -> str:
+class OpenMode(enum.Enum):
+    """Who answers OPEN and RELEASE of a mount (see the module docstring)."""
+
+    NATIVE = "native"  # pyfuse3's native threads for version files, Python for the rest
+    PYTHON = "python"  # Python for every file (--send-opens; a stock pyfuse3)
+    NONE = "none"  # no OPEN at all after the first (--no-opens)
+
+    @classmethod
+    def choose(cls, send_opens: bool = False, no_opens: bool = False) -> "OpenMode":
+        """The mode the options ask for, as far as this pyfuse3 can serve it."""
+        if no_opens and AVAILABLE:
+            return cls.NONE
+        if send_opens or not NATIVE_AVAILABLE:
+            return cls.PYTHON
+        return cls.NATIVE
+
+
+def describe(mode: OpenMode, send_opens: bool) -> str:
     """One log line: how this mount serves opens, and why."""
-    if no_open:
-        return "files are served without OPEN requests (pyfuse3 built with third_party/pyfuse3)"
-    if asked_for_opens:
+    if mode is OpenMode.NATIVE:
+        return ("opens of version files are answered by pyfuse3's native threads (read-only, EROFS for "
+                "writing), the others by the daemon")
+    if mode is OpenMode.NONE:
+        return ("files are served without OPEN requests (--no-opens): a root process may open a version "
+                "file for writing, and its writable shared mmap changes what readers see until writeback fails")
+    if send_opens:
         return "every open and close reaches the daemon (--send-opens)"
-    return ("every open and close reaches the daemon: this pyfuse3 cannot serve files without them "
+    return ("every open and close reaches the daemon: this pyfuse3 cannot answer them natively "
             "(`make setup` / `make install` build one that can: third_party/pyfuse3)")
+
+
+def stats() -> dict[str, int]:
+    """OPENs answered by the native threads so far (the stats xattr)."""
+    opens = getattr(pyfuse3, "fastpath_opens", None)
+    return {"native_opens": int(opens()) if opens is not None else 0}

@@ -18,8 +18,7 @@ from .context import CALLER
 from .errnos import to_fuse_error
 from .handles import Handle
 from .inodes import LONG_TIMEOUT, InodeTable, Node
-from .noopen import AVAILABLE as NO_OPEN_AVAILABLE
-from .noopen import HANDLE_BASE, InodeHandles
+from .noopen import HANDLE_BASE, InodeHandles, OpenMode
 from .syncops import SyncAnswers
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -50,18 +49,23 @@ def _mapped(fn: F) -> F:
 
 
 class Operations(pyfuse3.Operations):
-    """With `no_open` (default: when pyfuse3 passes inodes for handle-less
-    requests, noopen.py) the first OPEN is answered ENOSYS and the kernel sends
-    no more OPEN or RELEASE; files are then read and written by inode, and the
-    on_open hooks hear of a process at LOOKUP, OPENDIR, CREATE and SETATTR."""
+    """`opens` (noopen.OpenMode) says who answers OPEN.  NATIVE: pyfuse3's native
+    threads answer the OPEN and RELEASE of version files (read by inode: fh is
+    the inode number), Python the rest.  NONE: the first OPEN is answered ENOSYS
+    and the kernel sends no more OPEN or RELEASE; files are then read and
+    written by inode.  Unless PYTHON, the on_open hooks also hear of a process
+    at LOOKUP and OPENDIR (and with NONE at SETATTR of the size, an O_TRUNC),
+    as the opens of version files do not reach Python."""
 
     supports_dot_lookup = False
 
-    def __init__(self, table: InodeTable, no_open: bool = NO_OPEN_AVAILABLE):
+    def __init__(self, table: InodeTable, opens: OpenMode = OpenMode.choose()):
         super().__init__()
         self.table = table
-        self.no_open = no_open
-        self.enable_atomic_o_trunc = not no_open  # O_TRUNC then arrives as a SETATTR (patched pyfuse3)
+        self.opens = opens
+        self.no_open = opens is OpenMode.NONE
+        self.native_open_pinned = opens is OpenMode.NATIVE  # (patched pyfuse3: fastopen.c)
+        self.enable_atomic_o_trunc = not self.no_open  # without OPEN, O_TRUNC arrives as a SETATTR (patched pyfuse3)
         self.enable_cache_symlinks = True  # every link inode keeps its target (nodes.AliasNode; patched pyfuse3)
         # no node stores security.* (setxattr refuses it): the kernel's security.capability
         # lookup before a file's first write is answered ENODATA without Python (patched pyfuse3)
@@ -100,7 +104,7 @@ class Operations(pyfuse3.Operations):
         attrs = await node.getattr()
         self.table.remember(node)
         self.table.used(parent_inode, text, node)
-        if self.no_open and ctx is not None:
+        if self.opens is not OpenMode.PYTHON and ctx is not None:
             self._opened(node, ctx.pid, os.O_RDONLY)
         return attrs
 
@@ -133,7 +137,7 @@ class Operations(pyfuse3.Operations):
         node = self.table[inode]
         self._dirs[fh] = OpenDir(inode, await node.children())
         self.table.used(inode, "")
-        if self.no_open:
+        if self.opens is not OpenMode.PYTHON:
             self._opened(node, ctx.pid, os.O_RDONLY | os.O_DIRECTORY)
         return fh
 

@@ -26,7 +26,8 @@ class MountOptions:
     read_only: bool = False
     debug: bool = False
     default_type: str = "dataset"  # of collections made with mkdir (drafts)
-    send_opens: bool = False  # keep OPEN/RELEASE requests even when pyfuse3 could do without (noopen.py)
+    send_opens: bool = False  # every OPEN/RELEASE answered by Python (noopen.OpenMode.PYTHON)
+    no_opens: bool = False  # no OPEN/RELEASE requests at all, where pyfuse3 allows it (noopen.OpenMode.NONE)
     native_reads: bool = True  # READs of small version files answered by pyfuse3's native threads (nativereads.py)
 
     def fuse_options(self) -> set[str]:
