@@ -9,8 +9,12 @@ the same files in a local folder, in the same run (issue 9).
       per-file microseconds through NAME:vN, NAME:latest (an alias symlink) and
       NAME@vN, against the local file
 Targets: (e) >= 0.9 x local warm, >= 0.8 x cold; (f) within 3 x local.
+Each round runs (e) then (f); with several mounts compared, their order
+alternates from round to round.
 With --compare-opens every mount step is also run on a mount with --send-opens
-(OPEN and RELEASE requests kept: what a stock pyfuse3 gives, docs/mount-semantics.md);
+(every OPEN and RELEASE answered by Python: what a stock pyfuse3 gives,
+docs/mount-semantics.md); with --compare-no-opens on a mount with --no-opens (no
+OPEN at all, instead of the default: version files' OPENs answered natively);
 with --compare-reads on a mount with --python-reads (every READ answered by Python,
 none by pyfuse3's native threads).
 
@@ -126,16 +130,20 @@ def case_loader(work: str, store: str, src: str, nbytes: int, workers: int, cold
         table.add(Row(case, f"{mode}, cold", cold_mnt, nbytes, r, ">= 0.8 x local", r >= 0.8))
 
 
-def case_open(work: str, store: str, src: str, table: Table, modes: dict[str, tuple[str, ...]]) -> None:
-    case = "(f) warm open+read+close 4 KiB"
+def make_four(work: str, store: str) -> list[str]:
+    """(f)'s 1,000 files of 4 KiB, in a local folder `four` and put as version four:v0; their names."""
     one = os.path.join(work, "four")
     os.makedirs(one, exist_ok=True)
     for i in range(1000):
         with open(os.path.join(one, f"f{i:04d}.bin"), "wb") as f:
             f.write(os.urandom(4096))
     run(cli() + ["--store", store, "put", one, "four", "--type", "dataset"])
-    names = sorted(os.listdir(one))
-    local = open_read_close_us([os.path.join(one, n) for n in names])
+    return sorted(os.listdir(one))
+
+
+def case_open(work: str, store: str, names: list[str], table: Table, modes: dict[str, tuple[str, ...]]) -> None:
+    case = "(f) warm open+read+close 4 KiB"
+    local = open_read_close_us([os.path.join(work, "four", n) for n in names])
     table.add(Row(case, "local folder (us per file)", local, None, 1.0))
     for mode, extra in modes.items():
         with artifactfs_mount(store, os.path.join(work, "mnt"), os.path.join(work, "cache"), *extra):
@@ -153,6 +161,7 @@ def main(argv: list[str] | None = None) -> Table:
     ap.add_argument("--repeat", type=int, default=1, help="rounds; medians are reported")
     ap.add_argument("--warm", action="store_true", help="do not drop the page cache (no cold steps)")
     ap.add_argument("--compare-opens", action="store_true", help="also every mount step with --send-opens")
+    ap.add_argument("--compare-no-opens", action="store_true", help="also every mount step with --no-opens")
     ap.add_argument("--compare-reads", action="store_true", help="also every mount step with --python-reads")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
@@ -160,6 +169,7 @@ def main(argv: list[str] | None = None) -> Table:
     args = ap.parse_args(argv)
     table = Table(f"training loader over {args.files} small files, and warm 4 KiB opens")
     modes = {"mount": ()} | ({"mount --send-opens": ("--send-opens",)} if args.compare_opens else {}) \
+        | ({"mount --no-opens": ("--no-opens",)} if args.compare_no_opens else {}) \
         | ({"mount --python-reads": ("--python-reads",)} if args.compare_reads else {})
     with workdir(args.workdir, args.keep) as work:
         os.environ.update(ARTIFACTFS_PROJECT="default", ARTIFACTFS_HASH_CACHE=os.path.join(work, "digests.sqlite"))
@@ -169,18 +179,21 @@ def main(argv: list[str] | None = None) -> Table:
                            else "page cache NOT dropped: no cold steps")
         table.notes.append("ratio = local seconds / mount seconds (> 1: faster than local); (f) seconds "
                            "column holds microseconds per file")
-        table.notes.append("mount: " + noopen.describe(noopen.AVAILABLE, False))
+        table.notes.append("mount: " + noopen.describe(noopen.OpenMode.choose(), False))
         store, src = os.path.join(work, "store"), os.path.join(work, "samples")
         nbytes = make_samples(src, args.files)
         run(cli() + ["--store", store, "put", src, "samples", "--type", "dataset"])
         os.sync()
-        rounds = []
-        for n in range(args.repeat):
+        names = make_four(work, store)
+        rounds: list[list[Row]] = []
+        for n in range(args.repeat):  # the mounts' order alternates from round to round
             t = Table(table.title)
-            case_loader(work, store, src, nbytes, args.workers, cold, t, seed=10 * n, modes=modes)
-            rounds.append(t.rows)
+            order = dict(reversed(modes.items())) if n % 2 else modes
+            case_loader(work, store, src, nbytes, args.workers, cold, t, seed=10 * n, modes=order)
+            case_open(work, store, names, t, order)
+            steps = [(r.case, r.step) for r in (rounds[0] if rounds else t.rows)]
+            rounds.append(sorted(t.rows, key=lambda r: steps.index((r.case, r.step))))
         table.rows += median_rows(rounds)
-        case_open(work, store, src, table, modes)
     emit([table], args.out)
     return table
 
