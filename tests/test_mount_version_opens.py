@@ -149,3 +149,27 @@ def test_opens_of_draft_files_reach_python(mnt):
     after = mnt.stats()
     assert after["opens"] - before["opens"] >= 2  # the create is not an OPEN
     assert after["native_opens"] == before["native_opens"]
+
+
+def test_a_set_user_id_draft_file_written_by_another_user_loses_the_bit(tmp_path, mount_factory):  # noqa: F811
+    """Draft OPENs reach Python, which gives write-only opens FOPEN_DIRECT_IO
+    (draftnodes.DraftHandle) but not for set-id files: POSIX clears those bits
+    on a write by a process without CAP_FSETID (pjdfstest chmod/12.t)."""
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    m = mount_factory(store, "--allow-other")  # requests of other users reach the mount
+    os.mkdir(m.p("pjd"))
+    for bits in (0o4777, 0o2777, 0o6777):
+        path = m.p("pjd", "draft", f"f{bits:o}")
+        with open(path, "wb"):
+            pass
+        os.chmod(path, bits)
+        assert os.stat(path).st_mode & 0o7777 == bits
+        fd = os.open(path, os.O_WRONLY)
+        try:  # written by a process without CAP_FSETID
+            subprocess.run(["cat"], input=b"x", stdout=fd, check=True, user=65534, group=65534)
+        finally:
+            os.close(fd)
+        assert os.stat(path).st_mode & 0o7777 == 0o777
+        with open(path, "rb") as f:
+            assert f.read() == b"x"

@@ -110,11 +110,22 @@ class DraftHandle(Handle):
     instead of first copying them into the FUSE file's page cache, which cost
     the writer as much CPU as the daemon's whole write (docs/drafts.md).  Such a
     descriptor cannot be mmap'ed or read, and the kernel drops the cached pages
-    a direct write covers, so readers through other descriptors stay coherent."""
+    a direct write covers, so readers through other descriptors stay coherent.
+    Not for a set-user-ID or set-group-ID file: the kernel asks for those bits
+    to be cleared after a direct write by a flag of the WRITE request
+    (FUSE_WRITE_KILL_SUIDGID) that pyfuse3 does not pass on, while after a
+    write through the page cache it clears them itself (a SETATTR).
+
+    The kernel keeps a draft file's cached pages across opens (keep_cache):
+    its bytes change only through this mount's kernel, or, when the draft
+    follows a new base, with the pages dropped (draftroot.py), as when no
+    OPEN is sent at all."""
+
+    keep_cache = True
 
     def __init__(self, node: "DraftNode", flags: int):
         self.node = node
-        self.direct_io = flags & os.O_ACCMODE == os.O_WRONLY
+        self.direct_io = flags & os.O_ACCMODE == os.O_WRONLY and not node.mode & (stat.S_ISUID | stat.S_ISGID)
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
         return await self.node.read(off, size)

@@ -12,6 +12,7 @@ class Handle:
     """An open file.  Requests a handle kind does not support answer EBADF."""
 
     keep_cache = False  # may the kernel keep cached pages across opens?
+    immutable = False  # bytes that never change: one handle may serve every handle-less read (noopen.py)
     direct_io = False
 
     async def read(self, off: int, size: int) -> bytes | memoryview:

@@ -54,7 +54,7 @@ KEPT_READERS = 64  # per-inode read handles kept (each may hold one chunk of up 
 class InodeHandles:
     """Handles for requests that name an inode instead of a handle.
 
-    Reads of files whose bytes never change (handles with keep_cache: version
+    Reads of files whose bytes never change (immutable handles: version
     files) keep one handle per inode, for its read-ahead state, the most
     recently used KEPT_READERS of them; other files (drafts) get a fresh
     handle per request, as their handles hold no state.  A handle is made by
@@ -73,7 +73,7 @@ class InodeHandles:
             self._readers.move_to_end(ino)
             return handle
         handle = await self.table[ino].open(os.O_RDONLY)
-        if handle.keep_cache:
+        if handle.immutable:
             self._readers[ino] = handle
             if len(self._readers) > self.limit:
                 self._readers.popitem(last=False)

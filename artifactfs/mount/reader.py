@@ -229,7 +229,7 @@ class FileReader(Handle):
     """An open file of a version: keeps the chunk in hand and detects sequential
     access.  Contents never change, so the kernel may keep its page cache."""
 
-    keep_cache = True
+    keep_cache = immutable = True
 
     def __init__(self, reader: ChunkReader, entry: FileEntry, where: str):
         self.reader = reader

@@ -15,7 +15,7 @@ from .handles import Handle
 class ReferenceReader(Handle):
     """An open reference file; keeps the last range it fetched."""
 
-    keep_cache = True  # the recorded bytes never change: a source that does is refused
+    keep_cache = immutable = True  # the recorded bytes never change: a source that does is refused
 
     def __init__(self, ctx: MountContext, entry: FileEntry, where: str):
         self.ctx = ctx
