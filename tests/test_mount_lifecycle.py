@@ -99,6 +99,17 @@ def test_a_sync_records_the_draft_writer_as_producer(store, mount_factory, tmp_p
     assert art.logged_by().id == "writer-7" and art.logged_by().program == "sh -c"
 
 
+def test_a_writer_that_only_appends_to_a_file_of_the_base_is_the_producer(store, mount_factory):
+    """Drafts' OPENs reach Python (by default), so a writer that neither creates
+    nor truncates a file is seen too (with --no-opens it would not be)."""
+    m = mount_factory(store, "--refresh", "1")
+    env = {**os.environ, "ARTIFACTFS_RUN_ID": "appender-3"}
+    subprocess.run(["sh", "-c", f"echo more >> {m.p('m', 'draft', 'w')}"], check=True, env=env)
+    done = cli("sync", m.p("m", "draft"), env=m.env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert Api().artifact("m:v2").logged_by().id == "appender-3"
+
+
 def test_a_draft_keeps_reading_its_deleted_base_after_gc(store, mount_factory):
     m = mount_factory(store, "--refresh", "1")
     with open(m.p("m", "draft", "new.txt"), "w") as f:  # a draft with changes stays on its base

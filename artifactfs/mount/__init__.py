@@ -23,7 +23,7 @@ Modules, each importing only those listed before it:
   syncops     requests answered in pyfuse3's reader threads by a synchronous handler
   draftnodes  the node kind of draft/ contents
   control     the socket `artifactfs sync` talks to
-  noopen      serving files without OPEN requests (kernel no_open, patched pyfuse3)
+  noopen      who answers OPEN (native threads for version files, Python, or none) and reads by inode
   ops         pyfuse3.Operations: dispatch to nodes, errors to errno
   evict       the inode soft limit
   parts       MountParts: what extensions plug into before the mount serves

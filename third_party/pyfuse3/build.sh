@@ -10,7 +10,10 @@
 #   of names starting with Operations.enodata_xattr_prefix, GETATTR of inodes whose last
 #   reply gave an attribute timeout >= Operations.native_attr_timeout, and READ of files
 #   registered with fastpath_register (read from a local file and checked against its
-#   XXH3-128), without Python, and queue every other request for the trio workers.
+#   XXH3-128), without Python, and queue every other request for the trio workers;
+# - with Operations.native_open_pinned, those threads also answer OPEN of regular files
+#   whose attributes are pinned (EROFS for write access, else fh = the inode) and the
+#   RELEASE of such handles (src/pyfuse3/fastopen.c).
 # The source is the pinned sdist from the package index, regenerated with a pinned Cython
 # in a throw-away build venv; xxhash.h (XXH3-128 in C, header-only) comes from the pinned
 # sdist of the xxhash package.  Nothing is done when PYTHON already has this build.
