@@ -74,8 +74,11 @@ class NativeReads:
 
     @staticmethod
     def stats() -> dict[str, int]:
-        """READs answered by the native threads so far, and files their read-ahead
-        stored into the kernel page cache (the stats xattr)."""
+        """READs answered by the native threads so far, files their read-ahead
+        stored into the kernel page cache, and OPENs of version files they
+        answered (noopen.OpenMode.NATIVE) (the stats xattr)."""
         reads, ahead = getattr(pyfuse3, "fastpath_reads", None), getattr(pyfuse3, "fastpath_ahead", None)
+        opens = getattr(pyfuse3, "fastpath_opens", None)
         return {"native_reads": int(reads()) if reads is not None else 0,
-                "native_readahead": int(ahead()) if ahead is not None else 0}
+                "native_readahead": int(ahead()) if ahead is not None else 0,
+                "native_opens": int(opens()) if opens is not None else 0}

@@ -29,7 +29,7 @@ from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry
 from ..registry.names import NAME_MAX, fits_name_max, parse_version
 from ..registry.versions import CollectionInfo, Registry, VersionInfo, skip_entry
 from ..timestamps import iso_ns
-from . import noopen, portfolios
+from . import portfolios
 from .context import MountContext
 from .errnos import fuse_error
 from .handles import Handle
@@ -127,7 +127,7 @@ class RootNode(Node):
 
     async def xattrs(self) -> dict[str, bytes]:
         stats = {**await self.ctx.run(self.ctx.reader.cache.stats), **self.ctx.reader.stats(),
-                 **self.ctx.threads.stats(), **NativeReads.stats(), **noopen.stats(), "inodes": len(self.table), "trees_loaded": self.ctx.trees_loaded}
+                 **self.ctx.threads.stats(), **NativeReads.stats(), "inodes": len(self.table), "trees_loaded": self.ctx.trees_loaded}
         return {"user.artifactfs.stats": json.dumps(stats, sort_keys=True).encode(),
                 "user.artifactfs.pid": str(os.getpid()).encode(),
                 "user.artifactfs.project": self.ctx.project.encode(),

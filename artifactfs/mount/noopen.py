@@ -117,9 +117,3 @@ def describe(mode: OpenMode, send_opens: bool) -> str:
         return "every open and close reaches the daemon (--send-opens)"
     return ("every open and close reaches the daemon: this pyfuse3 cannot answer them natively "
             "(`make setup` / `make install` build one that can: third_party/pyfuse3)")
-
-
-def stats() -> dict[str, int]:
-    """OPENs answered by the native threads so far (the stats xattr)."""
-    opens = getattr(pyfuse3, "fastpath_opens", None)
-    return {"native_opens": int(opens()) if opens is not None else 0}
