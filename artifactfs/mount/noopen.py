@@ -16,8 +16,8 @@ NONE (`--no-opens`): Linux stops sending OPEN and RELEASE to a FUSE mount
 once the filesystem answers one OPEN with ENOSYS; from then on it keeps every
 file's page cache across opens (FOPEN_KEEP_CACHE) and sends READ, WRITE and
 FSYNC without a file handle (fh 0).  A warm `open() + read() + close()` from
-Python then costs one request to the daemon instead of two (NATIVE) or three
-(PYTHON): the IOCTL of `isatty()`, which the patched pyfuse3 answers (ENOTTY)
+Python then costs one request to the daemon instead of three (OPEN, IOCTL,
+RELEASE): the IOCTL of `isatty()`, which the patched pyfuse3 answers (ENOTTY)
 in its native reader threads (threads.py counts them).  The cost: an open for
 writing by root (whom the 0444 mode does not stop) succeeds, and a writable
 shared mmap of it changes the kernel's page cache of the file, which every
