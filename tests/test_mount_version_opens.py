@@ -19,6 +19,7 @@ from conftest import randbytes, skip_or_fail
 from mountutil import mount_factory  # noqa: F401 (fixture)
 from test_mount_read import commit
 
+from artifactfs import Artifact
 from artifactfs.mount import noopen
 from artifactfs.registry.versions import Registry
 
@@ -173,3 +174,23 @@ def test_a_set_user_id_draft_file_written_by_another_user_loses_the_bit(tmp_path
         assert os.stat(path).st_mode & 0o7777 == 0o777
         with open(path, "rb") as f:
             assert f.read() == b"x"
+
+
+def test_a_reference_that_records_only_its_uri_fails_at_open(tmp_path, mount_factory):  # noqa: F811
+    """Its size is unknown (shown as 0, so a read would end at once with no
+    request): its attributes are not pinned, so its OPEN reaches Python, which
+    refuses it with EIO (docs/mount-semantics.md, "Reading")."""
+    store = str(tmp_path / "store")
+    Registry.open(store, create=True)
+    (tmp_path / "src").write_bytes(b"bytes the version never saw")
+    art = Artifact("refs", "dataset", store=store)
+    art.add_reference(f"file://{tmp_path}/src", name="lazy", checksum=False)
+    art.add_reference("gs://bucket/object.bin")
+    art.save("proj")
+    m = mount_factory(store)
+    for name in ("lazy", "object.bin"):
+        path = m.p("refs", "refs:v0", name)
+        assert os.stat(path).st_size == 0
+        with pytest.raises(OSError) as e:
+            open(path, "rb").close()
+        assert e.value.errno == errno.EIO

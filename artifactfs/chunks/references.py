@@ -205,20 +205,31 @@ class Source(Protocol):
         """Bytes [offset, offset+length) of the recorded object (shorter only at its end)."""
 
 
+def unreadable(entry: FileEntry) -> str | None:
+    """Why the bytes of reference entry `entry` cannot be read at all (it recorded
+    only its URI, or a scheme we cannot read), or None if they can be tried."""
+    uri = entry.ref or ""
+    if entry.extra.get("size_unknown"):
+        return f"reference {uri} records only its URI: its bytes cannot be read or checked"
+    scheme = urlparse(uri).scheme
+    if scheme not in ("file", "http", "https", "s3"):
+        return f"reference {uri}: scheme {scheme!r} cannot be read"
+    return None
+
+
 def open_source(entry: FileEntry) -> Source:
     """A reader of the bytes a reference entry recorded; ReferenceUnreadable if it
-    recorded only its URI."""
+    recorded only its URI (unreadable())."""
     uri = entry.ref or ""
     p = urlparse(uri)
-    if entry.extra.get("size_unknown"):
-        raise ReferenceUnreadable(f"reference {uri} records only its URI: its bytes cannot be read or checked")
+    why = unreadable(entry)
+    if why is not None:
+        raise ReferenceUnreadable(why)
     if p.scheme == "file":
         return _FileSource(entry, unquote(p.path))
     if p.scheme in ("http", "https"):
         return _HttpSource(entry)
-    if p.scheme == "s3":
-        return _S3Source(entry, p.netloc, p.path.lstrip("/"))
-    raise ReferenceUnreadable(f"reference {uri}: scheme {p.scheme!r} cannot be read")
+    return _S3Source(entry, p.netloc, p.path.lstrip("/"))
 
 
 def _changed(uri: str) -> ReferenceChanged:

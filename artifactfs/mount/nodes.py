@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import pyfuse3
 import trio
 
+from ..chunks.references import unreadable
 from ..errors import CorruptStoreError
 from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry
 from ..registry.names import NAME_MAX, fits_name_max, parse_version
@@ -33,7 +34,7 @@ from . import portfolios
 from .context import MountContext
 from .errnos import fuse_error
 from .handles import Handle
-from .inodes import LONG_TIMEOUT, Key, Node, ino_of
+from .inodes import LONG_TIMEOUT, SHORT_TIMEOUT, Key, Node, ino_of
 from .nativereads import NativeReads
 from .reader import FileReader
 from .refreader import ReferenceReader
@@ -397,6 +398,8 @@ class VersionFileNode(Node):
         self.ref = ref
         self.entry = entry
         self.mode = stat.S_IFREG | (0o555 if entry.executable else 0o444)
+        if entry.ref is not None and unreadable(entry) is not None:
+            self.timeout = SHORT_TIMEOUT  # not pinned, so its OPEN reaches open() below: EIO (refreader.py)
 
     def added(self) -> None:
         if self.ctx.native is not None:  # READs answered without Python where possible
