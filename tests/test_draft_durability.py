@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -430,3 +431,38 @@ def test_a_draft_changed_when_its_daemon_was_killed_waits_for_an_explicit_sync(t
             f.write(b"more")
         done = m.umount()
         assert done.returncode == 0 and done.stdout == "ds:v2\n", done.stderr
+
+
+def test_umount_waits_for_a_checkpoint_being_written(tmp_path):
+    """umount while a program still writes a checkpoint into draft/: it used to
+    publish the part written so far as latest.  Now umount's commit waits (up
+    to --timeout) for the draft's files open for writing to be closed; if one
+    stays open, the draft is not committed, neither by umount nor by the daemon
+    as it stops, and the next mount keeps it for an explicit sync."""
+    store = str(tmp_path / "store")
+    publish(Registry.open(store, create=True), str(tmp_path / "pub"), "ds", BASE)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        f = open(m.p("ds", "draft", "ckpt.pt"), "wb")
+        f.write(b"first half ")
+        f.flush()
+        closer = threading.Timer(1.0, lambda: (f.write(b"second half"), f.close()))
+        closer.start()
+        done = m.umount("--timeout", "30")
+        closer.join()
+        assert done.returncode == 0 and done.stdout == "ds:v1\n", done.stderr
+    assert version_files(Registry.open(store), "ds", 1)["ckpt.pt"] == (b"first half second half", False)
+
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        fd = os.open(m.p("ds", "draft", "ckpt2.pt"), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"partial")
+        done = m.umount("--timeout", "1")      # the writer never closes: stopped after 1 s more
+        assert done.returncode == 1
+        assert "ds: not committed yet: 1 file(s) still open for writing after 1 s" in done.stderr
+        with contextlib.suppress(OSError):
+            os.close(fd)                        # (ENOTCONN: the daemon was stopped)
+    assert Registry.open(store).latest("proj", "ds") == 1
+    with mounted(store, tmp_path / "mnt", env=env) as m:
+        assert open(m.p("ds", "draft", "ckpt2.pt"), "rb").read() == b"partial"
+        assert "note: it was being changed" in cli("status", m.p("ds", "draft"), env=env).stdout
+        assert m.umount().returncode == 1       # still waits for an explicit sync

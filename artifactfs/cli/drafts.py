@@ -156,14 +156,15 @@ def _targets(paths: tuple[str, ...]) -> list[tuple[str, list[str] | None]]:
 
 
 def commit_drafts(address: str, collections: list[str] | None, attrs: dict | None = None,
-                  unmount: bool = False) -> int:
+                  unmount: float | None = None) -> int:
     """Ask the daemon at control socket `address` to commit the drafts of
     `collections` (None: every draft with changes), with the attributes of `sync`;
     print one line per version on stdout and one `Error:` line per draft that could
-    not be committed (a conflict, an unreachable store; at `unmount`, a draft
-    recovered after a crash) on stderr; return how many could not be.  ArtifactfsError if the daemon cannot be asked at all."""
-    return _report(request(address, {"op": "sync", "collections": collections, "unmount": unmount,
-                                     **(attrs or {})}))
+    not be committed (a conflict, an unreachable store; at `unmount` (the seconds
+    files open for writing may take to be closed), a draft recovered after a
+    crash or still being written) on stderr; return how many could not be.  ArtifactfsError if the daemon cannot be asked at all."""
+    return _report(request(address, {"op": "sync", "collections": collections, "unmount": unmount is not None,
+                                     "wait": unmount or 0, **(attrs or {})}))
 
 
 def _report(reply: dict) -> int:

@@ -213,7 +213,7 @@ def umount_cmd(mountpoint: str, timeout: float) -> None:
     if m is None or m.fstype != FSTYPE:
         raise ArtifactfsError(f"{mountpoint} is not an artifactfs mount")
     pid = _daemon_pid(real)
-    failures = _commit_first(real)
+    failures = _commit_first(real, timeout)
     _detach(real)
     if pid is not None and not _wait_gone(pid, timeout):
         os.kill(pid, signal.SIGTERM)
@@ -227,15 +227,16 @@ def umount_cmd(mountpoint: str, timeout: float) -> None:
                               "on disk for the next mount (see above)")
 
 
-def _commit_first(real: str) -> int:
-    """Commit the drafts of a live mount with drafts; how many could not be (0 for a
+def _commit_first(real: str, timeout: float) -> int:
+    """Commit the drafts of a live mount with drafts, each once its files open for
+    writing are closed (up to `timeout` s); how many could not be (0 for a
     read-only or stale mount, which has nothing to commit or cannot be asked)."""
     try:
         address = os.getxattr(real, CONTROL_XATTR).decode()
     except OSError:
         return 0
     flush_mount(real)
-    return commit_drafts(address, None, unmount=True)
+    return commit_drafts(address, None, unmount=timeout)
 
 
 def _daemon_pid(real: str) -> int | None:

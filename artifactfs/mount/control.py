@@ -5,7 +5,8 @@ One JSON request line, one JSON reply line:
 
   {"op": "sync", "collections": ["a", "b"] | null (every dirty draft),
    "aliases": [...], "tags": [...], "description": str | null, "metadata": {...},
-   "unmount": bool (umount's commit: drafts recovered after a crash wait for an explicit sync)}
+   "unmount": bool (umount's commit: drafts recovered after a crash wait for an explicit sync),
+   "wait": seconds (with unmount: how long files of a draft open for writing may take to be closed)}
   -> {"results": [{"collection": "a", "line": "a:v3"} | {"collection": "b", "error": "..."}]}
 
 The reply is sent only once every version is durable in the store."""
@@ -30,6 +31,7 @@ from .state import host_key
 log = logging.getLogger("artifactfs.mount")
 XATTR = "user.artifactfs.control"
 MAX_REQUEST = 1 << 20
+WRITERS_POLL = 0.05  # s: how often umount's commit looks whether the draft's writers have closed their files
 SUN_PATH_MAX = 107
 
 
@@ -111,10 +113,23 @@ class ControlServer:
             live = await self._existing(name)
             if req.get("unmount") and live.recovered:  # (an explicit sync commits it)
                 raise ArtifactfsError(f"{name}: not committed: {RECOVERED_NOTE}")
+            if req.get("unmount"):
+                await self._writers_done(name, float(req.get("wait") or 0))
             result = await live.commit(**attrs)
             return {"line": result.line, "note": result.note}
 
         return {"results": [await self._one(name, "sync", commit) for name in names]}
+
+    async def _writers_done(self, name: str, wait: float) -> None:
+        """At umount: wait up to `wait` s for the draft's files open for writing to be
+        closed (a checkpoint still being saved); ArtifactfsError if some stay open."""
+        with trio.move_on_after(wait):
+            while self.drafts.writers(name):
+                await trio.sleep(WRITERS_POLL)
+        if self.drafts.writers(name):
+            raise ArtifactfsError(f"{name}: not committed yet: {self.drafts.writers(name)} file(s) still open for "
+                                  f"writing after {wait:g} s; the daemon commits the draft as it stops if they "
+                                  "are closed by then (see its log), else keeps it for an explicit sync")
 
     async def _status(self, name: str) -> dict:
         return {"line": await (await self._existing(name)).status()}

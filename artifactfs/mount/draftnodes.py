@@ -125,6 +125,7 @@ class DraftHandle(Handle):
 
     def __init__(self, node: "DraftNode", flags: int):
         self.node = node
+        self.writing = flags & os.O_ACCMODE != os.O_RDONLY  # (a commit at unmount waits for it: livedraft.py)
         self.direct_io = flags & os.O_ACCMODE == os.O_WRONLY and not node.mode & (stat.S_ISUID | stat.S_ISGID)
 
     async def read(self, off: int, size: int) -> bytes | memoryview:

@@ -26,7 +26,7 @@ from ..registry.versions import CollectionInfo, VersionInfo
 from ..timestamps import now_iso
 from .context import MountContext
 from .control import XATTR, ControlServer, control_address
-from .draftnodes import DraftNode
+from .draftnodes import DraftHandle, DraftNode
 from .errnos import fuse_error
 from .inodes import InodeTable, Key, Node, SymlinkNode
 from .livedraft import Drafts, LiveDraft
@@ -222,6 +222,8 @@ def install(parts: MountParts, default_type: str) -> None:
                        link=SymlinkNode)  # link: the temporary symlink `ln -sfn` makes before its rename
     root = DraftRootNode(ctx, ("root",))
     root.drafts = drafts
+    drafts.writers = lambda name: sum(isinstance(h, DraftHandle) and h.writing and h.node.live.name == name
+                                      for h in parts.ops.open_handles())
     root.control = control_address(parts.opts.mountpoint)
     table.set_root(root)
     server = ControlServer(drafts, root.control)

@@ -269,6 +269,11 @@ class LiveDraft:
         being written then may be incomplete, so only an explicit sync commits it."""
         return os.path.exists(os.path.join(self.draft.dir, RECOVERED))
 
+    def mark_recovered(self) -> None:
+        """Its changes may hold a file cut off as the daemon stopped: they wait for an explicit sync."""
+        with open(os.path.join(self.draft.dir, RECOVERED), "wb"):
+            pass
+
     def _checked(self) -> None:
         """The user committed or discarded the recovered changes."""
         try:
@@ -384,6 +389,7 @@ class Drafts:
         self.on_new: list[Callable[[LiveDraft], None]] = []
         self.owner = (ctx.uid, ctx.gid)
         self.unopened: set[str] = set()  # drafts found at start that could not be opened yet (a full disk)
+        self.writers: Callable[[str], int] = lambda name: 0  # files of a draft open for writing (draftroot.py)
         running = os.path.join(self.dir, RUNNING)
         self.after_crash = os.path.exists(running)  # the last daemon of this slot did not stop cleanly
         with open(running, "wb"):
@@ -423,9 +429,8 @@ class Drafts:
             put_aside(draft.dir, f"its base {name}:v{draft.state.base} is no longer in the store")
             return
         live = self.live[name] = LiveDraft(self.ctx, draft, self.reserve)
-        if live.dirty() and self.after_crash and not live.recovered:
-            with open(os.path.join(draft.dir, RECOVERED), "wb"):
-                pass
+        if live.dirty() and self.after_crash:
+            live.mark_recovered()
         if live.dirty():
             log.info("draft of %s found with changes not yet committed (base %s)%s", name,
                      "none" if draft.state.base is None else f"v{draft.state.base}",
@@ -473,7 +478,13 @@ class Drafts:
         lines = []
         for name, live in sorted(self.live.items()):
             try:
-                if await live.has_changes() and live.recovered:
+                if await live.has_changes() and self.writers(name):
+                    live.mark_recovered()  # (the next mount does not publish it either)
+                    lines.append(f"{name}: not committed: {self.writers(name)} file(s) still open for writing")
+                    log.warning("the draft of %s is not committed as the daemon stops: %d file(s) of it are still "
+                                "open for writing, so one may be incomplete; the next mount keeps it for an "
+                                "explicit `artifactfs sync`", name, self.writers(name))
+                elif await live.has_changes() and live.recovered:
                     lines.append(f"{name}: not committed: {RECOVERED_NOTE}")
                     log.warning("the draft of %s is not committed at unmount: %s", name, RECOVERED_NOTE)
                 elif await live.has_changes():
