@@ -33,7 +33,7 @@ from artifactfs.errors import (ConflictError, CorruptStoreError, DigestMismatchE
 from artifactfs.mount.daemon import build
 from artifactfs.mount.errnos import to_fuse_error
 from artifactfs.mount.evict import InodeLimit
-from artifactfs.mount.livedraft import Gate
+from artifactfs.mount.draftgate import Gate
 from artifactfs.mount.options import MountOptions
 from artifactfs.mount.pagecache import PageFeeder
 from artifactfs.mount.parts import MountParts

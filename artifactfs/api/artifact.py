@@ -19,10 +19,11 @@ from ..errors import (
     UsageError,
     shown,
 )
+from ..registry.checks import check_metadata
 from ..registry.gcstate import ObjectsSwept, epoch
 from ..registry.manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk
 from ..registry.names import check_name, check_type, normalize_path
-from ..registry.versions import Registry, VersionInfo, check_metadata
+from ..registry.versions import Registry, VersionInfo
 from ..store import default_store_url
 from . import localtree
 from .artifact_lifecycle import ArtifactLifecycle

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 from ..errors import ArtifactfsError, CorruptStoreError, ObjectNotFound, shown
 from ..registry import gcstate
+from ..registry.checks import skip_entry
 from ..registry.keys import BLOBS, PACKS, TREES, tree_object_key
 from ..registry.manifest import DirEntry, FileEntry, check_object_key
-from ..registry.versions import Registry, VersionInfo, skip_entry
+from ..registry.versions import Registry, VersionInfo
 from .lifecycle import default_ttl, expires_at
 from .links import delete as delete_artifact
 

@@ -61,7 +61,8 @@ class Ctx:
     def entity(self) -> str:
         """The store's name, the entity of 'entity/project/name' (the name a store
         not made yet will get: put makes it)."""
-        from ..registry.versions import Registry, default_entity
+        from ..registry.checks import default_entity
+        from ..registry.versions import Registry
         try:
             return Registry.open(self.store_url).entity
         except NoStoreError:

@@ -25,9 +25,9 @@ from . import draftroot, lineage, noopen, pins
 from .context import MountContext
 from .evict import InodeLimit
 from .inodes import InodeTable
+from .nativereads import NativeReads
 from .nodes import default_node_classes
 from .ops import Operations
-from .nativereads import NativeReads
 from .options import MountOptions
 from .pagecache import PageFeeder
 from .parts import MountParts

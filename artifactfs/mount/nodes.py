@@ -26,9 +26,10 @@ import trio
 
 from ..chunks.references import unreadable
 from ..errors import CorruptStoreError
+from ..registry.checks import skip_entry
 from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry
 from ..registry.names import NAME_MAX, fits_name_max, parse_version
-from ..registry.versions import CollectionInfo, Registry, VersionInfo, skip_entry
+from ..registry.versions import CollectionInfo, Registry, VersionInfo
 from ..timestamps import iso_ns
 from . import portfolios
 from .context import MountContext

@@ -39,10 +39,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 
 import pyfuse3
-
-from collections.abc import Callable
 
 from ..drafts.posixnames import NAME_MAX
 from .context import CALLER

@@ -18,13 +18,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 from ..errors import (
     CorruptStoreError,
@@ -40,6 +37,7 @@ from ..errors import (
 from ..store import ObjectStore, open_store
 from ..timestamps import now_iso
 from . import gcstate, runinfo
+from .checks import check_metadata, default_entity, skip_entry
 from .keys import blob_key
 from .manifest import (
     DirEntry,
@@ -48,93 +46,16 @@ from .manifest import (
     walk,
 )
 from .names import check_alias, check_name, check_type, parse_version
+from .records import ATTR_FIELDS, CollectionInfo, VersionInfo
 from .treedigest import TreeDigests
 from .trees import TreeStore
 
 MARKER = "artifactfs-store.json"
 STORE_FORMAT = {"format": "artifactfs-store", "version": 1}
-MAX_METADATA_KEYS = 100
 CAS_RETRIES = 200
 log = logging.getLogger("artifactfs.registry")
-_skipped: set[str] = set()  # keys warned about, so each is reported once per process
 
 
-def skip_entry(key: str, why: str) -> None:
-    """Warn once per process that store entry `key` is ignored, and why: a name the
-    format cannot hold or a record that does not parse, written by something else
-    (docs/store-format.md 1.1).  Everything valid beside it keeps working."""
-    if key not in _skipped:
-        _skipped.add(key)
-        log.warning("ignoring %s in the store: %s", shown(key), why)
-
-
-def default_entity(url: str) -> str:
-    """The name (entity) a store made at `url` gets: the last component of its path."""
-    return os.path.basename(unquote(url).rstrip("/")) or "store"
-
-
-def check_metadata(metadata: Mapping[str, Any] | None) -> dict:
-    """At most 100 keys, JSON-serialisable values; returns a plain copy."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise UsageError("metadata must be a dict")
-    if len(metadata) > MAX_METADATA_KEYS:
-        raise UsageError(f"metadata has {len(metadata)} keys; at most {MAX_METADATA_KEYS} allowed")
-    try:
-        return json.loads(json.dumps(dict(metadata), allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"metadata is not JSON-serialisable: {e}") from None
-
-
-@dataclass
-class VersionInfo:
-    """A committed version: its immutable record merged with its current attributes."""
-
-    project: str
-    collection: str
-    version: int
-    type: str
-    root: str
-    digest: str
-    size: int
-    file_count: int
-    created_at: str
-    commit_hash: str
-    id: str
-    base: int | None
-    description: str | None = None
-    metadata: dict = field(default_factory=dict)
-    tags: list[str] = field(default_factory=list)
-    ttl: float | None = None
-    state: str = "COMMITTED"
-    updated_at: str | None = None
-    aliases: list[str] = field(default_factory=list)
-    deleted_at: str | None = None
-    link: dict | None = None  # a portfolio member: {"project", "collection", "version"} of its source
-    run: dict | None = None   # the producer's run record (runinfo.RunRecord.to_json())
-
-    @property
-    def name(self) -> str:
-        return f"{self.collection}:v{self.version}"
-
-    @property
-    def deleted(self) -> bool:
-        return self.state == "DELETED"
-
-
-@dataclass
-class CollectionInfo:
-    project: str
-    name: str
-    type: str
-    description: str | None
-    created_at: str
-    portfolio: bool = False  # holds links to versions of other collections (links.py)
-
-
-
-ATTR_FIELDS = ("description", "metadata", "tags", "ttl", "state", "updated_at", "deleted_at")
 
 
 class Registry(TreeStore):
