@@ -189,3 +189,11 @@ def test_getattr_after_a_read_is_answered_without_python_for_version_files_only(
         assert after["native_answers"] - after["sync_answers"] == before["native_answers"] - before["sync_answers"]
         with open(draft_file, "ab") as f:
             f.write(more)
+
+
+def test_send_opens_and_no_opens_exclude_each_other(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    done = subprocess.run([sys.executable, "-m", "artifactfs", "--store", str(tmp_path / "store"), "mount",
+                           "--send-opens", "--no-opens", str(tmp_path / "mnt")], capture_output=True, text=True)
+    assert done.returncode == 2 and "exclude each other" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "store").exists()  # refused before anything was made
