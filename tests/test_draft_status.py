@@ -130,3 +130,19 @@ def test_status_shows_what_sync_would_publish(store, mount_factory, tmp_path):
     assert sorted(reg.store.list("blobs/")) == blobs  # nothing stored by status
     assert cli("sync", d, env=m.env).stdout == f"ds:v{v1 + 1}\n"
     assert cli("status", m.path, env=m.env).stdout == ""   # the mountpoint: every draft with changes (none)
+
+
+def test_latest_names_the_new_version_as_soon_as_sync_returns(store, mount_factory):
+    """A script that runs `sync` and then reads NAME:latest must get the version
+    sync printed: the alias dentries are dropped before sync's reply, not
+    asynchronously after it (a newcomer saw latest lag behind their own sync)."""
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    for i in range(8):
+        assert os.readlink(m.p("ds", "ds:latest")) == f"ds:v{i}"   # the kernel holds the dentry
+        assert os.readlink(m.p("ds", "ds@latest")) == f"ds@v{i}"
+        with open(f"{d}/round", "wb") as f:
+            f.write(b"%d" % i)
+        assert cli("sync", d, env=m.env).stdout == f"ds:v{i + 1}\n"
+        assert os.readlink(m.p("ds", "ds:latest")) == f"ds:v{i + 1}"
+        assert open(m.p("ds", "ds:latest", "round"), "rb").read() == b"%d" % i

@@ -243,6 +243,8 @@ def install(parts: MountParts, default_type: str) -> None:
         coll = table.find(("coll", live.name))
         if isinstance(coll, CollectionNode):
             await coll.state(0)
+            # before sync's reply: its caller's next readlink of NAME:latest must see the new version
+            await ctx.run(_invalidate_entries, coll.ino, coll.alias_entries())
         if inodes:
             await ctx.run(_invalidate, inodes)  # one worker-thread trip for all of them
         if orphans:
@@ -263,6 +265,15 @@ def install(parts: MountParts, default_type: str) -> None:
 
     parts.services.append(server.serve)
     parts.shutdown_hooks.append(commit_at_exit)
+
+
+def _invalidate_entries(folder: int, names: list[bytes]) -> None:
+    """Drop the kernel's dentries `names` of a folder, waiting until it has (a worker thread)."""
+    for name in names:
+        try:
+            pyfuse3.invalidate_entry(folder, name)
+        except OSError:
+            pass  # the kernel holds no such entry, or the session has ended
 
 
 def _invalidate(inodes: list[int]) -> None:

@@ -211,6 +211,11 @@ class CollectionNode(Node):
             return self.table.make("alias", self._alias_key(sep, rest, n), self, rest, sep, n)
         return None
 
+    def alias_entries(self) -> list[bytes]:
+        """The entry names of the aliases as last listed, in both spellings (`NAME:a`, `NAME@a`)."""
+        st = self.kept.listed
+        return [f"{self.name}{sep}{a}".encode() for a in (st.aliases if st else ()) for sep in (":", PLAIN)]
+
     def _version_key(self, sep: str, n: int) -> Key:
         """The inode key of version folder `NAME{sep}vN` (each spelling its own tree)."""
         return ("ver" + ("" if sep == ":" else sep), self.name, str(n), "")
