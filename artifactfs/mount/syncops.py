@@ -106,9 +106,7 @@ class SyncAnswers:
                 return None
             if opcode == FUSE_GETATTR:
                 a = node.attributes_now()
-                return None if a is None else (
-                    a.st_ino, a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size, a.st_blksize,
-                    a.st_blocks, a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns, int(a.attr_timeout * 1e9))
+                return None if a is None else _attr(a)
             if data is None or len(data) > NAME_MAX:  # (LOOKUP, CREATE)
                 return None if data is None else -errno.ENAMETOOLONG
             if opcode == FUSE_LOOKUP:
@@ -132,7 +130,11 @@ class SyncAnswers:
         self.table.remember(node)
         self.opened(node, pid, flags)  # (lineage: a draft's writer, thread-safe; a wake of the loop cost 10 %)
         a = node.attributes()
-        return (a.st_ino, a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size, a.st_blksize,
-                a.st_blocks, a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns, int(a.attr_timeout * 1e9),
-                int(a.entry_timeout * 1e9), fh,
+        return (*_attr(a), int(a.entry_timeout * 1e9), fh,
                 (FOPEN_DIRECT_IO if handle.direct_io else 0) | (FOPEN_KEEP_CACHE if handle.keep_cache else 0))
+
+
+def _attr(a: pyfuse3.EntryAttributes) -> tuple[int, ...]:
+    """The attributes as syncpath.c takes them: the stat fields, then attr_timeout in ns."""
+    return (a.st_ino, a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_size, a.st_blksize,
+            a.st_blocks, a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns, int(a.attr_timeout * 1e9))
