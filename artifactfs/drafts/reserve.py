@@ -21,6 +21,7 @@ class SpaceReserve:
 
     def __init__(self, directory: str):
         self.path = os.path.join(directory, "reserve")
+        self.missing = True  # as far as this process knows (restore() finds out): nothing to stat when held
 
     @property
     def held(self) -> bool:
@@ -32,6 +33,7 @@ class SpaceReserve:
     def restore(self) -> bool:
         """Make the reserve if it is missing and there is room (2 x RESERVE free); whether it is held."""
         if self.held:
+            self.missing = False
             return True
         directory = os.path.dirname(self.path)
         st = os.statvfs(directory)
@@ -47,10 +49,12 @@ class SpaceReserve:
             return False
         os.close(fd)
         os.replace(tmp, self.path)
+        self.missing = False
         return True
 
     def release(self) -> bool:
         """Give the reserve back to the filesystem; whether there was one."""
+        self.missing = True
         try:
             os.unlink(self.path)
             return True

@@ -97,7 +97,8 @@ class LiveDraft:
             log.warning("the state dir is full: its reserve of %d MiB is given back so that a change of the "
                         "draft of %s that frees room can go on", RESERVE >> 20, self.name)
             done = await self.ctx.run(fn, *args)
-        await self.ctx.run(self.reserve.restore)
+        if self.reserve.missing:  # (else no worker-thread trip: rm -r of many files makes many changes)
+            await self.ctx.run(self.reserve.restore)
         return done
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
