@@ -233,7 +233,8 @@ def install(parts: MountParts, default_type: str) -> None:
         pages of draft files whose content moved with the base (another writer's
         files) and the kernel's dentries of `names` that went; an inode left without
         a name that the kernel does not hold goes now (else when it is forgotten)."""
-        node_of = {id(n.inode): n.ino for n in table.nodes() if isinstance(n, DraftNode) and n.live is live}
+        node_of = {id(n.inode): n.ino for n in table.nodes() if isinstance(n, DraftNode) and n.live is live} \
+            if changed or names else {}  # (a sync with no change walks no table: the 100,000-file case)
         inodes = [node_of[id(ino)] for ino in changed if id(ino) in node_of]
         orphans = [ino for ino in changed if ino.nlink <= 0 and id(ino) not in node_of]
         for folder, name in names:

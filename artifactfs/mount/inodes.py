@@ -244,7 +244,8 @@ class InodeTable:
         return node is not None and node.ino in self._lookups
 
     def nodes(self) -> list[Node]:
-        return list(self._nodes.values())
+        with self._lock:  # (reader threads add nodes: syncops.py)
+            return list(self._nodes.values())
 
     def live(self, node: Node) -> Node:
         """The node the table holds for node's key, re-inserting `node` if it was
