@@ -9,6 +9,9 @@ the same files in a local folder, in the same run (issue 9).
       per-file microseconds through NAME:vN, NAME:latest (an alias symlink) and
       NAME@vN, against the local file
 Targets: (e) >= 0.9 x local warm, >= 0.8 x cold; (f) within 3 x local.
+Each step also runs through Debian's `bindfs -o ro` of the local files when it is
+installed (a C FUSE filesystem: the ratio any FUSE mount reaches on this machine),
+its ratio printed next to ours; without it a note says "skipped: bindfs not installed".
 Each round runs (e) then (f); with several mounts compared, their order
 alternates from round to round.
 With --compare-opens every mount step is also run on a mount with --send-opens
@@ -32,12 +35,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (Noise, Row, Table, artifactfs_mount, cli, drop_caches, emit, files_under,  # noqa: E402
-                    fs_note, machine_note, median_rows, run, timed, workdir)
+from common import (Noise, Row, Table, artifactfs_mount, bindfs_mount, cli, drop_caches, emit,  # noqa: E402
+                    files_under, fs_note, have_bindfs, machine_note, median_rows, run, workdir)
 
 from artifactfs.mount import noopen  # noqa: E402
 
 CLASSES = 10
+PEER = "bindfs -o ro (C FUSE peer)"
 
 
 def make_samples(root: str, count: int, seed: int = 0) -> int:
@@ -115,6 +119,12 @@ def case_loader(work: str, store: str, src: str, nbytes: int, workers: int, cold
             warm = epoch(paths, workers, seed + 1)
         r = warm_local / warm
         table.add(Row(case, f"{mode}, warm", warm, nbytes, r, ">= 0.9 x local", r >= 0.9))
+    if have_bindfs():
+        with bindfs_mount(src, os.path.join(work, "bindfs")) as bmnt:
+            paths = files_under(bmnt)
+            epoch(paths, workers, seed)
+            warm = epoch(paths, workers, seed + 1)
+        table.add(Row(case, f"{PEER}, warm", warm, nbytes, warm_local / warm))
     if not cold:
         return
     drop_caches()
@@ -128,6 +138,11 @@ def case_loader(work: str, store: str, src: str, nbytes: int, workers: int, cold
             cold_mnt = epoch(paths, workers, seed + 2)
         r = cold_local / cold_mnt
         table.add(Row(case, f"{mode}, cold", cold_mnt, nbytes, r, ">= 0.8 x local", r >= 0.8))
+    if have_bindfs():
+        drop_caches()
+        with bindfs_mount(src, os.path.join(work, "bindfs")) as bmnt:
+            cold_peer = epoch(files_under(bmnt), workers, seed + 2)
+        table.add(Row(case, f"{PEER}, cold", cold_peer, nbytes, cold_local / cold_peer))
 
 
 def make_four(work: str, store: str) -> list[str]:
@@ -152,6 +167,10 @@ def case_open(work: str, store: str, names: list[str], table: Table, modes: dict
                 r = local / us
                 table.add(Row(case, f"{mode} {spelling} (us per file)", us, None, r, ">= 0.33 x local",
                               r >= 1 / 3))
+    if have_bindfs():
+        with bindfs_mount(os.path.join(work, "four"), os.path.join(work, "bindfs")) as bmnt:
+            us = open_read_close_us([os.path.join(bmnt, n) for n in names])
+        table.add(Row(case, f"{PEER} (us per file)", us, None, local / us))
 
 
 def main(argv: list[str] | None = None) -> Table:
@@ -180,6 +199,8 @@ def main(argv: list[str] | None = None) -> Table:
         table.notes.append("ratio = local seconds / mount seconds (> 1: faster than local); (f) seconds "
                            "column holds microseconds per file")
         table.notes.append("mount: " + noopen.describe(noopen.OpenMode.choose(), False))
+        if not have_bindfs():
+            table.notes.append("C FUSE peer: skipped: bindfs not installed")
         store, src = os.path.join(work, "store"), os.path.join(work, "samples")
         nbytes = make_samples(src, args.files)
         run(cli() + ["--store", store, "put", src, "samples", "--type", "dataset"])

@@ -217,6 +217,23 @@ def rclone_mount(src: str, mnt: str) -> Iterator[str]:
         subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
 
 
+def have_bindfs() -> bool:
+    return shutil.which("bindfs") is not None
+
+
+@contextmanager
+def bindfs_mount(src: str, mnt: str) -> Iterator[str]:
+    """The C FUSE peer: Debian's `bindfs -o ro` of a local folder (libfuse, every request
+    answered in C, no Python anywhere): what a FUSE mount costs on this machine."""
+    os.makedirs(mnt, exist_ok=True)
+    run(["bindfs", "-o", "ro", src, mnt])
+    try:
+        wait_mounted(mnt)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+
+
 def read_files(paths: list[str], stop_after: int | None = None) -> int:
     """Read files whole, in order, with one reused 1 MiB buffer; bytes read.
     With stop_after, stop once that many bytes have been read."""

@@ -13,7 +13,9 @@
 #   XXH3-128), without Python, and queue every other request for the trio workers;
 # - with Operations.native_open_pinned, those threads also answer OPEN of regular files
 #   whose attributes are pinned (EROFS for write access, else fh = the inode) and the
-#   RELEASE of such handles (src/pyfuse3/fastopen.c).
+#   RELEASE of such handles (src/pyfuse3/fastopen.c);
+# - the requests read from /dev/fuse are counted by opcode and by who answered them
+#   (pyfuse3.fastpath_request_counts(); src/pyfuse3/fastcount.c).
 # The source is the pinned sdist from the package index, regenerated with a pinned Cython
 # in a throw-away build venv; xxhash.h (XXH3-128 in C, header-only) comes from the pinned
 # sdist of the xxhash package.  Nothing is done when PYTHON already has this build.
@@ -24,7 +26,7 @@ PY=$1
 VERSION=3.5.0
 CYTHON=3.2.4
 XXHASH=4.1.0  # only its xxhash.h is used
-LOCAL=artifactfs.14  # bump when artifactfs.patch changes
+LOCAL=artifactfs.15  # bump when artifactfs.patch changes
 here=$(cd "$(dirname "$0")" && pwd)
 
 if "$PY" -c "import sys; from importlib.metadata import version; sys.exit(version('pyfuse3') != '$VERSION+$LOCAL')" 2>/dev/null; then

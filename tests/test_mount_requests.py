@@ -1,0 +1,102 @@
+"""How many FUSE requests, and of which kind, one warm `open()` + `read()` +
+`close()` of a version file costs (docs/mount-semantics.md, "Requests per
+open"), counted by the patched pyfuse3 ("requests" in user.artifactfs.stats:
+per FUSE opcode, answered by its native reader threads or by Python)."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pyfuse3
+import pytest
+from conftest import skip_or_fail
+from mountutil import Mount, mount_factory  # noqa: F401 (fixture)
+from test_mount_read import commit
+
+from artifactfs.registry.versions import Registry
+
+FILES = {f"f{i}.bin": bytes([i]) * 4096 for i in range(8)}
+MODES = {"native OPEN": (), "--no-opens": ("--no-opens",)}
+OPENS = 20  # warm opens counted per file
+WAIT = 30.0  # seconds a RELEASE (sent in the background) may take to be counted, under load
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    url = str(tmp_path / "store")
+    Registry.open(url, create=True)
+    commit(url, "ds", str(tmp_path / "src"), FILES)
+    return url
+
+
+@pytest.fixture(params=list(MODES), ids=list(MODES))
+def mnt(request, store, mount_factory):  # noqa: F811
+    if not hasattr(pyfuse3, "fastpath_request_counts"):
+        skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/artifactfs.patch (make setup builds it)")
+    m = mount_factory(store, *MODES[request.param])
+    m.mode = request.param
+    return m
+
+
+def counts(mnt: Mount) -> dict[tuple[str, str], int]:
+    """{(opcode, "native" | "python"): requests so far}, the stats GETXATTRs left out."""
+    return {(op, who): n for op, by in mnt.stats()["requests"].items() for who, n in by.items()
+            if op != "GETXATTR"}
+
+
+def added(before: dict[tuple[str, str], int], after: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+def settled(mnt: Mount, before: dict[tuple[str, str], int], expected: dict[tuple[str, str], int]) -> dict:
+    """The requests since `before`, once they reached `expected` (or WAIT passed):
+    RELEASE is sent in the background after close() returns."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        got = added(before, counts(mnt))
+        if all(got.get(k, 0) >= n for k, n in expected.items()) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+@contextmanager
+def folder(path: str) -> Iterator[Callable[[str], bytes]]:
+    """read(name) of files in one folder, opened relative to it, by Python's open()
+    (so isatty() too), and the path walk to it made once: only the file's own
+    requests are counted (the collection's and the alias's entries expire after 1 s)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+    def read(name: str) -> bytes:
+        with open(name, "rb", opener=lambda p, flags: os.open(p, flags, dir_fd=fd)) as f:
+            return f.read()
+    try:
+        yield read
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("spelling", ["ds:v0", "ds:latest", "ds@v0"])
+def test_a_warm_open_read_close_costs_only_the_requests_it_must(mnt, spelling):
+    """By default: OPEN (refuses write access), the IOCTL of Python's isatty() (the
+    kernel sends every ioctl: fs/fuse/ioctl.c keeps no ENOSYS) and RELEASE, all
+    answered natively; no FLUSH (FOPEN_NOFLUSH), no GETATTR, no READ, no LOOKUP.
+    With --no-opens: the IOCTL alone.  The same through every spelling."""
+    per_open = {("OPEN", "native"): 1, ("IOCTL", "native"): 1, ("RELEASE", "native"): 1}
+    if mnt.mode == "--no-opens":
+        per_open = {("IOCTL", "native"): 1}
+    with folder(mnt.p("ds", spelling)) as read:
+        start = counts(mnt)
+        for name, data in FILES.items():  # the first opens: LOOKUP, READ...
+            assert read(name) == data
+        for name, data in FILES.items():  # ... and the GETATTR after a READ (atime)
+            assert read(name) == data
+        if mnt.mode != "--no-opens":  # the background RELEASEs of those opens
+            settled(mnt, start, {("RELEASE", "native"): 2 * len(FILES)})
+        before = counts(mnt)
+        for _ in range(OPENS):
+            for name, data in FILES.items():
+                assert read(name) == data
+        expected = {k: v * OPENS * len(FILES) for k, v in per_open.items()}
+        assert settled(mnt, before, expected) == expected
