@@ -13,22 +13,11 @@ import pyfuse3
 import pytest
 from conftest import skip_or_fail
 from mountutil import Mount, mount_factory  # noqa: F401 (fixture)
-from test_mount_read import commit
+from test_mount_noopen import FILES, store  # noqa: F401 (fixture: FILES as version ds:v0)
 
-from artifactfs.registry.versions import Registry
-
-FILES = {f"f{i}.bin": bytes([i]) * 4096 for i in range(8)}
 MODES = {"native OPEN": (), "--no-opens": ("--no-opens",)}
 OPENS = 20  # warm opens counted per file
 WAIT = 30.0  # seconds a RELEASE (sent in the background) may take to be counted, under load
-
-
-@pytest.fixture
-def store(tmp_path) -> str:
-    url = str(tmp_path / "store")
-    Registry.open(url, create=True)
-    commit(url, "ds", str(tmp_path / "src"), FILES)
-    return url
 
 
 @pytest.fixture(params=list(MODES), ids=list(MODES))
