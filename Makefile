@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv patch
 TEST_PACKAGES := attr rsync unzip
 CHECK_PACKAGES := systemd
-BENCH_PACKAGES := rclone s3fs
+BENCH_PACKAGES := rclone s3fs bindfs
 
 # `make install` (as root): the CLI in its own venv, linked where the unit and mount(8) look.
 INSTALL_VENV ?= /opt/artifactfs
