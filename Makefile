@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv patch
-TEST_PACKAGES := attr rsync unzip
+TEST_PACKAGES := attr rsync unzip git
 CHECK_PACKAGES := systemd
 BENCH_PACKAGES := rclone s3fs bindfs
 

@@ -424,23 +424,3 @@ def test_umount_commits_first_and_says_what_it_could_not(store, mount_factory):
     done = m1.umount()
     assert done.returncode == 0 and done.stdout.splitlines() == ["ds:v2"], done.stderr
     assert Registry.open(store).versions("proj", "ds") == [0, 1, 2]
-
-
-def test_empty_folders_are_named_when_left_out(store, mount_factory, tmp_path):
-    """A version holds files and symlinks; an empty folder in a draft (git's refs/tags
-    after gc, say) cannot be part of it, and sync, like put, says so instead of
-    dropping it silently."""
-    m = mount_factory(store)
-    d = m.p("ds", "draft")
-    os.makedirs(f"{d}/e1/e2")
-    with open(f"{d}/new.txt", "wb") as f:
-        f.write(b"n")
-    done = sync(m, m.p("ds"))
-    assert done.stdout.splitlines() == ["ds:v1"]
-    assert "empty folders" in done.stderr and "e1/e2" in done.stderr, done.stderr
-    assert os.path.isdir(f"{d}/e1/e2")  # still in the draft
-    src = tmp_path / "src"
-    (src / "empty").mkdir(parents=True)
-    (src / "f").write_text("f")
-    put = cli("--store", store, "--project", "proj", "put", str(src), "other", "--type", "dataset", env=m.env)
-    assert put.returncode == 0 and "left out" in put.stderr and "empty folder" in put.stderr, put.stderr

@@ -126,9 +126,10 @@ def test_status_shows_what_sync_would_publish(store, mount_factory, tmp_path):
         f"ds: draft of ds:v0; latest is ds:v{v1}, sync applies the changes onto it: 3 changes",
         "M a/x", "D b/c/d", "A new",
         "for the next version: aliases best",
-        "kept in the draft only (a version cannot hold them): empty folders: b/c; fifos: pipe"]
+        "kept in the draft only (a version cannot hold them): fifos: pipe"]  # b/c stays, empty
     assert sorted(reg.store.list("blobs/")) == blobs  # nothing stored by status
     assert cli("sync", d, env=m.env).stdout == f"ds:v{v1 + 1}\n"
+    assert os.listdir(m.p("ds", f"ds:v{v1 + 1}", "b", "c")) == []  # the emptied folder is in the version
     assert cli("status", m.path, env=m.env).stdout == ""   # the mountpoint: every draft with changes (none)
 
 

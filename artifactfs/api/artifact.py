@@ -21,14 +21,14 @@ from ..errors import (
 )
 from ..registry.checks import check_metadata
 from ..registry.gcstate import ObjectsSwept, epoch
-from ..registry.manifest import DirEntry, Leaf, apply_changes, artifact_digest, walk
+from ..registry.manifest import EMPTY_DIR, DirEntry, Entry, Leaf, apply_changes, artifact_digest, walk, walk_all
 from ..registry.names import check_name, check_type, normalize_path
 from ..registry.versions import Registry, VersionInfo
 from ..store import default_store_url
 from . import localtree
 from .artifact_lifecycle import ArtifactLifecycle
 from .entries import Manifest, ManifestEntry
-from .localtree import LocalFile
+from .localtree import LocalDir, LocalFile
 from .typed import TypedObjects
 
 POLICIES = ("mutable", "immutable")
@@ -54,7 +54,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         self._project: str | None = None
         self._info: VersionInfo | None = None   # set once logged
         self._base: VersionInfo | None = None   # set for an incremental draft
-        self._changes: dict[str, Leaf | None] = {}
+        self._changes: dict[str, Entry | None] = {}  # path -> new file, symlink, EMPTY_DIR, or None: removed
         self._local: dict[str, str] = {}
         self._finalized = False
         self.created = False  # did the last save() make a new version (False: equal to latest)
@@ -173,20 +173,15 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         for path, entry in self._changes.items():
             if entry is None:
                 out.pop(path, None)
-            else:
+            elif not isinstance(entry, DirEntry):
                 out[path] = entry
         return out
 
     def _entry(self, path: str) -> Leaf:
         source = self._info or self._base
-        if path in self._changes:
-            entry = self._changes[path]
-        elif source is not None:
-            found = self._reg().lookup(source.root, normalize_path(path))
-            entry = None if found is None or isinstance(found, DirEntry) else found
-        else:
-            entry = None
-        if entry is None:
+        entry = self._changes[path] if path in self._changes else (
+            self._reg().lookup(source.root, normalize_path(path)) if source is not None else None)
+        if entry is None or isinstance(entry, DirEntry):
             raise KeyError(f"path {path!r} is not in artifact {self.name}")
         return entry
 
@@ -292,7 +287,11 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         uploaded = iter(upload.upload_many(self._reg(), [f.full for f in found if isinstance(f, LocalFile)],
                                              progress))
         for item in found:
-            self._stage(item.path, next(uploaded) if isinstance(item, LocalFile) else item.entry, item.full, merge)
+            if isinstance(item, LocalDir):  # an empty folder (store-format.md 8)
+                self._changes.setdefault(item.path, EMPTY_DIR)
+            else:
+                self._stage(item.path, next(uploaded) if isinstance(item, LocalFile) else item.entry, item.full,
+                            merge)
 
     def add_reference(self, uri: str, name: str | None = None, checksum: bool = True,
                       max_objects: int | None = None) -> list[ManifestEntry]:
@@ -322,10 +321,14 @@ class Artifact(ArtifactLifecycle, TypedObjects):
             shutil.rmtree(tmpdir, ignore_errors=True)
 
     def remove(self, item: str | ManifestEntry) -> None:
-        """Remove a file, or every file below a folder, from the draft."""
+        """Remove a file, or a folder and everything below it, from the draft."""
         self._need_draft()
         path = normalize_path(item.path if isinstance(item, ManifestEntry) else item)
-        hits = [p for p in self._entries() if p == path or p.startswith(path + "/")]
+        source = self._info or self._base
+        hits = [p for p, e in [*self._entries().items(), *self._changes.items()]  # files, empty folders
+                if e is not None and (p == path or p.startswith(path + "/"))]
+        if source is not None and isinstance(self._reg().lookup(source.root, path), DirEntry):
+            hits.append(path)  # the folder itself: its empty folders go too
         if not hits:
             raise FileNotFoundError(f"{path} is not in the artifact")
         for p in hits:
@@ -441,7 +444,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
                   progress: Callable[[int], None] | None = None,
                   allow_missing_references: bool = False) -> str:
         info = self._need_logged("download()")
-        items = [(p, e) for p, e in walk(self._reg(), info.root) if selected(p)]
+        items = [(p, e) for p, e in walk_all(self._reg(), info.root) if selected(p)]  # empty folders too
         if allow_missing_references:  # W&B: skip references whose source is gone
             items = [(p, e) for p, e in items if getattr(e, "ref", None) is None or references.exists(e)]
         download.download_many(self._reg(), root, items, progress)
@@ -449,10 +452,11 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         return root
 
     def checkout(self, root: str | None = None) -> str:
-        """Make root exactly the artifact's files and symlinks: download, then
-        delete every other file or symlink (never following one) and empty folders."""
-        root = self.download(root)
+        """Make root exactly the artifact: download, then delete every other file or
+        symlink (never following one) and empty folder that the version does not hold."""
+        root, tree = self.download(root), walk_all(self._reg(), self._need_logged("checkout()").root)
         keep = set(self._entries())
+        folders = {os.path.join(root, p) for p, e in tree if isinstance(e, DirEntry)}
         for rel in list(localtree.leaves(root)):
             if rel not in keep:
                 try:
@@ -461,7 +465,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
                     raise LocalFileError("remove", os.path.join(root, rel), e) from None
         for dirpath, _, _ in os.walk(root, topdown=False):
             try:
-                if dirpath != root and not os.listdir(dirpath):
+                if dirpath != root and dirpath not in folders and not os.listdir(dirpath):
                     os.rmdir(dirpath)
             except OSError as e:
                 raise LocalFileError("remove", dirpath, e) from None

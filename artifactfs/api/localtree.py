@@ -5,8 +5,9 @@ Walking never follows a symlink unless asked: by default a symlink is an entry
 (`put --follow-symlinks`, and Artifact.add_dir by default, as wandb's
 os.walk(followlinks=True) does) reads what a link points to and enters linked
 folders; a dangling link, a link to itself (ELOOP) and a folder reached inside
-itself are one-line errors.  Fifos, sockets and devices cannot be part of a
-version: each is left out with a warning naming it (the CLI prints it as one line).  Every OSError, and every name that is not valid UTF-8, becomes one
+itself are one-line errors.  An empty folder is an entry (LocalDir).  Fifos,
+sockets and devices cannot be part of a version: each is left out with a
+warning naming it (the CLI prints it as one line).  Every OSError, and every name that is not valid UTF-8, becomes one
 LocalFileError or InvalidNameError naming the path."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Union
 
 from ..errors import InvalidNameError, LocalFileError, shown
 from ..registry.manifest import SymlinkEntry
@@ -42,9 +44,21 @@ class LocalLink:
     entry: SymlinkEntry
 
 
-def scan(top: str, prefix: str, follow_symlinks: bool) -> Iterator[LocalFile | LocalLink]:
-    """Every file and (unless following) symlink below the folder `top`, in name
-    order, with artifact paths `prefix` + relative path (checked by names.check_path)."""
+@dataclass(frozen=True)
+class LocalDir:
+    """An empty folder (nothing in it that a version holds), kept as an entry."""
+
+    full: str
+    path: str
+
+
+Found = Union[LocalFile, LocalLink, LocalDir]
+
+
+def scan(top: str, prefix: str, follow_symlinks: bool) -> Iterator[Found]:
+    """Every file, (unless following) symlink and empty folder below the folder
+    `top`, in name order, with artifact paths `prefix` + relative path (checked by
+    names.check_path)."""
     try:
         st = os.stat(top)
     except OSError as e:
@@ -52,7 +66,7 @@ def scan(top: str, prefix: str, follow_symlinks: bool) -> Iterator[LocalFile | L
     yield from _scan(top, prefix, follow_symlinks, {(st.st_dev, st.st_ino)})
 
 
-def _scan(top: str, prefix: str, follow: bool, above: set[tuple[int, int]]) -> Iterator[LocalFile | LocalLink]:
+def _scan(top: str, prefix: str, follow: bool, above: set[tuple[int, int]]) -> Iterator[Found]:
     try:
         with os.scandir(top) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -82,8 +96,8 @@ def _scan(top: str, prefix: str, follow: bool, above: set[tuple[int, int]]) -> I
             for item in _scan(e.path, path + "/", follow, inside if follow else above):
                 found = True
                 yield item
-            if not found:  # a version holds files and symlinks; folders exist through them
-                log.warning("left out %s: an empty folder cannot be part of a version", shown(e.path))
+            if not found:  # nothing in it a version holds (fifos are left out): an empty folder
+                yield LocalDir(e.path, path)
         elif is_file:
             yield LocalFile(e.path, path)
         else:

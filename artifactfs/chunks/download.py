@@ -4,7 +4,9 @@ Each directory is opened once (an O_NOFOLLOW fd) and files are created relative
 to it, the kernel asked to read the next blob ahead.  Files arrive atomically
 (a temporary name renamed over the target) with the entry's mtime; symlink
 entries are created as symlinks (a temporary link renamed over the name), never
-written through; a second name of a hard link is downloaded as its own copy."""
+written through; a second name of a hard link is downloaded as its own copy;
+an empty folder entry is made as a folder (like every folder on the way: mkdir,
+then opened with O_NOFOLLOW)."""
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import xxhash
 
 from ..errors import LocalFileError, ObjectNotFound, StoreError, shown
-from ..registry.manifest import CHUNK_SIZE, FileEntry, Leaf, SymlinkEntry
+from ..registry.manifest import CHUNK_SIZE, DirEntry, Entry, FileEntry, Leaf, SymlinkEntry
 from ..registry.names import check_path
 from ..registry.versions import Registry, blob_key
 from . import packs, references
@@ -292,14 +294,23 @@ class _Target:
     entry: Leaf
 
 
-def _by_directory(items: Iterable[tuple[str, Leaf]]) -> dict[str, list[_Target]]:
-    """folder below root ('' for root) -> its targets, every path checked first."""
+def _by_directory(items: Iterable[tuple[str, Entry]]) -> dict[str, list[_Target]]:
+    """folder below root ('' for root) -> its targets, every path checked first; an
+    empty folder entry is a folder without targets."""
     out: dict[str, list[_Target]] = {}
     for path, entry in items:
         check_path(path)
+        if isinstance(entry, DirEntry):
+            out.setdefault(path, [])
+            continue
         d, _, name = path.rpartition("/")
         out.setdefault(d, []).append(_Target(name, path, entry))
     return out
+
+
+def _first_path(d: str, targets: list[_Target]) -> str:
+    """A path below root to name in messages about folder d."""
+    return targets[0].path if targets else d
 
 
 def _lstat(root_fd: int, path: str) -> os.stat_result | None:
@@ -327,7 +338,7 @@ def _refuse_obstacles(root_fd: int, root: str, groups: dict[str, list[_Target]])
                 exists = False
                 break
             if not stat.S_ISDIR(st.st_mode):
-                raise LocalFileError("write", os.path.join(root, targets[0].path),
+                raise LocalFileError("write", os.path.join(root, _first_path(d, targets)),
                                      f"{shown(prefix)} is not a directory (symlink or file in the way)")
             folders_ok.add(prefix)
         for t in targets if exists else ():
@@ -342,9 +353,9 @@ def _batches(keys: list[str], n: int) -> Iterator[list[str]]:
         yield keys[i:i + n]
 
 
-def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
+def download_many(registry: Registry, root: str, items: list[tuple[str, Entry]],
                   progress: Progress | None = None) -> None:
-    """Write verified files and symlinks into root, in parallel, never leaving
+    """Write verified files, symlinks and empty folders into root, in parallel, never leaving
     root: every directory is opened once with O_NOFOLLOW (made if missing), and
     entries are created relative to that fd.  LocalFileError names a local
     path that could not be written; what was written before stays whole."""
@@ -363,7 +374,7 @@ def download_many(registry: Registry, root: str, items: list[tuple[str, Leaf]],
                 futures: list[Future] = []
                 try:
                     for d in batch:  # in sorted order, so parents are made before children
-                        where = os.path.join(root, groups[d][0].path)
+                        where = os.path.join(root, _first_path(d, groups[d]))
                         try:
                             fds[d] = _open_dir(root_fd, d.split("/") if d else [], where)
                         except OSError as e:

@@ -12,7 +12,7 @@ import click
 from ..api.artifact import Artifact, default_project
 from ..api.lifecycle import default_ttl, describe_ttl
 from ..errors import ArtifactfsError, NotFoundError, shown
-from ..registry.manifest import SymlinkEntry, walk
+from ..registry.manifest import SymlinkEntry, walk, walk_all
 from ..registry.names import check_name, in_folder
 from ..registry.versions import VersionInfo
 from .base import (
@@ -118,7 +118,7 @@ def get(c: Ctx, name: str, dest: str, prefix: str) -> None:
 
     Files get their mtime and executable bit; symlinks are made as symlinks."""
     art = _artifact(c, name)
-    if prefix and not any(in_folder(p, prefix) for p in art.manifest.entries):
+    if prefix and not any(in_folder(p, prefix) for p, _ in walk_all(art._reg(), art._need_logged("get").root)):
         raise _no_such_path(prefix, art.name)
     with progress(lambda: art.size, f"get {art.name}") as bar:
         art._download(dest, lambda p: in_folder(p, prefix), progress=bar)

@@ -5,8 +5,8 @@
    hashed (and their chunks stored) unless their stamp (data file inode, size,
    mtime, ctime) equals the one recorded at the previous commit.  The result is
    the set of changes relative to the base: path -> FileEntry, SymlinkEntry,
-   DirEntry (a moved folder: a sub-tree graft) or None (removed), and what the
-   version cannot hold (LeftOut).
+   DirEntry (a moved folder: a sub-tree graft; EMPTY_DIR: a folder the version
+   holds empty) or None (removed), and what the version cannot hold (LeftOut).
 2. rebase: if another writer committed since the base, each changed path is checked
    against the current latest; a path changed on both sides (differently) is a
    ConflictError naming the paths, and the draft is left untouched.
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 
 from ..chunks.digests import Digests, RunningDigest
 from ..errors import ConflictError, InvalidNameError, PathConflictError, PreconditionFailed
-from ..registry.manifest import Change, DirEntry, Entry, FileEntry, SymlinkEntry, apply_changes, summarize
+from ..registry.manifest import (EMPTY_DIR, EMPTY_TREE, Change, DirEntry, Entry, FileEntry, SymlinkEntry,
+                                 apply_changes, summarize)
 from ..registry.names import check_component
 from ..registry.versions import Registry
 from ..timestamps import iso_ns
@@ -137,7 +138,7 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
             out.changes.update({n: now.get(n) for n in set(now) | set(was) if now.get(n) != was.get(n)})
     base = draft.io.load(ref) if ref else {}
     seen = set()
-    live = 0  # children that are there now, not removed
+    held = 0  # children that the version holds (not removed, not left out)
     for name, row in draft.db.children(d.id):
         seen.add(name)
         path, b = join(prefix, name), base.get(name)
@@ -145,12 +146,13 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
             if b is not None:
                 out.changes[path] = None
             continue
-        live += 1
+        held += 1
         ino = draft.load(row.id)
         try:
             check_component(name)
         except InvalidNameError:
             out.leave("names", path)
+            held -= 1
             if b is not None:
                 out.changes[path] = None
             continue
@@ -175,6 +177,7 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
                 link = SymlinkEntry(ino.target)
             except InvalidNameError:  # a target that is not UTF-8
                 out.leave("symlink targets", path)
+                held -= 1
                 if b is not None:
                     out.changes[path] = None
                 continue
@@ -182,13 +185,14 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
                 out.changes[path] = link
         else:
             out.leave(_KINDS.get(stat.S_IFMT(ino.mode), "special file") + "s", path)
+            held -= 1
             if b is not None:
                 out.changes[path] = None
     if d.tree is None:
         for name in sorted(set(base) - seen):
             out.changes[join(prefix, name)] = None
-    if prefix and not live and (d.tree is None or not set(base) - seen):
-        out.leave("empty folders", prefix)  # a version holds files and symlinks only
+    if prefix and not held and (d.tree is None or not set(base) - seen) and (d.tree or base_key) != EMPTY_TREE:
+        out.changes[prefix] = EMPTY_DIR  # a folder the version holds empty (a graft: it stays when emptied)
 
 
 def _note_owner_and_mode(draft: Draft, ino: Inode, path: str, out: Scan) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..registry.manifest import DirEntry
+from ..registry.manifest import EMPTY_DIR, DirEntry, Entry
 from ..registry.versions import Registry
 from .commit import draft_changes, left_out_text
 from .engine import Draft
@@ -16,7 +16,7 @@ from .engine import Draft
 @dataclass
 class Changed:
     kind: str  # "A" added, "M" changed (content, executable bit, mtime, a symlink's target), "D" removed
-    path: str  # below the draft; a folder's with a trailing "/" (moved or copied in as a whole)
+    path: str  # below the draft; a folder's with a trailing "/" (moved or copied in as a whole, or empty)
 
 
 @dataclass
@@ -55,18 +55,22 @@ def draft_status(registry: Registry, draft: Draft) -> DraftStatus:
     out = DraftStatus(st.collection, st.base, registry.latest(st.project, st.collection),
                       pending=dict(st.attrs), left_out=found.left_out)
     for path, change in sorted(found.changes.items()):
+        was = _in_base(draft, path)
+        if change == EMPTY_DIR and isinstance(was, DirEntry):
+            continue  # a folder emptied: its removals say it
         slash = "/" if isinstance(change, DirEntry) else ""
-        kind = "D" if change is None else "M" if _in_base(draft, path) else "A"
+        kind = "D" if change is None else "M" if was is not None else "A"
         out.changes.append(Changed(kind, path + slash))
     return out
 
 
-def _in_base(draft: Draft, path: str) -> bool:
+def _in_base(draft: Draft, path: str) -> Entry | None:
+    """The base's entry at `path`, or None."""
     tree = draft.io.load(draft.state.base_root) if draft.state.base_root else {}
     *folders, name = path.split("/")
     for part in folders:
         e = tree.get(part)
         if not isinstance(e, DirEntry):
-            return False
+            return None
         tree = draft.io.load(e.tree)
-    return name in tree
+    return tree.get(name)

@@ -8,7 +8,8 @@ are computed from a walk of the trees.
 
 Entry kinds (docs/store-format.md 3.5): FileEntry (a regular file: content,
 executable bit, and its mtime in `extra["mtime_ns"]`), SymlinkEntry (the
-target string) and DirEntry (a sub-tree).  The flat W&B view shows a symlink
+target string) and DirEntry (a sub-tree; EMPTY_DIR, to the empty tree, is an
+empty folder, which the W&B view does not show).  The flat W&B view shows a symlink
 as an entry whose content is its target string, as git and tar hash them."""
 from __future__ import annotations
 
@@ -214,6 +215,11 @@ class DirEntry:
         return {"type": "dir", "tree": self.tree, "size": self.size, "files": self.files}
 
 
+    def same_content(self, other: "Entry") -> bool:
+        """Equal folders (compared where both are empty folders, store-format.md 5.2)."""
+        return isinstance(other, DirEntry) and self.tree == other.tree
+
+
 Leaf = Union[FileEntry, SymlinkEntry]
 Entry = Union[FileEntry, SymlinkEntry, DirEntry]
 Tree = dict[str, Entry]
@@ -226,6 +232,10 @@ def encode_tree(tree: Mapping[str, Entry]) -> bytes:
 
 def tree_key(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
+
+
+EMPTY_TREE = tree_key(encode_tree({}))  # the key of {"entries":{},"format":"artifactfs-tree-v1"}
+EMPTY_DIR = DirEntry(EMPTY_TREE, 0, 0)  # an empty folder (store-format.md 3.5)
 
 
 def decode_tree(data: bytes) -> Tree:
@@ -280,10 +290,12 @@ Change = Union[FileEntry, SymlinkEntry, DirEntry, None]
 def apply_changes(io: TreeIO, root: str | None, changes: Mapping[str, Change]) -> DirEntry:
     """New root from `root` (None: empty) with each path set to an entry or removed.
 
-    A DirEntry value grafts a whole existing sub-tree (a moved folder) at that path;
-    changes below it then apply inside the graft.  Only trees on changed paths are
-    loaded and written: O(changes x depth).  Directories left empty disappear.  A
-    file and a directory at the same path is refused with InvalidNameError."""
+    A DirEntry value grafts a whole existing sub-tree (a moved folder, or EMPTY_DIR:
+    an empty folder) at that path; changes below it then apply inside the graft, and
+    the folder stays even when they empty it.  Only trees on changed paths are
+    loaded and written: O(changes x depth).  Other directories left empty by the
+    changes disappear (W&B's remove() of a folder's files).  A file and a directory
+    at the same path is refused with InvalidNameError."""
     for p in changes:
         check_path(p)
     tree = _apply(io, io.load(root) if root else {}, changes, "")
@@ -307,6 +319,8 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) ->
         elif not isinstance(entry, DirEntry) and name in nested and any(v is not None for v in nested[name].values()):
             raise PathConflictError(f"{shown(where + name)} is both a file and a directory")
         else:
+            if entry == EMPTY_DIR:
+                io.save({})  # a graft of a tree the store may not hold yet
             tree[name] = entry
     for name, sub in nested.items():
         if isinstance(tree.get(name), (FileEntry, SymlinkEntry)):
@@ -316,7 +330,7 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) ->
         current = tree.get(name)
         child = _apply(io, io.load(current.tree) if isinstance(current, DirEntry) else {}, sub,
                        f"{where}{name}/")
-        if child:
+        if child or isinstance(direct.get(name), DirEntry):
             size, files = summarize(child)
             tree[name] = DirEntry(io.save(child), size, files)
         else:
@@ -326,19 +340,29 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) ->
 
 def walk(io: TreeIO, root: str | None, prefix: str = "") -> Iterator[tuple[str, Leaf]]:
     """Every (path, FileEntry or SymlinkEntry) below `root`, depth first in name order."""
+    for path, entry in walk_all(io, root, prefix):
+        if not isinstance(entry, DirEntry):
+            yield path, entry
+
+
+def walk_all(io: TreeIO, root: str | None, prefix: str = "") -> Iterator[tuple[str, Entry]]:
+    """Like walk, and every empty folder below `root` too, as (path, EMPTY_DIR)."""
     if not root:
         return
     for name, entry in sorted(io.load(root).items()):
         path = prefix + name
-        if isinstance(entry, DirEntry):
-            yield from walk(io, entry.tree, path + "/")
+        if isinstance(entry, DirEntry) and entry.tree == EMPTY_TREE:
+            yield path, entry
+        elif isinstance(entry, DirEntry):
+            yield from walk_all(io, entry.tree, path + "/")
         else:
             yield path, entry
 
 
-def same_content(a: Iterable[tuple[str, Leaf]], b: Iterable[tuple[str, Leaf]]) -> bool:
-    """Do two flat listings hold the same paths, kinds, contents and executable
-    bits (mtimes aside)?  Such versions are one version (store-format.md 5.2)."""
+def same_content(a: Iterable[tuple[str, Entry]], b: Iterable[tuple[str, Entry]]) -> bool:
+    """Do two listings (walk_all) hold the same paths, kinds, contents and executable
+    bits (mtimes aside), and the same empty folders?  Such versions are one version
+    (store-format.md 5.2)."""
     da, db = dict(a), dict(b)
     return da.keys() == db.keys() and all(e.same_content(db[p]) for p, e in da.items())
 

@@ -43,7 +43,7 @@ from .manifest import (
     DirEntry,
     check_object_key,
     same_content,
-    walk,
+    walk_all,
 )
 from .names import check_alias, check_name, check_type, parse_version
 from .records import ATTR_FIELDS, CollectionInfo, VersionInfo
@@ -339,7 +339,7 @@ class Registry(TreeStore):
             if latest is not None:
                 current = self.version(project, name, latest)
                 if current.digest == digest and (current.root == root.tree or same_content(
-                        walk(self, current.root), walk(self, root.tree))):
+                        walk_all(self, current.root), walk_all(self, root.tree))):
                     self._label(project, name, latest, aliases, tags)
                     return self.version(project, name, latest), False
             self.store.sync()  # blobs and trees durable before the record names them
