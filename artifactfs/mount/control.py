@@ -23,8 +23,9 @@ import trio
 import xxhash
 
 from ..drafts.syncclient import peer_uid, sockaddr
-from ..errors import ArtifactfsError, NotFoundError
+from ..errors import ArtifactfsError, InvalidNameError, NotFoundError
 from ..paths import state_dir
+from ..registry.names import check_alias
 from .livedraft import RECOVERED_NOTE, Drafts, LiveDraft
 from .state import host_key
 
@@ -108,6 +109,12 @@ class ControlServer:
             return {"results": [await self._one(name, "status", self._status) for name in names]}
         attrs = {"aliases": list(req.get("aliases") or ()), "tags": list(req.get("tags") or ()),
                  "description": req.get("description"), "metadata": dict(req.get("metadata") or {})}
+        try:  # every alias fits every collection, or nothing is committed (not one draft of two)
+            for name in names:
+                for alias in attrs["aliases"]:
+                    check_alias(alias, name)
+        except InvalidNameError as e:
+            return {"error": f"nothing committed: {e}"}
 
         async def commit(name: str) -> dict:
             live = await self._existing(name)

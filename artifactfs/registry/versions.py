@@ -46,13 +46,14 @@ from .manifest import (
     walk_all,
 )
 from .names import check_alias, check_name, check_type, parse_version
-from .records import ATTR_FIELDS, CollectionInfo, VersionInfo
+from .records import ATTR_FIELDS, CollectionInfo, VersionInfo, check_record
 from .treedigest import TreeDigests
 from .trees import TreeStore
 
 MARKER = "artifactfs-store.json"
 STORE_FORMAT = {"format": "artifactfs-store", "version": 1}
 CAS_RETRIES = 200
+_REQUIRED = ("type", "root", "digest", "size", "file_count", "created_at", "commit_hash", "id")  # of a version record
 log = logging.getLogger("artifactfs.registry")
 
 
@@ -239,6 +240,18 @@ class Registry(TreeStore):
             out["latest"] = latest
         return out
 
+    def _aliases_damage(self, project: str, name: str) -> str:
+        """'' or why the collection's aliases.json was ignored (for a message)."""
+        key = self._ckey(project, name, "aliases.json")
+        try:
+            if isinstance(json.loads(self.store.get(key)), dict):
+                return ""
+            return f" (the aliases record {shown(key)} is damaged: not a JSON object)"
+        except ObjectNotFound:
+            return ""
+        except ValueError:
+            return f" (the aliases record {shown(key)} is damaged: not JSON)"
+
     def resolve(self, project: str, name: str, alias: str | None) -> int:
         """'vN', an alias or None (latest) -> the version number."""
         self.collection(project, name)
@@ -252,7 +265,7 @@ class Registry(TreeStore):
             return n
         found = self.aliases(project, name).get(alias)
         if found is None or (alias != "latest" and found in self.deleted(project, name)):
-            raise NotFoundError(f"alias {name}:{alias} not found")
+            raise NotFoundError(f"alias {name}:{alias} not found{self._aliases_damage(project, name)}")
         return found
 
     def version(self, project: str, name: str, version: int,
@@ -261,7 +274,7 @@ class Registry(TreeStore):
         of a collection, so the collection is not listed again for each."""
         key = self.version_key(project, name, version)
         try:
-            rec = json.loads(self.store.get(key))
+            rec = check_record(json.loads(self.store.get(key)), _REQUIRED)
             info = VersionInfo(
                 project=project, collection=name, version=version, type=rec["type"],
                 root=check_object_key(str(rec["root"])),
@@ -273,11 +286,13 @@ class Registry(TreeStore):
             )
         except ObjectNotFound:
             raise NotFoundError(f"version {name}:v{version} not found") from None
+        except json.JSONDecodeError as e:
+            raise CorruptStoreError(f"version record {shown(key)} is damaged: not JSON ({e})") from None
         except (ValueError, KeyError, TypeError, CorruptStoreError) as e:
-            raise CorruptStoreError(f"{shown(key)} is not a version record ({e})") from None
+            raise CorruptStoreError(f"version record {shown(key)} is damaged: {e}") from None
         attrs_key = self.version_key(project, name, version, ".attrs.json")
         try:
-            attrs = json.loads(self.store.get(attrs_key))
+            attrs = check_record(json.loads(self.store.get(attrs_key)))
             for f in ATTR_FIELDS:
                 if f in attrs:
                     setattr(info, f, attrs[f])
@@ -305,7 +320,16 @@ class Registry(TreeStore):
         return out
 
     def get(self, project: str, name: str, alias: str | None = None) -> VersionInfo:
-        return self.version(project, name, self.resolve(project, name, alias))
+        """The version `alias` ('vN', an alias, None: latest) names.  CorruptStoreError
+        (one line naming the damaged record) when its record is damaged."""
+        n = self.resolve(project, name, alias)
+        try:
+            return self.version(project, name, n)
+        except CorruptStoreError as e:
+            if parse_version(alias or "latest") is not None:
+                raise
+            raise CorruptStoreError(f"{name}:{alias or 'latest'} is v{n}, whose {e}; other versions are "
+                                    "unaffected") from None
 
     def commit(
         self, project: str, name: str, type_: str, root: DirEntry, digest: str, *,
