@@ -9,12 +9,20 @@ tick could leave its times unchanged.  Files on FUSE filesystems are never
 cached: their inode numbers and times are whatever the daemon says (a remount
 may show another file with the same ones).  The cache is private (0700 directory),
 shared by the user's processes (SQLite, WAL), and purely an optimisation: if it
-cannot be opened or written, everything is hashed as before."""
+cannot be opened or written, everything is hashed as before.  Its digests are
+trusted (a put stores what they say), so the cache is used only in a directory of
+the user's that nobody else may write to, from a regular file of the user's
+(not through a symlink): else it is off, with one warning naming why."""
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import stat
 import threading
+
+from ..errors import UsageError
+from ..paths import private_dir
 
 RACY_NS = 2_000_000_000
 MAX_ROWS = 2_000_000
@@ -24,6 +32,7 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS files (
 
 Stat = os.stat_result
 Remembered = tuple[str, tuple[str, ...]]   # (W&B digest, chunk keys)
+log = logging.getLogger("artifactfs.put")
 
 
 def default_path() -> str | None:
@@ -65,6 +74,21 @@ def _fuse_devices() -> frozenset[int]:
     return frozenset(out)
 
 
+def _own_file(path: str) -> None:
+    """Create the cache file if missing (0600); UsageError unless it is a regular
+    file of this user's (never a symlink: O_NOFOLLOW)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise UsageError(f"hash cache: {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise UsageError(f"hash cache: {path} is not a regular file of this user")
+    finally:
+        os.close(fd)
+
+
 class HashCache:
     """Lookups from many threads; new entries are written in one transaction by flush()."""
 
@@ -80,14 +104,17 @@ class HashCache:
         if path is None:
             return None
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            private_dir(os.path.dirname(os.path.abspath(path)), "hash cache")
+            _own_file(path)
             _prefetch(path)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # private even where the dir is not
             db = sqlite3.connect(path, timeout=5, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             db.execute("BEGIN")  # one read snapshot for all lookups: no per-query locking
+        except UsageError as e:
+            log.warning("not using the file digest cache: %s", e)
+            return None
         except (OSError, sqlite3.Error):
             return None
         return cls(db)
