@@ -84,7 +84,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     args = ap.parse_args()
-    net, accuracy = train(args.data, args.epochs, args.workers)
+    # Resolve an alias once: every worker then reads one version, the one recorded below,
+    # even if a new version is published during training.
+    data = os.path.realpath(args.data)
+    net, accuracy = train(data, args.epochs, args.workers)
     print(f"test accuracy: {accuracy:.3f}")
     if args.checkpoint:
         collection = os.path.dirname(os.path.dirname(args.checkpoint))
@@ -96,7 +99,7 @@ def main() -> None:
     if args.sync:
         draft = os.path.dirname(args.checkpoint)
         subprocess.run([sys.executable, "-m", "artifactfs", "sync", draft, "--alias", "candidate",
-                        "--metadata", f"data={data_version(args.data)}",
+                        "--metadata", f"data={data_version(data)}",
                         "--metadata", f"accuracy={accuracy:.4f}"], check=True)
 
 

@@ -218,6 +218,15 @@ def test_mount_help_names_xdg_cache_home(cli_env):
     assert "$XDG_CACHE_HOME/artifactfs" in text
 
 
+def test_every_command_takes_dash_h(cli_env):
+    """`-h` is `--help` for every command, `sync` included (it starts through a
+    shorter path, cli/__init__.py)."""
+    from artifactfs.cli.main import main
+    for name in sorted(main.commands):
+        p = run([name, "-h"], cli_env)
+        assert p.stdout.startswith("Usage: ") and f" {name} [OPTIONS]" in p.stdout.splitlines()[0], name
+
+
 def test_a_file_as_store_is_one_line(cli_env, tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")

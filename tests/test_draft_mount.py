@@ -185,6 +185,30 @@ def test_attributes_for_the_next_commit(store, mount_factory):
         os.getxattr(d, "user.artifact.aliases")     # used once, then cleared
 
 
+def test_a_sync_equal_to_latest_keeps_pending_metadata_and_says_so(store, mount_factory):
+    """Content equal to latest publishes no version (as `put` and W&B): aliases
+    and tags go to latest, but description and metadata are neither set on it
+    nor dropped from the draft; a note says so.  Too many metadata keys are
+    refused at setxattr (EINVAL), not at every later sync."""
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    many = json.dumps({f"k{i}": i for i in range(101)}).encode()
+    assert oserror(lambda: os.setxattr(d, "user.artifact.metadata", many)) == errno.EINVAL
+    os.setxattr(d, "user.artifact.metadata", b'{"acc": 0.99}')
+    os.setxattr(d, "user.artifact.description", b"final")
+    done = sync(m, d, "--alias", "best")
+    assert done.stdout == "ds:v0 (unchanged)\n"
+    assert "description and metadata stay as they were" in done.stderr
+    info = Registry.open(store).version("proj", "ds", 0)
+    assert info.metadata == {} and info.description is None and "best" in info.aliases
+    assert os.getxattr(d, "user.artifact.metadata") == b'{"acc": 0.99}'
+    with open(f"{d}/n", "wb") as f:
+        f.write(b"n")
+    assert sync(m, d).stdout == "ds:v1\n"
+    info = Registry.open(store).version("proj", "ds", 1)
+    assert info.metadata == {"acc": 0.99} and info.description == "final"
+
+
 def test_a_version_folders_aliases_xattr_follows_a_link_moved_through_the_mount(store, mount_factory, tmp_path):
     """The xattrs of a version folder are re-read every --refresh seconds, but an
     alias moved through this very mount shows there at once, as its link does."""

@@ -158,19 +158,24 @@ def test_fallocate_and_what_a_version_leaves_out(store, mount_factory):
     os.mknod(f"{d}/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     os.chown(f"{d}/old", OTHER_UID, OTHER_UID)
     os.chmod(f"{d}/pre", 0o4755)
+    with open(f"{d}/private", "wb") as f:  # a 0600 checkpoint: nothing a version would mean by it is lost
+        f.write(b"p")
+    os.chmod(f"{d}/private", 0o600)
     assert stat.S_ISFIFO(os.stat(f"{d}/fifo").st_mode) and os.stat(f"{d}/null").st_rdev == os.makedev(1, 3)
     done = cli("sync", d, env=m.env, timeout=120)
     assert done.returncode == 0 and done.stdout == "ds:v1\n", done.stderr
     note = done.stderr.strip()
     assert note.count("\n") == 0 and "fifos: fifo" in note and "devices: null" in note
-    assert "ownership: old" in note and "mode bits: pre" in note
+    assert "kept in the draft only (a version cannot hold them): devices: null; fifos: fifo" in note
+    assert "published without (a version keeps only the executable bit): ownership: old; " \
+        "set-id and sticky bits: pre" in note and "private" not in note
     with open(f"{d}/more", "wb") as f:  # the next commit names only what changed since: fifo, device stay
         f.write(b"m")
     again = cli("sync", d, env=m.env, timeout=120)
     assert again.returncode == 0 and again.stdout == "ds:v2\n", again.stderr
-    assert "fifos: fifo" in again.stderr and "ownership" not in again.stderr and "mode bits" not in again.stderr
+    assert "fifos: fifo" in again.stderr and "ownership" not in again.stderr and "set-id" not in again.stderr
     assert cli("sync", d, env=m.env, timeout=120).stderr == "", "nothing published: no note"
     got = committed(store, 1)
-    assert sorted(got) == ["old", "pre"] and got["pre"][1] is True
+    assert sorted(got) == ["old", "pre", "private"] and got["pre"][1] is True
     assert stat.S_ISFIFO(os.stat(f"{d}/fifo").st_mode), "kept in the draft"
     assert os.stat(f"{d}/old").st_uid == OTHER_UID and os.stat(f"{d}/pre").st_mode & 0o7777 == 0o4755

@@ -9,6 +9,7 @@ import os
 
 import click
 
+from . import HELP
 from ..api.artifact import Artifact, default_project
 from ..api.lifecycle import default_ttl, describe_ttl
 from ..errors import ArtifactfsError, NotFoundError, shown
@@ -33,7 +34,7 @@ from .lifecycle import COMMANDS
 from .mount import mount_cmd, umount_cmd
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings=HELP)
 @click.option("--store", metavar="URL", default=None, help=STORE_HELP)
 @click.option("--project", metavar="NAME", default=None, help=PROJECT_HELP)
 @click.option("--endpoint-url", metavar="URL", default=None,

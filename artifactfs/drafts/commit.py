@@ -39,6 +39,9 @@ from .tostore import store_staged
 COMMIT_ATTEMPTS = 50
 CONFLICT_PATHS_SHOWN = 10
 LEFT_OUT_SHOWN = 3
+PUBLISHED_WITHOUT = ("ownership", "set-id and sticky bits")  # left_out kinds whose files are published
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+UNCHANGED_KEEPS = ("description", "metadata")  # what a commit equal to latest does not set (aliases, tags: it does)
 _KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "device", stat.S_IFBLK: "device"}
 
 
@@ -73,6 +76,7 @@ class CommitResult:
     left_out: dict[str, list[str]] = field(default_factory=dict)
     advanced: list[Inode] = field(default_factory=list)  # inodes shown anew once the draft moved on (advance)
     behind: str | None = None  # why the draft could not move onto the version (a full state dir), if it could not
+    not_applied: list[str] = field(default_factory=list)  # 'description', 'metadata' an unchanged commit did not set
 
     @property
     def line(self) -> str:
@@ -85,6 +89,10 @@ class CommitResult:
         notes = []
         if self.left_out:
             notes.append(left_out_text(self.left_out))
+        if self.not_applied:
+            notes.append(f"its {' and '.join(self.not_applied)} stay as they were: content equal to it "
+                         "publishes no version (as W&B logs none); the draft keeps the pending ones for "
+                         "its next version")
         if self.behind:
             notes.append(f"published, but the draft could not move onto it ({self.behind}); it shows the same "
                          "files, and the next sync once there is room says it is unchanged")
@@ -92,12 +100,22 @@ class CommitResult:
 
 
 def left_out_text(left_out: dict[str, list[str]]) -> str:
-    """One line naming what a version cannot hold, a few paths of each kind."""
-    parts = []
-    for what, paths in sorted(left_out.items()):
-        more = f" (+{len(paths) - LEFT_OUT_SHOWN} more)" if len(paths) > LEFT_OUT_SHOWN else ""
-        parts.append(f"{what}: {', '.join(sorted(paths)[:LEFT_OUT_SHOWN])}{more}")
-    return "kept in the draft only (a version cannot hold them): " + "; ".join(parts)
+    """One line naming what a version cannot hold, a few paths of each kind:
+    files it leaves in the draft, then files it publishes without their owner
+    or set-id and sticky bits."""
+    def listed(kinds: list[str]) -> str:
+        parts = []
+        for what in kinds:
+            paths = left_out[what]
+            more = f" (+{len(paths) - LEFT_OUT_SHOWN} more)" if len(paths) > LEFT_OUT_SHOWN else ""
+            parts.append(f"{what}: {', '.join(sorted(paths)[:LEFT_OUT_SHOWN])}{more}")
+        return "; ".join(parts)
+    kept = sorted(k for k in left_out if k not in PUBLISHED_WITHOUT)
+    without = sorted(k for k in left_out if k in PUBLISHED_WITHOUT)
+    return "; ".join(
+        ([f"kept in the draft only (a version cannot hold them): {listed(kept)}"] if kept else [])
+        + ([f"published without (a version keeps only the executable bit): {listed(without)}"]
+           if without else []))
 
 
 def join(prefix: str, name: str) -> str:
@@ -196,16 +214,17 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
 
 
 def _note_owner_and_mode(draft: Draft, ino: Inode, path: str, out: Scan) -> None:
-    """The owner and mode bits a version cannot keep, of inodes changed since the
-    base was made (a tree copied from a version keeps 0444 files and 0555
-    folders: the note would otherwise name them at every commit)."""
+    """The owner and set-id/sticky bits a version cannot keep, of inodes changed
+    since the base was made.  Read and write bits are not named: a version is
+    read-only and keeps only the executable bit, so a 0600 checkpoint or the
+    0444 files `cp -a` copies out of a version lose nothing that means something
+    there (and would be named at every sync)."""
     if ino.ctime <= draft.state.base_mtime_ns:
         return
     if (ino.uid, ino.gid) != draft.owner:
         out.leave("ownership", path)
-    bits = ino.mode & 0o7777
-    if (ino.is_reg and bits not in (0o644, 0o755)) or (ino.is_dir and bits != 0o755):
-        out.leave("mode bits", path)
+    if ino.mode & SPECIAL_BITS:
+        out.leave("set-id and sticky bits", path)
 
 
 def _stamp(st: DataStat) -> list[int]:
@@ -348,8 +367,14 @@ def commit_draft(registry: Registry, draft: Draft, *, description: str | None = 
         except PreconditionFailed:
             continue  # someone published meanwhile: rebase onto the new latest
         result = CommitResult(st.collection, info.version, created, len(changes), found.left_out if created else {})
+        pending = {} if created else {k: st.attrs[k] for k in UNCHANGED_KEEPS if k in st.attrs}
+        result.not_applied = [k for k in UNCHANGED_KEEPS
+                              if not created and attrs[k] and attrs[k] != getattr(info, k)]
         try:
             result.advanced = advance(draft, info.version, info.root, iso_ns(info.created_at), stamps, kept=changes)
+            if pending:  # not published: a sync does not lose what was set for the next version
+                for key, value in pending.items():
+                    draft.set_pending(key, value)
         except OSError as e:  # the version is durable: only the draft stays behind (its next commit catches up)
             result.behind = e.strerror or str(e)
         return result

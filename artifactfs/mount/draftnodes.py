@@ -22,6 +22,7 @@ from ..drafts import filedata, frommemory
 from ..drafts.engine import Draft
 from ..drafts.inode import Attr, Inode
 from ..errors import UsageError
+from ..registry.checks import check_metadata
 from ..registry.names import check_alias, check_name, check_type
 from . import syncops
 from .context import MountContext, caller
@@ -45,7 +46,7 @@ def _parse_attr(key: str, value: bytes, collection: str) -> object:
         data = json.loads(text) if text.strip() else {}
         if not isinstance(data, dict):
             raise UsageError("user.artifact.metadata must be a JSON object")
-        return data
+        return check_metadata(data)  # refused now (EINVAL), not at every later sync
     if key in ("aliases", "tags"):
         items = [p.strip() for p in text.split(",") if p.strip()]
         for item in items:
