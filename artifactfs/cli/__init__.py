@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 import sys
 
-
 HELP = {"help_option_names": ["-h", "--help"]}  # for every command, as cli/main.py's group says
 
 

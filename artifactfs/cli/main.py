@@ -9,13 +9,13 @@ import os
 
 import click
 
-from . import HELP
 from ..api.artifact import Artifact, default_project
 from ..api.lifecycle import default_ttl, describe_ttl
 from ..errors import ArtifactfsError, NotFoundError, shown
 from ..registry.manifest import SymlinkEntry, walk, walk_all
 from ..registry.names import check_name, in_folder
 from ..registry.versions import VersionInfo
+from . import HELP
 from .base import (
     PROJECT_HELP,
     STORE_HELP,

@@ -24,8 +24,17 @@ from dataclasses import dataclass, field, replace
 
 from ..chunks.digests import Digests, RunningDigest
 from ..errors import ConflictError, InvalidNameError, PathConflictError, PreconditionFailed
-from ..registry.manifest import (EMPTY_DIR, EMPTY_TREE, Change, DirEntry, Entry, FileEntry, SymlinkEntry,
-                                 apply_changes, summarize)
+from ..registry.manifest import (
+    EMPTY_DIR,
+    EMPTY_TREE,
+    Change,
+    DirEntry,
+    Entry,
+    FileEntry,
+    SymlinkEntry,
+    apply_changes,
+    summarize,
+)
 from ..registry.names import check_component
 from ..registry.versions import Registry
 from ..timestamps import iso_ns
