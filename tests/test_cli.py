@@ -99,6 +99,12 @@ def test_get_prefix(cli_env, data, tmp_path):
     dest = tmp_path / "dest"
     run(["get", "ds", str(dest), "--prefix", "sub"], cli_env)
     assert sorted(os.listdir(dest)) == ["sub"]
+    assert run(["verify", "ds", str(dest), "--prefix", "sub"], cli_env).stdout == "ds:v0: 1 files OK\n"
+    whole = subprocess.run([sys.executable, "-m", "artifactfs", "verify", "ds", str(dest)], env=cli_env,
+                           capture_output=True, text=True)
+    assert whole.returncode == 1 and "a.txt: missing" in whole.stderr
+    assert run(["verify", "ds", str(dest), "--prefix", "nope"], cli_env, ok=False).stderr == \
+        "Error: no file or folder nope in ds:v0\n"
 
 
 def test_alias_and_tag(cli_env, data):

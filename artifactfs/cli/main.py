@@ -108,19 +108,27 @@ def put(c: Ctx, args: tuple[str, ...], type_: str, description: str | None,
                    "set .description or .metadata, then .save()", err=True)
 
 
+prefix_option = click.option("--prefix", default="", metavar="PATH",
+                             help="Only the file PATH or the folder PATH/ (a/b: not a/b.txt).")
+
+
+def _check_prefix(art: Artifact, prefix: str) -> None:
+    """NotFoundError unless the version has the file or folder `prefix` ('' : the whole version)."""
+    if prefix and not any(in_folder(p, prefix) for p, _ in walk_all(art._reg(), art._need_logged("get").root)):
+        raise _no_such_path(prefix, art.name)
+
+
 @main.command()
 @click.argument("name")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--prefix", default="", metavar="PATH",
-              help="Only the file PATH or the folder PATH/ (a/b: not a/b.txt).")
+@prefix_option
 @pass_ctx
 def get(c: Ctx, name: str, dest: str, prefix: str) -> None:
     """Download NAME[:ALIAS|:vN] into DEST (other files in DEST are left alone).
 
     Files get their mtime and executable bit; symlinks are made as symlinks."""
     art = _artifact(c, name)
-    if prefix and not any(in_folder(p, prefix) for p, _ in walk_all(art._reg(), art._need_logged("get").root)):
-        raise _no_such_path(prefix, art.name)
+    _check_prefix(art, prefix)
     with progress(lambda: art.size, f"get {art.name}") as bar:
         art._download(dest, lambda p: in_folder(p, prefix), progress=bar)
     click.echo(f"{art.name} -> {dest}", err=True)
@@ -290,14 +298,17 @@ def tag_rm(c: Ctx, name: str, tag_name: str) -> None:
 @main.command()
 @click.argument("name")
 @click.argument("directory", required=False, type=click.Path(exists=True, file_okay=False))
+@prefix_option
 @pass_ctx
-def verify(c: Ctx, name: str, directory: str | None) -> None:
-    """Check DIRECTORY (or, without it, the stored blobs) against version NAME."""
+def verify(c: Ctx, name: str, directory: str | None, prefix: str) -> None:
+    """Check DIRECTORY (or, without it, the stored blobs) against version NAME
+    (with --prefix, against what `get --prefix` downloads)."""
     from ..chunks.download import read_chunk
     from ..chunks.verify import verify_dir
 
     art = _artifact(c, name)
-    items = sorted(art.manifest.entries.items())
+    _check_prefix(art, prefix)
+    items = sorted((p, e) for p, e in art.manifest.entries.items() if in_folder(p, prefix))
     if directory:
         problems = verify_dir(directory, items)
     else:
