@@ -50,6 +50,11 @@ def test_put_ls_info_get_verify(cli_env, data, tmp_path):
     assert "ds" in out and "dataset" in out and "v1" in out
     out = run(["ls", "ds"], cli_env).stdout.splitlines()
     assert out[1].startswith("v0") and "best" in out[1]
+    assert json.loads(run(["ls", "--json"], cli_env).stdout) == [
+        {"name": "ds", "type": "dataset", "versions": 2, "latest": "v1"}]
+    listed = json.loads(run(["ls", "ds", "--json"], cli_env).stdout)
+    assert [v["version"] for v in listed] == ["v0", "v1"] and listed[0]["aliases"] == ["best"]
+    assert listed[0]["metadata"] == {"k": 1} and listed[1]["file_count"] == 2
     assert out[2].startswith("v1") and "latest" in out[2]
     info = json.loads(run(["info", "ds:best", "--json"], cli_env).stdout)
     assert info["version"] == "v0" and info["metadata"] == {"k": 1} and info["file_count"] == 2

@@ -146,24 +146,36 @@ def _artifact(c: Ctx, ref: str) -> Artifact:
 
 @main.command(name="ls")
 @click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: a JSON list of collections (name, type, versions, latest), "
+                   "or of versions as `info --json` gives each.")
 @pass_ctx
-def ls_cmd(c: Ctx, name: str | None) -> None:
+def ls_cmd(c: Ctx, name: str | None, as_json: bool) -> None:
     """List collections, or the versions of collection NAME."""
     reg = c.registry()
     if name is None:
-        rows = [("NAME", "TYPE", "VERSIONS", "LATEST")]
+        found = []
         for col in reg.collections(c.project):
             vs = reg.versions(c.project, col.name)
-            rows.append((col.name, col.type, str(len(vs)), f"v{vs[-1]}" if vs else "-"))
-        if len(rows) == 1:
+            found.append({"name": col.name, "type": col.type, "versions": len(vs),
+                          "latest": f"v{vs[-1]}" if vs else None})
+        if not found:
             others = ", ".join(p for p in reg.projects() if p != c.project)
             click.echo(f"project {c.project!r} has no collections"
                        f"{f' (projects in this store: {others})' if others else ''}", err=True)
+        if as_json:
+            click.echo(json.dumps(found, indent=2))
+            return
+        rows = [("NAME", "TYPE", "VERSIONS", "LATEST")]
+        rows += [(f["name"], f["type"], str(f["versions"]), f["latest"] or "-") for f in found]
     else:
         r = c.ref(name)
         project, coll = r.project, r.collection
         reg.collection(project, coll)
         infos = [reg.get(project, coll, r.alias)] if r.alias else reg.version_infos(project, coll)
+        if as_json:
+            click.echo(json.dumps([_info_dict(v, c) for v in infos], indent=2))
+            return
         rows = [("VERSION", "ALIASES", "TAGS", "SIZE", "FILES", "CREATED")]
         for v in infos:
             rows.append((f"v{v.version}", ",".join(v.aliases) or "-", ",".join(v.tags) or "-", human(v.size),
