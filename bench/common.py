@@ -222,11 +222,13 @@ def have_bindfs() -> bool:
 
 
 @contextmanager
-def bindfs_mount(src: str, mnt: str) -> Iterator[str]:
-    """The C FUSE peer: Debian's `bindfs -o ro` of a local folder (libfuse, every request
-    answered in C, no Python anywhere): what a FUSE mount costs on this machine."""
+def bindfs_mount(src: str, mnt: str, read_only: bool = True) -> Iterator[str]:
+    """The C FUSE peer: Debian's `bindfs` of a local folder (`-o ro` unless told;
+    libfuse, every request answered in C, no Python anywhere): what a FUSE mount
+    costs on this machine."""
+    os.makedirs(src, exist_ok=True)
     os.makedirs(mnt, exist_ok=True)
-    run(["bindfs", "-o", "ro", src, mnt])
+    run(["bindfs", *(["-o", "ro"] if read_only else []), src, mnt])
     try:
         wait_mounted(mnt)
         yield mnt
