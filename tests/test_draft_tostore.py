@@ -236,6 +236,7 @@ def test_a_set_aside_draft_exports_a_copy_of_a_shared_data_file(reg):
     p.write("m", b"payload")
     found, _ = draft_changes(reg, p.draft)
     blob = _blob_path(reg, found.changes["m"].chunks[0])
+    p.draft.close()  # (as put_aside's caller does: meta.db is locked while a draft is open)
     export_files(p.draft.dir)
     exported = os.path.join(p.draft.dir, "files", "m")
     with open(exported, "r+b") as f:

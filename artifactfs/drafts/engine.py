@@ -53,19 +53,23 @@ class Draft:
         self.owner = owner
         self.data = os.path.join(path, "data")
         self.db = MetaDB(os.path.join(path, DB_FILE))
-        found = self.db.get_state(STATE_KEY)
-        if found is None:
-            raise ValueError(f"{path}: not a draft")
-        self.state = DraftState.from_json(found)
         self._by_id: WeakValueDictionary[int, Inode] = WeakValueDictionary()
         self._virtual: WeakValueDictionary[tuple[int, str], Inode] = WeakValueDictionary()
-        self._next = self.db.max_id() + 1
         self._saved: list[tuple[Inode, dict]] | None = None
         self._made: list[tuple[Inode, Inode | None, str]] = []
         self.digesting: dict[int, Inode] = {}  # files hashed while written, kept until the commit (filedata.py)
         self.seal_chunks = False  # keep big files written in order as one file per chunk (datafiles.py)
         self.sealed_files: dict[int, Inode] = {}  # ... those that are, by id
-        self.root = self.load(ROOT)
+        try:
+            found = self.db.get_state(STATE_KEY)
+            if found is None:
+                raise ValueError(f"{path}: not a draft")
+            self.state = DraftState.from_json(found)
+            self._next = self.db.max_id() + 1
+            self.root = self.load(ROOT)
+        except BaseException:
+            self.db.close()  # (meta.db stays locked while open: meta.py)
+            raise
 
     @classmethod
     def create(cls, path: str, io: TreeIO, fetch: Fetch, owner: tuple[int, int], state: DraftState) -> "Draft":
@@ -77,10 +81,12 @@ class Draft:
         subdirs = _subdirs(io.load(state.base_root)) if state.base_root else 0
         root = Inode(ROOT, stat.S_IFDIR | 0o755, owner[0], owner[1], 2 + subdirs, t, t, t, tree=state.base_root,
                      token=f"i{ROOT}")
-        with db.tx():
-            db.put(root.row())
-            db.set_state(STATE_KEY, state.to_json())
-        db.close()
+        try:
+            with db.tx():
+                db.put(root.row())
+                db.set_state(STATE_KEY, state.to_json())
+        finally:
+            db.close()
         return cls(path, io, fetch, owner)
 
     def close(self) -> None:

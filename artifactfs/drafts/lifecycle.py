@@ -152,7 +152,11 @@ def open_draft(registry: Registry, where: str, project: str, collection: str, fe
         except ValueError:  # a creation killed before its one transaction: nothing in it
             shutil.rmtree(path)
         else:
-            recover(draft)
+            try:
+                recover(draft)
+            except BaseException:
+                draft.close()  # (meta.db stays locked while open: meta.py)
+                raise
             return draft
     state = DraftState(collection=collection, project=check_name(project, "project"),
                        store=registry.store.url, type=default_type)

@@ -7,6 +7,13 @@ was after the last answered change, since committed WAL pages are in the
 kernel's page cache.  fsync(2) of a draft file also syncs the WAL (sync()), so
 what a program fsynced survives a power cut too.
 
+The connection holds the database locked from its open to its close
+(locking_mode EXCLUSIVE: only the process holding the drafts slot opens a
+draft, slots.py), so a transaction takes no file lock and the WAL index lives
+in the process's memory, not in a shared -shm file: 6 fcntl(2) calls less
+per created file.  Whoever opens a MetaDB must close it, also when what
+follows the open fails (else the draft stays locked until it is collected).
+
 Tables:
   inodes(id, mode, uid, gid, nlink, rdev, atime, mtime, ctime, staged, base, tree, target, token)
       mode is st_mode with the file type; times are integer ns; staged=1 when the
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -50,6 +58,10 @@ WAL_CHECKPOINT_BYTES = 16 << 20  # of WAL between checkpoints, ~4,000 files crea
 NAMES_KEPT = 200_000  # folder names kept in memory per draft (~100 B each)
 COLUMNS = ("id", "mode", "uid", "gid", "nlink", "rdev", "atime", "mtime", "ctime", "staged", "base", "tree",
            "target", "token")
+
+
+_PUT = f"INSERT OR REPLACE INTO inodes ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})"
+_values = operator.attrgetter(*COLUMNS)  # a Row's values in COLUMNS order, as a tuple
 
 
 @dataclass
@@ -86,12 +98,18 @@ class MetaDB:
         self.path = path
         self.lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # (only a new file takes it)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        page = self._db.execute("PRAGMA page_size").fetchone()[0]
-        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page}")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # (only a new file takes it)
+            # (before the first WAL access; a killed process's WAL is recovered at the next open)
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page}")
+            self._db.executescript(SCHEMA)
+        except BaseException:
+            self._db.close()  # (else it keeps the exclusive lock until collected)
+            raise
         os.chmod(path, 0o600)
         self._names: dict[int, set[str]] = {}  # folder id -> the names of all its rows (whiteouts too)
         self._kept = 0  # names in self._names, at most NAMES_KEPT
@@ -141,8 +159,7 @@ class MetaDB:
 
     def put(self, row: Row) -> None:
         with self.lock:
-            self._db.execute(f"INSERT OR REPLACE INTO inodes ({','.join(COLUMNS)}) VALUES "
-                             f"({','.join('?' * len(COLUMNS))})", tuple(row.__dict__[c] for c in COLUMNS))
+            self._db.execute(_PUT, _values(row))
 
     def update(self, ino: int, **values: object) -> None:
         with self.lock:

@@ -23,7 +23,8 @@ CALLER: ContextVar[tuple[int, int]] = ContextVar("CALLER")
 def caller() -> tuple[int, int]:
     """(uid, gid) of the process whose request is being served (ops.py sets it;
     a trio task per request keeps it apart from others); ours outside requests."""
-    return CALLER.get((os.getuid(), os.getgid()))
+    found = CALLER.get(None)  # (a default argument would make two system calls on every call)
+    return found if found is not None else (os.getuid(), os.getgid())
 
 
 @dataclass

@@ -45,6 +45,7 @@ class UseRecorder:
         self.seen: set[tuple[int, str, int]] = set()
         self.pending: list[PendingUse] = []
         self.writers: dict[str, RunRecord] = {}  # draft collection -> the run of its last writer
+        self.own_pid = os.getpid()  # (not a getpid(2) per created file)
 
     def opened(self, node: Node, pid: int, flags: int) -> None:
         """An open(2) or create(2) answered for process `pid` (called on the trio loop,
@@ -52,7 +53,7 @@ class UseRecorder:
         that case only reads and sets one key of `writers`); when the kernel sends
         no OPEN, a lookup (a file), a listing (O_DIRECTORY) or a truncation instead
         (ops.py)."""
-        if pid <= 0 or pid == os.getpid():
+        if pid <= 0 or pid == self.own_pid:
             return
         if isinstance(node, VersionFileNode) or (  # a listed folder, when OPEN is not sent (noopen.py)
                 isinstance(node, VersionDirNode) and node.ref is not None and flags & os.O_DIRECTORY):
