@@ -105,7 +105,10 @@ def test_sigkill_during_writes_loses_nothing_closed(store, tmp_path):
         writer = subprocess.Popen([sys.executable, "-c", WRITER, d], stdout=subprocess.PIPE, text=True)
         done = [int(writer.stdout.readline()) for _ in range(150)]
         kill_daemon(m)
-        rest = writer.communicate(timeout=30)[0].split()
+        # (through the same buffered reader: communicate(timeout=...) reads the pipe itself and
+        # misses the lines readline() had already buffered, which made `closed` too small)
+        rest = writer.stdout.read().split()
+        writer.wait(timeout=30)
         closed = done[-1] + len(rest)
     with mounted(store, tmp_path / "mnt", env=env) as m:  # the same store and project
         d = m.p("ds", "draft", "out")
