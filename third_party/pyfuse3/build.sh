@@ -26,7 +26,7 @@ PY=$1
 VERSION=3.5.0
 CYTHON=3.2.4
 XXHASH=4.1.0  # only its xxhash.h is used
-LOCAL=artifactfs.16  # bump when artifactfs.patch changes
+LOCAL=artifactfs.17  # bump when artifactfs.patch changes
 here=$(cd "$(dirname "$0")" && pwd)
 
 if "$PY" -c "import sys; from importlib.metadata import version; sys.exit(version('pyfuse3') != '$VERSION+$LOCAL')" 2>/dev/null; then
