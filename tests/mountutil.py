@@ -91,9 +91,29 @@ def _daemon_pid(env: dict[str, str], path: str) -> int | None:
     return None
 
 
+def abort_connection(path: str) -> bool:
+    """Abort the FUSE connection of the mount at `path` (/sys/fs/fuse/connections/N/abort,
+    N the minor of its device; fusectl mounted if it is not): every request waiting
+    on the daemon fails with ENOTCONN, so a hung daemon cannot hang the tests."""
+    with open("/proc/self/mountinfo") as f:
+        devs = [line.split()[2] for line in f if line.split()[4] == _real(path)]
+    if not devs:
+        return False
+    conn = "/sys/fs/fuse/connections"
+    if not os.path.exists(f"{conn}/{devs[-1].split(':')[1]}"):
+        subprocess.run(["mount", "-t", "fusectl", "none", conn], capture_output=True)
+    try:
+        with open(f"{conn}/{devs[-1].split(':')[1]}/abort", "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
+
+
 def force_unmount(path: str, env: dict[str, str]) -> None:
-    """Last resort: detach the mount and kill its daemon."""
+    """Last resort: abort the connection, detach the mount and kill its daemon."""
     pid = _daemon_pid(env, path)
+    abort_connection(path)
     subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):

@@ -228,11 +228,16 @@ def install(parts: MountParts, default_type: str) -> None:
     table.set_root(root)
     server = ControlServer(drafts, root.control)
 
-    async def invalidate(changed: list[Inode], names: Sequence[tuple[Inode, str]], live: LiveDraft) -> None:
-        """After a commit or a discard: show the new version at once, drop cached
-        pages of draft files whose content moved with the base (another writer's
-        files) and the kernel's dentries of `names` that went; an inode left without
-        a name that the kernel does not hold goes now (else when it is forgotten)."""
+    async def invalidate(changed: list[Inode], names: Sequence[tuple[Inode, str]], live: LiveDraft,
+                         in_request: bool) -> None:
+        """After a commit, a discard or a move to another writer's version: show the
+        new version at once, drop cached pages of draft files whose content moved
+        with the base (another writer's files) and the kernel's dentries of `names`
+        that went; an inode left without a name that the kernel does not hold goes
+        now (else when it is forgotten).  `in_request`: called while answering a
+        LOOKUP in the collection's folder, whose lock the kernel holds until we
+        reply, so the alias dentries are dropped without waiting (waiting for the
+        kernel to drop them there deadlocks the folder)."""
         node_of = {id(n.inode): n.ino for n in table.nodes() if isinstance(n, DraftNode) and n.live is live} \
             if changed or names else {}  # (a sync with no change walks no table: the 100,000-file case)
         inodes = [node_of[id(ino)] for ino in changed if id(ino) in node_of]
@@ -244,15 +249,18 @@ def install(parts: MountParts, default_type: str) -> None:
         coll = table.find(("coll", live.name))
         if isinstance(coll, CollectionNode):
             await coll.state(0)
-            # before sync's reply: its caller's next readlink of NAME:latest must see the new version
-            await ctx.run(_invalidate_entries, coll.ino, coll.alias_entries())
+            if in_request:
+                for name in coll.alias_entries():
+                    pyfuse3.invalidate_entry_async(coll.ino, name, ignore_enoent=True)
+            else:  # before sync's reply: its caller's next readlink of NAME:latest must see the new version
+                await ctx.run(_invalidate_entries, coll.ino, coll.alias_entries())
         if inodes:
             await ctx.run(_invalidate, inodes)  # one worker-thread trip for all of them
         if orphans:
             await live.forget(orphans)
 
     def watch(live: LiveDraft) -> None:
-        live.on_advance.append(lambda changed, names: invalidate(changed, names, live))
+        live.on_advance.append(lambda changed, names, in_request: invalidate(changed, names, live, in_request))
 
     drafts.on_new.append(watch)
     for live in drafts.live.values():

@@ -65,7 +65,7 @@ class LiveDraft:
         self.reserve = reserve
         self.name = draft.state.collection
         self.gate = Gate()
-        self.on_advance: list[Callable[[list[Inode], Sequence[tuple[Inode, str]]], Any]] = []
+        self.on_advance: list[Callable[[list[Inode], Sequence[tuple[Inode, str]], bool], Any]] = []
         self._warmed: str | None = None
         self._ahead: dict[int, Ahead] = {}  # by inode id
         try:
@@ -246,7 +246,7 @@ class LiveDraft:
 
     async def follow(self, latest: int | None, version: Callable[[int], Awaitable[VersionInfo]]) -> None:
         """An untouched draft moves to a newer latest by itself (`version` gives its
-        record).  While the store is unreachable it stays where it is, logged: the
+        record), as the kernel looks up its folder.  While the store is unreachable it stays where it is, logged: the
         folder must stay listable."""
         st = self.draft.state
         if latest is None or latest == st.base or self.dirty():
@@ -263,7 +263,7 @@ class LiveDraft:
         except (ArtifactfsError, OSError) as e:
             log.warning("the draft of %s stays on v%s for now: %s", self.name, st.base, e)
             return
-        await self._advanced(changed)
+        await self._advanced(changed, in_request=True)
 
     async def status(self) -> str:
         """What a sync would publish now (drafts/status.py), as `artifactfs status` prints it.
@@ -299,10 +299,12 @@ class LiveDraft:
         except (ArtifactfsError, OSError):
             return False
 
-    async def _advanced(self, changed: list[Inode], names: Sequence[tuple[Inode, str]] = ()) -> None:
-        """Tell the mount which inodes changed (bytes or names) and which names went."""
+    async def _advanced(self, changed: list[Inode], names: Sequence[tuple[Inode, str]] = (),
+                        in_request: bool = False) -> None:
+        """Tell the mount which inodes changed (bytes or names) and which names went;
+        `in_request` while answering a FUSE request (see draftroot's invalidate)."""
         for hook in self.on_advance:
-            await hook(changed, names)
+            await hook(changed, names, in_request)
 
 
 class Drafts:
