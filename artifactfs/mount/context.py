@@ -17,6 +17,11 @@ from .reader import ChunkReader
 from .threads import Threads
 
 T = TypeVar("T")
+# The owner (uid and gid) of version files with --no-opens: (uid_t) -1, which maps to
+# no user, so CAP_DAC_OVERRIDE does not apply to them (Linux's capable_wrt_inode_uidgid)
+# and even root's open for writing is refused, by the kernel, as their 0444 mode
+# refuses everyone else's; stat() shows the overflow uid and gid (65534, `nobody`).
+NO_OWNER = 0xFFFFFFFF
 CALLER: ContextVar[tuple[int, int]] = ContextVar("CALLER")
 
 
@@ -36,6 +41,7 @@ class MountContext:
     native: NativeReads | None = None  # version files read by pyfuse3's native threads (nativereads.py)
     refresh: float = 5.0  # seconds a listing of collections, versions or aliases is shown before re-reading it
     cache_size: int = 0  # the on-disk cache's limit in bytes, reported by statfs
+    unowned_files: bool = False  # version files owned by NO_OWNER (--no-opens: noopen.py)
     trees_loaded: int = 0  # directory objects read by version folders (shown in the stats xattr)
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)

@@ -47,12 +47,14 @@ def build(opts: MountOptions) -> MountParts:
     threads = Threads(opts.threads)
     cache = ChunkCache(registry, opts.cache_dir, opts.cache_size)
     reader = ChunkReader(cache, opts.memory, threads, feeder=PageFeeder())
+    opens = noopen.OpenMode.choose(opts.send_opens, opts.no_opens)
     ctx = MountContext(registry=registry, project=opts.project, reader=reader, threads=threads,
                        native=NativeReads(cache, enabled=opts.native_reads),
-                       refresh=opts.refresh, cache_size=opts.cache_size)
+                       refresh=opts.refresh, cache_size=opts.cache_size,
+                       unowned_files=opens is noopen.OpenMode.NONE)
     table = InodeTable(ctx, default_node_classes())
     table.set_root(table.kinds["root"](ctx, ("root",)))
-    parts = MountParts(opts, ctx, table, Operations(table, noopen.OpenMode.choose(opts.send_opens, opts.no_opens)))
+    parts = MountParts(opts, ctx, table, Operations(table, opens))
     parts.services.append(InodeLimit(table, opts.inode_limit, threads).run)
     lineage.install(parts)  # uses and draft writers
     if not opts.read_only:

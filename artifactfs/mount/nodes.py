@@ -32,7 +32,7 @@ from ..registry.names import NAME_MAX, fits_name_max, parse_version
 from ..registry.versions import CollectionInfo, Registry, VersionInfo
 from ..timestamps import iso_ns
 from . import portfolios
-from .context import MountContext
+from .context import NO_OWNER, MountContext
 from .errnos import fuse_error
 from .handles import Handle
 from .inodes import LONG_TIMEOUT, SHORT_TIMEOUT, Key, Node, ino_of
@@ -406,6 +406,12 @@ class VersionFileNode(Node):
         self.mode = stat.S_IFREG | (0o555 if entry.executable else 0o444)
         if entry.ref is not None and unreadable(entry) is not None:
             self.timeout = SHORT_TIMEOUT  # not pinned, so its OPEN reaches open() below: EIO (refreader.py)
+
+    def attributes(self) -> pyfuse3.EntryAttributes:
+        a = super().attributes()
+        if self.ctx.unowned_files:  # --no-opens: no OPEN to refuse root's writes, so no owner (context.py)
+            a.st_uid = a.st_gid = NO_OWNER
+        return a
 
     def added(self) -> None:
         if self.ctx.native is not None:  # READs answered without Python where possible

@@ -18,11 +18,14 @@ file's page cache across opens (FOPEN_KEEP_CACHE) and sends READ, WRITE and
 FSYNC without a file handle (fh 0).  A warm `open() + read() + close()` from
 Python then costs one request to the daemon instead of three (OPEN, IOCTL,
 RELEASE): the IOCTL of `isatty()`, which the patched pyfuse3 answers (ENOTTY)
-in its native reader threads (threads.py counts them).  The cost: an open for
-writing by root (whom the 0444 mode does not stop) succeeds, and a writable
-shared mmap of it changes the kernel's page cache of the file, which every
-reader shares, until the writeback is refused (docs/mount-semantics.md,
-"Writes").
+in its native reader threads (threads.py counts them).  With no OPEN to
+refuse, an open for writing by root (whom the 0444 mode does not stop) would
+succeed, and a writable shared mmap of it would change the kernel's page cache
+of the file, which every reader shares, until the writeback is refused.  So
+version files are then owned by no user (context.NO_OWNER: stat() shows
+65534): CAP_DAC_OVERRIDE only applies to inodes whose owner maps to a user,
+and the kernel refuses root's open for writing (EACCES) as the mode refuses
+everyone else's (docs/mount-semantics.md, "Writes").
 
 Stock pyfuse3 (3.5) passes the read/write handlers only the file handle, so
 the mount could not tell which file a handle-less READ is for.  The pyfuse3
@@ -111,8 +114,8 @@ def describe(mode: OpenMode, send_opens: bool) -> str:
         return ("opens of version files are answered by pyfuse3's native threads (read-only, EROFS for "
                 "writing), the others by the daemon")
     if mode is OpenMode.NONE:
-        return ("files are served without OPEN requests (--no-opens): a root process may open a version "
-                "file for writing, and its writable shared mmap changes what readers see until writeback fails")
+        return ("files are served without OPEN requests (--no-opens): version files are owned by no user "
+                "(stat shows 65534), so the kernel refuses opens for writing (EACCES), root's too")
     if send_opens:
         return "every open and close reaches the daemon (--send-opens)"
     return ("every open and close reaches the daemon: this pyfuse3 cannot answer them natively "
