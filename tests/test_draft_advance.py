@@ -1,6 +1,6 @@
 """Advancing a draft (drafts/advance.py) after its commit or to another writer's
 newer latest: it then shows that version exactly, plus the user's changes; a
-deleted base counts as gone; a draft that cannot advance still reports the
+deleted base is no change of content; a draft that cannot advance still reports the
 published version."""
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import pytest
 from draft_helpers import publish, version_files
 from test_draftcommit import BASE, changes_of, draft_of, expected, pub, reg, write  # noqa: F401 (fixtures)
 
+from artifactfs.api.gc import collect
 from artifactfs.api.lifecycle import delete_version
 from artifactfs.drafts import commit
 from artifactfs.drafts.advance import advance
 from artifactfs.drafts.commit import commit_draft
 from artifactfs.drafts.lifecycle import base_gone
+from artifactfs.errors import ArtifactfsError
 from artifactfs.timestamps import iso_ns
 
 
@@ -54,13 +56,13 @@ def test_an_untouched_draft_shows_the_newer_latest_exactly(reg, pub, how):
     assert reg.latest("proj", "ds") == their
 
 
-def test_a_draft_whose_base_was_deleted_shows_what_its_commit_published(reg, pub):
+def test_a_draft_whose_base_was_deleted_publishes_what_it_shows(reg, pub):
     """The draft's base (its own last commit) is deleted, then the draft commits
-    another change: the deletion counts as the other side's change (what only the
-    deleted version had is not published), and the draft then shows exactly the
-    new version, so its next commit publishes nothing again.  An untouched draft
-    on a deleted base shows the latest left; a new mount sets a draft on a
-    deleted base aside (lifecycle.base_gone)."""
+    another change: a deletion is not a change of content, so the new version
+    holds everything the draft shows (the deleted version's files included) and
+    the draft shows it with nothing changed.  An untouched draft whose base is
+    deleted publishes it again when asked; a new mount sets a draft on a deleted
+    base aside (lifecycle.base_gone)."""
     publish(reg, pub, "ds", {"x": b"x"})
     d = draft_of(reg)
     write(d, "a.txt", b"a")
@@ -69,13 +71,32 @@ def test_a_draft_whose_base_was_deleted_shows_what_its_commit_published(reg, pub
     delete_version(reg, "proj", "ds", 1)
     assert base_gone(reg, d.draft)
     assert commit_draft(reg, d.draft).line == "ds:v2"
-    assert version_files(reg, "ds", 2) == expected({"x": b"x", "b.txt": b"b"})
-    assert sorted(d.listdir()) == ["b.txt", "x"]
+    assert version_files(reg, "ds", 2) == expected({"x": b"x", "a.txt": b"a", "b.txt": b"b"})
+    assert sorted(d.listdir()) == ["a.txt", "b.txt", "x"] and changes_of(reg, d) == {}
     assert commit_draft(reg, d.draft).line == "ds:v2 (unchanged)"
-    delete_version(reg, "proj", "ds", 2)  # untouched now: it follows the latest left, v0
-    info = reg.version("proj", "ds", 0)
-    advance(d.draft, 0, info.root, iso_ns(info.created_at), None)
-    assert sorted(d.listdir()) == ["x"] and changes_of(reg, d) == {}
+    delete_version(reg, "proj", "ds", 2)  # untouched now: it still shows v2, and a commit publishes it again
+    assert commit_draft(reg, d.draft).line == "ds:v3"
+    assert version_files(reg, "ds", 3) == expected({"x": b"x", "a.txt": b"a", "b.txt": b"b"})
+
+
+def test_a_deleted_base_that_gc_removed_is_one_error_and_no_version(reg, pub):
+    """No mount pinned the deleted base, and gc removed its blobs: the commit says
+    so in one line, publishes nothing, and the draft stays as it was."""
+    publish(reg, pub, "ds", {"x": b"x"})
+    d = draft_of(reg)
+    write(d, "big", bytes(range(256)) * 40000)
+    assert commit_draft(reg, d.draft).line == "ds:v1"
+    delete_version(reg, "proj", "ds", 0)
+    delete_version(reg, "proj", "ds", 1)
+    write(d, "b.txt", b"b")
+    report = collect(reg, grace=0, keep_deleted=0)
+    assert report.blobs > 0
+    with pytest.raises(ArtifactfsError) as e:
+        commit_draft(reg, d.draft)
+    assert "its base ds:v1 was deleted and gc removed what it still shows" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert reg.latest("proj", "ds") is None and reg.versions("proj", "ds", include_deleted=True) == [0, 1]
+    assert sorted(d.listdir()) == ["b.txt", "big", "x"] and d.draft.dirty
 
 
 def test_a_draft_that_cannot_move_onto_its_published_version_says_so_and_catches_up(reg, pub, monkeypatch):

@@ -23,7 +23,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from ..chunks.digests import Digests, RunningDigest
-from ..errors import ConflictError, InvalidNameError, PathConflictError, PreconditionFailed
+from ..errors import (
+    ArtifactfsError,
+    ConflictError,
+    InvalidNameError,
+    ObjectNotFound,
+    PathConflictError,
+    PreconditionFailed,
+)
+from ..registry.gcstate import ObjectsSwept, check_present
 from ..registry.manifest import (
     EMPTY_DIR,
     EMPTY_TREE,
@@ -345,26 +353,67 @@ def warm_digests(registry: Registry, root: str | None) -> None:
         registry.tree_digests.block(root)
 
 
+def base_behind(base: int | None, latest: int | None) -> bool:
+    """Has latest moved back behind the draft's base (its base, and any version after
+    it, deleted; latest None: no version left)?  The draft then publishes what it
+    shows: its base with its changes, not its changes onto the latest left (a
+    deletion is not a change of content, docs/drafts.md)."""
+    return base is not None and (latest is None or latest < base)
+
+
+def _onto_deleted_base(registry: Registry, draft: Draft, latest_root: str | None,
+                       changes: dict[str, Change]) -> DirEntry:
+    """The root of what the draft shows: its deleted base with its changes.  Every
+    tree and blob it needs must still be in the store (a gc may have removed the
+    deleted base's objects while no mount pinned it; those the live `latest_root`
+    shares are kept): otherwise one ArtifactfsError line, nothing published."""
+    st = draft.state
+    try:
+        root = apply_changes(registry, st.base_root, changes)
+        check_present(registry, registry.store, root.tree, latest_root)
+    except (ObjectNotFound, ObjectsSwept) as e:
+        raise _swept(draft, e) from None
+    return root
+
+
+def _swept(draft: Draft, e: ObjectNotFound | ObjectsSwept) -> ArtifactfsError:
+    st = draft.state
+    missing = (f"{len(e.blobs)} file chunk(s) and {len(e.trees)} folder(s) are missing"
+               if isinstance(e, ObjectsSwept) else "its folders are missing")
+    return ArtifactfsError(
+        f"{st.collection}: cannot publish the draft: its base {st.collection}:v{st.base} was deleted and "
+        f"gc removed what it still shows ({missing}); nothing was published and the draft is kept "
+        "(copy out what you need, then `artifactfs discard` it)")
+
+
 def commit_draft(registry: Registry, draft: Draft, *, description: str | None = None,
                  metadata: dict | None = None, aliases: Iterable[str] = (),
                  tags: Iterable[str] = ()) -> CommitResult:
     """Publish the draft as the next version (or report latest unchanged) and advance
     the draft to it.  The caller keeps the draft from changing meanwhile."""
     st = draft.state
-    found, stamps = draft_changes(registry, draft)
+    try:
+        found, stamps = draft_changes(registry, draft)
+    except ObjectNotFound as e:  # a base tree gone: gc'd after the base was deleted?
+        if base_behind(st.base, registry.latest(st.project, st.collection)):
+            raise _swept(draft, e) from None
+        raise
     changes = found.changes
     attrs = _merged_attrs(st.attrs, description, metadata, aliases, tags)
     for _ in range(COMMIT_ATTEMPTS):
         latest = registry.latest(st.project, st.collection)
         current = registry.version(st.project, st.collection, latest) if latest is not None else None
         onto = current.root if current else None
-        if latest != st.base:
-            clash = conflicts(registry, st.base_root, onto, changes)
-            if clash:
-                raise _conflict(st.collection, latest, clash)
-        if current is not None and not changes:
+        if base_behind(st.base, latest):
+            root = _onto_deleted_base(registry, draft, onto, changes)
+            digest = registry.tree_digests.digest(root.tree)
+        elif current is not None and not changes:
             root, digest = DirEntry(current.root, current.size, current.file_count), current.digest
         else:
+            if latest != st.base:
+                clash = conflicts(registry, st.base_root, onto, changes)
+                if clash:
+                    raise _conflict(st.collection, latest, clash)
             try:
                 root = apply_changes(registry, onto, changes)
             except PathConflictError as e:  # a file where they made a folder, or the reverse

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..registry.manifest import EMPTY_DIR, DirEntry, Entry
 from ..registry.versions import Registry
-from .commit import draft_changes, left_out_text
+from .commit import base_behind, draft_changes, left_out_text
 from .engine import Draft
 
 
@@ -32,7 +32,11 @@ class DraftStatus:
         """The status as lines: a heading, one line per change, then what is pending and left out."""
         name, n = self.collection, len(self.changes)
         where = f"draft of {name}:v{self.base}" if self.base is not None else "a new collection"
-        if self.latest is not None and self.latest != self.base:
+        if base_behind(self.base, self.latest):
+            left = "no version is left" if self.latest is None else f"latest is {name}:v{self.latest}"
+            where += (f", since deleted ({left}); sync publishes everything the draft shows as a new version, "
+                      "`artifactfs discard` shows latest instead")
+        elif self.latest is not None and self.latest != self.base:
             where += f"; latest is {name}:v{self.latest}, sync applies the changes onto it"
         head = f"{name}: {where}: " + (f"{n} change{'s' * (n != 1)}" if n else "no changes")
         lines = [head, *(f"{c.kind} {c.path}" for c in self.changes)]

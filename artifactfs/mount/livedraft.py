@@ -22,7 +22,7 @@ import trio
 from ..chunks.digests import RunningDigest
 from ..drafts import filedata
 from ..drafts.advance import advance, reclaim
-from ..drafts.commit import CommitResult, commit_draft, warm_digests
+from ..drafts.commit import CommitResult, base_behind, commit_draft, warm_digests
 from ..drafts.engine import Draft
 from ..drafts.inode import Inode
 from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, put_aside
@@ -249,14 +249,11 @@ class LiveDraft:
         record), as the kernel looks up its folder.  While the store is unreachable it stays where it is, logged: the
         folder must stay listable."""
         st = self.draft.state
-        if latest is None or latest == st.base or self.dirty():
-            return
-        if st.base is not None and latest < st.base and not await self._base_deleted():
-            return  # a listing older than the draft's own commit must not move it back
+        if latest == st.base or self.dirty() or base_behind(st.base, latest):
+            return  # never back: a listing older than its own commit, or its base deleted (docs/drafts.md)
         try:
             async with self.gate.commit():
-                if (latest == st.base or self.dirty()
-                        or (st.base is not None and latest < st.base and not await self._base_deleted())):
+                if latest == st.base or self.dirty() or base_behind(st.base, latest):
                     return
                 info = await version(latest)
                 changed = await self.ctx.run(advance, self.draft, latest, info.root, iso_ns(info.created_at), None)
@@ -291,13 +288,6 @@ class LiveDraft:
                  len(gone.names), latest)
         await self._advanced(gone.changed, gone.names)
         return f"{self.name}: changes discarded; the draft shows {self.name}:v{latest}"
-
-    async def _base_deleted(self) -> bool:
-        """Its base was deleted: an untouched draft then shows the latest left."""
-        try:
-            return await self.ctx.run(base_gone, self.ctx.registry, self.draft)
-        except (ArtifactfsError, OSError):
-            return False
 
     async def _advanced(self, changed: list[Inode], names: Sequence[tuple[Inode, str]] = (),
                         in_request: bool = False) -> None:
