@@ -6,10 +6,11 @@ version's files and sync then published only the changes, dropping them (or an
 untouched draft switched to the older version under its readers)."""
 from __future__ import annotations
 
+import glob
 import os
 
 from draft_helpers import dir_files, publish, version_files
-from mountutil import cli, mount_factory, wait_for  # noqa: F401  (fixture)
+from mountutil import Mount, cli, mount_factory, mounted, wait_for  # noqa: F401  (fixture)
 from test_draft_mount import sync
 
 from artifactfs.registry.versions import Registry
@@ -133,3 +134,26 @@ def test_a_deleted_base_with_a_newer_latest_still_merges(tmp_path, mount_factory
     assert version_files(Registry.open(url), "ds", 2) == {"x": (b"x0", False), "y": (b"theirs", False),
                                                         "mine": (b"m", False)}
     wait_for(lambda: open(f"{d}/y", "rb").read() == b"theirs", 30, "the draft to show their y")
+
+
+def test_a_draft_with_changes_on_a_base_deleted_while_unmounted_goes_on_from_it(tmp_path):
+    """The next mount keeps such a draft as it was (its base's tree is still in the
+    store) instead of setting it aside: sync then publishes what it shows."""
+    url = str(tmp_path / "store")
+    reg = Registry.open(url, create=True)
+    publish(reg, str(tmp_path / "pub"), "ds", {"f": b"zero"})
+    publish(reg, str(tmp_path / "pub"), "ds", {"f": b"one", "g": b"g"})
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    with mounted(url, tmp_path / "mnt", env=env) as m:
+        with open(m.p("ds", "draft", "mine"), "wb") as f:
+            f.write(b"kept")
+        os.kill(m.pid, 9)  # no commit at unmount: the draft stays
+    delete(Mount(str(tmp_path / "mnt"), url, env), "ds:v1")
+    with mounted(url, tmp_path / "mnt", env=env) as m:
+        d = m.p("ds", "draft")
+        assert dir_files(d) == {"f": (b"one", False), "g": (b"g", False), "mine": (b"kept", False)}
+        assert "ds:v1 of the draft of ds was deleted; the draft keeps showing it" in m.log
+        assert sync(m, d).stdout.strip() == "ds:v2"
+    assert version_files(Registry.open(url), "ds", 2) == {"f": (b"one", False), "g": (b"g", False),
+                                                        "mine": (b"kept", False)}
+    assert not glob.glob(f"{env['XDG_STATE_HOME']}/artifactfs/drafts/*/proj/set-aside/*")

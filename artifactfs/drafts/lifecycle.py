@@ -10,7 +10,7 @@ import os
 import shutil
 
 from ..chunks import download
-from ..errors import NotFoundError
+from ..errors import NotFoundError, ObjectNotFound
 from ..registry.manifest import FileEntry
 from ..registry.names import check_name
 from ..registry.versions import Registry, VersionInfo
@@ -55,6 +55,21 @@ def base_gone(registry: Registry, draft: Draft) -> bool:
     except NotFoundError:
         return True
     return info.deleted or info.root != st.base_root
+
+
+def base_still_readable(registry: Registry, draft: Draft) -> bool:
+    """Is the draft's base, deleted, still the same record, with its root tree still
+    in the store (not yet removed by gc)?  A draft with changes then goes on from it
+    (docs/drafts.md: a deletion is no change of content)."""
+    st = draft.state
+    try:
+        info = registry.version(st.project, st.collection, st.base)
+        if info.root != st.base_root or st.base_root is None:
+            return False
+        registry.load(st.base_root)
+    except (NotFoundError, ObjectNotFound):
+        return False
+    return True
 
 
 def recover(draft: Draft) -> None:

@@ -25,7 +25,7 @@ from ..drafts.advance import advance, reclaim
 from ..drafts.commit import CommitResult, base_behind, commit_draft, warm_digests
 from ..drafts.engine import Draft
 from ..drafts.inode import Inode
-from ..drafts.lifecycle import LATEST, Latest, base_gone, discard, open_draft, put_aside
+from ..drafts.lifecycle import LATEST, Latest, base_gone, base_still_readable, discard, open_draft, put_aside
 from ..drafts.reserve import RESERVE, SpaceReserve
 from ..drafts.revert import discard_changes
 from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
@@ -343,6 +343,10 @@ class Drafts:
                            self.owner, self.default_type, None)
         try:
             gone = base_gone(self.ctx.registry, draft)
+            if gone and draft.dirty and base_still_readable(self.ctx.registry, draft):
+                log.info("the base %s:v%s of the draft of %s was deleted; the draft keeps showing it with its "
+                         "changes, and sync publishes what it shows", name, draft.state.base, name)
+                gone = False
         except (ArtifactfsError, OSError) as e:
             log.warning("could not check the base of the draft of %s: %s", name, e)
             gone = False
