@@ -17,6 +17,7 @@ from artifactfs.api.artifact import Artifact
 from artifactfs.registry.manifest import EMPTY_DIR, EMPTY_TREE, walk_all
 from artifactfs.registry.versions import Registry
 
+BOTH_STORES = True  # the tests taking store_url run on a local and an S3 store (tests/conftest.py)
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent",
            "GIT_AUTHOR_DATE": "2026-01-02T03:04:05Z", "GIT_COMMITTER_DATE": "2026-01-02T03:04:05Z"}
@@ -104,8 +105,8 @@ def test_rmdir_of_an_empty_folder_in_a_draft_is_published(store, mount_factory):
     assert sorted(os.listdir(d)) == ["a", "e3"]
 
 
-def test_an_empty_folder_survives_put_and_get(tmp_path):
-    store = str(tmp_path / "store")
+def test_an_empty_folder_survives_put_and_get(store_url, tmp_path):
+    store = store_url
     src = tmp_path / "src"
     (src / "classes" / "cat").mkdir(parents=True)
     (src / "classes" / "dog").mkdir()            # an ImageFolder class with no images yet
@@ -128,10 +129,15 @@ def test_an_empty_folder_survives_put_and_get(tmp_path):
     reg = Registry.open(store)
     assert reg.version("proj", "ds", 1).digest == reg.version("proj", "ds", 0).digest
     assert cli(*base, "files", "ds:v1").stdout.split() == ["3", "PkbQqlUi/ScNSwmLRzXsFg==", "classes/cat/1.jpg"]
+    done = cli(*base, "gc", "--grace", "0s")     # the empty tree is live: gc keeps it
+    assert done.returncode == 0, done.stderr
+    again = tmp_path / "again"
+    assert cli(*base, "get", "ds:v1", str(again)).returncode == 0
+    assert sorted(p.name for p in (again / "classes").iterdir()) == ["bird", "cat", "dog"]
 
 
-def test_the_api_keeps_removes_and_checks_out_empty_folders(tmp_path):
-    store = str(tmp_path / "store")
+def test_the_api_keeps_removes_and_checks_out_empty_folders(store_url, tmp_path):
+    store = store_url
     src = tmp_path / "src"
     (src / "empty" / "deeper").mkdir(parents=True)
     (src / "f").write_bytes(b"f")
@@ -144,9 +150,13 @@ def test_the_api_keeps_removes_and_checks_out_empty_folders(tmp_path):
     Artifact._from_version(Registry.open(store), art._info).checkout(str(out))
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["empty", "empty/deeper", "f"]
     draft = art.new_draft()
+    draft.add_file(str(src / "f"), "g")
+    draft.save()                                 # a new version from the old one keeps its empty folders
+    assert draft.version == "v1" and empty_folders(Registry.open(store), "ds", 1) == {"empty/deeper"}
+    draft = draft.new_draft()
     draft.remove("empty")
     draft.save()
-    assert draft.version == "v1" and empty_folders(Registry.open(store), "ds", 1) == set()
+    assert draft.version == "v2" and empty_folders(Registry.open(store), "ds", 2) == set()
     with pytest.raises(FileNotFoundError):
         draft.new_draft().remove("empty")
 

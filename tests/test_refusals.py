@@ -4,6 +4,7 @@ damaged version record (the one `latest` names) makes `get NAME:latest` fail wit
 one line naming the record, while other versions and aliases keep working."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -82,3 +83,18 @@ def test_damaged_attributes_and_aliases_records(store, tmp_path):
         "Error: alias ds:best not found (the aliases record projects/proj/collections/ds/aliases.json is damaged: "
         "not a JSON object)"), done.stderr
     assert cli(*base, "get", "ds:latest", str(tmp_path / "out")).returncode == 0
+
+
+def test_a_mount_lists_the_versions_beside_a_damaged_latest_record(store, mount_factory):
+    """The draft is made from latest, which cannot be read: draft/ is EIO, and the
+    collection folder still lists (without it) and reads its other versions."""
+    with open(os.path.join(store, "projects/proj/collections/ds/versions/v1.json"), "wb") as f:
+        f.write(b"[]")
+    m = mount_factory(store)
+    assert sorted(os.listdir(m.p("ds"))) == ["ds:best", "ds:latest", "ds:v0"]
+    assert open(m.p("ds", "ds:v0", "f"), "rb").read() == b"zero"
+    with pytest.raises(OSError) as e:
+        os.listdir(m.p("ds", "draft"))
+    assert e.value.errno == errno.EIO
+    assert "versions/v1.json is damaged: not a JSON object but list" in m.log
+    assert open(m.p(LONG, f"{LONG}:latest", "f"), "rb").read() == b"long"

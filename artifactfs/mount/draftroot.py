@@ -21,6 +21,8 @@ import pyfuse3
 
 from ..drafts import filedata
 from ..drafts.inode import Inode
+from ..errors import CorruptStoreError
+from ..registry.checks import skip_entry
 from ..registry.names import check_alias, check_name, parse_version
 from ..registry.versions import CollectionInfo, VersionInfo
 from ..timestamps import now_iso
@@ -138,7 +140,12 @@ class DraftCollectionNode(CollectionNode):
         return await super().lookup(name)
 
     async def children(self) -> Sequence[tuple[str, Node]]:
-        drafts = [] if self.info.portfolio else [(DRAFT, await self._draft())]
+        drafts = []
+        if not self.info.portfolio:
+            try:
+                drafts = [(DRAFT, await self._draft())]
+            except CorruptStoreError as e:  # its base's record is damaged: the versions still list
+                skip_entry(f"{self.ctx.project}/{self.name}/{DRAFT}", str(e))
         return [*drafts, *await super().children()]
 
     # -- aliases as symlinks -------------------------------------------------------------
