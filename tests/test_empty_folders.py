@@ -175,3 +175,35 @@ def test_a_download_makes_no_folder_through_a_symlink(tmp_path):
     assert done.returncode == 1 and "not a directory" in done.stderr and "Traceback" not in done.stderr
     assert os.listdir(outside) == []
     assert Registry.open(store).lookup(Registry.open(store).version("proj", "ds", 0).root, "a/b").tree == EMPTY_TREE
+
+
+def test_a_folder_emptied_in_a_draft_merges_with_another_writers_files(store, mount_factory, tmp_path):
+    """Keeping a folder the draft emptied is no claim on what it holds: a file another
+    writer added there meanwhile stays (no conflict), as it did before folders were kept."""
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    os.remove(f"{d}/b/c/d")
+    os.mkdir(f"{d}/new")
+    publish(Registry.open(store), str(tmp_path / "pub2"), "ds", {"b/c/theirs": b"t"})
+    done = cli("sync", d, env=m.env, timeout=120)
+    assert done.returncode == 0 and done.stdout == "ds:v2\n", done.stderr
+    assert sorted(os.listdir(m.p("ds", "ds:v2", "b", "c"))) == ["theirs"]
+    assert empty_folders(Registry.open(store), "ds", 2) == {"new"}
+    assert sorted(os.listdir(f"{d}/b/c")) == ["theirs"] and os.listdir(f"{d}/new") == []
+
+
+def test_folders_moved_in_a_draft_keep_or_lose_their_files_as_moved(store, mount_factory):
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    os.mkdir(f"{d}/e")
+    assert cli("sync", d, env=m.env, timeout=120).stdout == "ds:v1\n"
+    os.rename(f"{d}/e", f"{d}/f")                # an empty folder of the base, moved
+    os.rename(f"{d}/a", f"{d}/z")                # a folder of files, moved, then emptied
+    os.remove(f"{d}/z/x")
+    os.mkdir(f"{d}/b/c/d2")
+    os.rename(f"{d}/b/c/d2", f"{d}/b/c/d3")      # a new empty folder, moved
+    done = cli("sync", d, env=m.env, timeout=120)
+    assert done.returncode == 0 and done.stdout == "ds:v2\n", done.stderr
+    assert empty_folders(Registry.open(store), "ds", 2) == {"f", "z", "b/c/d3"}
+    assert sorted(os.listdir(m.p("ds", "ds:v2"))) == ["b", "f", "z"]
+    assert sorted(os.listdir(m.p("ds", "ds:v2", "b", "c"))) == ["d", "d3"]

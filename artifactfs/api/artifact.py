@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ..registry.checks import check_metadata
 from ..registry.gcstate import ObjectsSwept, epoch
-from ..registry.manifest import EMPTY_DIR, DirEntry, Entry, Leaf, apply_changes, artifact_digest, walk, walk_all
+from ..registry.manifest import FOLDER, Change, DirEntry, Folder, Leaf, apply_changes, artifact_digest, walk, walk_all
 from ..registry.names import check_name, check_type, normalize_path
 from ..registry.versions import Registry, VersionInfo
 from ..store import default_store_url
@@ -54,7 +54,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         self._project: str | None = None
         self._info: VersionInfo | None = None   # set once logged
         self._base: VersionInfo | None = None   # set for an incremental draft
-        self._changes: dict[str, Entry | None] = {}  # path -> new file, symlink, EMPTY_DIR, or None: removed
+        self._changes: dict[str, Change] = {}  # path -> new file, symlink, FOLDER (empty), or None: removed
         self._local: dict[str, str] = {}
         self._finalized = False
         self.created = False  # did the last save() make a new version (False: equal to latest)
@@ -173,7 +173,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         for path, entry in self._changes.items():
             if entry is None:
                 out.pop(path, None)
-            elif not isinstance(entry, DirEntry):
+            elif not isinstance(entry, (DirEntry, Folder)):
                 out[path] = entry
         return out
 
@@ -181,7 +181,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
         source = self._info or self._base
         entry = self._changes[path] if path in self._changes else (
             self._reg().lookup(source.root, normalize_path(path)) if source is not None else None)
-        if entry is None or isinstance(entry, DirEntry):
+        if entry is None or isinstance(entry, (DirEntry, Folder)):
             raise KeyError(f"path {path!r} is not in artifact {self.name}")
         return entry
 
@@ -288,7 +288,7 @@ class Artifact(ArtifactLifecycle, TypedObjects):
                                              progress))
         for item in found:
             if isinstance(item, LocalDir):  # an empty folder (store-format.md 8)
-                self._changes.setdefault(item.path, EMPTY_DIR)
+                self._changes.setdefault(item.path, FOLDER)
             else:
                 self._stage(item.path, next(uploaded) if isinstance(item, LocalFile) else item.entry, item.full,
                             merge)

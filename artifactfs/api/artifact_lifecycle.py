@@ -11,7 +11,7 @@ from typing import Self
 from ..chunks import upload
 from ..errors import ArtifactNotLoggedError, UsageError
 from ..registry.gcstate import ObjectsSwept
-from ..registry.manifest import FileEntry, Leaf
+from ..registry.manifest import Change, FileEntry
 from ..registry.runinfo import RunRecord
 from ..registry.versions import Registry, VersionInfo
 from . import lineage, links
@@ -26,7 +26,7 @@ class ArtifactLifecycle:
     _collection: str
     _ttl: dt.timedelta | None
     _ttl_inherited: bool
-    _changes: dict[str, Leaf | None]
+    _changes: dict[str, Change]
     _local: dict[str, str]
 
     def _need_logged(self, what: str) -> VersionInfo: ...  # provided by Artifact

@@ -5,8 +5,9 @@
    hashed (and their chunks stored) unless their stamp (data file inode, size,
    mtime, ctime) equals the one recorded at the previous commit.  The result is
    the set of changes relative to the base: path -> FileEntry, SymlinkEntry,
-   DirEntry (a moved folder: a sub-tree graft; EMPTY_DIR: a folder the version
-   holds empty) or None (removed), and what the version cannot hold (LeftOut).
+   DirEntry (a moved folder: a sub-tree graft), FOLDER (a folder the draft holds
+   empty: the version keeps it) or None (removed), and what the version cannot
+   hold (LeftOut).
 2. rebase: if another writer committed since the base, each changed path is checked
    against the current latest; a path changed on both sides (differently) is a
    ConflictError naming the paths, and the draft is left untouched.
@@ -33,12 +34,13 @@ from ..errors import (
 )
 from ..registry.gcstate import ObjectsSwept, check_present
 from ..registry.manifest import (
-    EMPTY_DIR,
     EMPTY_TREE,
+    FOLDER,
     Change,
     DirEntry,
     Entry,
     FileEntry,
+    Folder,
     SymlinkEntry,
     apply_changes,
     summarize,
@@ -226,8 +228,9 @@ def _scan_dir(draft: Draft, d: Inode, prefix: str, base_key: str | None, out: Sc
     if d.tree is None:
         for name in sorted(set(base) - seen):
             out.changes[join(prefix, name)] = None
-    if prefix and not held and (d.tree is None or not set(base) - seen) and (d.tree or base_key) != EMPTY_TREE:
-        out.changes[prefix] = EMPTY_DIR  # a folder the version holds empty (a graft: it stays when emptied)
+    if prefix and not held and (d.tree is None or (d.tree == base_key and not set(base) - seen)) \
+            and base_key != EMPTY_TREE:
+        out.changes[prefix] = FOLDER  # the version keeps it, empty (a moved folder's graft stays anyway)
 
 
 def _note_owner_and_mode(draft: Draft, ino: Inode, path: str, out: Scan) -> None:
@@ -308,7 +311,9 @@ def draft_changes(registry: Registry | None, draft: Draft) -> tuple[Scan, dict]:
     return found, stamps
 
 
-def _same(a: Entry | None, b: Entry | None) -> bool:
+def _same(a: Entry | None, b: Change) -> bool:
+    if isinstance(b, Folder):  # a folder kept: any folder there is the same to it
+        return isinstance(a, DirEntry)
     if isinstance(a, DirEntry) and isinstance(b, DirEntry):
         return a.tree == b.tree
     if isinstance(a, FileEntry) and isinstance(b, FileEntry):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..registry.manifest import EMPTY_DIR, DirEntry, Entry
+from ..registry.manifest import DirEntry, Entry, Folder
 from ..registry.versions import Registry
 from .commit import base_behind, draft_changes, left_out_text
 from .engine import Draft
@@ -60,9 +60,9 @@ def draft_status(registry: Registry, draft: Draft) -> DraftStatus:
                       pending=dict(st.attrs), left_out=found.left_out)
     for path, change in sorted(found.changes.items()):
         was = _in_base(draft, path)
-        if change == EMPTY_DIR and isinstance(was, DirEntry):
+        if isinstance(change, Folder) and isinstance(was, DirEntry):
             continue  # a folder emptied: its removals say it
-        slash = "/" if isinstance(change, DirEntry) else ""
+        slash = "/" if isinstance(change, (DirEntry, Folder)) else ""
         kind = "D" if change is None else "M" if was is not None else "A"
         out.changes.append(Changed(kind, path + slash))
     return out

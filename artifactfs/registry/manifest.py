@@ -284,18 +284,27 @@ class TreeIO:
         raise NotImplementedError
 
 
-Change = Union[FileEntry, SymlinkEntry, DirEntry, None]
+@dataclass(frozen=True)
+class Folder:
+    """A change (apply_changes): a folder stays at this path, even when the other
+    changes empty it.  Where there is none, an empty folder (EMPTY_DIR); a folder
+    there keeps what it holds (another writer's additions merge in)."""
+
+
+FOLDER = Folder()
+Change = Union[FileEntry, SymlinkEntry, DirEntry, Folder, None]
 
 
 def apply_changes(io: TreeIO, root: str | None, changes: Mapping[str, Change]) -> DirEntry:
     """New root from `root` (None: empty) with each path set to an entry or removed.
 
-    A DirEntry value grafts a whole existing sub-tree (a moved folder, or EMPTY_DIR:
-    an empty folder) at that path; changes below it then apply inside the graft, and
-    the folder stays even when they empty it.  Only trees on changed paths are
-    loaded and written: O(changes x depth).  Other directories left empty by the
-    changes disappear (W&B's remove() of a folder's files).  A file and a directory
-    at the same path is refused with InvalidNameError."""
+    A DirEntry value grafts a whole existing sub-tree (a moved folder; EMPTY_DIR, an
+    empty one) at that path; changes below it then apply inside the graft.  FOLDER
+    keeps (or makes) a folder there.  A folder given either way stays even when the
+    changes below it empty it; other folders left empty by the changes disappear
+    (W&B's remove() of a folder's files).  Only trees on changed paths are loaded
+    and written: O(changes x depth).  A file and a directory at the same path is
+    refused with InvalidNameError."""
     for p in changes:
         check_path(p)
     tree = _apply(io, io.load(root) if root else {}, changes, "")
@@ -318,9 +327,12 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) ->
             tree.pop(name, None)
         elif not isinstance(entry, DirEntry) and name in nested and any(v is not None for v in nested[name].values()):
             raise PathConflictError(f"{shown(where + name)} is both a file and a directory")
+        elif isinstance(entry, Folder) and isinstance(tree.get(name), DirEntry):
+            continue  # the folder there stays, with what it holds
         else:
-            if entry == EMPTY_DIR:
-                io.save({})  # a graft of a tree the store may not hold yet
+            if isinstance(entry, Folder) or entry == EMPTY_DIR:
+                io.save({})  # a tree the store may not hold yet
+                entry = EMPTY_DIR
             tree[name] = entry
     for name, sub in nested.items():
         if isinstance(tree.get(name), (FileEntry, SymlinkEntry)):
@@ -330,7 +342,7 @@ def _apply(io: TreeIO, tree: Tree, changes: Mapping[str, Change], where: str) ->
         current = tree.get(name)
         child = _apply(io, io.load(current.tree) if isinstance(current, DirEntry) else {}, sub,
                        f"{where}{name}/")
-        if child or isinstance(direct.get(name), DirEntry):
+        if child or isinstance(direct.get(name), (DirEntry, Folder)):
             size, files = summarize(child)
             tree[name] = DirEntry(io.save(child), size, files)
         else:
