@@ -253,9 +253,12 @@ def install(parts: MountParts, default_type: str) -> None:
             if id(folder) in node_of:
                 pyfuse3.invalidate_entry_async(node_of[id(folder)], os.fsencode(name), ignore_enoent=True)
         await root.collections(0)
+        kept = root.kept.get(live.name)
+        if kept is not None:  # also when the kernel forgot the collection's folder meanwhile (its next
+            await kept.state.get(0)  # lookup makes a node on this state, and NAME:vN must be there)
         coll = table.find(("coll", live.name))
         if isinstance(coll, CollectionNode):
-            await coll.state(0)
+            await coll.state(float("inf") if kept is not None else 0)
             if in_request:
                 for name in coll.alias_entries():
                     pyfuse3.invalidate_entry_async(coll.ino, name, ignore_enoent=True)
