@@ -207,3 +207,13 @@ def test_folders_moved_in_a_draft_keep_or_lose_their_files_as_moved(store, mount
     assert empty_folders(Registry.open(store), "ds", 2) == {"f", "z", "b/c/d3"}
     assert sorted(os.listdir(m.p("ds", "ds:v2"))) == ["b", "f", "z"]
     assert sorted(os.listdir(m.p("ds", "ds:v2", "b", "c"))) == ["d", "d3"]
+
+
+def test_a_folder_another_writer_removed_that_the_draft_holds_empty_stays(store, mount_factory, tmp_path):
+    m = mount_factory(store)
+    d = m.p("ds", "draft")
+    os.remove(f"{d}/b/c/d")
+    publish(Registry.open(store), str(tmp_path / "pub2"), "ds", {"b/c/d": None})
+    done = cli("sync", d, env=m.env, timeout=120)
+    assert done.returncode == 0 and done.stdout == "ds:v2\n", done.stderr
+    assert empty_folders(Registry.open(store), "ds", 2) == {"b/c"}

@@ -312,8 +312,8 @@ def draft_changes(registry: Registry | None, draft: Draft) -> tuple[Scan, dict]:
 
 
 def _same(a: Entry | None, b: Change) -> bool:
-    if isinstance(b, Folder):  # a folder kept: any folder there is the same to it
-        return isinstance(a, DirEntry)
+    if isinstance(b, Folder):  # a folder kept: any folder there, or none (it is made again), is the same to it
+        return a is None or isinstance(a, DirEntry)
     if isinstance(a, DirEntry) and isinstance(b, DirEntry):
         return a.tree == b.tree
     if isinstance(a, FileEntry) and isinstance(b, FileEntry):
