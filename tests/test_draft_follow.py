@@ -46,3 +46,4 @@ def test_an_untouched_draft_follows_another_writers_version_without_hanging(stor
     with open(os.path.join(d, "x.bin"), "wb") as f:  # what hung: a create in the draft after the move
         f.write(b"x" * 1000)
     assert {"theirs", "x.bin", "top"} <= set(listing(d))
+

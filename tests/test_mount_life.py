@@ -409,3 +409,18 @@ def test_a_store_the_user_may_not_read_says_permission_denied(store, tmp_path):
         os.chmod(store, 0o755)
     _one_line_error(done, "cannot read the store", "permission denied")
     assert "not an artifactfs store" not in done.stderr
+
+
+def test_the_log_is_reopened_after_logrotate_moved_it(store, mount_factory):
+    m = mount_factory(store)
+    logs = os.path.join(m.env["XDG_STATE_HOME"], "artifactfs", "logs")
+    (name,) = os.listdir(logs)
+    os.rename(os.path.join(logs, name), os.path.join(logs, name + ".1"))
+    with open(m.p("ds", "draft", "new"), "wb") as f:
+        f.write(b"n")
+    assert cli("sync", m.p("ds", "draft"), env=m.env, timeout=120).returncode == 0
+    wait_for(lambda: os.path.exists(os.path.join(logs, name)), 30, "a new log file")
+    st = os.stat(os.path.join(logs, name))
+    assert st.st_mode & 0o777 == 0o600
+    with open(os.path.join(logs, name)) as f:
+        assert "committed ds:v1" in f.read()

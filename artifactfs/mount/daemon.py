@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -165,6 +166,16 @@ def _raise_readahead(dev: tuple[int, int]) -> None:
         log.debug("kernel read-ahead left at its default: %s", e)
 
 
+class LogFile(logging.handlers.WatchedFileHandler):
+    """The mount's log: reopened (0600, never through a symlink) when logrotate
+    has moved it away, so rotation needs neither copytruncate nor a signal."""
+
+    def _open(self):  # type: ignore[override]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(opts: MountOptions) -> str:
     """Log to the mount's log file (0600), and to stderr with --foreground (the
     journal under systemd).  --debug lowers only our own loggers (and pyfuse3's)
@@ -172,8 +183,8 @@ def setup_logging(opts: MountOptions) -> str:
     debug output holds request headers, i.e. Authorization and
     X-Amz-Security-Token (docs/mount-semantics.md, "Errors and the log")."""
     path = log_path(opts.mountpoint)
-    handlers: list[logging.Handler] = [logging.FileHandler(path)]
-    os.chmod(path, 0o600)
+    handlers: list[logging.Handler] = [LogFile(path)]
+    os.chmod(path, 0o600)  # made by an older version with the umask's mode
     if opts.foreground:
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
