@@ -362,6 +362,9 @@ def test_a_full_state_dir_can_still_be_emptied(tmp_path):
                 with open(f"{d}/more", "wb") as f:
                     f.write(randbytes(1 << 20))
             assert e.value.errno == errno.ENOSPC
+            status = cli("status", d, env=env)  # it stores nothing, so a full disk does not stop it
+            assert status.returncode == 0 and f"A {written[0]}" in status.stdout.splitlines(), status.stderr
+            assert "Traceback" not in m.log
             for name in written[:4]:
                 os.unlink(f"{d}/{name}")
             assert not os.path.exists(reserves[0])    # given back for the first unlink

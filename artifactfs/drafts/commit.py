@@ -18,6 +18,7 @@ A process killed anywhere leaves no version or a complete one, and the draft as 
 was (or advanced, if the version was complete)."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -287,16 +288,26 @@ def hash_staged(registry: Registry | None, draft: Draft,
                          [pieces(draft, s.ino, s.st.st_size) for s in todo.values()], known_now)
     for s, e in zip(todo.values(), found):
         entries[s.ino.id] = e
-    probe = os.path.join(draft.dir, "\\probe")
-    with open(probe, "wb") as f:
-        f.write(b"p")
-    horizon = os.stat(probe).st_ctime_ns
+    try:
+        horizon = _now_ctime(os.path.join(draft.dir, "\\probe"))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return entries, {}  # no room even for an inode: no stamps, the next commit reads these files again
     stamps = {}
     for s in staged:
         st = data_stat(draft, s.ino)
         if _stamp(st)[:3] == _stamp(s.st)[:3] and st.st_ctime_ns < horizon:
             stamps[s.ino.id] = _stamp(st) + [entries[s.ino.id].to_json()]
     return entries, stamps
+
+
+def _now_ctime(probe: str) -> int:
+    """The filesystem's 'now' as a ctime, from an empty file touched (it takes no
+    block: a full disk, which `status` must still describe, allows it)."""
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    os.utime(probe)
+    return os.stat(probe).st_ctime_ns
 
 
 def draft_changes(registry: Registry | None, draft: Draft) -> tuple[Scan, dict]:
