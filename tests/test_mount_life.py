@@ -319,6 +319,8 @@ def test_fstab_helper(store, tmp_path):
     assert translate("s3://b", "/m", "send_opens,cache_size=5G,endpoint=http://h:9000,ro,_netdev") == [
         "--store", "s3://b", "--endpoint-url", "http://h:9000", "mount", "--send-opens", "--cache-size", "5G",
         "--read-only", "/m"]
+    assert translate("/s", "/m", "default_permissions,comment=team data,x-systemd.requires=net.target") == [
+        "--store", "/s", "mount", "/m"]  # mount(8)'s, systemd's and FUSE's own, not ours
     fake = subprocess.run(helper + [store, str(mnt), "-fv", "-o", f"project={PROJECT}"], capture_output=True,
                           text=True, env=env, timeout=60)  # mount -f: options checked, nothing mounted
     assert fake.returncode == 0 and not is_mounted(str(mnt)), fake.stderr

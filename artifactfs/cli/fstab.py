@@ -16,7 +16,8 @@ import sys
 ALIASES = {"ro": "read_only"}  # mount(8)'s spelling
 NOT_FROM_FSTAB = {"foreground", "store"}  # the source is the store; mount(8) must get its prompt back
 GLOBAL = {"endpoint_url": "--endpoint-url", "endpoint": "--endpoint-url"}  # options of `artifactfs` itself
-IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev", "nodev",
+IGNORED = {"default_permissions",  # always on (docs/mount-semantics.md); fuse fstab lines often carry it
+           "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev", "nodev",
            "nosuid", "dev", "suid", "exec", "noexec", "atime", "noatime", "relatime", "async", "sync"}
 
 
@@ -50,7 +51,7 @@ def translate(source: str, mountpoint: str, options: str) -> list[str]:
             args += [valued[key], value]
         elif key in flags and not sep:
             args.append(flags[key])
-        elif not (key in IGNORED or key.startswith(("x-", "comment="))):
+        elif not (key in IGNORED or key == "comment" or key.startswith("x-")):
             raise ValueError(f"mount.artifactfs: unknown option {opt!r}")
     return before + args + [mountpoint]
 
