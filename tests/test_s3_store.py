@@ -185,6 +185,13 @@ def test_missing_bucket_is_one_clear_line(s3_server: MotoServer, monkeypatch: py
     assert "\n" not in str(e.value)
 
 
+def test_an_endpoint_that_is_no_url_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACTFS_S3_ENDPOINT", "user:secret@notaurl")
+    with pytest.raises(StoreError) as e:
+        Registry.open("s3://bucket")
+    assert str(e.value) == "cannot use S3 endpoint 'notaurl': not an http:// or https:// URL"
+
+
 def test_unreachable_endpoint_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
     with socket.socket() as s:  # a port nobody listens on

@@ -137,8 +137,8 @@ def _client(options: S3Options, attempts: int) -> Any:
                 client = boto3.session.Session().client("s3", endpoint_url=options.endpoint,
                                                         config=options.botocore_config(attempts))
             except (bexc.BotoCoreError, ValueError) as e:
-                raise StoreError(f"cannot use S3 endpoint {public_endpoint(options.endpoint)}: "
-                                 f"{type(e).__name__}") from None
+                why = "not an http:// or https:// URL" if isinstance(e, ValueError) else type(e).__name__
+                raise StoreError(f"cannot use S3 endpoint {public_endpoint(options.endpoint)}: {why}") from None
             _clients[key] = client
         return client
 

@@ -36,6 +36,8 @@ def public_endpoint(endpoint: str | None) -> str:
     if not endpoint:
         return "AWS S3"
     p = urlparse(endpoint)
+    if not (p.scheme and p.hostname):  # not a URL: the text as given, less anything before an '@'
+        return repr(endpoint.rpartition("@")[2])
     return f"{p.scheme}://{p.hostname}" + (f":{p.port}" if p.port else "")
 
 
