@@ -96,4 +96,6 @@ def test_debug_log_holds_no_credentials(tmp_path):
     assert token not in log
     assert "authorization" not in log.lower()
     assert "x-amz-security-token" not in log.lower()
-    assert " DEBUG artifactfs" in log  # --debug still does something
+    assert " DEBUG artifactfs" in log  # --debug still does something:
+    assert " DEBUG artifactfs.requests: mkdir(" in log and " DEBUG artifactfs.store: S3 put " in log
+    assert " DEBUG pyfuse3" not in log  # (its worker threads starting and stopping: noise)

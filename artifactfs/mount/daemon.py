@@ -37,7 +37,8 @@ from .state import find_mount, log_path, remove_record, sd_notify, write_record
 from .threads import Threads
 
 log = logging.getLogger("artifactfs.mount")
-DEBUG_LOGGERS = ("artifactfs", "pyfuse3")  # what --debug lowers to DEBUG: never a library that logs requests
+DEBUG_LOGGERS = ("artifactfs",)  # what --debug lowers to DEBUG: never a library that logs request headers
+# (nor pyfuse3, whose debug lines are its worker threads starting and stopping)
 READ_AHEAD_KB = 1024
 
 

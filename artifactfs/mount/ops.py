@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import functools
 import itertools
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +26,7 @@ from .syncops import SyncAnswers
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 OpenHook = Callable[[Node, int, int], None]
 DirReply = Callable[[bytes, pyfuse3.EntryAttributes, int], bool]
+log = logging.getLogger("artifactfs.requests")  # --debug: one line per request Python answers
 
 
 @dataclass(frozen=True)
@@ -36,16 +39,32 @@ class OpenDir:
 
 def _mapped(fn: F) -> F:
     """An Operations method: the caller recorded for the request's task (CALLER),
-    any exception turned into the errno the program sees (errnos.to_fuse_error)."""
+    any exception turned into the errno the program sees (errnos.to_fuse_error);
+    with --debug, one log line per request: its arguments, errno and time."""
     @functools.wraps(fn)
     async def wrapper(*args: Any) -> Any:
-        if args and isinstance(args[-1], pyfuse3.RequestContext):
-            CALLER.set((args[-1].uid, args[-1].gid))  # who creates, for the new entry's owner
+        ctx = args[-1] if args and isinstance(args[-1], pyfuse3.RequestContext) else None
+        if ctx is not None:
+            CALLER.set((ctx.uid, ctx.gid))  # who creates, for the new entry's owner
+        started = time.monotonic() if log.isEnabledFor(logging.DEBUG) else None
+        outcome = "ok"
         try:
             return await fn(*args)
         except Exception as e:
-            raise to_fuse_error(e, fn.__name__) from None
+            error = to_fuse_error(e, fn.__name__)
+            outcome = errno.errorcode.get(error.errno, str(error.errno))
+            raise error from None
+        finally:
+            if started is not None:
+                log.debug("%s(%s) pid %s: %s in %.2f ms", fn.__name__, _shown(args[1:-1] if ctx else args[1:]),
+                          ctx.pid if ctx else "-", outcome, (time.monotonic() - started) * 1000)
     return wrapper  # type: ignore[return-value]
+
+
+def _shown(args: Sequence[Any]) -> str:
+    """A request's arguments for the debug log: names decoded, data as its length."""
+    return ", ".join(f"<{len(a)} bytes>" if isinstance(a, bytes) and len(a) > 64
+                     else os.fsdecode(a) if isinstance(a, bytes) else repr(a) for a in args)
 
 
 class Operations(pyfuse3.Operations):

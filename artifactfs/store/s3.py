@@ -186,7 +186,16 @@ class S3Store(ObjectStore):
         for `timeout` seconds: requests meanwhile get one attempt, not retries, so an
         operation made of several requests fails in about one timeout, not several;
         the first success ends it."""
-        deadline = time.monotonic() + self.options.timeout - self.options.attempt_timeout
+        started = time.monotonic()
+        deadline = started + self.options.timeout - self.options.attempt_timeout
+        if log.isEnabledFor(logging.DEBUG):
+            try:
+                return self._attempts(what, key, fn, deadline)
+            finally:
+                log.debug("S3 %s %s: %.1f ms", what, key, (time.monotonic() - started) * 1000)
+        return self._attempts(what, key, fn, deadline)
+
+    def _attempts(self, what: str, key: str, fn: Callable[[Any], T], deadline: float) -> T:
         while True:
             client = self._quick_client() if time.monotonic() < self._down_until else self.client
             try:
