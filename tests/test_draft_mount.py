@@ -335,6 +335,8 @@ def test_read_only_mount_has_no_drafts(store, mount_factory):
     assert sorted(os.listdir(m.p("ds"))) == ["ds:latest", "ds:v0"]
     assert oserror(lambda: os.mkdir(m.p("new"))) == errno.EROFS
     assert cli("sync", m.path, env=m.env).returncode == 1
+    st = os.statvfs(m.path)  # df shows how full the chunk cache is, not a full disk
+    assert st.f_blocks * st.f_frsize == 10 << 30 and st.f_bavail == st.f_bfree > st.f_blocks // 2
 
 
 def test_free_space_is_the_staging_filesystems(store, mount_factory):

@@ -117,11 +117,14 @@ class RootNode(Node):
         return await portfolios.registry_entry(self.table, self.registry_kept, infos)
 
     async def statfs(self) -> pyfuse3.StatvfsData:
-        """Capacity is the local cache's size limit; nothing is free for writing."""
+        """A read-only mount's size is its chunk cache's limit, and its free
+        room what the cache has left: `df` shows how full the cache is, not a
+        full disk that trips alerts (writes get EROFS whatever df says)."""
+        used = (await self.ctx.run(self.ctx.reader.cache.stats))["cache_bytes"]
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = max(1, self.ctx.cache_size // 4096)
-        s.f_bfree = s.f_bavail = 0
+        s.f_bfree = s.f_bavail = max(0, self.ctx.cache_size - used) // 4096
         s.f_files = len(self.table)
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
