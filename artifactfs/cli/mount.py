@@ -138,8 +138,8 @@ def _spawn(opts: MountOptions) -> None:
 @click.option("--send-opens", is_flag=True, help="Have the daemon's Python code answer every open and close "
               "(as with a stock pyfuse3), also of version files: a use recorded at every open; slower.")
 @click.option("--no-opens", is_flag=True, help="Have the kernel send no open or close at all (faster warm opens); "
-              "but a process running as root can then open a version file for writing, and a writable "
-              "shared mmap of it changes what other readers see until its writeback fails.")
+              "version files are then owned by no user (stat shows 65534), so the kernel refuses every "
+              "open of one for writing, root's too, with EACCES instead of EROFS.")
 @click.option("--python-reads", is_flag=True, help="Have the daemon's Python code answer every read, also "
               "of the small version files pyfuse3's native threads could answer (for comparisons).")
 @click.option("--debug", is_flag=True, help="Log at debug level.")
