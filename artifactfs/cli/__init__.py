@@ -4,9 +4,6 @@ from __future__ import annotations
 import signal
 import sys
 
-HELP = {"help_option_names": ["-h", "--help"]}  # for every command, as cli/main.py's group says
-
-
 def entry() -> None:
     """The `artifactfs` program.  `artifactfs sync`, which training loops run after
     each checkpoint, starts without importing the API (0.25 s instead of 0.55 s
@@ -20,7 +17,7 @@ def entry() -> None:
         if sys.argv[1:2] == ["sync"]:
             from .base import Group
             from .drafts import sync_cmd
-            Group(commands=[sync_cmd], context_settings=HELP)(prog_name="artifactfs")
+            Group(commands=[sync_cmd])(prog_name="artifactfs")
         else:
             from .main import main
             main()

@@ -142,7 +142,11 @@ def _terminate(signum: int, frame: object) -> None:
 class Group(click.Group):
     """Turns user-facing errors into one line and exit 1 (usage mistakes: exit 2),
     never a traceback or a screen of usage text; Ctrl-C and SIGTERM into one line
-    and 128 + the signal's number."""
+    and 128 + the signal's number.  `-h` is `--help` for every command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["context_settings"] = {"help_option_names": ["-h", "--help"], **kwargs.get("context_settings", {})}
+        super().__init__(*args, **kwargs)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs["standalone_mode"] = False

@@ -15,7 +15,6 @@ from ..errors import ArtifactfsError, NotFoundError, shown
 from ..registry.manifest import SymlinkEntry, walk, walk_all
 from ..registry.names import check_name, in_folder
 from ..registry.versions import VersionInfo
-from . import HELP
 from .base import (
     PROJECT_HELP,
     STORE_HELP,
@@ -34,7 +33,7 @@ from .lifecycle import COMMANDS
 from .mount import mount_cmd, umount_cmd
 
 
-@click.group(cls=Group, context_settings=HELP)
+@click.group(cls=Group)
 @click.option("--store", metavar="URL", default=None, help=STORE_HELP)
 @click.option("--project", metavar="NAME", default=None, help=PROJECT_HELP)
 @click.option("--endpoint-url", metavar="URL", default=None,
