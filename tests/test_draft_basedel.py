@@ -80,7 +80,8 @@ def test_umount_after_the_base_is_deleted_publishes_what_the_draft_shows(tmp_pat
     delete(m, "ds:v1")  # latest moves back to v0
     wait_for(lambda: versions_listed(m, "ds") == ["ds:v0"], 30, "the mount to see v1 deleted")
     assert open(f"{d}/x", "rb").read() == b"x1"
-    assert "latest is ds:v0" in status(m, d)
+    assert ("ds: draft of ds:v1, since deleted (latest is ds:v0, which `artifactfs discard` would show instead); "
+            "sync publishes everything the draft shows as a new version: 1 change\nA new\n") == status(m, d)
     done = m.umount()
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ds:v2"

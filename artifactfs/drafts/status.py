@@ -33,9 +33,9 @@ class DraftStatus:
         name, n = self.collection, len(self.changes)
         where = f"draft of {name}:v{self.base}" if self.base is not None else "a new collection"
         if base_behind(self.base, self.latest):
-            left = "no version is left" if self.latest is None else f"latest is {name}:v{self.latest}"
-            where += (f", since deleted ({left}); sync publishes everything the draft shows as a new version, "
-                      "`artifactfs discard` shows latest instead")
+            left = ("no version is left" if self.latest is None
+                    else f"latest is {name}:v{self.latest}, which `artifactfs discard` would show instead")
+            where += f", since deleted ({left}); sync publishes everything the draft shows as a new version"
         elif self.latest is not None and self.latest != self.base:
             where += f"; latest is {name}:v{self.latest}, sync applies the changes onto it"
         head = f"{name}: {where}: " + (f"{n} change{'s' * (n != 1)}" if n else "no changes")
