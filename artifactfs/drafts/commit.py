@@ -293,7 +293,7 @@ def hash_staged(registry: Registry | None, draft: Draft,
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        return entries, {}  # no room even for an inode: no stamps, the next commit reads these files again
+        return entries, {}  # a full disk: no stamps, the next commit reads these files again
     stamps = {}
     for s in staged:
         st = data_stat(draft, s.ino)
@@ -303,10 +303,11 @@ def hash_staged(registry: Registry | None, draft: Draft,
 
 
 def _now_ctime(probe: str) -> int:
-    """The filesystem's 'now' as a ctime, from an empty file touched (it takes no
-    block: a full disk, which `status` must still describe, allows it)."""
-    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-    os.utime(probe)
+    """The filesystem's 'now' as a ctime, from a file written (a write, not a
+    utime: only a write's ctime is as fine-grained as the staged files' writes';
+    ENOSPC on a full disk)."""
+    with open(probe, "wb") as f:
+        f.write(b"p")
     return os.stat(probe).st_ctime_ns
 
 
