@@ -196,6 +196,28 @@ def test_getattr_after_a_read_is_answered_without_python_for_version_files_only(
             f.write(more)
 
 
+def test_a_read_only_mount_sends_no_open_and_the_kernel_refuses_writes(store, mount_factory):  # noqa: F811
+    """--read-only mounts read-only in the kernel, which refuses every open for
+    writing with EROFS, root's too, before asking the daemon: so no OPEN is asked
+    for (warm opens cost no round trip) and files keep their owner."""
+    if not noopen.AVAILABLE:
+        skip_or_fail("this pyfuse3 lacks third_party/pyfuse3/artifactfs.patch (make setup builds it)")
+    m = mount_factory(store, "--read-only")
+    path = m.p("ds", "ds:v0", "a.txt")
+    for _ in range(3):
+        assert subprocess.run(["cat", path], capture_output=True, check=True).stdout == FILES["a.txt"]
+    for flags in (os.O_WRONLY | os.O_TRUNC, os.O_RDWR):
+        with pytest.raises(OSError) as e:
+            os.close(os.open(path, flags))
+        assert e.value.errno == errno.EROFS
+    stats = m.stats()
+    assert stats["opens"] == 0 and stats["native_opens"] == 0
+    assert stats["requests"]["OPEN"] == {"native": 0, "python": 1}, stats["requests"]  # the ENOSYS, once
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert "a read-only mount: the kernel refuses every open for writing with EROFS" in m.log
+
+
 def test_send_opens_and_no_opens_exclude_each_other(tmp_path):
     (tmp_path / "mnt").mkdir()
     done = subprocess.run([sys.executable, "-m", "artifactfs", "--store", str(tmp_path / "store"), "mount",

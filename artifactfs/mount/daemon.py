@@ -49,11 +49,13 @@ def build(opts: MountOptions) -> MountParts:
     threads = Threads(opts.threads)
     cache = ChunkCache(registry, opts.cache_dir, opts.cache_size)
     reader = ChunkReader(cache, opts.memory, threads, feeder=PageFeeder())
-    opens = noopen.OpenMode.choose(opts.send_opens, opts.no_opens)
+    # A read-only mount needs no OPEN: the kernel refuses every open for writing (EROFS, root's
+    # too) and no draft's writers are to be known, so warm opens cost no round trip.
+    opens = noopen.OpenMode.choose(opts.send_opens, opts.no_opens or (opts.read_only and not opts.send_opens))
     ctx = MountContext(registry=registry, project=opts.project, reader=reader, threads=threads,
                        native=NativeReads(cache, enabled=opts.native_reads),
                        refresh=opts.refresh, cache_size=opts.cache_size,
-                       unowned_files=opens is noopen.OpenMode.NONE)
+                       unowned_files=opens is noopen.OpenMode.NONE and not opts.read_only)
     table = InodeTable(ctx, default_node_classes())
     table.set_root(table.kinds["root"](ctx, ("root",)))
     parts = MountParts(opts, ctx, table, Operations(table, opens))
@@ -118,7 +120,7 @@ class Daemon:
         await ctx.run(_raise_readahead, self.dev)
         log.info("mounted %s on %s (project %s, pid %d, %d worker threads)", ctx.registry.store.url,
                  opts.mountpoint, opts.project, os.getpid(), opts.threads)
-        log.info(noopen.describe(self.parts.ops.opens, opts.send_opens))
+        log.info(noopen.describe(self.parts.ops.opens, opts.send_opens, opts.read_only))
         on_ready()
 
     async def _signals(self) -> None:

@@ -108,8 +108,11 @@ class OpenMode(enum.Enum):
         return cls.NATIVE
 
 
-def describe(mode: OpenMode, send_opens: bool) -> str:
+def describe(mode: OpenMode, send_opens: bool, read_only: bool = False) -> str:
     """One log line: how this mount serves opens, and why."""
+    if mode is OpenMode.NONE and read_only:
+        return ("files are served without OPEN requests (a read-only mount: the kernel refuses every open "
+                "for writing with EROFS)")
     if mode is OpenMode.NATIVE:
         return ("opens of version files are answered by pyfuse3's native threads (read-only, EROFS for "
                 "writing), the others by the daemon")
