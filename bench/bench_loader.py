@@ -19,7 +19,8 @@ With --compare-opens every mount step is also run on a mount with --send-opens
 docs/mount-semantics.md); with --compare-no-opens on a mount with --no-opens (no
 OPEN at all, instead of the default: version files' OPENs answered natively);
 with --compare-reads on a mount with --python-reads (every READ answered by Python,
-none by pyfuse3's native threads).
+none by pyfuse3's native threads); with --compare-read-only on a --read-only mount
+(no OPEN either, as a training mount would be).
 
   .venv/bin/python bench/bench_loader.py
   .venv/bin/python bench/bench_loader.py --files 2000 --repeat 3
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> Table:
     ap.add_argument("--compare-opens", action="store_true", help="also every mount step with --send-opens")
     ap.add_argument("--compare-no-opens", action="store_true", help="also every mount step with --no-opens")
     ap.add_argument("--compare-reads", action="store_true", help="also every mount step with --python-reads")
+    ap.add_argument("--compare-read-only", action="store_true",
+                    help="also every mount step with --read-only (no OPEN, the kernel refuses writes)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", default=None, help="append the markdown table to this file")
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> Table:
     table = Table(f"training loader over {args.files} small files, and warm 4 KiB opens")
     modes = {"mount": ()} | ({"mount --send-opens": ("--send-opens",)} if args.compare_opens else {}) \
         | ({"mount --no-opens": ("--no-opens",)} if args.compare_no_opens else {}) \
-        | ({"mount --python-reads": ("--python-reads",)} if args.compare_reads else {})
+        | ({"mount --python-reads": ("--python-reads",)} if args.compare_reads else {}) \
+        | ({"mount --read-only": ("--read-only",)} if args.compare_read_only else {})
     with workdir(args.workdir, args.keep) as work:
         os.environ.update(ARTIFACTFS_PROJECT="default", ARTIFACTFS_HASH_CACHE=os.path.join(work, "digests.sqlite"))
         cold = not args.warm and drop_caches()
