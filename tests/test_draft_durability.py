@@ -470,5 +470,6 @@ def test_umount_waits_for_a_checkpoint_being_written(tmp_path):
     assert Registry.open(store).latest("proj", "ds") == 1
     with mounted(store, tmp_path / "mnt", env=env) as m:
         assert open(m.p("ds", "draft", "ckpt2.pt"), "rb").read() == b"partial"
-        assert "note: it was being changed" in cli("status", m.p("ds", "draft"), env=env).stdout
+        assert "note: it was left unpublished when the mount was stopped by `artifactfs umount`" in \
+            cli("status", m.p("ds", "draft"), env=env).stdout
         assert m.umount().returncode == 1       # still waits for an explicit sync

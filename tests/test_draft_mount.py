@@ -355,7 +355,8 @@ def test_free_space_is_the_staging_filesystems(store, mount_factory):
 def test_committed_files_leave_the_staging_tree(store, mount_factory, tmp_path):
     """After sync, files written through the mount hold no staging space of their
     own (a file of one chunk is the local store's blob: one inode), also a file
-    still open for writing: the same inode takes its later writes (the data file
+    still open for writing (not changed since it was opened, so sync publishes
+    it: docs/drafts.md): the same inode takes its later writes (the data file
     copied first, the blob never changes), which the next sync commits."""
     m = mount_factory(store)
     d = m.p("ds", "draft")
@@ -365,8 +366,9 @@ def test_committed_files_leave_the_staging_tree(store, mount_factory, tmp_path):
     os.makedirs(f"{d}/new/deep")
     with open(f"{d}/new/deep/f", "wb") as f:
         f.write(b"deep")
-    held = open(f"{d}/held", "wb", buffering=0)
-    held.write(b"first ")
+    with open(f"{d}/held", "wb") as f:
+        f.write(b"first ")
+    held = open(f"{d}/held", "ab", buffering=0)
     assert sync(m, d).stdout == "ds:v1\n"
 
     def staged() -> list[os.stat_result]:

@@ -77,9 +77,17 @@ def _metadata(pairs: tuple[str, ...]) -> dict:
 @click.option("--description", default=None, metavar="D", help="Description of the new version.")
 @click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
               help="Metadata of the new version (repeatable; VALUE is JSON or text).")
+@click.option("--timeout", metavar="SECONDS", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="How long files of a draft being written may take to be closed before that draft is "
+                   "left unpublished.")
 def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, ...],
-             description: str | None, metadata: tuple[str, ...]) -> None:
-    """Commit drafts as new versions; returns once they are durable in the store."""
+             description: str | None, metadata: tuple[str, ...], timeout: float) -> None:
+    """Commit drafts as new versions; returns once they are durable in the store.
+
+    A draft with files open for writing that changed since they were opened is
+    published once they are closed (waiting up to --timeout), else not at all
+    (exit 1).  A sync of the whole mountpoint skips drafts recovered after a
+    crash (a note each, exit 1): name the draft to publish one."""
     for a in aliases:
         check_alias(a)
     for t in tags:
@@ -87,8 +95,9 @@ def sync_cmd(paths: tuple[str, ...], aliases: tuple[str, ...], tags: tuple[str, 
     meta = _metadata(metadata)
     failures = 0
     for address, collections in _targets(paths or (os.getcwd(),)):
-        failures += commit_drafts(address, collections, {"aliases": list(aliases), "tags": list(tags),
-                                                         "description": description, "metadata": meta})
+        failures += len(commit_drafts(address, collections, {"aliases": list(aliases), "tags": list(tags),
+                                                         "description": description, "metadata": meta},
+                                      wait=timeout))
     if failures:
         sys.exit(1)
 
@@ -101,7 +110,7 @@ def discard_cmd(paths: tuple[str, ...]) -> None:
     for address, collections in _targets(paths):
         if collections is None:
             raise ArtifactfsError("discard takes draft or collection folders, not a whole mount")
-        failures += _report(request(address, {"op": "discard", "collections": collections}))
+        failures += len(report(request(address, {"op": "discard", "collections": collections})))
     if failures:
         sys.exit(1)
 
@@ -112,7 +121,7 @@ def status_cmd(paths: tuple[str, ...]) -> None:
     """Show what sync would publish from drafts: A added, M changed, D removed (default: the current directory)."""
     failures = 0
     for address, collections in _targets(paths or (os.getcwd(),)):
-        failures += _report(request(address, {"op": "status", "collections": collections}))
+        failures += len(report(request(address, {"op": "status", "collections": collections})))
     if failures:
         sys.exit(1)
 
@@ -156,28 +165,33 @@ def _targets(paths: tuple[str, ...]) -> list[tuple[str, list[str] | None]]:
 
 
 def commit_drafts(address: str, collections: list[str] | None, attrs: dict | None = None,
-                  unmount: float | None = None) -> int:
+                  wait: float = 0, unmount: bool = False) -> list[str]:
     """Ask the daemon at control socket `address` to commit the drafts of
-    `collections` (None: every draft with changes), with the attributes of `sync`;
-    print one line per version on stdout and one `Error:` line per draft that could
-    not be committed (a conflict, an unreachable store; at `unmount` (the seconds
-    files open for writing may take to be closed), a draft recovered after a
-    crash or still being written) on stderr; return how many could not be.  ArtifactfsError if the daemon cannot be asked at all."""
-    return _report(request(address, {"op": "sync", "collections": collections, "unmount": unmount is not None,
-                                     "wait": unmount or 0, **(attrs or {})}))
+    `collections` (None: every draft with changes), with the attributes of `sync`,
+    each once its files being written are closed (up to `wait` s; what it waits for
+    is said on stderr); print one line per version on stdout and one `Error:` line
+    per draft that could not be committed (a conflict, an unreachable store, files
+    still being written; at `unmount` a draft recovered after a crash) or `note:`
+    line per draft skipped (recovered, when every draft was asked) on stderr;
+    return those lines (the drafts not committed).  ArtifactfsError if the daemon cannot be
+    asked at all."""
+    return report(request(address, {"op": "sync", "collections": collections, "unmount": unmount, "wait": wait,
+                                    **(attrs or {})}, lambda text: click.echo(text, err=True)))
 
 
-def _report(reply: dict) -> int:
-    """Print a control reply's lines (stdout) and errors (stderr); how many failed."""
+def report(reply: dict, shown: frozenset[str] = frozenset()) -> list[str]:
+    """Print a control reply's lines (stdout), errors and skipped drafts (stderr),
+    except lines already `shown`; the lines of what was not done."""
     if "error" in reply:
         raise ArtifactfsError(reply["error"])
-    failures = 0
+    failed = []
     for r in reply["results"]:
         if "line" in r:
             click.echo(r["line"])
             if r.get("note"):
                 click.echo(f"note: {r['note']}", err=True)
-        else:
-            failures += 1
-            click.echo(f"Error: {r['error']}", err=True)
-    return failures
+            continue
+        failed.append(f"note: {r['skipped']}" if "skipped" in r else f"Error: {r['error']}")
+        if failed[-1] not in shown:
+            click.echo(failed[-1], err=True)
+    return failed

@@ -21,11 +21,11 @@ from ..api.artifact import default_project
 from ..chunks.cache import default_cache_dir, parse_size
 from ..errors import ArtifactfsError, shown
 from ..mount.options import DEFAULT_INODE_LIMIT, DEFAULT_THREADS, MountOptions
-from ..mount.state import FSTYPE, find_mount, log_path, read_record, real_mountpoint
+from ..mount.state import FSTYPE, find_mount, log_path, read_record, real_mountpoint, take_outcome
 from ..registry.names import check_name, check_type
 from ..registry.versions import Registry
 from ..store import default_store_url
-from .drafts import CONTROL_XATTR, commit_drafts, flush_mount
+from .drafts import CONTROL_XATTR, commit_drafts, flush_mount, report
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0  # after SIGTERM: the daemon may be committing drafts
@@ -99,6 +99,9 @@ def _spawn(opts: MountOptions) -> None:
     with os.fdopen(r) as pipe:
         ready, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
         line = pipe.readline().strip() if ready else ""
+        while line.startswith("note: "):  # (sent at once with "ready")
+            click.echo(line, err=True)
+            line = pipe.readline().strip()
     if line == "ready":
         return
     if not ready:
@@ -172,7 +175,7 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
         native_reads=not python_reads)
     if foreground:
         from ..mount import daemon  # pyfuse3 and trio: loaded only by the process that serves
-        daemon.run(opts)
+        daemon.run(opts, lambda notes: [click.echo(line, err=True) for line in notes])
     else:
         _spawn(opts)
 
@@ -207,36 +210,40 @@ def umount_cmd(mountpoint: str, timeout: float) -> None:
     disk, where the next mount finds it; umount still unmounts, then exits 1.
     The mount is detached at once after the commit (new opens no longer reach
     it); files already open stay readable until closed or until --timeout, then
-    the daemon is stopped (it commits what was written meanwhile; see its log)."""
+    the daemon is stopped.  As it stops it commits what was written meanwhile,
+    except a draft with files still being written: that one is left unpublished,
+    marked recovered (each printed as above)."""
     real = real_mountpoint(mountpoint)
     m = find_mount(real)
     if m is None or m.fstype != FSTYPE:
         raise ArtifactfsError(f"{mountpoint} is not an artifactfs mount")
     pid = _daemon_pid(real)
-    failures = _commit_first(real, timeout)
+    failed = _commit_first(real, timeout)
     _detach(real)
     if pid is not None and not _wait_gone(pid, timeout):
         os.kill(pid, signal.SIGTERM)
         if not _wait_gone(pid, STOP_TIMEOUT):
             raise ArtifactfsError(f"unmounted {mountpoint}, but its daemon (pid {pid}) did not exit")
         click.echo(f"files of {mountpoint} were still open after {timeout:g} s: its daemon was stopped, their "
-                   f"reads and writes now fail (ENOTCONN); what was written meanwhile is committed, see "
-                   f"{log_path(real)}", err=True)
+                   f"reads and writes now fail (ENOTCONN); see {log_path(real)}", err=True)
+    at_stop = take_outcome(real, pid) if pid is not None else None
+    failures = len(failed) if at_stop is None else len(report({"results": at_stop}, frozenset(failed)))
     if failures:
         raise ArtifactfsError(f"unmounted {mountpoint}; {failures} draft(s) could not be committed and stay "
                               "on disk for the next mount (see above)")
 
 
-def _commit_first(real: str, timeout: float) -> int:
-    """Commit the drafts of a live mount with drafts, each once its files open for
-    writing are closed (up to `timeout` s); how many could not be (0 for a
-    read-only or stale mount, which has nothing to commit or cannot be asked)."""
+def _commit_first(real: str, timeout: float) -> list[str]:
+    """Commit the drafts of a live mount with drafts, each once its files being
+    written are closed (up to `timeout` s); the lines of those that could not be
+    (none for a read-only or stale mount, which has nothing to commit or cannot be
+    asked)."""
     try:
         address = os.getxattr(real, CONTROL_XATTR).decode()
     except OSError:
-        return 0
+        return []
     flush_mount(real)
-    return commit_drafts(address, None, unmount=timeout)
+    return commit_drafts(address, None, wait=timeout, unmount=True)
 
 
 def _daemon_pid(real: str) -> int | None:

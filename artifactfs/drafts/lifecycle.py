@@ -19,7 +19,7 @@ from .datafiles import rejoin
 from .engine import Draft, Fetch
 from .inode import DraftState, Inode
 from .meta import DB_FILE
-from .slots import OLD_STATE_FILE, set_aside
+from .slots import OLD_STATE_FILE, WHY_FILE, set_aside, write_atomic
 
 log = logging.getLogger("artifactfs.drafts")
 
@@ -94,10 +94,12 @@ def discard(draft: Draft) -> None:
 
 
 def put_aside(draft_dir: str, why: str) -> str:
-    """Set a draft aside (one log line) with its staged files exported; returns where."""
+    """Set a draft aside (one log line) with its staged files exported, and why
+    (slots.set_aside_drafts lists them); returns where."""
     where = set_aside(draft_dir)
     if os.path.exists(os.path.join(where, DB_FILE)):
         export_files(where)
+    write_atomic(os.path.join(where, WHY_FILE), why.encode())
     log.warning("the draft in %s was set aside to %s: %s; its staged files are in %s/files",
                 draft_dir, where, why, where)
     return where

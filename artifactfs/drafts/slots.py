@@ -17,6 +17,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import dataclass
 
 import xxhash
 
@@ -27,6 +28,7 @@ from .reserve import SpaceReserve
 
 TMP = "\\tmp."
 SET_ASIDE = "set-aside"
+WHY_FILE = "\\why"  # in a set-aside draft: why it was set aside
 OLD_STATE_FILE = "draft.json"  # drafts of artifactfs before inode-based drafts
 
 
@@ -123,3 +125,32 @@ def set_aside(path: str) -> str:
     target = os.path.join(where, f"{os.path.basename(path)}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
     os.rename(path, target)
     return target
+
+
+@dataclass(frozen=True)
+class SetAside:
+    collection: str
+    path: str  # the set-aside folder; its staged files are under files/
+    why: str
+
+
+def set_aside_drafts(slot_dir: str, collections: list[str] | None = None) -> list[SetAside]:
+    """The drafts set aside next to the drafts slot `slot_dir` (of `collections`,
+    or all), oldest first: they stay until the user removes them."""
+    top = os.path.join(os.path.dirname(slot_dir), SET_ASIDE)
+    try:
+        names = os.listdir(top)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        collection = name.rsplit("-", 2)[0]
+        if name.startswith(TMP) or (collections is not None and collection not in collections):
+            continue
+        try:
+            with open(os.path.join(top, name, WHY_FILE), "rb") as f:
+                why = f.read().decode(errors="replace")
+        except OSError:
+            why = "set aside by an earlier artifactfs"
+        out.append(SetAside(collection, os.path.join(top, name), why))
+    return sorted(out, key=lambda a: (a.path.rsplit("-", 2)[-2], a.path))

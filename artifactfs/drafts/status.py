@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from ..registry.manifest import DirEntry, Entry, Folder
 from ..registry.versions import Registry
 from .commit import base_behind, draft_changes, left_out_text
-from .engine import Draft
+from .engine import ROOT, Draft
+from .inode import Inode
 
 
 @dataclass
@@ -78,3 +79,25 @@ def _in_base(draft: Draft, path: str) -> Entry | None:
             return None
         tree = draft.io.load(e.tree)
     return tree.get(name)
+
+
+def paths_of(draft: Draft, inodes: list[Inode]) -> list[str]:
+    """One current path of each inode (the first name found of a hard link; a
+    file renamed shows its new name), sorted; inodes without a name are left out."""
+    out = set()
+    for ino in inodes:
+        parts: list[str] = []
+        node: Inode | None = ino
+        while node is not None and node.id != ROOT:
+            if node.id:
+                found = draft.db.parent_of(node.id)
+                if found is None:
+                    break
+                parts.append(found[1])
+                node = draft.load(found[0]) if found[0] != ROOT else None
+            else:  # virtual: known by its folder and name
+                parts.append(node.name)
+                node = node.parent
+        else:
+            out.add("/".join(reversed(parts)))
+    return sorted(out)

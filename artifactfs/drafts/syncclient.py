@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 from ..errors import ArtifactfsError
 
@@ -22,8 +23,9 @@ def peer_uid(sock: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def request(address: str, payload: dict) -> dict:
-    """Blocking client: send one request, wait (as long as commits take) for the reply.
+def request(address: str, payload: dict, progress: Callable[[str], None] = lambda text: None) -> dict:
+    """Blocking client: send one request, wait (as long as commits take) for the reply;
+    lines {"progress": text} the daemon sends before it go to `progress`.
     ArtifactfsError if the daemon cannot be reached, or if the socket's owner is
     neither this user nor root (anyone may bind an abstract name: nothing is sent
     to, or believed from, a process of another user)."""
@@ -38,11 +40,17 @@ def request(address: str, payload: dict) -> dict:
                                   "not the mount daemon; nothing was sent")
         s.sendall(json.dumps(payload).encode() + b"\n")
         data = b""
-        while not data.endswith(b"\n"):
+        while True:
+            line, sep, rest = data.partition(b"\n")
+            if sep:
+                reply = json.loads(line)
+                if "progress" not in reply:
+                    return reply
+                progress(str(reply["progress"]))
+                data = rest
+                continue
             chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
-    if not data:
-        raise ArtifactfsError("the mount daemon closed the connection without answering (see its log)")
-    return json.loads(data)
+    raise ArtifactfsError("the mount daemon closed the connection without answering (see its log)")

@@ -6,9 +6,11 @@ One JSON request line, one JSON reply line:
   {"op": "sync", "collections": ["a", "b"] | null (every dirty draft),
    "aliases": [...], "tags": [...], "description": str | null, "metadata": {...},
    "unmount": bool (umount's commit: drafts recovered after a crash wait for an explicit sync),
-   "wait": seconds (with unmount: how long files of a draft open for writing may take to be closed)}
-  -> {"results": [{"collection": "a", "line": "a:v3"} | {"collection": "b", "error": "..."}]}
+   "wait": seconds (how long files of a draft being written may take to be closed, openwrites.py)}
+  -> {"results": [{"collection": "a", "line": "a:v3"} | {"collection": "b", "error": "..."}
+                  | {"collection": "c", "skipped": "..."} (a recovered draft, when every draft was asked)]}
 
+Before the reply, lines {"progress": "..."} may come (what a sync waits for).
 The reply is sent only once every version is durable in the store."""
 from __future__ import annotations
 
@@ -26,14 +28,23 @@ from ..drafts.syncclient import peer_uid, sockaddr
 from ..errors import ArtifactfsError, InvalidNameError, NotFoundError
 from ..paths import state_dir
 from ..registry.names import check_alias
-from .livedraft import RECOVERED_NOTE, Drafts, LiveDraft
+from ..drafts.commit import CommitResult
+from ..drafts.slots import set_aside_drafts
+from ..drafts.status import paths_of
+from .livedraft import Drafts, LiveDraft
+from .openwrites import BeingWritten, shown_paths
 from .state import host_key
 
 log = logging.getLogger("artifactfs.mount")
 XATTR = "user.artifactfs.control"
 MAX_REQUEST = 1 << 20
-WRITERS_POLL = 0.05  # s: how often umount's commit looks whether the draft's writers have closed their files
+WRITERS_POLL = 0.05  # s: how often a commit looks whether the draft's writers have closed their files
 SUN_PATH_MAX = 107
+Say = Callable[[str], Awaitable[None]]
+
+
+async def _silent(text: str) -> None:
+    pass
 
 
 def control_address(mountpoint: str) -> str:
@@ -50,9 +61,10 @@ def control_address(mountpoint: str) -> str:
 
 
 class ControlServer:
-    def __init__(self, drafts: Drafts, address: str):
+    def __init__(self, drafts: Drafts, address: str, mountpoint: str):
         self.drafts = drafts
         self.address = address
+        self.mountpoint = mountpoint
 
     async def serve(self) -> None:
         """Listen until cancelled (the daemon's nursery ends at unmount)."""
@@ -89,24 +101,35 @@ class ControlServer:
                     if not chunk:
                         break
                     data += chunk
+
+                async def say(text: str) -> None:
+                    try:
+                        await stream.send_all(json.dumps({"progress": text}).encode() + b"\n")
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass  # the client left: the commit goes on
                 try:
-                    reply = await self.dispatch(json.loads(data))
+                    reply = await self.dispatch(json.loads(data), say)
                 except (ValueError, KeyError, TypeError, AttributeError) as e:  # raised before any commit
                     reply = {"error": f"bad request: {e}"}
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 log.info("a sync client left before its answer (%s)", e)
 
-    async def dispatch(self, req: dict) -> dict:
+    async def dispatch(self, req: dict, say: Say = _silent) -> dict:
         op, names = req.get("op"), req.get("collections")
         if op == "discard":
             return {"results": [await self._one(name, "discard", self._discard) for name in names]}
         if op not in ("sync", "status"):
             return {"error": f"unknown request {op!r}"}
+        every, unmount = names is None, bool(req.get("unmount"))
         if names is None:
             names = [n for n, live in sorted(self.drafts.live.items()) if await live.has_changes()]
         if op == "status":
-            return {"results": [await self._one(name, "status", self._status) for name in names]}
+            results = [await self._one(name, "status", self._status) for name in names]
+            aside = await self.drafts.ctx.run(set_aside_drafts, self.drafts.dir, None if every else names)
+            return {"results": results + [{"collection": a.collection, "line": (
+                f"{a.collection}: a draft set aside, {a.why}: its work is in {a.path}/files "
+                f"(rm -r {a.path} when done with it)")} for a in aside]}
         attrs = {"aliases": list(req.get("aliases") or ()), "tags": list(req.get("tags") or ()),
                  "description": req.get("description"), "metadata": dict(req.get("metadata") or {})}
         try:  # every alias fits every collection, or nothing is committed (not one draft of two)
@@ -116,30 +139,69 @@ class ControlServer:
         except InvalidNameError as e:
             return {"error": f"nothing committed: {e}"}
 
+        if unmount:
+            self.drafts.unmounting = True
+        wait = float(req.get("wait") or 0)
+        deadline = trio.current_time() + wait  # (one for the whole request: N drafts do not wait N times)
+
         async def commit(name: str) -> dict:
             live = await self._existing(name)
-            if req.get("unmount") and live.recovered:  # (an explicit sync commits it)
-                raise ArtifactfsError(f"{name}: not committed: {RECOVERED_NOTE}")
-            if req.get("unmount"):
-                await self._writers_done(name, float(req.get("wait") or 0))
-            result = await live.commit(**attrs)
+            why = live.recovered
+            if why and unmount:  # (an explicit sync commits it)
+                raise ArtifactfsError(f"{name}: not committed: {why}")
+            if why and every:  # a cron job's `sync MOUNTPOINT` must not publish a half-written file
+                draft = os.path.join(self.mountpoint, name, "draft")
+                return {"skipped": f"{name}: skipped, not published by a sync of the whole mount: {why} "
+                                   f"(`artifactfs sync {draft}` publishes it, `artifactfs discard {draft}` "
+                                   "drops its changes)"}
+            result = await self._commit_closed(live, wait, deadline, unmount, attrs, say)
             return {"line": result.line, "note": result.note}
 
         return {"results": [await self._one(name, "sync", commit) for name in names]}
 
-    async def _writers_done(self, name: str, wait: float) -> None:
-        """At umount: wait up to `wait` s for the draft's files open for writing to be
-        closed (a checkpoint still being saved); ArtifactfsError if some stay open."""
-        with trio.move_on_after(wait):
-            while self.drafts.writers(name):
-                await trio.sleep(WRITERS_POLL)
-        if self.drafts.writers(name):
-            raise ArtifactfsError(f"{name}: not committed yet: {self.drafts.writers(name)} file(s) still open for "
-                                  f"writing after {wait:g} s; the daemon commits the draft as it stops if they "
-                                  "are closed by then (see its log), else keeps it for an explicit sync")
+    async def _commit_closed(self, live: LiveDraft, wait: float, deadline: float, unmount: bool, attrs: dict,
+                             say: Say) -> CommitResult:
+        """Commit the draft once none of its files is being written (openwrites.py),
+        waiting until `deadline` (trio's clock; `wait` s after the request came)
+        for them to be closed (a checkpoint still being saved), said once through
+        `say`; ArtifactfsError naming them if some stay open (nothing is published)."""
+        told = False
+        while True:
+            writing = self.drafts.writes(live.name).changed
+            if writing and not told and trio.current_time() < deadline:
+                told = True
+                paths = await live.read(paths_of, live.draft, writing)
+                await say(f"{live.name}: waiting up to {wait:g} s for {len(paths)} file(s) open for writing to be "
+                          f"closed: {shown_paths(paths)}")
+            with trio.move_on_at(deadline):
+                while self.drafts.writes(live.name).changed:
+                    await trio.sleep(WRITERS_POLL)
+            writing = self.drafts.writes(live.name).changed
+            if not writing:
+                try:
+                    return await live.commit(lambda: self.drafts.writes(live.name).changed, **attrs)
+                except BeingWritten:  # opened and written again meanwhile
+                    writing = self.drafts.writes(live.name).changed
+                    if trio.current_time() < deadline or not writing:
+                        continue
+            paths = await live.read(paths_of, live.draft, writing)
+            then = ("the daemon commits the draft as it stops if they are closed by then (see its log), else "
+                    "keeps it for an explicit sync") if unmount else "nothing was published, the draft is kept"
+            raise ArtifactfsError(f"{live.name}: not committed{' yet' * unmount}: {len(paths)} file(s) still open "
+                                  f"for writing after {wait:g} s: {shown_paths(paths)}; {then}")
 
     async def _status(self, name: str) -> dict:
-        return {"line": await (await self._existing(name)).status()}
+        live = await self._existing(name)
+        lines = [await live.status()]
+        writes = self.drafts.writes(name)
+        if writes.changed:
+            paths = await live.read(paths_of, live.draft, writes.changed)
+            lines.append(f"being written (sync waits for them to be closed): {shown_paths(paths, 20)}")
+        if writes.unchanged:
+            paths = await live.read(paths_of, live.draft, writes.unchanged)
+            lines.append(f"open for writing, unchanged since opened (sync publishes them as they are): "
+                         f"{shown_paths(paths, 20)}")
+        return {"line": "\n".join(lines)}
 
     async def _discard(self, name: str) -> dict:
         return {"line": await (await self._existing(name)).discard_changes()}

@@ -199,8 +199,9 @@ def setup_logging(opts: MountOptions) -> str:
     return path
 
 
-def run(opts: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
-    """Mount and serve in this process until unmounted.  ArtifactfsError before
+def run(opts: MountOptions, ready: Callable[[list[str]], None] = lambda notes: None) -> None:
+    """Mount and serve in this process until unmounted; `ready` gets the lines to
+    show the user (MountParts.notes) once it is live.  ArtifactfsError before
     the mount is live; afterwards errors are logged."""
     setup_logging(opts)
     daemon = Daemon(build(opts))
@@ -209,7 +210,7 @@ def run(opts: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
     try:
         def announce() -> None:
             sd_notify("READY=1")
-            ready()
+            ready(daemon.parts.notes)
         trio.run(daemon.serve, announce)
     finally:
         daemon.close()
@@ -222,8 +223,8 @@ def _background(opts_json: str, fd: int) -> int:
     pipe = os.fdopen(fd, "w", buffering=1)
     opts = MountOptions.from_json(opts_json)
 
-    def ready() -> None:
-        pipe.write("ready\n")
+    def ready(notes: list[str]) -> None:
+        pipe.write("".join(f"{line}\n" for line in notes) + "ready\n")
         pipe.close()
     try:
         run(opts, ready)

@@ -10,6 +10,7 @@ open/release, and an unlinked inode lives until the kernel forgets it."""
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from .xattrs import PREFIX, xattr_value
 log = logging.getLogger("artifactfs.mount")
 PENDING_ATTRS = ("description", "metadata", "aliases", "tags")
 WRITE_BLOCK = 1024 * 1024
+_CHANGES = itertools.count(1)  # orders opens for writing and changes of bytes (next() is one step: any thread)
 
 
 def _parse_attr(key: str, value: bytes, collection: str) -> object:
@@ -126,8 +128,17 @@ class DraftHandle(Handle):
 
     def __init__(self, node: "DraftNode", flags: int):
         self.node = node
-        self.writing = flags & os.O_ACCMODE != os.O_RDONLY  # (a commit at unmount waits for it: livedraft.py)
+        self.writing = flags & os.O_ACCMODE != os.O_RDONLY
+        self.opened = next(_CHANGES)
         self.direct_io = flags & os.O_ACCMODE == os.O_WRONLY and not node.mode & (stat.S_ISUID | stat.S_ISGID)
+
+    @property
+    def being_written(self) -> bool:
+        """Open for writing, and the file's bytes changed (created, truncated, written,
+        also through a shared mmap's writeback) since this handle was opened: a commit
+        waits for it to be closed (openwrites.py).  A handle that changed nothing
+        does not hold a commit back."""
+        return self.writing and self.node.changed > self.opened
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
         return await self.node.read(off, size)
@@ -139,9 +150,17 @@ class DraftHandle(Handle):
         await self.node.fsync(datasync)
 
     def write_now(self, off: int, buf: bytes) -> int | None:
+        self.node.changing()
         return self.node.live.write_now(self.node.inode, off, buf)
 
     releases_anywhere = True
+
+
+def _created(node: "DraftNode", flags: int) -> tuple[Node, Handle]:
+    """The handle of a file just made by CREATE: a new file is being written until closed."""
+    handle = DraftHandle(node, flags)
+    node.changing()
+    return node, handle
 
 
 class DraftNode(Node):
@@ -155,6 +174,12 @@ class DraftNode(Node):
         self.inode = ino
         self.attr = attr
         self._reader: FileReader | ReferenceReader | None = None
+        self.changed = 0  # when its bytes last changed through this mount (_CHANGES; DraftHandle.being_written)
+
+    def changing(self) -> None:
+        """Its bytes are about to change (before the change: a commit that looks
+        in between waits for the writer, never misses it)."""
+        self.changed = next(_CHANGES)
 
     @property
     def draft(self) -> Draft:
@@ -234,12 +259,10 @@ class DraftNode(Node):
         if made is None:
             return None
         ino, attr, self.attr = made
-        node = self.node_of(ino, attr)
-        return node, DraftHandle(node, flags)
+        return _created(self.node_of(ino, attr), flags)
 
     async def create(self, name: str, mode: int, flags: int) -> tuple[Node, Handle]:
-        node = await self._make(name, stat.S_IFREG | (mode & 0o7777))
-        return node, DraftHandle(node, flags)
+        return _created(await self._make(name, stat.S_IFREG | (mode & 0o7777)), flags)
 
     async def mknod(self, name: str, mode: int, rdev: int) -> Node:
         return await self._make(name, mode, rdev)
@@ -275,9 +298,11 @@ class DraftNode(Node):
     async def open(self, flags: int) -> Handle:
         if self.inode.is_dir:
             raise fuse_error(errno.EISDIR)
+        handle = DraftHandle(self, flags)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            self.changing()
             await self.live.change(filedata.truncate, self.draft, self.inode, 0, frees_space=True)
-        return DraftHandle(self, flags)
+        return handle
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
         while True:
@@ -294,6 +319,7 @@ class DraftNode(Node):
             return await self._reader.read(off, size)
 
     async def write(self, off: int, buf: bytes) -> int:
+        self.changing()
         return await self.live.write(self.inode, off, buf)
 
     async def fsync(self, datasync: bool) -> None:
@@ -306,6 +332,8 @@ class DraftNode(Node):
 
     async def setattr(self, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            self.changing()
         self.attr = await self.live.change(_setattr, self.draft, self.inode, attr, fields,
                                            frees_space=fields.update_size)
         return self.attributes()

@@ -30,10 +30,13 @@ from .context import MountContext
 from .control import XATTR, ControlServer, control_address
 from .draftnodes import DraftHandle, DraftNode
 from .errnos import fuse_error
+from .handles import Handle
 from .inodes import InodeTable, Key, Node, SymlinkNode
 from .livedraft import Drafts, LiveDraft
+from .openwrites import OpenWrites
 from .nodes import PLAIN, CollectionKept, CollectionNode, RootNode, VersionRootNode
 from .parts import MountParts
+from .state import write_outcome
 
 log = logging.getLogger("artifactfs.mount")
 DRAFT = "draft"
@@ -225,15 +228,15 @@ def install(parts: MountParts, default_type: str) -> None:
     """Make the mount writable through drafts."""
     ctx, table = parts.ctx, parts.table
     drafts = Drafts(ctx, default_type)
+    parts.notes.extend(drafts.notes)
     table.kinds.update(root=DraftRootNode, collection=DraftCollectionNode, draft=DraftNode,
                        link=SymlinkNode)  # link: the temporary symlink `ln -sfn` makes before its rename
     root = DraftRootNode(ctx, ("root",))
     root.drafts = drafts
-    drafts.writers = lambda name: sum(isinstance(h, DraftHandle) and h.writing and h.node.live.name == name
-                                      for h in parts.ops.open_handles())
+    drafts.writes = lambda name: open_writes(parts.ops.open_handles(), name)
     root.control = control_address(parts.opts.mountpoint)
     table.set_root(root)
-    server = ControlServer(drafts, root.control)
+    server = ControlServer(drafts, root.control, parts.opts.mountpoint)
 
     async def invalidate(changed: list[Inode], names: Sequence[tuple[Inode, str]], live: LiveDraft,
                          in_request: bool) -> None:
@@ -278,12 +281,27 @@ def install(parts: MountParts, default_type: str) -> None:
 
     async def commit_at_exit() -> None:
         server.close()
-        lines = await drafts.commit_dirty()
+        results = await drafts.commit_dirty()
+        lines = [r.get("line") or r["error"] for r in results]
         log.info("at unmount: %s", "; ".join(lines) if lines else "no draft had changes")
+        try:
+            write_outcome(parts.opts.mountpoint, os.getpid(), results)  # (umount reports it)
+        except OSError as e:
+            log.warning("could not leave what became of the drafts for umount: %s", e)
         drafts.close()
 
     parts.services.append(server.serve)
     parts.shutdown_hooks.append(commit_at_exit)
+
+
+def open_writes(handles: list[Handle], name: str) -> OpenWrites:
+    """The files of the draft of `name` open for writing, each inode once (openwrites.py)."""
+    changed: dict[int, Inode] = {}
+    opened: dict[int, Inode] = {}
+    for h in handles:
+        if isinstance(h, DraftHandle) and h.writing and h.node.live.name == name and h.node.inode.nlink > 0:
+            (changed if h.being_written else opened)[id(h.node.inode)] = h.node.inode
+    return OpenWrites(list(changed.values()), [ino for key, ino in opened.items() if key not in changed])
 
 
 def _invalidate_entries(folder: int, names: list[bytes]) -> None:

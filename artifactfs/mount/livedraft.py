@@ -29,7 +29,7 @@ from ..drafts.lifecycle import LATEST, Latest, base_gone, base_still_readable, d
 from ..drafts.reserve import RESERVE, SpaceReserve
 from ..drafts.revert import discard_changes
 from ..drafts.slots import claim_drafts_dir, earlier_stores, is_draft
-from ..drafts.status import draft_status
+from ..drafts.status import draft_status, paths_of
 from ..drafts.tostore import seals_chunks, store_ahead, stores_ahead
 from ..errors import ArtifactfsError, ConflictError
 from ..registry.manifest import CHUNK_SIZE, FileEntry
@@ -37,13 +37,13 @@ from ..registry.versions import VersionInfo
 from ..timestamps import iso_ns
 from .context import MountContext
 from .draftgate import Gate
+from .openwrites import CHECK_IT, BeingWritten, OpenWrites, stopped_note
 
 log = logging.getLogger("artifactfs.mount")
 RUNNING = "\\running"      # in a drafts slot while its daemon runs: still there at start = a crash
 RECOVERED = "\\recovered"  # in a draft changed when its daemon did not stop cleanly
 RECOVERED_NOTE = ("it was being changed when the mount's daemon stopped without committing (killed or "
-                  "crashed), so a file being written then may be incomplete: check it, then `artifactfs sync` "
-                  "it, or `artifactfs discard` it")
+                  f"crashed), so a file being written then may be incomplete: {CHECK_IT}")
 T = TypeVar("T")
 
 
@@ -194,15 +194,20 @@ class LiveDraft:
         return self.draft.dirty
 
     @property
-    def recovered(self) -> bool:
-        """Changed when the daemon stopped without committing (killed, crashed): a file
-        being written then may be incomplete, so only an explicit sync commits it."""
-        return os.path.exists(os.path.join(self.draft.dir, RECOVERED))
+    def recovered(self) -> str | None:
+        """Why it waits for an explicit sync, or None: changed when the daemon stopped
+        without committing (killed, crashed), or left unpublished as it stopped with
+        files of it being written; a file being written then may be incomplete."""
+        try:
+            with open(os.path.join(self.draft.dir, RECOVERED), "rb") as f:
+                return f.read().decode(errors="replace").strip() or RECOVERED_NOTE
+        except FileNotFoundError:
+            return None
 
-    def mark_recovered(self) -> None:
+    def mark_recovered(self, why: str = RECOVERED_NOTE) -> None:
         """Its changes may hold a file cut off as the daemon stopped: they wait for an explicit sync."""
-        with open(os.path.join(self.draft.dir, RECOVERED), "wb"):
-            pass
+        with open(os.path.join(self.draft.dir, RECOVERED), "wb") as f:
+            f.write(why.encode())
 
     def _checked(self) -> None:
         """The user committed or discarded the recovered changes."""
@@ -218,10 +223,14 @@ class LiveDraft:
             return False
         return self.draft.state.base is not None or await self.ctx.run(self.draft.visible, self.draft.root)
 
-    async def commit(self, **attrs: Any) -> CommitResult:
-        """Publish the draft (see drafts.commit); returns once the version is durable."""
+    async def commit(self, writing: Callable[[], list[Inode]] | None = None, **attrs: Any) -> CommitResult:
+        """Publish the draft (see drafts.commit); returns once the version is durable.
+        BeingWritten (nothing done) if `writing()`, asked once changes are held
+        still, names files being written."""
         started = time.monotonic()
         async with self.gate.commit():
+            if writing is not None and writing():
+                raise BeingWritten(f"{self.name}: files of the draft are being written")
             if self.draft.state.base is None and not await self.has_changes():
                 raise ArtifactfsError(f"{self.name}: the draft of this new collection is empty, nothing to publish "
                                       "(rmdir its folder to drop it)")
@@ -266,7 +275,8 @@ class LiveDraft:
         """What a sync would publish now (drafts/status.py), as `artifactfs status` prints it.
         Changes go on meanwhile: the draft is not held still for it."""
         text = (await self.ctx.run(draft_status, self.ctx.registry, self.draft)).text()
-        return f"{text}\nnote: {RECOVERED_NOTE}" if self.recovered else text
+        why = self.recovered
+        return f"{text}\nnote: {why}" if why else text
 
     async def discard_changes(self) -> str:
         """Drop every change of the draft (drafts/revert.py): it shows the collection's
@@ -311,7 +321,9 @@ class Drafts:
         self.on_new: list[Callable[[LiveDraft], None]] = []
         self.owner = (ctx.uid, ctx.gid)
         self.unopened: set[str] = set()  # drafts found at start that could not be opened yet (a full disk)
-        self.writers: Callable[[str], int] = lambda name: 0  # files of a draft open for writing (draftroot.py)
+        self.notes: list[str] = []  # for `artifactfs mount` to print: drafts set aside at start
+        self.writes: Callable[[str], OpenWrites] = lambda name: OpenWrites()  # (draftroot.py)
+        self.unmounting = False  # `artifactfs umount` asked for its commit (control.py)
         running = os.path.join(self.dir, RUNNING)
         self.after_crash = os.path.exists(running)  # the last daemon of this slot did not stop cleanly
         with open(running, "wb"):
@@ -352,7 +364,9 @@ class Drafts:
             gone = False
         if gone:
             draft.close()
-            put_aside(draft.dir, f"its base {name}:v{draft.state.base} is no longer in the store")
+            where = put_aside(draft.dir, f"its base {name}:v{draft.state.base} is no longer in the store")
+            self.notes.append(f"note: the draft of {name} was set aside, its base {name}:v{draft.state.base} is "
+                              f"no longer in the store: its work is in {where}/files")
             return
         live = self.live[name] = LiveDraft(self.ctx, draft, self.reserve)
         if live.dirty() and self.after_crash:
@@ -360,7 +374,7 @@ class Drafts:
         if live.dirty():
             log.info("draft of %s found with changes not yet committed (base %s)%s", name,
                      "none" if draft.state.base is None else f"v{draft.state.base}",
-                     f": {RECOVERED_NOTE}" if live.recovered else "")
+                     f": {live.recovered}" if live.recovered else "")
 
     def _fetch_from_cache(self, entry: FileEntry, fd: int) -> None:
         """Copy-up through the mount's shared, verified chunk cache."""
@@ -398,27 +412,31 @@ class Drafts:
         async with live.gate.commit():
             await self.ctx.run(discard, live.draft)
 
-    async def commit_dirty(self) -> list[str]:
-        """Commit every draft with changes (at unmount); one line per draft, errors
-        included.  A draft recovered after a crash waits for an explicit sync."""
-        lines = []
+    async def commit_dirty(self) -> list[dict]:
+        """Commit every draft with changes (at unmount); one result per draft as
+        control.py gives them ({"collection", "line"} or {"collection", "error"}).
+        A draft recovered after a crash waits for an explicit sync; so does one with
+        files being written (OpenWrites.changed), marked recovered for the next mount."""
+        results: list[dict] = []
         for name, live in sorted(self.live.items()):
             try:
-                if await live.has_changes() and self.writers(name):
-                    live.mark_recovered()  # (the next mount does not publish it either)
-                    lines.append(f"{name}: not committed: {self.writers(name)} file(s) still open for writing")
-                    log.warning("the draft of %s is not committed as the daemon stops: %d file(s) of it are still "
-                                "open for writing, so one may be incomplete; the next mount keeps it for an "
-                                "explicit `artifactfs sync`", name, self.writers(name))
-                elif await live.has_changes() and live.recovered:
-                    lines.append(f"{name}: not committed: {RECOVERED_NOTE}")
-                    log.warning("the draft of %s is not committed at unmount: %s", name, RECOVERED_NOTE)
-                elif await live.has_changes():
-                    lines.append((await live.commit()).line)
+                if not await live.has_changes():
+                    continue
+                writing = self.writes(name).changed
+                if writing:
+                    why = stopped_note(await live.read(paths_of, live.draft, writing), self.unmounting)
+                    live.mark_recovered(why)  # (the next mount does not publish it either)
+                    results.append({"collection": name, "error": f"{name}: not committed, marked recovered: {why}"})
+                    log.warning("the draft of %s is not committed as the daemon stops: %s", name, why)
+                elif live.recovered:
+                    results.append({"collection": name, "error": f"{name}: not committed: {live.recovered}"})
+                    log.warning("the draft of %s is not committed at unmount: %s", name, live.recovered)
+                else:
+                    results.append({"collection": name, "line": (await live.commit()).line})
             except Exception as e:  # one failing draft must not keep the others from committing
                 log.error("could not commit the draft of %s: %s (it is kept for the next mount)", name, e)
-                lines.append(f"{name}: {e}")
-        return lines
+                results.append({"collection": name, "error": f"{name}: {e}"})
+        return results
 
     def close(self) -> None:
         """A clean stop (the drafts with changes were committed, or stay on purpose)."""

@@ -23,3 +23,4 @@ class MountParts:
     ops: Operations
     services: list[Hook] = field(default_factory=list)  # run while the mount serves, cancelled when it ends
     shutdown_hooks: list[Hook] = field(default_factory=list)  # awaited in order after the FUSE session ends
+    notes: list[str] = field(default_factory=list)  # lines `artifactfs mount` prints once the mount is live

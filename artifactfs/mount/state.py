@@ -77,6 +77,33 @@ def remove_record(mountpoint: str, pid: int) -> None:
             pass
 
 
+def _outcome_path(mountpoint: str) -> str:
+    return record_path(mountpoint)[:-len(".json")] + ".stopped.json"
+
+
+def write_outcome(mountpoint: str, pid: int, results: list[dict]) -> None:
+    """What the daemon `pid` did with the drafts with changes as it stopped (one
+    result per draft, as the control socket gives them), for `artifactfs umount`."""
+    path = _outcome_path(mountpoint)
+    with open(os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump({"pid": pid, "results": results}, f)
+    os.replace(path + ".tmp", path)
+
+
+def take_outcome(mountpoint: str, pid: int) -> list[dict] | None:
+    """write_outcome's results of daemon `pid` (removed once read), or None."""
+    path = _outcome_path(mountpoint)
+    try:
+        with open(path) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if found.get("pid") != pid:
+        return None
+    os.unlink(path)
+    return list(found.get("results") or ())
+
+
 @dataclass(frozen=True)
 class MountEntry:
     mountpoint: str
