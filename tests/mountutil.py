@@ -156,6 +156,15 @@ def mount_factory(tmp_path) -> Iterator[Callable[..., Mount]]:
         yield make
 
 
+def kill_daemon(m: Mount) -> None:
+    """SIGKILL the daemon of mount `m` (a crash) and clear its dead mount."""
+    pid = m.pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid), 60, "the daemon to die")
+    force_unmount(m.path, m.env)
+    wait_for(lambda: not is_mounted(m.path), 60, "the dead mount to go")
+
+
 def gone(pid: int) -> bool:
     """The process has exited (a zombie nobody reaped yet counts as exited)."""
     try:

@@ -18,7 +18,7 @@ import pytest
 from conftest import randbytes, tmpfs
 from core_util import check_version_complete
 from draft_helpers import dir_files, publish, version_files
-from mountutil import cli, force_unmount, is_mounted, mounted, wait_for
+from mountutil import cli, kill_daemon, mounted, wait_for
 
 from artifactfs.registry.manifest import CHUNK_SIZE
 from artifactfs.registry.versions import Registry
@@ -35,14 +35,6 @@ def store(tmp_path) -> str:
 
 def env_for(tmp_path, name: str = "state") -> dict[str, str]:
     return {**os.environ, "XDG_STATE_HOME": str(tmp_path / name)}
-
-
-def kill_daemon(m) -> None:
-    pid = m.pid
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 60, "the daemon to die")
-    force_unmount(m.path, m.env)
-    wait_for(lambda: not is_mounted(m.path), 60, "the dead mount to go")
 
 
 def _zombie(pid: int) -> bool:

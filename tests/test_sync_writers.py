@@ -9,11 +9,10 @@ import contextlib
 import hashlib
 import mmap
 import os
-import signal
 import threading
 
 from draft_helpers import publish, version_files
-from mountutil import cli, force_unmount, is_mounted, mounted, wait_for
+from mountutil import cli, force_unmount, kill_daemon, mounted
 
 from artifactfs.registry.versions import Registry
 
@@ -148,15 +147,6 @@ def test_no_torn_file_is_published_while_files_are_rewritten_in_place(tmp_path):
                 assert _whole(files[name][0]), f"ds:v{v} {name} is torn"
 
 
-def _kill(m) -> None:
-    pid = m.pid
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}/cmdline") or not open(f"/proc/{pid}/cmdline").read(), 60,
-             "the daemon to die")
-    force_unmount(m.path, m.env)
-    wait_for(lambda: not is_mounted(m.path), 60, "the dead mount to go")
-
-
 def test_a_sync_of_the_whole_mount_skips_recovered_drafts(tmp_path):
     """A cron job's `artifactfs sync MOUNTPOINT` used to publish a draft recovered
     after a crash (a half-written checkpoint) with no word.  Now it is skipped with
@@ -170,7 +160,7 @@ def test_a_sync_of_the_whole_mount_skips_recovered_drafts(tmp_path):
         assert cli("sync", m.p("other", "draft"), env=env).returncode == 0
         fd = os.open(m.p("ds", "draft", "ckpt.pt"), os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, b"half of it")
-        _kill(m)
+        kill_daemon(m)
         with contextlib.suppress(OSError):
             os.close(fd)
     with mounted(store, tmp_path / "mnt", env=env) as m:
@@ -227,7 +217,7 @@ def test_a_draft_set_aside_at_mount_is_named_by_mount_and_status(tmp_path):
         assert cli("sync", d, env=env).stdout == "sa2:v0\n"
         with open(os.path.join(d, "work.txt"), "wb") as f:
             f.write(b"work\n")
-        _kill(m)
+        kill_daemon(m)
     assert cli("--store", store, "--project", "proj", "delete", "sa2:v0", "--delete-aliases", env=env).returncode == 0
     mnt = str(tmp_path / "mnt")
     done = cli("--store", store, "--project", "proj", "mount", mnt, env=env)

@@ -24,13 +24,13 @@ from collections.abc import Awaitable, Callable
 import trio
 import xxhash
 
+from ..drafts.commit import CommitResult
+from ..drafts.slots import set_aside_drafts
+from ..drafts.status import paths_of
 from ..drafts.syncclient import peer_uid, sockaddr
 from ..errors import ArtifactfsError, InvalidNameError, NotFoundError
 from ..paths import state_dir
 from ..registry.names import check_alias
-from ..drafts.commit import CommitResult
-from ..drafts.slots import set_aside_drafts
-from ..drafts.status import paths_of
 from .livedraft import Drafts, LiveDraft
 from .openwrites import BeingWritten, shown_paths
 from .state import host_key

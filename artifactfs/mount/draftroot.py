@@ -33,8 +33,8 @@ from .errnos import fuse_error
 from .handles import Handle
 from .inodes import InodeTable, Key, Node, SymlinkNode
 from .livedraft import Drafts, LiveDraft
-from .openwrites import OpenWrites
 from .nodes import PLAIN, CollectionKept, CollectionNode, RootNode, VersionRootNode
+from .openwrites import OpenWrites
 from .parts import MountParts
 from .state import write_outcome
 
