@@ -30,7 +30,6 @@ from .context import MountContext
 from .control import XATTR, ControlServer, control_address
 from .draftnodes import DraftHandle, DraftNode
 from .errnos import fuse_error
-from .handles import Handle
 from .inodes import InodeTable, Key, Node, SymlinkNode
 from .livedraft import Drafts, LiveDraft
 from .nodes import PLAIN, CollectionKept, CollectionNode, RootNode, VersionRootNode
@@ -233,7 +232,7 @@ def install(parts: MountParts, default_type: str) -> None:
                        link=SymlinkNode)  # link: the temporary symlink `ln -sfn` makes before its rename
     root = DraftRootNode(ctx, ("root",))
     root.drafts = drafts
-    drafts.writes = lambda name: open_writes(parts.ops.open_handles(), name)
+    drafts.writes = lambda name: open_writes(drafts.live[name].writers()) if name in drafts.live else OpenWrites()
     root.control = control_address(parts.opts.mountpoint)
     table.set_root(root)
     server = ControlServer(drafts, root.control, parts.opts.mountpoint)
@@ -294,12 +293,12 @@ def install(parts: MountParts, default_type: str) -> None:
     parts.shutdown_hooks.append(commit_at_exit)
 
 
-def open_writes(handles: list[Handle], name: str) -> OpenWrites:
-    """The files of the draft of `name` open for writing, each inode once (openwrites.py)."""
+def open_writes(handles: list[DraftHandle]) -> OpenWrites:
+    """The files of a draft open for writing through `handles`, each inode once (openwrites.py)."""
     changed: dict[int, Inode] = {}
     opened: dict[int, Inode] = {}
     for h in handles:
-        if isinstance(h, DraftHandle) and h.writing and h.node.live.name == name and h.node.inode.nlink > 0:
+        if h.node.inode.nlink > 0:
             (changed if h.being_written else opened)[id(h.node.inode)] = h.node.inode
     return OpenWrites(list(changed.values()), [ino for key, ino in opened.items() if key not in changed])
 

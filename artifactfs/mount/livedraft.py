@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -68,10 +70,23 @@ class LiveDraft:
         self.on_advance: list[Callable[[list[Inode], Sequence[tuple[Inode, str]], bool], Any]] = []
         self._warmed: str | None = None
         self._ahead: dict[int, Ahead] = {}  # by inode id
+        self._writers: weakref.WeakSet = weakref.WeakSet()  # handles open for writing (openwrites.py)
+        self._writers_lock = threading.Lock()  # (handles are made in reader threads too)
         try:
             draft.seal_chunks = seals_chunks(ctx.registry.store, draft.data)
         except OSError as e:  # only an optimisation
             log.warning("big files of the draft of %s are copied into the store: %s", self.name, e)
+
+    def opened(self, handle: object) -> None:
+        """A handle opened for writing: known until it is freed (released, and no
+        request holds it any more), whichever thread releases it."""
+        with self._writers_lock:
+            self._writers.add(handle)
+
+    def writers(self) -> list[Any]:
+        """The handles open for writing now."""
+        with self._writers_lock:
+            return list(self._writers)
 
     async def change(self, fn: Callable[..., T], *args: Any, frees_space: bool = False) -> T:
         """A change of the draft (namespace, attributes or bytes), in a worker thread.

@@ -8,7 +8,13 @@ before they publish the draft (control.py), and the daemon leaves a draft with
 such files unpublished, marked recovered, as it stops (livedraft.py).  A file
 opened for writing that has not changed since it was opened is published as it
 is; an inode without names (unlinked while open) is in no version and holds
-nothing back."""
+nothing back.
+
+Each draft keeps its handles open for writing by weak reference
+(LiveDraft.opened): a handle is known from its creation, inside the change that
+creates its file (so a commit, which waits for changes in flight, never misses
+a file created in a reader thread whose handle is not registered yet), until it
+is freed once released, in whichever thread RELEASE is answered."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
