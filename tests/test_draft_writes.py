@@ -117,9 +117,11 @@ def test_sync_and_umount_publish_what_a_shared_mapping_wrote(store, mount_factor
     'w+') and has not msync'ed: the kernel holds those pages dirty.  `sync` (and
     `umount`) published the bytes the file had before; now the CLI writes the
     mount back (syncfs) before the commit, so the version holds what the draft
-    shows.  (One page, and no other open of the file meanwhile: more dirty
-    pages, or an open, make the kernel write them back by itself, and the test
-    would pass without the fix.)"""
+    shows.  The file is being written (the mapping keeps it open), so sync
+    waits for the program to unmap it (docs/drafts.md), then publishes.  (A
+    file this mapping created is being written with or without the write-back;
+    test_sync_writers.py's mapping of an existing file opened read-write is
+    the one that needs syncfs to be seen as written.)"""
     m = mount_factory(store)
     os.mkdir(m.p("feat"))
     path = m.p("feat", "draft", "f.bin")
@@ -134,8 +136,13 @@ def test_sync_and_umount_publish_what_a_shared_mapping_wrote(store, mount_factor
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline() == "written\n"
-        done = cli("sync", m.p("feat", "draft"), env=m.env)
-        assert done.returncode == 0 and done.stdout == "feat:v0\n", done.stderr
+        sync = subprocess.Popen([sys.executable, "-m", "artifactfs", "sync", m.p("feat", "draft"), "--timeout", "60"],
+                                env=m.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert sync.stderr.readline().startswith("feat: waiting up to 60 s for 1 file(s) open for writing")
+        writer.communicate("", timeout=30)             # unmaps and exits
+        out, err = sync.communicate(timeout=60)
+        assert sync.returncode == 0 and out == "feat:v0\n", err
         assert version_files(Registry.open(store), "feat", 0)["f.bin"] == (b"\x04" * PAGE, False)
     finally:
-        writer.communicate("", timeout=30)
+        if writer.poll() is None:
+            writer.communicate("", timeout=30)

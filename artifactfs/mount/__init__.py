@@ -20,6 +20,7 @@ Modules, each importing only those listed before it:
   portfolios  portfolio links and model-registry/
   nodes       the read-only node kinds (root, collection, version, alias ...)
   draftgate   a draft's gate: many changes at once (trio or any thread), or one commit
+  openwrites  files of a draft being written, which a commit waits for
   livedraft   the drafts of the running mount and the gate of each
   syncops     requests answered in pyfuse3's reader threads by a synchronous handler
   draftnodes  the node kind of draft/ contents
