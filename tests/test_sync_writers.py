@@ -6,7 +6,9 @@ What umount and the next mount's status say about a draft left unpublished."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import json
 import mmap
 import os
 import threading
@@ -205,9 +207,10 @@ def test_umount_says_a_draft_being_written_is_left_recovered(tmp_path):
 
 
 def test_a_draft_set_aside_at_mount_is_named_by_mount_and_status(tmp_path):
-    """A crashed draft whose base version was deleted before the remount was moved
-    aside with only a log line: the draft looked empty, status said no changes.
-    Now mount prints where its work went, and status lists it with its path."""
+    """A crashed draft whose base version was deleted (and collected by gc, so the
+    draft cannot go on from it) before the remount was moved aside with only a
+    log line: the draft looked empty, status said no changes.  Now mount prints
+    where its work went, and status lists it with its path."""
     store, env = _store(tmp_path)
     with mounted(store, tmp_path / "mnt", env=env) as m:
         os.mkdir(m.p("sa2"))
@@ -219,6 +222,13 @@ def test_a_draft_set_aside_at_mount_is_named_by_mount_and_status(tmp_path):
             f.write(b"work\n")
         kill_daemon(m)
     assert cli("--store", store, "--project", "proj", "delete", "sa2:v0", "--delete-aliases", env=env).returncode == 0
+    for pin in glob.glob(os.path.join(store, "**", "pins", "*.json"), recursive=True):  # the dead mount's pin,
+        with open(pin) as f:                                                             # as gc sees it an hour on
+            record = json.load(f)
+        with open(pin, "w") as f:
+            json.dump({**record, "heartbeat": 0}, f)
+    done = cli("--store", store, "--project", "proj", "gc", "--grace", "0s", "--keep-deleted", "0s", env=env)
+    assert done.returncode == 0, done.stderr
     mnt = str(tmp_path / "mnt")
     done = cli("--store", store, "--project", "proj", "mount", mnt, env=env)
     try:

@@ -136,7 +136,7 @@ class SetAside:
 
 def set_aside_drafts(slot_dir: str, collections: list[str] | None = None) -> list[SetAside]:
     """The drafts set aside next to the drafts slot `slot_dir` (of `collections`,
-    or all), oldest first: they stay until the user removes them."""
+    or all) that hold files, oldest first: they stay until the user removes them."""
     top = os.path.join(os.path.dirname(slot_dir), SET_ASIDE)
     try:
         names = os.listdir(top)
@@ -145,7 +145,8 @@ def set_aside_drafts(slot_dir: str, collections: list[str] | None = None) -> lis
     out = []
     for name in names:
         collection = name.rsplit("-", 2)[0]
-        if name.startswith(TMP) or (collections is not None and collection not in collections):
+        if (name.startswith(TMP) or (collections is not None and collection not in collections)
+                or not any(_listed(os.path.join(top, name, d)) for d in ("files", "tree"))):
             continue
         try:
             with open(os.path.join(top, name, WHY_FILE), "rb") as f:
@@ -154,3 +155,11 @@ def set_aside_drafts(slot_dir: str, collections: list[str] | None = None) -> lis
             why = "set aside by an earlier artifactfs"
         out.append(SetAside(collection, os.path.join(top, name), why))
     return sorted(out, key=lambda a: (a.path.rsplit("-", 2)[-2], a.path))
+
+
+def _listed(path: str) -> bool:
+    """A folder with something in it."""
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return False

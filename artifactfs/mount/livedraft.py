@@ -380,8 +380,9 @@ class Drafts:
         if gone:
             draft.close()
             where = put_aside(draft.dir, f"its base {name}:v{draft.state.base} is no longer in the store")
-            self.notes.append(f"note: the draft of {name} was set aside, its base {name}:v{draft.state.base} is "
-                              f"no longer in the store: its work is in {where}/files")
+            if draft.dirty:  # (an untouched draft set aside holds no work of anyone's)
+                self.notes.append(f"note: the draft of {name} was set aside, its base {name}:v{draft.state.base} "
+                                  f"is no longer in the store: its work is in {where}/files")
             return
         live = self.live[name] = LiveDraft(self.ctx, draft, self.reserve)
         if live.dirty() and self.after_crash:
