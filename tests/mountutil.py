@@ -25,8 +25,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
 from conftest import skip_or_fail
+
+from artifactfs.mount import state
 
 UMOUNT_TIMEOUT = 20.0
 
@@ -92,22 +93,15 @@ def _daemon_pid(env: dict[str, str], path: str) -> int | None:
 
 
 def abort_connection(path: str) -> bool:
-    """Abort the FUSE connection of the mount at `path` (/sys/fs/fuse/connections/N/abort,
-    N the minor of its device; fusectl mounted if it is not): every request waiting
-    on the daemon fails with ENOTCONN, so a hung daemon cannot hang the tests."""
+    """Abort the FUSE connection of the mount at `path` (state.abort_connection):
+    every request waiting on the daemon fails with ENOTCONN, so a hung daemon
+    cannot hang the tests."""
     with open("/proc/self/mountinfo") as f:
         devs = [line.split()[2] for line in f if line.split()[4] == _real(path)]
     if not devs:
         return False
-    conn = "/sys/fs/fuse/connections"
-    if not os.path.exists(f"{conn}/{devs[-1].split(':')[1]}"):
-        subprocess.run(["mount", "-t", "fusectl", "none", conn], capture_output=True)
-    try:
-        with open(f"{conn}/{devs[-1].split(':')[1]}/abort", "w") as f:
-            f.write("1")
-    except OSError:
-        return False
-    return True
+    major, minor = devs[-1].split(":")
+    return state.abort_connection((int(major), int(minor)))
 
 
 def force_unmount(path: str, env: dict[str, str]) -> None:

@@ -200,6 +200,7 @@ def test_umount_timeout_stops_the_daemon_under_a_reader_that_never_closes(store,
         done = m.umount("--timeout", "1")
         assert done.returncode == 0, done.stderr
         assert "were still open after 1 s: its daemon was stopped" in done.stderr  # said, not silent
+        assert "waiting up to 1 s for the processes still using" in done.stderr
         assert 1 <= time.monotonic() - start < 15
         assert not is_mounted(m.path)
         wait_for(lambda: gone(pid), 60, "the daemon to exit")
@@ -426,3 +427,23 @@ def test_the_log_is_reopened_after_logrotate_moved_it(store, mount_factory):
     assert st.st_mode & 0o777 == 0o600
     with open(os.path.join(logs, name)) as f:
         assert "committed ds:v1" in f.read()
+
+
+def test_umount_kills_a_daemon_that_does_not_stop_and_aborts_its_connection(store, tmp_path):
+    """A daemon that does not exit after SIGTERM (stuck; here SIGSTOPped once
+    umount has detached the mount, while a file is still open) is killed after
+    --stop-timeout and its FUSE connection aborted, and umount says so: before,
+    umount gave up and left the daemon, and every program waiting on it, hanging."""
+    with mounted(store, tmp_path / "mnt") as m:
+        pid = m.pid
+        held = open(m.p("ds", "ds:v0", "a.txt"), "rb", buffering=0)  # keeps the daemon serving after detach
+        out: list[subprocess.CompletedProcess] = []
+        t = threading.Thread(target=lambda: out.append(m.umount("--timeout", "5", "--stop-timeout", "1")))
+        t.start()
+        wait_for(lambda: not is_mounted(m.path), 60, "umount to detach the mount")
+        os.kill(pid, signal.SIGSTOP)
+        t.join(90)
+        held.close()
+        assert not t.is_alive() and out[0].returncode == 1
+        assert "did not stop within 1 s of SIGTERM: killed it and aborted its FUSE connection" in out[0].stderr
+        wait_for(lambda: gone(pid), 30, "the daemon to exit")

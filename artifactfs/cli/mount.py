@@ -21,14 +21,22 @@ from ..api.artifact import default_project
 from ..chunks.cache import default_cache_dir, parse_size
 from ..errors import ArtifactfsError, shown
 from ..mount.options import DEFAULT_INODE_LIMIT, DEFAULT_THREADS, MountOptions
-from ..mount.state import FSTYPE, find_mount, log_path, read_record, real_mountpoint, take_outcome
+from ..mount.state import (
+    FSTYPE,
+    abort_connection,
+    find_mount,
+    log_path,
+    read_record,
+    real_mountpoint,
+    take_outcome,
+)
 from ..registry.names import check_name, check_type
 from ..registry.versions import Registry
 from ..store import default_store_url
 from .drafts import CONTROL_XATTR, commit_drafts, flush_mount, report
 
 READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 120.0  # after SIGTERM: the daemon may be committing drafts
+BUSY_NOTE_AFTER = 1.0  # s: umount says what it waits for once the daemon has not exited by then
 
 
 def _probe(path: str, timeout: float = 2.0) -> int | None:
@@ -174,7 +182,9 @@ def mount_cmd(c: click.Context, mountpoint: str, store: str | None, project: str
         default_type=check_type(default_type), send_opens=send_opens, no_opens=no_opens,
         native_reads=not python_reads)
     if foreground:
-        from ..mount import daemon  # pyfuse3 and trio: loaded only by the process that serves
+        from ..mount import (
+            daemon,  # pyfuse3 and trio: loaded only by the process that serves
+        )
         daemon.run(opts, lambda notes: [click.echo(line, err=True) for line in notes])
     else:
         _spawn(opts)
@@ -202,7 +212,10 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 @click.argument("mountpoint", type=click.Path())
 @click.option("--timeout", metavar="SECONDS", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="How long files still open may keep being read before the daemon is stopped.")
-def umount_cmd(mountpoint: str, timeout: float) -> None:
+@click.option("--stop-timeout", metavar="SECONDS", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="How long the stopped daemon may take to commit drafts and exit before it is killed "
+                   "and its FUSE connection aborted.")
+def umount_cmd(mountpoint: str, timeout: float, stop_timeout: float) -> None:
     """Commit the drafts with changes, unmount MOUNTPOINT and wait for its daemon to exit.
 
     Each version committed is printed as `sync` prints it.  A draft that cannot be
@@ -220,10 +233,13 @@ def umount_cmd(mountpoint: str, timeout: float) -> None:
     pid = _daemon_pid(real)
     failed = _commit_first(real, timeout)
     _detach(real)
-    if pid is not None and not _wait_gone(pid, timeout):
+    if pid is not None and not _wait_gone(pid, min(timeout, BUSY_NOTE_AFTER)):
+        click.echo(f"waiting up to {timeout:g} s for the processes still using {mountpoint} (open files, "
+                   "current folders: see `fuser -vm`) to let go", err=True)
+    if pid is not None and not _wait_gone(pid, max(0.0, timeout - BUSY_NOTE_AFTER)):
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, STOP_TIMEOUT):
-            raise ArtifactfsError(f"unmounted {mountpoint}, but its daemon (pid {pid}) did not exit")
+        if not _wait_gone(pid, stop_timeout):
+            _kill_hung(pid, m.dev, mountpoint, real, stop_timeout)
         click.echo(f"files of {mountpoint} were still open after {timeout:g} s: its daemon was stopped, their "
                    f"reads and writes now fail (ENOTCONN); see {log_path(real)}", err=True)
     at_stop = take_outcome(real, pid) if pid is not None else None
@@ -231,6 +247,21 @@ def umount_cmd(mountpoint: str, timeout: float) -> None:
     if failures:
         raise ArtifactfsError(f"unmounted {mountpoint}; {failures} draft(s) could not be committed and stay "
                               "on disk for the next mount (see above)")
+
+
+def _kill_hung(pid: int, dev: tuple[int, int], mountpoint: str, real: str, waited: float) -> None:
+    """The daemon did not exit `waited` s after SIGTERM (stuck, e.g. in the kernel):
+    kill it and abort its FUSE connection, so that neither it nor the programs
+    waiting on it hang for good; always raises, naming what was done."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    aborted = abort_connection(dev)
+    gone = _wait_gone(pid, 10.0)
+    done = "killed it" + (" and aborted its FUSE connection (requests waiting on it get ENOTCONN)"
+                          if aborted else "; its FUSE connection could not be aborted (fusectl)")
+    raise ArtifactfsError(f"unmounted {mountpoint}, but its daemon (pid {pid}) did not stop within "
+                          f"{waited:g} s of SIGTERM: {done}" + ("" if gone else ", and it has not exited")
+                          + f"; see {log_path(real)}")
 
 
 def _commit_first(real: str, timeout: float) -> list[str]:

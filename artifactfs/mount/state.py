@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -146,6 +147,30 @@ def find_mount(mountpoint: str) -> MountEntry | None:
         if m.mountpoint == mountpoint:
             found = m
     return found
+
+
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def abort_connection(dev: tuple[int, int]) -> bool:
+    """Abort the FUSE connection of the mount whose device is `dev` (fusectl's
+    `abort`, mounted first if it is not and we may): every request waiting on
+    its daemon fails with ENOTCONN and a daemon stuck in the kernel can exit.
+    False when it could not be done (fusectl absent, not ours)."""
+    conn = os.path.join(FUSECTL, str(dev[1]))
+    if not os.path.isdir(conn):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSECTL], capture_output=True)
+    try:
+        fd = os.open(os.path.join(conn, "abort"), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, b"1")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def sd_notify(message: str) -> None:
