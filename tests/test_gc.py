@@ -3,10 +3,12 @@ the local store and on S3 (a real moto server) (docs/store-format.md 5.5)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from core_util import check_version_complete, write_files
@@ -16,6 +18,7 @@ from s3server import s3_server, s3_url  # noqa: F401 (fixtures)
 from artifactfs import Api, Artifact, NotFoundError
 from artifactfs.api.gc import GcReport, collect
 from artifactfs.api.lifecycle import set_default_ttl
+from artifactfs.errors import StoreError
 from artifactfs.registry import gcstate
 from artifactfs.registry.gcstate import ObjectsSwept
 from artifactfs.registry.keys import tree_object_key
@@ -121,6 +124,28 @@ def test_gc_waits_for_a_commit_in_flight(store, tmp_path):
     t.join(120)
     assert done.is_set() and reg.store.present(blobs) == set()
     assert not gcstate.read_state(reg.store).sweeping()
+
+
+def test_gc_does_not_wait_for_the_marker_of_a_commit_whose_process_died(store, tmp_path):
+    """A commit killed between its in-flight marker and its record (kill -9 of a
+    mount during sync) made every gc wait 600 s, and every commit meanwhile wait
+    for that gc, for an hour.  A marker whose process has exited on this machine
+    (same boot and pid namespace) is now not waited for and is removed; one of a
+    live process still is."""
+    reg = Registry.open(store, create=True)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = {**gcstate._process(), "pid": child.pid, "started_at": time.time()}
+    reg.store.put_visible(f"{gcstate.INFLIGHT}dead.json", json.dumps(dead).encode())
+    sweep = gcstate.begin_sweep(reg.store)
+    gcstate.wait_for_commits(reg.store, sweep, timeout=5)  # (StoreError after 5 s before)
+    live = {**dead, "pid": os.getpid()}
+    reg.store.put_visible(f"{gcstate.INFLIGHT}live.json", json.dumps(live).encode())
+    with pytest.raises(StoreError, match="1 commit"):
+        gcstate.wait_for_commits(reg.store, sweep, timeout=1)
+    gcstate.end_sweep(reg.store, sweep)
+    gcstate.drop_stale_markers(reg.store, time.time())
+    assert sorted(reg.store.list(gcstate.INFLIGHT)) == [f"{gcstate.INFLIGHT}live.json"]
 
 
 def test_gc_racing_commits_never_removes_what_a_version_needs(store, tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -31,6 +32,7 @@ from ..store import ObjectStore
 from .keys import tree_object_key
 from .manifest import DirEntry, FileEntry, TreeIO
 
+log = logging.getLogger("artifactfs.registry")
 STATE = "gc/state.json"
 INFLIGHT = "inflight/"
 PINS = "pins/"
@@ -85,12 +87,13 @@ def in_flight(store: ObjectStore) -> Iterator[int]:
     deadline = time.monotonic() + WAIT
     while True:
         key = f"{INFLIGHT}{uuid.uuid4().hex}.json"
-        store.put_visible(key, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                           "started_at": time.time()}).encode())
+        store.put_visible(key, json.dumps({**_process(), "started_at": time.time()}).encode())
         st = read_state(store)
         if not st.sweeping():
             break
         store.delete(key)
+        log.warning("waiting up to %.0f s for the gc sweeping %s (host %s, pid %s) to end", WAIT, store.url,
+                    st.sweep.get("host") if st.sweep else "?", st.sweep.get("pid") if st.sweep else "?")
         while read_state(store).sweeping():
             if time.monotonic() > deadline:
                 raise StoreError(f"a gc has been sweeping {store.url} for over {WAIT:.0f} s; commit again later")
@@ -199,11 +202,40 @@ def end_sweep(store: ObjectStore, sweep_id: str) -> None:
     _change(store, end)
 
 
-def _started(store: ObjectStore, key: str) -> float:
-    """When an in-flight marker was written (0.0: gone or unreadable)."""
+def _process() -> dict:
+    """Who writes a marker: host and pid, and the boot and pid namespace that make
+    the pid mean one process (another container on the host has its own)."""
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    with contextlib.suppress(OSError):
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            me["boot"] = f.read().strip()
+        me["pidns"] = os.stat("/proc/self/ns/pid").st_ino
+    return me
+
+
+def _dead(marker: dict) -> bool:
+    """The marker's process has exited: it ran in this boot and pid namespace, and
+    its pid is gone.  Markers of other machines, or older ones without boot and
+    namespace, are never judged here (they go stale after INFLIGHT_STALE)."""
+    here = _process()
+    if "boot" not in here or any(marker.get(k) != here[k] for k in ("host", "boot", "pidns")):
+        return False
     try:
-        return float(json.loads(store.get(key)).get("started_at", 0))
-    except (ObjectNotFound, ValueError):
+        os.kill(int(marker["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+    return False
+
+
+def _started(store: ObjectStore, key: str) -> float:
+    """When an in-flight marker was written (0.0: gone, unreadable, or its process
+    has exited: a commit killed between its marker and its record)."""
+    try:
+        marker = json.loads(store.get(key))
+        return 0.0 if _dead(marker) else float(marker.get("started_at", 0))
+    except (ObjectNotFound, ValueError, AttributeError):
         return 0.0
 
 
@@ -211,7 +243,7 @@ def drop_stale_markers(store: ObjectStore, now: float) -> None:
     """Remove the markers of commits that crashed long ago."""
     for key in list(store.list(INFLIGHT)):
         started = _started(store, key)
-        if started and now - started > INFLIGHT_STALE:
+        if (started and now - started > INFLIGHT_STALE) or (not started and store.exists(key)):
             store.delete(key)
 
 
