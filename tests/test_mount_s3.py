@@ -7,6 +7,7 @@ import hashlib
 import os
 import time
 
+import pytest
 from conftest import randbytes
 from mountutil import cli, mounted
 from s3server import moto_server, s3_server, s3_url  # noqa: F401 (fixtures)
@@ -90,6 +91,9 @@ def test_debug_log_holds_no_credentials(tmp_path):
             os.makedirs(m.p("ds", "draft"), exist_ok=True)
             with open(m.p("ds", "draft", "a.txt"), "wb") as f:
                 f.write(b"secret-free\n")
+            os.setxattr(m.p("ds", "draft"), "user.artifact.metadata", b'{"api_key": "' + token.encode() + b'"}')
+            with pytest.raises(OSError):  # a name that is not UTF-8: refused, and logged without a logging error
+                os.close(os.open(os.path.join(os.fsencode(m.p("ds", "draft")), b"bad\xffname"), os.O_CREAT, 0o644))
             assert cli("sync", m.path, env=env).returncode == 0
             assert _read(m.p("ds", "ds:v0", "a.txt")) == b"secret-free\n"
             log = m.log
@@ -99,3 +103,4 @@ def test_debug_log_holds_no_credentials(tmp_path):
     assert " DEBUG artifactfs" in log  # --debug still does something:
     assert " DEBUG artifactfs.requests: mkdir(" in log and " DEBUG artifactfs.store: S3 put " in log
     assert " DEBUG pyfuse3" not in log  # (its worker threads starting and stopping: noise)
+    assert "setxattr(" in log and "Logging error" not in log

@@ -186,7 +186,7 @@ def setup_logging(opts: MountOptions) -> str:
     debug output holds request headers, i.e. Authorization and
     X-Amz-Security-Token (docs/mount-semantics.md, "Errors and the log")."""
     path = log_path(opts.mountpoint)
-    handlers: list[logging.Handler] = [LogFile(path)]
+    handlers: list[logging.Handler] = [LogFile(path, errors="backslashreplace")]  # (a name not UTF-8)
     os.chmod(path, 0o600)  # made by an older version with the umask's mode
     if opts.foreground:
         handlers.append(logging.StreamHandler(sys.stderr))

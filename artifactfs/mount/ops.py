@@ -56,15 +56,21 @@ def _mapped(fn: F) -> F:
             raise error from None
         finally:
             if started is not None:
-                log.debug("%s(%s) pid %s: %s in %.2f ms", fn.__name__, _shown(args[1:-1] if ctx else args[1:]),
+                log.debug("%s(%s) pid %s: %s in %.2f ms", fn.__name__, _shown(fn.__name__, args[1:-1] if ctx else args[1:]),
                           ctx.pid if ctx else "-", outcome, (time.monotonic() - started) * 1000)
     return wrapper  # type: ignore[return-value]
 
 
-def _shown(args: Sequence[Any]) -> str:
-    """A request's arguments for the debug log: names decoded, data as its length."""
-    return ", ".join(f"<{len(a)} bytes>" if isinstance(a, bytes) and len(a) > 64
-                     else os.fsdecode(a) if isinstance(a, bytes) else repr(a) for a in args)
+def _shown(op: str, args: Sequence[Any]) -> str:
+    """A request's arguments for the debug log: names decoded (undecodable bytes
+    escaped), data and extended attribute values as their length only (a value
+    may hold a secret), other objects by their type."""
+    def one(i: int, a: Any) -> str:
+        if isinstance(a, bytes):
+            value = op == "setxattr" and i == len(args) - 1
+            return f"<{len(a)} bytes>" if value or len(a) > 255 else repr(a.decode("utf-8", "backslashreplace"))
+        return repr(a) if isinstance(a, (int, float, str, type(None))) else f"<{type(a).__name__}>"
+    return ", ".join(one(i, a) for i, a in enumerate(args))
 
 
 class Operations(pyfuse3.Operations):
