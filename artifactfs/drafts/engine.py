@@ -29,7 +29,7 @@ from ..registry.manifest import DirEntry, Entry, FileEntry, SymlinkEntry, TreeIO
 from .datafiles import remove_data
 from .inode import DraftState, Inode
 from .meta import DB_FILE, MetaDB
-from .posixnames import NAME_MAX, check_name, posix_error
+from .posixnames import NAME_MAX, check_name, check_rename, posix_error
 
 ROOT = 1
 _NOT_RESTORED = ("lock", "running", "sealed")  # what a failed change leaves: kept under the inode's lock
@@ -408,21 +408,10 @@ class Draft:
             dst = self.child(nd, nname)
             if src is dst:
                 return None
-            if dst is not None and noreplace:
-                raise posix_error(errno.EEXIST, nname)
-            if dst is None and exchange:
-                raise posix_error(errno.ENOENT, nname)
-            if src.is_dir and self._below(nd, src):
-                raise posix_error(errno.EINVAL, nname)
-            if dst is not None and dst.is_dir and self._below(od, dst):
-                raise posix_error(errno.EINVAL if exchange else errno.ENOTEMPTY, nname)  # (as the kernel's rename)
-            if dst is not None and not exchange:
-                if src.is_dir and not dst.is_dir:
-                    raise posix_error(errno.ENOTDIR, nname)
-                if dst.is_dir and not src.is_dir:
-                    raise posix_error(errno.EISDIR, nname)
-                if dst.is_dir and self.visible(dst):
-                    raise posix_error(errno.ENOTEMPTY, nname)
+            dst_dir = None if dst is None else dst.is_dir
+            check_rename(src.is_dir, dst_dir, src.is_dir and self._below(nd, src),
+                         bool(dst_dir) and self._below(od, dst), bool(dst_dir) and self.visible(dst),
+                         noreplace, exchange, nname)
             self.touch(src, *([dst] if dst is not None else []))
             self.materialize(od)
             self.materialize(nd)
