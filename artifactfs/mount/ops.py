@@ -110,10 +110,6 @@ class Operations(pyfuse3.Operations):
     def _fh(self) -> int:
         return next(self._fh_numbers)
 
-    def open_handles(self) -> list[Handle]:
-        """The handles of files open now (OPEN or CREATE answered, RELEASE not yet)."""
-        return list(self._handles.values())
-
     def _opened(self, node: Node, pid: int, flags: int) -> None:
         for hook in self.on_open:
             hook(node, pid, flags)
